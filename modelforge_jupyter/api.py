@@ -1,0 +1,212 @@
+"""``ModelForge``: the one Python API every door (kernel magics, HTTP handlers, scripts) uses.
+
+Data path of ``predict``, one way: registry (resolve name/id + version, cached in-process and checked against the
+registry's generation) -> tensors (validate, convert) -> cache (lookup) -> engine (run) -> cache (store) -> result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .cache import open_cache, prediction_key
+from .engine import Engine
+from .errors import ModelForgeError
+from .records import ModelRecord, PredictionResult
+from .registry import Registry, check_name
+from .settings import Settings
+from .tensors import input_hash, prepare_feed
+
+log = logging.getLogger(__name__)
+
+ModelSource = str | PathLike | bytes | bytearray | memoryview
+
+
+class ModelForge:
+    """Register ONNX models and serve predictions from one engine, one registry and one prediction cache.
+
+    ``ModelForge()`` reads settings from the environment (``DATABASE_URL``, ``REDIS_URL``, ``CACHE_*``...); keyword
+    arguments override them (``ModelForge(database_url=..., redis_url=...)``), or pass a ``Settings``.
+    Errors are ``ModelForgeError`` subclasses, each with the HTTP ``status`` a server would answer.
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings if settings is not None else Settings(**overrides)
+        s = self.settings
+        self.registry = Registry(s.database_url)
+        self.cache = open_cache(s)
+        self.engine = Engine(s.max_sessions, s.intra_op_num_threads, s.providers)
+        self._resolved: tuple[int | None, dict[tuple[str, int | None], ModelRecord]] = (None, {})
+        self._resolve_lock = threading.Lock()
+
+    # -- registry --------------------------------------------------------------------------------------------------
+    def register(self, name: str, model: ModelSource) -> ModelRecord:
+        """Register ONNX ``model`` (a path or the bytes) as version 1 of ``name``.
+
+        Raises ``ModelExistsError`` (409) if the name is taken, ``InvalidModelError`` (400) if ONNX Runtime cannot
+        load the bytes; the registry is unchanged on error.
+        """
+        check_name(name)
+        data, sha256 = _read_model(model)
+        inputs, outputs = self.engine.inspect(sha256, data)
+        return self.registry.register(name, data, sha256, inputs, outputs)
+
+    def update(self, name: str, model: ModelSource) -> ModelRecord:
+        """Add a version of ``name`` with new ONNX bytes; the same bytes as the latest version add none.
+
+        Returns the latest record. Raises ``ModelNotFoundError`` (404) for an unknown model, ``InvalidModelError``.
+        """
+        return self.save(name, model)[0]
+
+    def save(self, name: str, model: ModelSource) -> tuple[ModelRecord, bool]:
+        """Register ``name`` or add a version to it: returns (record, changed) where changed is False only when the
+        bytes equal the latest version's. (HTTP ``PUT models/{name}`` uses this.)"""
+        check_name(name)
+        data, sha256 = _read_model(model)
+        inputs, outputs = self.engine.inspect(sha256, data)
+        try:
+            latest = self.registry.resolve(name)
+        except ModelForgeError as err:
+            if err.status != 404:
+                raise
+            return self.registry.register(name, data, sha256, inputs, outputs), True
+        if latest.name != name:
+            raise ModelForgeError(f"{name!r} is the id of model {latest.name!r}; name the model to update it")
+        return self.registry.update(name, data, sha256, inputs, outputs)
+
+    def delete(self, name: str, version: int | None = None) -> ModelRecord:
+        """Delete model ``name`` (name or id), or only ``version``; returns the deleted record. 404 if absent."""
+        return self.registry.delete(name, version)
+
+    def get(self, name: str, version: int | None = None) -> ModelRecord:
+        """The record of ``name`` (name or id) at ``version`` (default latest). Raises ``ModelNotFoundError``."""
+        return self.registry.resolve(name, version)
+
+    def models(self) -> list[ModelRecord]:
+        """The latest version of every registered model, sorted by name."""
+        return self.registry.models()
+
+    # -- predict ---------------------------------------------------------------------------------------------------
+    def predict(
+        self, model: str, input_data: Any, *, use_cache: bool = True, version: int | None = None
+    ) -> PredictionResult:
+        """Run ``model`` (name or id; latest version unless ``version``) on ``input_data``.
+
+        ``input_data``: ``{input name: nested list | numpy array | scalar}``; a single-input model also takes the bare
+        value. Batches go along axis 0. A repeated input within ``CACHE_PREDICTION_TTL`` seconds is a cache hit
+        (``cached=True``, same ``output_data``) unless ``use_cache=False`` or ``CACHE_PREDICTION_ENABLED=false``.
+        Raises ``ModelNotFoundError`` (404), ``InvalidInputError`` (400, naming input, expected and given dtype/shape),
+        ``InferenceError`` (422), ``ServiceUnavailableError`` (503, registry down). A cache outage never raises.
+        """
+        start = time.perf_counter()
+        record = self._resolve(model, version)
+        feed = prepare_feed(record.inputs, input_data)
+        key = None
+        if use_cache and self.settings.cache_prediction_enabled:
+            key = prediction_key(self.settings.cache_key_prefix, record.id, input_hash(record.sha256, feed))
+            hit = self.cache.get(key)
+            if hit is not None:
+                return self._result(record, orjson.loads(hit), start, cached=True)
+        output_data = self.engine.run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name)
+        if key is not None:
+            self.cache.set(key, orjson.dumps(output_data), self.settings.cache_prediction_ttl, record.id)
+        return self._result(record, output_data, start, cached=False)
+
+    def _result(self, record: ModelRecord, output_data: dict, start: float, cached: bool) -> PredictionResult:
+        ms = (time.perf_counter() - start) * 1000.0
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("predict %s v%d: %.3f ms, cached=%s", record.name, record.version, ms, cached)
+        return PredictionResult(str(uuid.uuid4()), record.id, record.version, output_data, ms, cached)
+
+    def _resolve(self, model: str, version: int | None) -> ModelRecord:
+        """Registry lookup cached in-process, valid while the registry generation is unchanged.
+
+        An entry is stored under the generation read *before* the database was queried, so it is never older than
+        the generation it is filed under.
+        """
+        generation = self.registry.generation()
+        state = self._resolved
+        if state[0] != generation:
+            with self._resolve_lock:
+                state = self._resolved = (generation, {})
+        record = state[1].get((model, version))
+        if record is None:
+            record = state[1][(model, version)] = self.registry.resolve(model, version)
+        return record
+
+    # -- operations ------------------------------------------------------------------------------------------------
+    def unload(self, name: str, version: int | None = None) -> bool:
+        """Drop the loaded session of ``name`` from this process's engine (next predict is a cold start)."""
+        return self.engine.unload(self.registry.resolve(name, version).sha256)
+
+    def health(self) -> dict[str, str]:
+        """``{status, database, redis, celery, version, environment, timestamp}`` as the documented /health.
+
+        database ``connected``/``disconnected``; redis ``connected``/``disconnected``/``not_configured`` (embedded
+        cache); celery ``connected``/``eager``/``disconnected``. status ``unhealthy`` when the database is down,
+        ``degraded`` when Redis or Celery is, else ``healthy``. timestamp: ISO 8601 UTC.
+        """
+        from .tasks import celery_status
+
+        database = "connected" if self.registry.ping() else "disconnected"
+        if self.settings.redis_url:
+            redis = "connected" if self.cache.ping() else "disconnected"
+        else:
+            redis = "not_configured"
+        celery = celery_status(self.settings.celery_broker_url)
+        if database != "connected":
+            status = "unhealthy"
+        elif "disconnected" in (redis, celery):
+            status = "degraded"
+        else:
+            status = "healthy"
+        return {
+            "status": status,
+            "database": database,
+            "redis": redis,
+            "celery": celery,
+            "version": __version__,
+            "environment": self.settings.environment,
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def close(self) -> None:
+        """Release the database pool, the cache client and the loaded sessions."""
+        self.engine.close()
+        self.cache.close()
+        self.registry.close()
+
+    def __enter__(self) -> ModelForge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_model(model: ModelSource) -> tuple[bytes, str]:
+    """(bytes, sha256 hex) of a model given as a path, bytes or an ``onnx.ModelProto``."""
+    if hasattr(model, "SerializeToString"):
+        data = model.SerializeToString()
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        data = bytes(model)
+    elif isinstance(model, (str, PathLike)):
+        path = Path(model).expanduser()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelForgeError(f"no model file at {str(path)!r}") from None
+        except IsADirectoryError:
+            raise ModelForgeError(f"{str(path)!r} is a directory, not an ONNX file") from None
+    else:
+        raise ModelForgeError(f"a model is a path or ONNX bytes, got {type(model).__name__}")
+    return data, hashlib.sha256(data).hexdigest()

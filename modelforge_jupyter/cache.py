@@ -1,0 +1,154 @@
+"""The prediction cache: Redis when ``REDIS_URL`` is set, else a local-disk cache shared by this machine's processes.
+
+Key: ``{CACHE_KEY_PREFIX}:prediction:{model_id}:{input_hash}`` (model_id is the model's uuid; input_hash covers the
+version's sha256 and the converted inputs, see ``tensors.input_hash``). Value: the orjson bytes of ``output_data``.
+Every entry has a TTL of ``CACHE_PREDICTION_TTL`` seconds.
+
+The cache never fails a prediction: a Redis error or timeout (``redis_timeout`` s) is logged once, then the cache is
+bypassed for ``retry_after`` seconds, and predictions are served from the engine meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class PredictionCache(Protocol):
+    backend: str  # "redis" or "disk"
+
+    def get(self, key: str) -> bytes | None: ...
+    def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None: ...
+    def ping(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def prediction_key(prefix: str, model_id: str, input_hash: str) -> str:
+    """The documented cache key ``{prefix}:prediction:{model_id}:{input_hash}``."""
+    return f"{prefix}:prediction:{model_id}:{input_hash}"
+
+
+class _Breaker:
+    """Bypass a failing cache for ``retry_after`` seconds; log the first failure of each outage only."""
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self._down_until = 0.0
+        self._outage = False
+        self._lock = threading.Lock()
+
+    def open(self) -> bool:
+        return self._down_until > time.monotonic()
+
+    def failed(self, err: BaseException) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + self.retry_after
+            if not self._outage:
+                self._outage = True
+                log.warning("%s cache unavailable, serving without it: %s", self.name, err)
+
+    def succeeded(self) -> None:
+        if self._outage:
+            with self._lock:
+                self._outage = False
+                log.warning("%s cache reachable again", self.name)
+
+
+class RedisCache:
+    """Prediction cache in Redis (redis-py with hiredis); one client and connection pool per process."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, timeout: float = 0.25, retry_after: float = 5.0) -> None:
+        import redis
+
+        self._errors = (redis.RedisError, OSError)
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._breaker = _Breaker("redis", retry_after)
+
+    def get(self, key: str) -> bytes | None:
+        if self._breaker.open():
+            return None
+        try:
+            value = self.client.get(key)
+        except self._errors as err:
+            self._breaker.failed(err)
+            return None
+        self._breaker.succeeded()
+        return value
+
+    def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
+        if self._breaker.open():
+            return
+        try:
+            self.client.set(key, value, ex=ttl)
+        except self._errors as err:
+            self._breaker.failed(err)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except self._errors:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class DiskCache:
+    """Prediction cache on local disk (diskcache, SQLite-backed): shared by every process using ``directory``.
+
+    Values are stored as raw bytes (diskcache stores ``bytes`` as-is, never pickled), tagged with the model id.
+    """
+
+    backend = "disk"
+
+    def __init__(self, directory: str, retry_after: float = 5.0) -> None:
+        import diskcache
+
+        self.cache = diskcache.Cache(directory, tag_index=True, timeout=1.0)
+        self._breaker = _Breaker("disk", retry_after)
+
+    def get(self, key: str) -> bytes | None:
+        if self._breaker.open():
+            return None
+        try:
+            return self.cache.get(key)
+        except Exception as err:  # diskcache.Timeout or sqlite3 errors: a locked or broken file never fails a predict
+            self._breaker.failed(err)
+            return None
+
+    def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
+        if self._breaker.open():
+            return
+        try:
+            self.cache.set(key, value, expire=ttl, tag=model_id)
+        except Exception as err:
+            self._breaker.failed(err)
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires (None if absent): the disk counterpart of Redis's TTL."""
+        _value, expire_time = self.cache.get(key, expire_time=True)
+        return None if expire_time is None else expire_time - time.time()
+
+    def ping(self) -> bool:
+        try:
+            self.cache.get("__ping__")
+            return True
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def open_cache(settings: Any) -> PredictionCache:
+    """Redis when ``settings.redis_url`` is set, else the local-disk cache under ``settings.cache_dir``."""
+    if settings.redis_url:
+        return RedisCache(settings.redis_url, settings.redis_timeout, settings.cache_retry_after)
+    return DiskCache(settings.cache_dir, settings.cache_retry_after)

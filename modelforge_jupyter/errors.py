@@ -1,0 +1,47 @@
+"""One exception family for every door: each error carries the HTTP status a handler answers with.
+
+The server extension maps a ``ModelForgeError`` to ``{"message": str(err)}`` with ``err.status``; the magics print
+``str(err)`` as one line. Messages name the problem: which model or input, what was expected, what was given.
+"""
+
+
+class ModelForgeError(Exception):
+    """Base class: a request ModelForge refuses or cannot serve. ``status`` is the HTTP status (4xx/5xx)."""
+
+    status = 400
+
+
+class ModelNotFoundError(ModelForgeError):
+    """No model (or no such version of it) is registered under the name or id given (HTTP 404)."""
+
+    status = 404
+
+
+class ModelExistsError(ModelForgeError):
+    """``register`` was called with a name that is already registered (HTTP 409); use ``update``."""
+
+    status = 409
+
+
+class InvalidModelError(ModelForgeError):
+    """The bytes given are not a loadable ONNX model, or the model uses inputs ModelForge cannot feed (HTTP 400)."""
+
+    status = 400
+
+
+class InvalidInputError(ModelForgeError):
+    """Input data does not match the model's declared inputs: name, dtype, shape or content (HTTP 400)."""
+
+    status = 400
+
+
+class ServiceUnavailableError(ModelForgeError):
+    """The registry database cannot be reached (HTTP 503). The prediction cache never raises this: it is bypassed."""
+
+    status = 503
+
+
+class InferenceError(ModelForgeError):
+    """ONNX Runtime rejected input values that passed validation, e.g. an index out of range (HTTP 422)."""
+
+    status = 422

@@ -1,0 +1,86 @@
+"""Immutable records passed between the registry, the engine and the doors (Python API, HTTP, magics)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One declared model input or output.
+
+    ``dtype`` is a numpy dtype name (``float32``, ``int64``, ``bool``, ``string`` ...) for tensors, or ONNX
+    Runtime's type string for non-tensor values (``seq(map(int64,tensor(float)))`` for skl2onnx's ZipMap).
+    ``shape`` lists each dimension: an int when fixed, ``None`` when symbolic or dynamic (e.g. the batch). ``[]`` is a
+    rank-0 (scalar) tensor.
+    """
+
+    name: str
+    dtype: str
+    shape: list[int | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(name=d["name"], dtype=d["dtype"], shape=list(d["shape"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """One version of a registered model.
+
+    ``id`` is the model's uuid, stable across versions (a deleted and re-registered name gets a new one).
+    ``version`` counts from 1 and never reuses a number. ``sha256`` is the hex digest of the ONNX bytes, which the
+    registry stores content-addressed. ``created_at`` is when the name was first registered; ``updated_at`` when this
+    version was registered (both timezone-aware UTC). ``size_bytes`` is the ONNX file's size.
+    """
+
+    id: str
+    name: str
+    version: int
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    created_at: datetime
+    updated_at: datetime
+    size_bytes: int = 0
+    versions: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe metadata: timestamps as ISO 8601 UTC strings."""
+        d = asdict(self)
+        d["created_at"] = self.created_at.isoformat()
+        d["updated_at"] = self.updated_at.isoformat()
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionResult:
+    """The answer to one ``predict`` call.
+
+    ``output_data`` maps each output name to a JSON-safe value (nested lists; NaN and ±Inf become ``None``;
+    ZipMap outputs become lists of ``{str(class): probability}``), identical whether it came from the cache or
+    the engine. ``inference_time_ms`` is the wall time ModelForge spent on the call (resolve, validate, cache lookup,
+    session run, output conversion), in milliseconds, so a cache hit reports the cache lookup's cost.
+    """
+
+    prediction_id: str
+    model_id: str
+    model_version: int
+    output_data: dict[str, Any]
+    inference_time_ms: float
+    cached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prediction_id": self.prediction_id,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "output_data": self.output_data,
+            "inference_time_ms": self.inference_time_ms,
+            "cached": self.cached,
+        }

@@ -1,0 +1,313 @@
+"""The model registry: names, versions and content-addressed ONNX bytes in SQLite or PostgreSQL (SQLAlchemy 2).
+
+Every process that connects to the same database sees the same models. Migrations (Alembic, ``migrations/``) are
+applied on first use, under a PostgreSQL advisory lock so that processes starting together migrate once.
+
+Writes run in one transaction that first increments ``mf_registry_state.generation``; that row lock serializes
+writers (version numbers cannot race) and lets ``generation()`` tell a reader whether anything changed:
+``PRAGMA data_version`` on a dedicated connection for a SQLite file (µs, no query), ``SELECT generation`` on a
+dedicated autocommit connection otherwise (one round trip).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, delete, event, exists, func, insert, select, text, update
+from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError
+from .records import ModelRecord, TensorSpec
+from .schema import blobs, model_versions, models, registry_state
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MIGRATION_LOCK_ID = 0x6D66_6A75  # "mfju": pg_advisory_xact_lock key for concurrent first use
+
+
+def check_name(name: str) -> str:
+    """Model names: 1-128 of letters, digits, '.', '_', '-', starting with a letter or digit (they go in URLs)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ModelForgeError(
+            f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def migrate(engine: SqlEngine) -> None:
+    """Bring the schema to Alembic's head revision (no-op when already there)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
+        if MigrationContext.configure(conn).get_current_revision() == head:
+            return
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        log.info("registry schema migrated to %s on %s", head, engine.url.render_as_string(hide_password=True))
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Registry:
+    """Models, versions and ONNX bytes in one database. Raises ``ServiceUnavailableError`` when it is unreachable."""
+
+    def __init__(self, database_url: str) -> None:
+        url = make_url(database_url)
+        self.dialect = url.get_backend_name()
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.dialect == "sqlite" and url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        self.url = url
+        self.engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._clock_lock = threading.Lock()
+        self._clock: Any = None
+        with self._unavailable_as_503():
+            migrate(self.engine)
+
+    # -- freshness -------------------------------------------------------------------------------------------------
+    def generation(self) -> int:
+        """A number that changes whenever any process commits a registry change (see the module docstring)."""
+        with self._clock_lock:
+            try:
+                if self._clock is None:
+                    self._clock = self._open_clock()
+                return self._read_clock()
+            except Exception as err:  # sqlite3 / psycopg / SQLAlchemy errors alike: reconnect on the next call
+                self._close_clock()
+                msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
+
+    def _open_clock(self) -> Any:
+        if self.dialect == "sqlite" and self.url.database not in (None, "", ":memory:"):
+            return sqlite3.connect(self.url.database, check_same_thread=False, isolation_level=None)
+        raw = self.engine.raw_connection()
+        raw.driver_connection.autocommit = True
+        return raw
+
+    def _read_clock(self) -> int:
+        if isinstance(self._clock, sqlite3.Connection):
+            return self._clock.execute("PRAGMA data_version").fetchone()[0]
+        cur = self._clock.cursor()
+        cur.execute("SELECT generation FROM mf_registry_state WHERE id = 1")
+        return cur.fetchone()[0]
+
+    def _close_clock(self) -> None:
+        clock, self._clock = self._clock, None
+        if clock is not None:
+            try:
+                clock.close()
+            except Exception:  # a broken connection may fail to close; it is dropped either way
+                log.debug("closing the registry clock connection failed", exc_info=True)
+
+    # -- reads -----------------------------------------------------------------------------------------------------
+    def resolve(self, model: str, version: int | None = None) -> ModelRecord:
+        """Return the record of ``model`` (name or id) at ``version`` (default: the latest).
+
+        Raises ``ModelNotFoundError`` naming the model (and version) when there is none.
+        """
+        with self._unavailable_as_503(), self.engine.connect() as conn:
+            return self._resolve(conn, model, version)
+
+    def models(self) -> list[ModelRecord]:
+        """The latest version of every model, by name."""
+        with self._unavailable_as_503(), self.engine.connect() as conn:
+            names = conn.execute(select(models.c.name).order_by(models.c.name)).scalars().all()
+            return [self._resolve(conn, name, None) for name in names]
+
+    def blob(self, sha256: str) -> bytes:
+        """The ONNX bytes stored under ``sha256``. Raises ``ModelNotFoundError`` if no version references them."""
+        with self._unavailable_as_503(), self.engine.connect() as conn:
+            data = conn.execute(select(blobs.c.data).where(blobs.c.sha256 == sha256)).scalar()
+        if data is None:
+            raise ModelNotFoundError(f"no model bytes with sha256 {sha256} (the model was deleted)")
+        return bytes(data)
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def _resolve(self, conn: Connection, model: str, version: int | None) -> ModelRecord:
+        row = self._model_row(conn, model)
+        if row is None:
+            raise ModelNotFoundError(f"model {model!r} is not registered")
+        versions = conn.execute(
+            select(model_versions.c.version).where(model_versions.c.model_id == row.id).order_by(model_versions.c.version)
+        ).scalars().all()
+        wanted = versions[-1] if version is None else version
+        if wanted not in versions:
+            raise ModelNotFoundError(
+                f"model {row.name!r} has no version {version}; versions: {', '.join(map(str, versions))}"
+            )
+        v = conn.execute(
+            select(model_versions, blobs.c.size_bytes)
+            .join(blobs, blobs.c.sha256 == model_versions.c.sha256)
+            .where(model_versions.c.model_id == row.id, model_versions.c.version == wanted)
+        ).one()
+        return ModelRecord(
+            id=row.id,
+            name=row.name,
+            version=v.version,
+            sha256=v.sha256,
+            inputs=[TensorSpec.from_dict(d) for d in v.inputs],
+            outputs=[TensorSpec.from_dict(d) for d in v.outputs],
+            created_at=_utc(row.created_at),
+            updated_at=_utc(v.created_at),
+            size_bytes=v.size_bytes,
+            versions=list(versions),
+        )
+
+    @staticmethod
+    def _model_row(conn: Connection, model: str) -> Any:
+        if not isinstance(model, str) or not model:
+            raise ModelForgeError(f"a model name or id is needed, got {model!r}")
+        rows = conn.execute(select(models).where((models.c.id == model) | (models.c.name == model))).all()
+        return next((r for r in rows if r.id == model), rows[0] if rows else None)
+
+    # -- writes ----------------------------------------------------------------------------------------------------
+    def register(
+        self, name: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
+    ) -> ModelRecord:
+        """Add a new model at version 1. Raises ``ModelExistsError`` if ``name`` is taken (use ``update``)."""
+        check_name(name)
+        now = datetime.now(UTC)
+        try:
+            with self._write() as conn:
+                existing = self._model_row(conn, name)
+                if existing is not None and existing.name == name:
+                    raise ModelExistsError(
+                        f"model {name!r} is already registered (version {existing.last_version}); "
+                        "use update() to add a new version"
+                    )
+                model_id = str(uuid.uuid4())
+                conn.execute(
+                    insert(models).values(id=model_id, name=name, last_version=1, created_at=now, updated_at=now)
+                )
+                self._add_version(conn, model_id, 1, data, sha256, inputs, outputs, now)
+                record = self._resolve(conn, model_id, 1)
+        except IntegrityError:  # a concurrent register of the same name won the unique constraint
+            raise ModelExistsError(f"model {name!r} is already registered; use update() to add a new version") from None
+        log.info("registered model %s v1 (id %s, sha256 %s, %d bytes)", name, record.id, sha256[:12], len(data))
+        return record
+
+    def update(
+        self, model: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
+    ) -> tuple[ModelRecord, bool]:
+        """Add a version with new bytes; return (record, created). Same bytes as the latest: (latest, False)."""
+        now = datetime.now(UTC)
+        with self._write() as conn:
+            row = self._model_row(conn, model)
+            if row is None:
+                raise ModelNotFoundError(f"model {model!r} is not registered; use register() first")
+            latest = self._resolve(conn, row.id, None)
+            if latest.sha256 == sha256:
+                return latest, False
+            version = row.last_version + 1
+            conn.execute(update(models).where(models.c.id == row.id).values(last_version=version, updated_at=now))
+            self._add_version(conn, row.id, version, data, sha256, inputs, outputs, now)
+            record = self._resolve(conn, row.id, version)
+        log.info("updated model %s to v%d (sha256 %s, %d bytes)", record.name, version, sha256[:12], len(data))
+        return record, True
+
+    def delete(self, model: str, version: int | None = None) -> ModelRecord:
+        """Delete a model (every version) or one version; deleting its last version deletes the model.
+
+        Returns the record that was deleted (the latest one when ``version`` is None). Raises ``ModelNotFoundError``.
+        """
+        with self._write() as conn:
+            record = self._resolve(conn, model, version)
+            if version is None or record.versions == [version]:
+                shas = conn.execute(
+                    select(model_versions.c.sha256).where(model_versions.c.model_id == record.id)
+                ).scalars().all()
+                conn.execute(delete(model_versions).where(model_versions.c.model_id == record.id))
+                conn.execute(delete(models).where(models.c.id == record.id))
+            else:
+                shas = [record.sha256]
+                conn.execute(
+                    delete(model_versions).where(
+                        model_versions.c.model_id == record.id, model_versions.c.version == version
+                    )
+                )
+            for sha in set(shas):
+                referenced = exists().where(model_versions.c.sha256 == sha)
+                conn.execute(delete(blobs).where(blobs.c.sha256 == sha, ~referenced))
+        what = f"v{version}" if version is not None else "all versions"
+        log.info("deleted model %s (%s, id %s)", record.name, what, record.id)
+        return record
+
+    def _add_version(self, conn, model_id, version, data, sha256, inputs, outputs, now) -> None:
+        have = conn.execute(select(func.count()).select_from(blobs).where(blobs.c.sha256 == sha256)).scalar()
+        if not have:
+            conn.execute(insert(blobs).values(sha256=sha256, data=data, size_bytes=len(data), created_at=now))
+        conn.execute(
+            insert(model_versions).values(
+                model_id=model_id,
+                version=version,
+                sha256=sha256,
+                inputs=[s.to_dict() for s in inputs],
+                outputs=[s.to_dict() for s in outputs],
+                created_at=now,
+            )
+        )
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction; its first statement bumps the generation, taking the writers' lock."""
+        with self._unavailable_as_503(), self.engine.begin() as conn:
+            conn.execute(
+                update(registry_state).where(registry_state.c.id == 1).values(generation=registry_state.c.generation + 1)
+            )
+            yield conn
+
+    @contextmanager
+    def _unavailable_as_503(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as err:
+            msg = (str(err.orig or err).strip().splitlines() or ["unreachable"])[0]
+            raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
+
+    def close(self) -> None:
+        with self._clock_lock:
+            self._close_clock()
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """WAL lets the server and its kernels read while one of them writes; busy_timeout waits for the writer."""
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

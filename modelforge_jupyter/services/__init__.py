@@ -1,0 +1,1 @@
+"""Service-layer entry points kept under the names the product's documentation gives."""

@@ -1,0 +1,163 @@
+"""ModelForge settings: traitlets traits whose defaults come from the documented environment variables.
+
+Precedence, highest first: keyword arguments / traitlets config (``c.Settings.redis_url = ...``, the server's
+``--ModelForgeApp.*`` traits), then the environment, then the embedded defaults below. The environment names are the
+ones the product's performance documentation gives (``REDIS_URL``, ``CACHE_TTL``, ``CACHE_PREDICTION_TTL``,
+``CACHE_KEY_PREFIX``, ``CACHE_PREDICTION_ENABLED``) plus ``DATABASE_URL``, ``CELERY_BROKER_URL`` and ``ENVIRONMENT``.
+
+Embedded defaults (no services): a SQLite registry and a local-disk prediction cache under
+``jupyter_data_dir()/modelforge``, shared by every process of this user on this machine; Celery in eager mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets import Bool, Float, Int, Unicode, default
+from traitlets.config import Configurable
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env_bool(name: str, fallback: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return fallback
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def _env_int(name: str, fallback: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return fallback if raw in (None, "") else int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+
+
+def data_dir() -> Path:
+    """Where the embedded registry and cache live: ``$MODELFORGE_DATA_DIR`` or ``jupyter_data_dir()/modelforge``."""
+    explicit = os.environ.get("MODELFORGE_DATA_DIR")
+    if explicit:
+        return Path(explicit)
+    from jupyter_core.paths import jupyter_data_dir
+
+    return Path(jupyter_data_dir()) / "modelforge"
+
+
+class Settings(Configurable):
+    """Every ModelForge setting, with its environment variable and default (see each trait's help)."""
+
+    database_url = Unicode(
+        config=True,
+        help="SQLAlchemy URL of the model registry (env DATABASE_URL). Default: a SQLite file under the Jupyter "
+        "data directory. PostgreSQL 15+: postgresql+psycopg://user@host:5432/db.",
+    )
+    redis_url = Unicode(
+        config=True,
+        help="Redis URL of the shared prediction cache (env REDIS_URL), e.g. redis://localhost:6379/0. "
+        "Empty: a local-disk cache shared by the processes of this machine.",
+    )
+    celery_broker_url = Unicode(
+        config=True,
+        help="Celery broker URL (env CELERY_BROKER_URL), Redis or RabbitMQ (amqp://). Empty: tasks run eagerly "
+        "in-process.",
+    )
+    cache_ttl = Int(config=True, help="TTL in seconds of other cached items, e.g. model metadata (env CACHE_TTL).")
+    cache_prediction_ttl = Int(
+        config=True, help="TTL in seconds of each cached prediction (env CACHE_PREDICTION_TTL, default 60)."
+    )
+    cache_key_prefix = Unicode(config=True, help="Prefix of every cache key (env CACHE_KEY_PREFIX, default modelforge).")
+    cache_prediction_enabled = Bool(
+        config=True, help="Cache predictions (env CACHE_PREDICTION_ENABLED, default true)."
+    )
+    cache_dir = Unicode(
+        config=True,
+        help="Directory of the embedded local-disk prediction cache, used when redis_url is empty "
+        "(env MODELFORGE_CACHE_DIR; default under the Jupyter data directory).",
+    )
+    redis_timeout = Float(
+        config=True,
+        help="Socket timeout in seconds for each cache command (env MODELFORGE_REDIS_TIMEOUT, default 0.25). Past it "
+        "the cache is bypassed for cache_retry_after seconds and the prediction is served from the engine.",
+    )
+    cache_retry_after = Float(5.0, config=True, help="Seconds to bypass an unreachable cache before trying it again.")
+    environment = Unicode(config=True, help="Deployment name reported by health (env ENVIRONMENT, default development).")
+    max_sessions = Int(
+        config=True,
+        help="How many ONNX Runtime sessions the engine keeps loaded, least recently used evicted first "
+        "(env MODELFORGE_MAX_SESSIONS, default 32).",
+    )
+    intra_op_num_threads = Int(
+        config=True,
+        help="ONNX Runtime intra-op threads per session (env MODELFORGE_INTRA_OP_NUM_THREADS, default 1: one thread "
+        "per run, so N loaded models never mean N thread pools; 0 lets ONNX Runtime use one per physical core).",
+    )
+    execution_providers = Unicode(
+        config=True,
+        help="Comma-separated ONNX Runtime execution providers, in priority order "
+        "(env MODELFORGE_EXECUTION_PROVIDERS, default CPUExecutionProvider).",
+    )
+
+    @default("database_url")
+    def _default_database_url(self) -> str:
+        return os.environ.get("DATABASE_URL") or f"sqlite:///{data_dir() / 'registry.db'}"
+
+    @default("redis_url")
+    def _default_redis_url(self) -> str:
+        return os.environ.get("REDIS_URL", "")
+
+    @default("celery_broker_url")
+    def _default_celery_broker_url(self) -> str:
+        return os.environ.get("CELERY_BROKER_URL", "")
+
+    @default("cache_ttl")
+    def _default_cache_ttl(self) -> int:
+        return _env_int("CACHE_TTL", 3600)
+
+    @default("cache_prediction_ttl")
+    def _default_cache_prediction_ttl(self) -> int:
+        return _env_int("CACHE_PREDICTION_TTL", 60)
+
+    @default("cache_key_prefix")
+    def _default_cache_key_prefix(self) -> str:
+        return os.environ.get("CACHE_KEY_PREFIX") or "modelforge"
+
+    @default("cache_prediction_enabled")
+    def _default_cache_prediction_enabled(self) -> bool:
+        return _env_bool("CACHE_PREDICTION_ENABLED", True)
+
+    @default("cache_dir")
+    def _default_cache_dir(self) -> str:
+        return os.environ.get("MODELFORGE_CACHE_DIR") or str(data_dir() / "cache")
+
+    @default("redis_timeout")
+    def _default_redis_timeout(self) -> float:
+        return float(os.environ.get("MODELFORGE_REDIS_TIMEOUT") or 0.25)
+
+    @default("environment")
+    def _default_environment(self) -> str:
+        return os.environ.get("ENVIRONMENT") or "development"
+
+    @default("max_sessions")
+    def _default_max_sessions(self) -> int:
+        return _env_int("MODELFORGE_MAX_SESSIONS", 32)
+
+    @default("intra_op_num_threads")
+    def _default_intra_op_num_threads(self) -> int:
+        return _env_int("MODELFORGE_INTRA_OP_NUM_THREADS", 1)
+
+    @default("execution_providers")
+    def _default_execution_providers(self) -> str:
+        return os.environ.get("MODELFORGE_EXECUTION_PROVIDERS") or "CPUExecutionProvider"
+
+    @property
+    def providers(self) -> list[str]:
+        """``execution_providers`` as the list ``InferenceSession(providers=...)`` takes."""
+        return [p.strip() for p in self.execution_providers.split(",") if p.strip()]

@@ -1,0 +1,189 @@
+"""Convert request data to the numpy arrays a session takes, hash them for the cache, and make outputs JSON-safe.
+
+Pure functions over ``TensorSpec`` lists and numpy; no ONNX Runtime, database or cache here.
+
+Input rules (each violation raises ``InvalidInputError`` naming the input, the expected dtype/shape, what was given):
+- names: a dict must name every declared input and nothing else; a single-input model also takes a bare value;
+- dtype: nested lists and arrays convert to the declared dtype when no information is lost: ints to floats, integral
+  floats to ints within range, 0/1 to bool; strings only to ``string`` inputs;
+- shape: rank must match; fixed dimensions must match; symbolic/dynamic dimensions (``None``) take any size > 0;
+  ragged nested lists and empty batches are refused.
+
+Output rule: every value is returned as plain Python data that ``orjson`` encodes and decodes to the same value:
+tensors as nested lists; NaN, +Inf and -Inf as ``None`` (JSON ``null``, as ``JSON.stringify`` does); maps (skl2onnx
+ZipMap) with their keys as strings. A cached answer is therefore identical to a computed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import InvalidInputError
+from .records import TensorSpec
+
+# ONNX Runtime tensor type string -> the dtype name ModelForge reports and converts to.
+ORT_TO_DTYPE = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint64)": "uint64",
+    "tensor(uint32)": "uint32",
+    "tensor(uint16)": "uint16",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
+NUMPY_DTYPES = {name: np.dtype(object if name == "string" else name) for name in ORT_TO_DTYPE.values()}
+
+
+def spec_from_ort(node: Any) -> TensorSpec:
+    """Build a TensorSpec from an ``onnxruntime.NodeArg`` (``session.get_inputs()[i]``)."""
+    shape = node.shape if isinstance(node.shape, list) else []
+    dims = [d if isinstance(d, int) and d >= 0 else None for d in shape]
+    return TensorSpec(name=node.name, dtype=ORT_TO_DTYPE.get(node.type, node.type), shape=dims)
+
+
+def shape_str(shape: list[int | None] | tuple[int, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def prepare_feed(specs: list[TensorSpec], input_data: Any) -> dict[str, np.ndarray]:
+    """Validate ``input_data`` against the declared inputs and return ``{input name: C-contiguous ndarray}``.
+
+    ``input_data``: ``{name: nested list | ndarray | scalar}``, or for a single-input model the bare value.
+    Raises ``InvalidInputError`` (HTTP 400) naming the input, the expected dtype and shape, and what was given.
+    """
+    if isinstance(input_data, Mapping):
+        names = {s.name for s in specs}
+        unknown = [k for k in input_data if k not in names]
+        missing = [s.name for s in specs if s.name not in input_data]
+        if unknown or missing:
+            raise InvalidInputError(
+                f"input names do not match the model: expected {_describe(specs)}"
+                + (f"; unknown: {', '.join(map(repr, unknown))}" if unknown else "")
+                + (f"; missing: {', '.join(map(repr, missing))}" if missing else "")
+            )
+        return {s.name: convert(s, input_data[s.name]) for s in specs}
+    if len(specs) != 1:
+        raise InvalidInputError(
+            f"the model has {len(specs)} inputs ({_describe(specs)}); pass a dict {{input name: value}}"
+        )
+    return {specs[0].name: convert(specs[0], input_data)}
+
+
+def _describe(specs: list[TensorSpec]) -> str:
+    return ", ".join(f"'{s.name}' {s.dtype} {shape_str(s.shape)}" for s in specs)
+
+
+def convert(spec: TensorSpec, value: Any) -> np.ndarray:
+    """Convert one input value to ``spec``'s dtype and check its shape; see the module docstring for the rules."""
+    target = NUMPY_DTYPES.get(spec.dtype)
+    if target is None:  # register refuses such models; kept as a guard for records written by other versions
+        raise InvalidInputError(f"input '{spec.name}': dtype {spec.dtype} cannot be fed by ModelForge")
+    if isinstance(value, np.ndarray) and value.dtype == target:
+        arr = value
+    else:
+        arr = _cast(spec, _as_array(spec, value), target)
+    _check_shape(spec, arr)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+
+def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise InvalidInputError(
+            f"input '{spec.name}': expected {spec.dtype} {shape_str(spec.shape)}, got ragged or mixed nested lists "
+            f"({_first_line(err)})"
+        ) from None
+
+
+def _cast(spec: TensorSpec, arr: np.ndarray, target: np.dtype) -> np.ndarray:
+    kind = arr.dtype.kind
+    want = f"input '{spec.name}': expected {spec.dtype} {shape_str(spec.shape)}"
+    if target.kind == "O":  # string tensor
+        if kind in "US" or (kind == "O" and all(isinstance(v, str) for v in arr.flat)):
+            return arr.astype(object)
+        raise InvalidInputError(f"{want}, got {_given(arr)}: string inputs take text values")
+    if kind in "USO" or kind not in "biuf":
+        raise InvalidInputError(f"{want}, got {_given(arr)}: numbers are needed")
+    if target.kind == "b":
+        if kind == "b" or (kind in "iuf" and np.isin(arr, (0, 1)).all()):
+            return arr.astype(bool)
+        raise InvalidInputError(f"{want}, got {_given(arr)}: bool inputs take true/false or 0/1")
+    if target.kind in "iu":
+        if kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise InvalidInputError(f"{want}, got {_given(arr)} with non-integer values")
+        if arr.size and kind in "iuf":
+            info = np.iinfo(target)
+            lo, hi = arr.min(), arr.max()
+            if lo < info.min or hi > info.max:
+                raise InvalidInputError(f"{want}, got values from {lo} to {hi}, outside {spec.dtype}'s range")
+    return arr.astype(target)
+
+
+def _given(arr: np.ndarray) -> str:
+    kind = {"U": "strings", "S": "bytes", "O": "mixed or non-numeric values", "b": "bools", "f": "floats"}
+    return f"{kind.get(arr.dtype.kind, arr.dtype.name)} of shape {shape_str(arr.shape)}"
+
+
+def _check_shape(spec: TensorSpec, arr: np.ndarray) -> None:
+    want = f"input '{spec.name}': expected {spec.dtype} {shape_str(spec.shape)}"
+    if arr.ndim != len(spec.shape):
+        hint = ""
+        if arr.ndim + 1 == len(spec.shape):
+            hint = "; a single sample needs a batch around it, e.g. [[...]]"
+        raise InvalidInputError(f"{want} (rank {len(spec.shape)}), got shape {shape_str(arr.shape)}{hint}")
+    for axis, (want_dim, got_dim) in enumerate(zip(spec.shape, arr.shape)):
+        if want_dim is not None and want_dim != got_dim:
+            raise InvalidInputError(f"{want}, got shape {shape_str(arr.shape)} (axis {axis} must be {want_dim})")
+    if arr.size == 0:
+        raise InvalidInputError(f"{want}, got an empty batch of shape {shape_str(arr.shape)}")
+
+
+def input_hash(model_sha256: str, feed: dict[str, np.ndarray]) -> str:
+    """sha256 hex over the model version's sha256 and each input's name, dtype, shape and bytes, by name order.
+
+    The same values given as ``[[1, 2]]`` or ``[[1.0, 2.0]]``, or as dicts in another key order, hash the same (they
+    are hashed after conversion); another model version, dtype or shape never does.
+    """
+    h = hashlib.sha256(model_sha256.encode())
+    for name in sorted(feed):
+        arr = feed[name]
+        h.update(f"{len(name)}:{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(orjson.dumps(arr.tolist()) if arr.dtype.kind == "O" else arr.data)
+    return h.hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """Return ``value`` (an ONNX Runtime output) as plain Python data that JSON round-trips unchanged."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            obj = value.astype(object)
+            obj[~np.isfinite(value)] = None
+            return obj.tolist()
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
