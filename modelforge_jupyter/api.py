@@ -46,7 +46,7 @@ class ModelForge:
         self.registry = Registry(s.database_url)
         self.cache = open_cache(s)
         self.engine = Engine(s.max_sessions, s.intra_op_num_threads, s.providers)
-        self._resolved: tuple[int | None, dict[tuple[str, int | None], ModelRecord]] = (None, {})
+        self._resolved: tuple[int | None, dict[tuple[str, int | None], tuple[ModelRecord, float]]] = (None, {})
         self._resolve_lock = threading.Lock()
 
     # -- registry --------------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class ModelForge:
         return PredictionResult(str(uuid.uuid4()), record.id, record.version, output_data, ms, cached)
 
     def _resolve(self, model: str, version: int | None) -> ModelRecord:
-        """Registry lookup cached in-process, valid while the registry generation is unchanged.
+        """Registry lookup cached in-process while the registry generation is unchanged, for at most ``CACHE_TTL`` s.
 
         An entry is stored under the generation read *before* the database was queried, so it is never older than
         the generation it is filed under.
@@ -139,10 +139,11 @@ class ModelForge:
         if state[0] != generation:
             with self._resolve_lock:
                 state = self._resolved = (generation, {})
-        record = state[1].get((model, version))
-        if record is None:
-            record = state[1][(model, version)] = self.registry.resolve(model, version)
-        return record
+        now = time.monotonic()
+        entry = state[1].get((model, version))
+        if entry is None or entry[1] <= now:
+            entry = state[1][(model, version)] = (self.registry.resolve(model, version), now + self.settings.cache_ttl)
+        return entry[0]
 
     # -- operations ------------------------------------------------------------------------------------------------
     def unload(self, name: str, version: int | None = None) -> bool:

@@ -174,6 +174,8 @@ def json_safe(value: Any) -> Any:
             obj[~np.isfinite(value)] = None
             return obj.tolist()
         return value.tolist()
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return _maps_json_safe(value)
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -183,6 +185,19 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _maps_json_safe(maps: list[dict]) -> list[dict]:
+    """A sequence of maps (skl2onnx ZipMap: one ``{class: probability}`` per row), fast: keys are stringified once
+    and float values checked with ``v - v == 0`` (false for NaN and ±Inf)."""
+    keys = {k: str(k) for k in maps[0]}
+    out = []
+    for m in maps:
+        if not all(isinstance(v, float) for v in m.values()):
+            out.append({str(k): json_safe(v) for k, v in m.items()})
+            continue
+        out.append({keys[k] if k in keys else str(k): (v if v - v == 0 else None) for k, v in m.items()})
+    return out
 
 
 def _first_line(err: BaseException) -> str:

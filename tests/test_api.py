@@ -226,3 +226,20 @@ def cache_value(forge, key: str) -> bytes:
     if forge.cache.backend == "redis":
         return forge.cache.client.get(key)
     return forge.cache.cache.get(key)
+
+
+def test_resolved_metadata_lives_at_most_cache_ttl(mf_settings):
+    from modelforge_jupyter import ModelForge
+
+    for ttl, expected_lookups in ((3600, 1), (0, 3)):
+        with ModelForge(**mf_settings, cache_ttl=ttl) as forge:
+            if not forge.models():
+                forge.register("iris", IRIS)
+            lookups = []
+            resolve = forge.registry.resolve
+            forge.registry.resolve = lambda *a: lookups.append(a) or resolve(*a)  # a spy: the real lookup still runs
+
+            for _ in range(3):
+                forge.predict("iris", [[1, 2, 3, 4]], use_cache=False)
+
+            assert len(lookups) == expected_lookups

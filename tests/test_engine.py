@@ -1,0 +1,77 @@
+"""The engine's LRU, single-flight loading and concurrent runs, on real sample models."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+
+from modelforge_jupyter import ModelForge
+from modelforge_jupyter.engine import Engine
+
+from .mf_plugin import SAMPLES, mf_raw_run
+
+
+def test_concurrent_first_use_builds_one_session(mf_forge):
+    rec = mf_forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
+    mf_forge.unload("rf")
+    loads_before = mf_forge.engine.loads
+    X = load_breast_cancer().data[:4].astype(np.float32)
+    barrier = threading.Barrier(8)
+
+    def first_use(i):
+        barrier.wait()
+        return mf_forge.predict("rf", X, use_cache=False).output_data
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(first_use, range(8)))
+
+    assert mf_forge.engine.loads - loads_before == 1
+    assert mf_forge.engine.loaded() == [rec.sha256]
+    label, proba = mf_raw_run(SAMPLES / "breast_cancer_rf.onnx", {"float_input": X})
+    assert all(r == {"label": label.tolist(), "probabilities": proba.tolist()} for r in results)
+
+
+def test_lru_keeps_at_most_max_sessions(mf_settings):
+    with ModelForge(**mf_settings, max_sessions=2) as forge:
+        shas = [forge.register(n, SAMPLES / f"{n}.onnx").sha256 for n in ("iris", "diabetes", "breast_cancer_rf")]
+        assert forge.engine.loaded() == shas[1:]  # register loads; the oldest was evicted
+
+        forge.predict("iris", [[1, 2, 3, 4]], use_cache=False)  # reloads iris, evicts diabetes
+
+        assert forge.engine.loaded() == [shas[2], shas[0]]
+        assert forge.engine.loads == 4
+
+
+def test_unload_makes_next_predict_a_cold_load_from_registry_bytes(mf_forge):
+    mf_forge.register("iris", SAMPLES / "iris.onnx")
+
+    assert mf_forge.unload("iris") is True
+    assert mf_forge.unload("iris") is False
+    loads = mf_forge.engine.loads
+    res = mf_forge.predict("iris", [[5.1, 3.5, 1.4, 0.2]], use_cache=False)
+
+    assert mf_forge.engine.loads == loads + 1 and res.output_data["output_label"] == [0]
+
+
+def test_session_options_are_the_documented_ones():
+    so = Engine(intra_op_num_threads=1).session_options()
+
+    assert so.intra_op_num_threads == 1 and so.inter_op_num_threads == 1
+    assert so.graph_optimization_level.name == "ORT_ENABLE_ALL"
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_concurrent_predictions_on_one_session_are_each_correct(mf_forge):
+    mf_forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
+    data = load_breast_cancer().data.astype(np.float32)
+    batches = [data[i : i + 1 + i % 7] for i in range(64)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda X: mf_forge.predict("rf", X, use_cache=False), batches))
+
+    for X, res in zip(batches, results):
+        label, proba = mf_raw_run(SAMPLES / "breast_cancer_rf.onnx", {"float_input": X})
+        assert res.output_data == {"label": label.tolist(), "probabilities": proba.tolist()}

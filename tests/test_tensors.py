@@ -1,0 +1,108 @@
+"""Input conversion, validation messages and JSON-safe outputs, through the API and against raw onnxruntime."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from modelforge_jupyter import ModelForge
+from modelforge_jupyter.errors import InvalidInputError
+
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
+
+CASES = {  # dtype: (nested-list input, numpy dtype raw onnxruntime gets)
+    "float32": ([[1, 2.5, -3]], np.float32),
+    "float64": ([[1e300, 2.5, -3]], np.float64),
+    "float16": ([[1, 0.5, 65504]], np.float16),
+    "int64": ([[2**40, -7, 0]], np.int64),
+    "int32": ([[2**31 - 1, -7, 3.0]], np.int32),
+    "int8": ([[127, -128, 5]], np.int8),
+    "uint8": ([[255, 0, 7]], np.uint8),
+    "bool": ([[True, False, 1]], np.bool_),
+    "string": ([["setosa", "", "ünïcode"]], object),
+}
+
+
+@pytest.fixture
+def forge(tmp_path):
+    with ModelForge(database_url=f"sqlite:///{tmp_path / 'r.db'}", cache_dir=str(tmp_path / "c"), redis_url="") as mf:
+        yield mf
+
+
+@pytest.mark.parametrize("dtype", list(CASES))
+def test_nested_lists_convert_to_declared_dtype_and_match_raw(forge, dtype):
+    model = mf_identity_model(dtype, [None, 3])
+    rec = forge.register(f"id-{dtype}", model.SerializeToString())
+    values, np_dtype = CASES[dtype]
+
+    first = forge.predict(rec.name, {"x": values})
+    hit = forge.predict(rec.name, {"x": values})
+
+    (raw,) = mf_raw_run(model.SerializeToString(), {"x": np.array(values, dtype=np_dtype)})
+    assert rec.inputs[0].dtype == dtype
+    assert first.output_data["y"] == raw.tolist()
+    assert hit.cached is True and hit.output_data == first.output_data
+    orjson.dumps(first.output_data)  # JSON-encodable as is
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "message"),
+    [
+        ("float32", [["a", "b", "c"]], "input 'x': expected float32 [?, 3], got strings of shape [1, 3]"),
+        ("float32", [[1, None, 3]], "got mixed or non-numeric values"),
+        ("float32", [[1, 2], [3]], "ragged"),
+        ("float32", [1, 2, 3], "(rank 2), got shape [3]; a single sample needs a batch"),
+        ("float32", [[1, 2, 3, 4]], "got shape [1, 4] (axis 1 must be 3)"),
+        ("float32", np.zeros((0, 3), np.float32), "empty batch"),
+        ("int64", [[1.5, 2, 3]], "input 'x': expected int64 [?, 3], got floats of shape [1, 3] with non-integer values"),
+        ("int8", [[300, 1, 2]], "outside int8's range"),
+        ("bool", [[2, 0, 1]], "bool inputs take true/false or 0/1"),
+        ("string", [[1, 2, 3]], "string inputs take text values"),
+    ],
+)
+def test_bad_input_names_input_expected_and_given(forge, dtype, value, message):
+    forge.register("m", mf_identity_model(dtype, [None, 3]).SerializeToString())
+
+    with pytest.raises(InvalidInputError) as err:
+        forge.predict("m", {"x": value})
+
+    assert message in str(err.value)
+    assert err.value.status == 400
+
+
+def test_wrong_or_missing_input_names(forge, mf_silero_path):
+    forge.register("silero", mf_silero_path)
+
+    with pytest.raises(InvalidInputError, match="unknown: 'audio'; missing: 'input'"):
+        forge.predict("silero", {"audio": [[0.0]], "state": np.zeros((2, 1, 128)), "sr": 16000})
+    with pytest.raises(InvalidInputError, match="the model has 3 inputs .* pass a dict"):
+        forge.predict("silero", [[0.0] * 512])
+    with pytest.raises(InvalidInputError, match=r"input 'state': expected float32 \[2, \?, 128\]"):
+        forge.predict("silero", {"input": [[0.0] * 512], "state": np.zeros((3, 1, 128)), "sr": 16000})
+
+
+def test_non_finite_outputs_become_null_from_engine_and_cache(forge):
+    model = mf_identity_model("float32", [None, 3]).SerializeToString()
+    forge.register("nan", model)
+    X = np.array([[math.nan, math.inf, -1.5]], np.float32)
+
+    first = forge.predict("nan", X)
+    hit = forge.predict("nan", X)
+
+    assert first.output_data == {"y": [[None, None, -1.5]]} == hit.output_data
+    assert hit.cached is True
+    assert orjson.loads(orjson.dumps(first.output_data)) == first.output_data
+
+
+def test_numpy_input_of_declared_dtype_is_used_without_conversion(forge):
+    forge.register("iris", SAMPLES / "iris.onnx")
+    X = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
+
+    via_array = forge.predict("iris", X, use_cache=False)
+    via_dict_other_order = forge.predict("iris", {"float_input": X.astype(np.float64)})
+
+    assert via_array.output_data == via_dict_other_order.output_data
+    assert via_array.output_data["output_label"] == mf_raw_run(SAMPLES / "iris.onnx", {"float_input": X})[0].tolist()
