@@ -22,6 +22,7 @@ from . import __version__
 from .cache import open_cache, prediction_key
 from .engine import Engine
 from .errors import ModelForgeError
+from .invalidation import EvictionListener, Invalidator
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
 from .settings import Settings
@@ -46,6 +47,8 @@ class ModelForge:
         self.registry = Registry(s.database_url)
         self.cache = open_cache(s)
         self.engine = Engine(s.max_sessions, s.intra_op_num_threads, s.providers)
+        self.invalidator = Invalidator(s, self.cache, self.engine)
+        self.listener = self._listen(s)
         self._resolved: tuple[int | None, dict[tuple[str, int | None], tuple[ModelRecord, float]]] = (None, {})
         self._resolve_lock = threading.Lock()
 
@@ -82,11 +85,20 @@ class ModelForge:
             return self.registry.register(name, data, sha256, inputs, outputs), True
         if latest.name != name:
             raise ModelForgeError(f"{name!r} is the id of model {latest.name!r}; name the model to update it")
-        return self.registry.update(name, data, sha256, inputs, outputs)
+        record, changed = self.registry.update(name, data, sha256, inputs, outputs)
+        if changed:
+            self.invalidator.model_changed(record.id, [latest.sha256])
+        return record, changed
 
     def delete(self, name: str, version: int | None = None) -> ModelRecord:
-        """Delete model ``name`` (name or id), or only ``version``; returns the deleted record. 404 if absent."""
-        return self.registry.delete(name, version)
+        """Delete model ``name`` (name or id), or only ``version``; returns the deleted record. 404 if absent.
+
+        Its cached predictions and loaded sessions are then freed everywhere (``invalidation``); answers are already
+        correct the moment this returns, whether or not that cleanup has run.
+        """
+        record, sha256s = self.registry.delete(name, version)
+        self.invalidator.model_changed(record.id, sha256s)
+        return record
 
     def get(self, name: str, version: int | None = None) -> ModelRecord:
         """The record of ``name`` (name or id) at ``version`` (default latest). Raises ``ModelNotFoundError``."""
@@ -139,11 +151,27 @@ class ModelForge:
         if state[0] != generation:
             with self._resolve_lock:
                 state = self._resolved = (generation, {})
+            self._prune_sessions()
         now = time.monotonic()
         entry = state[1].get((model, version))
         if entry is None or entry[1] <= now:
             entry = state[1][(model, version)] = (self.registry.resolve(model, version), now + self.settings.cache_ttl)
         return entry[0]
+
+    def _prune_sessions(self) -> None:
+        """After another process changed the registry: unload sessions whose bytes no version uses any more."""
+        loaded = self.engine.loaded()
+        for sha in set(loaded) - self.registry.referenced(loaded):
+            self.engine.unload(sha)
+
+    def _listen(self, s: Settings) -> EvictionListener | None:
+        if not s.redis_url:
+            return None
+        try:
+            return EvictionListener(s.redis_url, s.cache_key_prefix, self.engine)
+        except Exception as err:  # Redis down at start: sessions are still pruned on registry changes
+            log.warning("eviction listener not started (%s)", err)
+            return None
 
     # -- operations ------------------------------------------------------------------------------------------------
     def unload(self, name: str, version: int | None = None) -> bool:
@@ -183,6 +211,9 @@ class ModelForge:
 
     def close(self) -> None:
         """Release the database pool, the cache client and the loaded sessions."""
+        if self.listener is not None:
+            self.listener.close()
+        self.invalidator.close()
         self.engine.close()
         self.cache.close()
         self.registry.close()

@@ -23,6 +23,7 @@ class PredictionCache(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None: ...
+    def invalidate(self, prefix: str, model_id: str) -> int: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -90,6 +91,22 @@ class RedisCache:
         except self._errors as err:
             self._breaker.failed(err)
 
+    def invalidate(self, prefix: str, model_id: str, batch: int = 500) -> int:
+        """Delete every cached prediction of ``model_id``: SCAN its key pattern, UNLINK in batches (never KEYS).
+
+        Returns the number of keys removed. Raises ``redis.RedisError`` (the Celery task retries on it).
+        """
+        removed = 0
+        keys: list[bytes] = []
+        for key in self.client.scan_iter(match=f"{prediction_key(prefix, model_id, '*')}", count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                removed += self.client.unlink(*keys)
+                keys = []
+        if keys:
+            removed += self.client.unlink(*keys)
+        return removed
+
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
@@ -130,6 +147,10 @@ class DiskCache:
             self.cache.set(key, value, expire=ttl, tag=model_id)
         except Exception as err:
             self._breaker.failed(err)
+
+    def invalidate(self, prefix: str, model_id: str) -> int:
+        """Delete every cached prediction of ``model_id`` (entries are tagged with it). Returns how many."""
+        return self.cache.evict(tag=model_id)
 
     def ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires (None if absent): the disk counterpart of Redis's TTL."""

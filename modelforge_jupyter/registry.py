@@ -147,6 +147,14 @@ class Registry:
             raise ModelNotFoundError(f"no model bytes with sha256 {sha256} (the model was deleted)")
         return bytes(data)
 
+    def referenced(self, sha256s: list[str]) -> set[str]:
+        """Which of ``sha256s`` some registered version still uses."""
+        if not sha256s:
+            return set()
+        with self._unavailable_as_503(), self.engine.connect() as conn:
+            rows = conn.execute(select(blobs.c.sha256).where(blobs.c.sha256.in_(sha256s))).scalars().all()
+        return set(rows)
+
     def ping(self) -> bool:
         """True when the database answers a trivial query."""
         try:
@@ -238,10 +246,11 @@ class Registry:
         log.info("updated model %s to v%d (sha256 %s, %d bytes)", record.name, version, sha256[:12], len(data))
         return record, True
 
-    def delete(self, model: str, version: int | None = None) -> ModelRecord:
+    def delete(self, model: str, version: int | None = None) -> tuple[ModelRecord, list[str]]:
         """Delete a model (every version) or one version; deleting its last version deletes the model.
 
-        Returns the record that was deleted (the latest one when ``version`` is None). Raises ``ModelNotFoundError``.
+        Returns (the record deleted — the latest one when ``version`` is None —, the sha256 of every version
+        deleted). Raises ``ModelNotFoundError``.
         """
         with self._write() as conn:
             record = self._resolve(conn, model, version)
@@ -263,7 +272,7 @@ class Registry:
                 conn.execute(delete(blobs).where(blobs.c.sha256 == sha, ~referenced))
         what = f"v{version}" if version is not None else "all versions"
         log.info("deleted model %s (%s, id %s)", record.name, what, record.id)
-        return record
+        return record, sorted(set(shas))
 
     def _add_version(self, conn, model_id, version, data, sha256, inputs, outputs, now) -> None:
         have = conn.execute(select(func.count()).select_from(blobs).where(blobs.c.sha256 == sha256)).scalar()

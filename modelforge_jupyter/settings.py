@@ -69,6 +69,11 @@ class Settings(Configurable):
         help="Celery broker URL (env CELERY_BROKER_URL), Redis or RabbitMQ (amqp://). Empty: tasks run eagerly "
         "in-process.",
     )
+    celery_queue = Unicode(
+        config=True,
+        help="Queue the invalidation tasks go to; workers consume it with -Q (env MODELFORGE_CELERY_QUEUE, "
+        "default modelforge).",
+    )
     cache_ttl = Int(config=True, help="TTL in seconds of other cached items, e.g. model metadata (env CACHE_TTL).")
     cache_prediction_ttl = Int(
         config=True, help="TTL in seconds of each cached prediction (env CACHE_PREDICTION_TTL, default 60)."
@@ -116,6 +121,10 @@ class Settings(Configurable):
     @default("celery_broker_url")
     def _default_celery_broker_url(self) -> str:
         return os.environ.get("CELERY_BROKER_URL", "")
+
+    @default("celery_queue")
+    def _default_celery_queue(self) -> str:
+        return os.environ.get("MODELFORGE_CELERY_QUEUE") or "modelforge"
 
     @default("cache_ttl")
     def _default_cache_ttl(self) -> int:

@@ -107,10 +107,13 @@ def test_equal_values_hit_one_key_and_other_shapes_or_versions_do_not(mf_forge):
 
     assert mf_forge.predict("iris", np.array([[5.0, 3.0, 1.0, 0.0]])).cached is True  # ints vs float64 array
     assert mf_forge.predict("iris", [[5, 3, 1, 0], [5, 3, 1, 0]]).cached is False  # another shape
+    assert len(cache_keys(mf_forge)) == 2
     mf_forge.update("iris", IRIS_V2)
-    assert mf_forge.predict("iris", [[5, 3, 1, 0]]).cached is False  # another version
+    assert cache_keys(mf_forge) == []  # update invalidates the model's cached predictions
+    assert mf_forge.predict("iris", [[5, 3, 1, 0]]).cached is False  # the new version
+    assert mf_forge.predict("iris", [[5, 3, 1, 0]], version=1).cached is False  # v1 hashes to another key
     assert mf_forge.predict("iris", [[5, 3, 1, 0]], version=1).cached is True
-    assert len(cache_keys(mf_forge)) == 3
+    assert len(cache_keys(mf_forge)) == 2
 
 
 def test_use_cache_false_and_disabled_cache_write_nothing(mf_settings):

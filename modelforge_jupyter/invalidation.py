@@ -1,0 +1,130 @@
+"""After a model update or delete: drop its cached predictions and free its sessions in every process.
+
+This is housekeeping, not what keeps answers correct. Correctness comes from the registry's generation check
+(``ModelForge._resolve``: every predict learns of a committed change before it answers) and from content addressing
+(cache keys hash the version's sha256; sessions are keyed by sha256), so a stale answer cannot be served even when the
+Celery worker is stopped or the broker is down. The task only frees memory and keys sooner than their TTL would.
+
+Flow: ``ModelForge.update``/``delete`` commit, then ``Invalidator.model_changed``:
+1. this process's engine unloads the superseded sessions at once;
+2. the ``modelforge_jupyter.tasks.invalidate_model`` task is sent to the broker (``CELERY_BROKER_URL``); without a
+   broker, or when sending fails (broker down), the same cleanup runs inline;
+3. the task deletes the model's keys (Redis: SCAN + UNLINK in batches; disk cache: evict by tag) and publishes an
+   eviction event on the Redis channel ``{CACHE_KEY_PREFIX}:events``; every process's ``EvictionListener`` unloads
+   those sessions from its engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "modelforge_jupyter.tasks.invalidate_model"
+
+
+def events_channel(prefix: str) -> str:
+    """The Redis pub/sub channel eviction events go to: ``{prefix}:events``."""
+    return f"{prefix}:events"
+
+
+def cleanup(cache: Any, prefix: str, model_id: str, sha256s: Iterable[str], publisher: Any = None) -> int:
+    """Delete ``model_id``'s cached predictions and publish an eviction event for ``sha256s``; return keys removed.
+
+    Idempotent. ``publisher``: a redis client to publish with (the Redis cache's own client when None and the cache
+    is Redis; no event with the disk cache, whose processes prune sessions on the registry generation change).
+    """
+    removed = cache.invalidate(prefix, model_id)
+    client = publisher if publisher is not None else getattr(cache, "client", None)
+    if client is not None:
+        event = orjson.dumps({"model_id": model_id, "sha256s": sorted(set(sha256s))})
+        client.publish(events_channel(prefix), event)
+    log.info("invalidated model %s: %d cached predictions removed", model_id, removed)
+    return removed
+
+
+class Invalidator:
+    """Sends the invalidation task after each registry change, or runs the cleanup inline (eager / broker down)."""
+
+    def __init__(self, settings: Any, cache: Any, engine: Any) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.engine = engine
+        self._celery: Any = None
+
+    def model_changed(self, model_id: str, sha256s: Iterable[str]) -> str:
+        """Free ``sha256s`` here, then clean up everywhere. Returns ``"sent"``, ``"inline"`` or ``"failed"``."""
+        shas = sorted(set(sha256s))
+        for sha in shas:
+            self.engine.unload(sha)
+        if self.settings.celery_broker_url and self._send(model_id, shas):
+            return "sent"
+        try:
+            cleanup(self.cache, self.settings.cache_key_prefix, model_id, shas)
+            return "inline"
+        except Exception as err:  # the cache is down too: TTLs expire the keys; answers stay correct regardless
+            log.warning("cleanup of model %s failed (%s); cached entries expire with their TTL", model_id, err)
+            return "failed"
+
+    def _send(self, model_id: str, shas: list[str]) -> bool:
+        try:
+            self.celery.send_task(
+                TASK_NAME,
+                args=[model_id, self.settings.cache_key_prefix, shas],
+                queue=self.settings.celery_queue,
+                retry=False,
+            )
+            return True
+        except Exception as err:  # kombu OperationalError / OSError: broker unreachable
+            log.warning("broker unreachable, cleaning up model %s inline: %s", model_id, err)
+            return False
+
+    @property
+    def celery(self) -> Any:
+        if self._celery is None:
+            from .tasks import make_app
+
+            self._celery = make_app(self.settings.celery_broker_url)
+        return self._celery
+
+    def close(self) -> None:
+        if self._celery is not None:
+            self._celery.close()
+
+
+class EvictionListener:
+    """Background thread: unload the sessions named by eviction events on ``{prefix}:events`` (Redis pub/sub)."""
+
+    def __init__(self, redis_url: str, prefix: str, engine: Any) -> None:
+        import redis
+
+        self.engine = engine
+        self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, health_check_interval=10)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(**{events_channel(prefix): self._on_event})
+        self.thread = self.pubsub.run_in_thread(sleep_time=0.5, daemon=True, exception_handler=self._on_error)
+        self.events = 0
+
+    def _on_event(self, message: dict) -> None:
+        try:
+            event = orjson.loads(message["data"])
+            for sha in event.get("sha256s", []):
+                self.engine.unload(sha)
+            self.events += 1
+        except (orjson.JSONDecodeError, TypeError, AttributeError) as err:
+            log.warning("ignoring a malformed eviction event: %s", err)
+
+    def _on_error(self, err: BaseException, pubsub: Any, thread: Any) -> None:
+        log.warning("eviction listener lost Redis (%s); resubscribing", err)
+        threading.Event().wait(1.0)  # back off; run_in_thread calls get_message again, which reconnects
+
+    def close(self) -> None:
+        self.thread.stop()
+        self.thread.join(timeout=2)
+        self.pubsub.close()
+        self.client.close()

@@ -1,0 +1,291 @@
+"""No process serves a stale prediction after an update or delete; the Celery task frees keys and sessions.
+
+Real PostgreSQL, Redis, broker (RabbitMQ and Redis) and Celery worker processes. The guarantee is checked across
+three processes (this one and two readers), with the worker running, stopped, and with the broker down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from modelforge_jupyter import ModelForge
+from modelforge_jupyter.cache import prediction_key
+from modelforge_jupyter.errors import ModelNotFoundError
+from modelforge_jupyter.tensors import input_hash, prepare_feed
+
+from .mf_plugin import SAMPLES, mf_raw_run, mf_service_missing
+
+BROKERS = {
+    "rabbitmq": os.environ.get("MF_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    "redis": os.environ.get("MF_TEST_REDIS_BROKER_URL", "redis://127.0.0.1:6379/1"),
+}
+IRIS = [SAMPLES / "iris.onnx", SAMPLES / "iris_v2.onnx"]
+X = [[5.9, 3.0, 5.1, 1.8]]
+XJ = json.dumps(X, separators=(",", ":"))  # one word on the reader's command line
+EXPECTED = [mf_raw_run(p, {"float_input": np.array(X, np.float32)})[0].tolist() for p in IRIS]  # labels per file
+PROBA = [mf_raw_run(p, {"float_input": np.array(X, np.float32)})[1][0] for p in IRIS]
+
+READER = textwrap.dedent(
+    """
+    import json, sys
+    from modelforge_jupyter import ModelForge
+    from modelforge_jupyter.errors import ModelForgeError
+    with ModelForge(**json.loads(sys.argv[1])) as mf:
+        print("ready", flush=True)
+        for line in sys.stdin:
+            cmd = line.split()
+            try:
+                if cmd[0] == "predict":
+                    r = mf.predict("iris", json.loads(cmd[1]))
+                    out = {"version": r.model_version, "proba": r.output_data["output_probability"][0]}
+                elif cmd[0] == "update":
+                    out = {"version": mf.update("iris", cmd[1]).version}
+                elif cmd[0] == "loaded":
+                    out = {"loaded": mf.engine.loaded()}
+            except ModelForgeError as err:
+                out = {"error": err.status, "message": str(err)}
+            print(json.dumps(out), flush=True)
+    """
+)
+
+
+class Reader:
+    """Another process using the Python API, driven line by line over stdin/stdout."""
+
+    def __init__(self, settings: dict) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", READER, json.dumps(settings)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def ask(self, *words: str) -> dict:
+        self.proc.stdin.write(" ".join(words) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=20)
+        self.proc.stdout.close()
+
+
+class Worker:
+    """A real ``celery -A modelforge_jupyter.tasks worker`` process on its own queue."""
+
+    def __init__(self, broker: str, queue: str, env: dict, log_path) -> None:
+        self.broker, self.queue, self.env, self.log_path = broker, queue, env, log_path
+        self.name = f"{queue}@localhost"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "celery", "-A", "modelforge_jupyter.tasks", "worker", "-Q", self.queue,
+               "-n", self.name, "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
+               "-l", "info"]
+        self.log = open(self.log_path, "a")  # a file, not a pipe: a full pipe would block the worker
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=self.log, stderr=self.log)
+        from modelforge_jupyter.tasks import make_app
+
+        app = make_app(self.broker)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, open(self.log_path).read()
+                if app.control.ping(destination=[self.name], timeout=0.5):
+                    return
+            raise AssertionError("the Celery worker did not answer a ping within 60 s")
+        finally:
+            app.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        if self.proc:
+            self.log.close()
+
+
+@pytest.fixture(params=list(BROKERS))
+def mf_broker(request) -> str:
+    from modelforge_jupyter.tasks import make_app
+
+    url = BROKERS[request.param]
+    app = make_app(url)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as err:
+        mf_service_missing(request.param, err)
+    finally:
+        app.close()
+    return url
+
+
+@pytest.fixture
+def mf_stack(mf_postgres_url, mf_redis, mf_broker, tmp_path):
+    """(settings for ModelForge, a Worker not yet started); the worker's queue is deleted after."""
+    from .mf_plugin import REDIS_URL
+
+    _client, prefix = mf_redis
+    queue = f"mftest-{uuid.uuid4().hex[:10]}"
+    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
+                "celery_broker_url": mf_broker, "celery_queue": queue}
+    worker = Worker(mf_broker, queue, {"CELERY_BROKER_URL": mf_broker, "REDIS_URL": REDIS_URL,
+                                       "MODELFORGE_CELERY_QUEUE": queue, "DATABASE_URL": mf_postgres_url},
+                    tmp_path / "worker.log")
+    yield settings, worker
+    worker.stop()
+    from modelforge_jupyter.tasks import make_app
+
+    app = make_app(mf_broker)
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(queue)
+    app.close()
+
+
+def model_keys(forge) -> list[bytes]:
+    return list(forge.cache.client.scan_iter(match=f"{forge.settings.cache_key_prefix}:prediction:*"))
+
+
+def wait_until(predicate, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def run_cycles(forge, readers: list[Reader], cycles: int) -> list[str]:
+    """Update through alternating doors, then predict at once in every process; return every stale answer."""
+    stale = []
+    for i in range(cycles):
+        path = IRIS[(i + 1) % 2]
+        if i % 2:
+            version = forge.update("iris", path).version
+        else:
+            version = readers[0].ask("update", str(path))["version"]
+        want = PROBA[(i + 1) % 2]
+        answers = [r.ask("predict", XJ) for r in readers]
+        here = forge.predict("iris", X)
+        answers.append({"version": here.model_version, "proba": here.output_data["output_probability"][0]})
+        for a in answers:
+            got = [a["proba"][k] for k in ("0", "1", "2")]
+            if a["version"] != version or not np.allclose(got, [want[k] for k in (0, 1, 2)], rtol=0, atol=1e-7):
+                stale.append(f"cycle {i}: expected v{version}, got {a}")
+    return stale
+
+
+@pytest.mark.timeout(300)
+def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack):
+    settings, worker = mf_stack
+    worker.start()
+    with ModelForge(**settings) as forge:
+        forge.register("iris", IRIS[0])
+        readers = [Reader(settings), Reader(settings)]
+        try:
+            assert forge.health()["celery"] == "connected"
+            assert run_cycles(forge, readers, 100) == []
+
+            worker.stop()
+            assert forge.health()["celery"] == "disconnected"
+            assert run_cycles(forge, readers, 100) == []
+            assert model_keys(forge), "with the worker stopped, readers' old keys stay until it runs again"
+
+            worker.start()
+            forge.predict("iris", X)  # one fresh key for the current version, then an update makes it old
+            latest_is_v1_bytes = forge.get("iris").sha256 == forge.get("iris", 1).sha256
+            assert forge.update("iris", IRIS[1] if latest_is_v1_bytes else IRIS[0]).version == 202
+            assert wait_until(lambda: model_keys(forge) == [])
+        finally:
+            for r in readers:
+                r.close()
+
+
+def test_delete_is_seen_everywhere_and_frees_sessions_via_event(mf_stack):
+    settings, worker = mf_stack
+    worker.start()
+    with ModelForge(**settings) as forge:
+        rec = forge.register("iris", IRIS[0])
+        reader = Reader(settings)
+        try:
+            assert reader.ask("predict", XJ)["version"] == 1
+            assert reader.ask("loaded")["loaded"] == [rec.sha256]
+
+            forge.delete("iris")
+
+            answer = reader.ask("predict", XJ)
+            assert answer["error"] == 404 and "not registered" in answer["message"]
+            with pytest.raises(ModelNotFoundError):
+                forge.predict("iris", X)
+            assert wait_until(lambda: reader.ask("loaded")["loaded"] == [])
+            assert wait_until(lambda: model_keys(forge) == [])
+        finally:
+            reader.close()
+
+
+def test_broker_down_update_succeeds_and_cleans_up_inline(mf_postgres_url, mf_redis):
+    from .mf_plugin import REDIS_URL
+
+    _client, prefix = mf_redis
+    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
+                "celery_broker_url": "amqp://guest:guest@127.0.0.1:1//"}
+    with ModelForge(**settings) as forge:
+        forge.register("iris", IRIS[0])
+        forge.predict("iris", X)
+        assert len(model_keys(forge)) == 1
+
+        rec = forge.update("iris", IRIS[1])
+
+        assert rec.version == 2 and model_keys(forge) == []
+        res = forge.predict("iris", X)
+        assert (res.model_version, res.cached) == (2, False)
+        assert forge.health()["status"] == "degraded"
+
+
+def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(mf_postgres_url, mf_redis):
+    from .mf_plugin import REDIS_URL
+
+    _client, prefix = mf_redis
+    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix}
+    with ModelForge(**settings) as forge:
+        rec = forge.register("iris", IRIS[0])
+        stop = threading.Event()
+        inputs = [[[5.9 + i * 0.01, 3.0, 5.1, 1.8]] for i in range(50)]
+
+        def hammer():
+            while not stop.is_set():
+                for x in inputs:
+                    forge.predict("iris", x)
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.2)
+            v2 = forge.update("iris", IRIS[1])
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+
+        checked = 0
+        for x in inputs:
+            key = prediction_key(prefix, rec.id, input_hash(v2.sha256, prepare_feed(v2.inputs, x)))
+            value = forge.cache.client.get(key)
+            if value is not None:
+                raw = mf_raw_run(IRIS[1], {"float_input": np.array(x, np.float32)})[1][0]
+                assert json.loads(value)["output_probability"][0] == {str(k): v for k, v in raw.items()}
+                checked += 1
+        assert checked > 0
