@@ -1,26 +1,31 @@
-"""Benchmark ModelForge against raw ONNX Runtime in one run: ``python -m modelforge_jupyter.bench``.
+"""Benchmark ModelForge against raw ONNX Runtime in one run: ``python -m modelforge_jupyter.bench`` and ``%mf_bench``.
 
-For each sample model and batch size it measures, on the same input and with the same ``SessionOptions``:
-raw ``InferenceSession.run``; ``ModelForge.predict`` with the cache off, on a cache miss (a new input each call, the
-cache write included) and on a cache hit; p50 / p99 latency in ms and predictions/s (rows per second), each with its
-ratio to raw ONNX Runtime. Then cold start (predict right after the session is unloaded, model bytes fetched from the
-registry) beside raw session creation + first run, and a cache hit beside a raw GET of the same value from the cache
-backend. ``--json PATH`` writes the same figures as JSON.
+Both doors call ``plan_bench`` then ``run_bench``: for each batch size they measure, on the same input arrays and
+with the same ``SessionOptions`` (``mf.engine.session_options()``), ModelForge beside raw ``InferenceSession.run``:
 
-By default it runs on a fresh embedded registry and disk cache in a temporary directory; ``--database-url`` and
-``--redis-url`` measure real services (the registry used is created and dropped nowhere: use a scratch database).
+- ``raw_cold`` / ``cold``: raw session creation + first run / ``predict`` right after ``ModelForge.unload`` (model
+  bytes fetched from the registry, session built; the unload itself is not timed);
+- ``raw_ort`` / ``api_cache_off``: raw ``run`` / a warm ``predict(use_cache=False)``;
+- ``api_miss``: ``predict`` on a new input each call, the cache write included (CLI only);
+- ``api_hit``: ``predict`` of an input already in the prediction cache.
+
+Each cell reports p50 / p95 / p99 latency in ms, throughput in predictions/s (rows of the batch per second over all
+timed calls) and the p50 ratio to the raw path beside it (``raw_cold`` for ``cold``, ``raw_ort`` for the others).
+The CLI then adds a cache hit beside a raw GET of the same key from the cache backend; ``--json PATH`` writes the
+figures as JSON. By default it runs on a fresh embedded registry and disk cache in a temporary directory;
+``--database-url`` and ``--redis-url`` measure real services (use a scratch database).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -28,27 +33,105 @@ import orjson
 from .demo import sample_path
 
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
+MAGIC_PATHS = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")
+CLI_PATHS = ("raw_ort", "api_cache_off", "api_miss", "api_hit")
+RAW_OF = {"cold": "raw_cold", "api_cache_off": "raw_ort", "api_miss": "raw_ort", "api_hit": "raw_ort"}
+LABELS = {
+    "raw_cold": "raw ORT cold", "cold": "cold", "raw_ort": "raw ORT", "api_cache_off": "warm (cache off)",
+    "api_miss": "cache miss", "api_hit": "cache hit", "raw_cache_get": "raw cache GET",
+}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Row:
+    """One measured cell: latency percentiles in ms, predictions/s, p50 ratio to the raw path (1.0 for raw rows)."""
+
     model: str
     batch: int
     path: str  # raw_ort | api_cache_off | api_miss | api_hit | cold | raw_cold | raw_cache_get
     p50_ms: float
+    p95_ms: float
     p99_ms: float
     predictions_per_s: float
     ratio_p50: float | None = None  # p50 / raw p50 of the same model and batch
+    iterations: int = 0
 
 
-def timed(fn: Callable[[int], object], seconds: float, max_iterations: int, warmup: int = 20) -> list[float]:
-    """Call ``fn(i)`` repeatedly for about ``seconds`` (at most ``max_iterations``); return latencies in ms."""
+@dataclass(frozen=True)
+class Budget:
+    """How long each cell runs: about ``seconds`` (at least 5 calls), or exactly ``iterations`` calls when set."""
+
+    seconds: float = 0.5
+    iterations: int | None = None
+    warmup: int = 20
+    max_iterations: int = 20000
+    cold_max: int = 20  # a cold call builds a session: cap the repeats when timing by seconds
+
+    def timed(self, fn: Callable[[int], object], *, cold: bool = False, limit: int | None = None,
+              setup: Callable[[int], object] | None = None) -> list[float]:
+        """Latencies (ms) of ``fn`` under this budget; ``cold`` cells take 2 warmups and 3 to ``cold_max`` calls,
+        ``limit`` caps the calls (a finite supply of cache-miss inputs)."""
+        warmup = min(self.warmup, 2) if cold else self.warmup
+        if self.iterations is not None:
+            return timed(fn, float("inf"), min(self.iterations, limit or self.iterations), warmup, setup, 1)
+        cap = self.cold_max if cold else (limit or self.max_iterations)
+        return timed(fn, self.seconds, cap, warmup, setup, 3 if cold else 5)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What ``%mf_bench`` returns: every measured ``Row`` of one model, plus how it was measured.
+
+    ``table`` is a pandas DataFrame (one row per batch size and path) when pandas is installed, else a list of dicts;
+    ``to_dict()`` is JSON-safe.
+    """
+
+    model: str
+    version: int
+    backend: str
+    batch_sizes: tuple[int, ...]
+    budget: Budget
+    rows: tuple[Row, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def table(self) -> Any:
+        records = [asdict(r) for r in self.rows]
+        try:
+            import pandas as pd
+        except ImportError:
+            return records
+        return pd.DataFrame.from_records(records, columns=list(Row.__dataclass_fields__))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "version": self.version, "backend": self.backend,
+            "batch_sizes": list(self.batch_sizes), "budget": asdict(self.budget),
+            "notes": list(self.notes), "rows": [asdict(r) for r in self.rows],
+        }
+
+    def row(self, batch: int, path: str) -> Row | None:
+        return next((r for r in self.rows if r.batch == batch and r.path == path), None)
+
+    def __repr__(self) -> str:
+        return (f"<BenchResult {self.model} v{self.version}: {len(self.rows)} rows over batch sizes "
+                f"{list(self.batch_sizes)} ({self.backend}); .table, .to_dict()>")
+
+
+def timed(fn: Callable[[int], object], seconds: float, max_iterations: int, warmup: int = 20,
+          setup: Callable[[int], object] | None = None, min_iterations: int = 5) -> list[float]:
+    """Call ``fn(i)`` for about ``seconds`` (at least ``min_iterations``, at most ``max_iterations`` calls) after
+    ``warmup`` untimed calls; ``setup(i)`` runs untimed before each call. Returns each call's latency in ms."""
     for i in range(warmup):
+        if setup is not None:
+            setup(i)
         fn(i)
     out: list[float] = []
     deadline = time.perf_counter() + seconds
     i = warmup
-    while len(out) < max_iterations and (len(out) < 5 or time.perf_counter() < deadline):
+    while len(out) < max_iterations and (len(out) < min_iterations or time.perf_counter() < deadline):
+        if setup is not None:
+            setup(i)
         t = time.perf_counter()
         fn(i)
         out.append((time.perf_counter() - t) * 1000.0)
@@ -57,69 +140,183 @@ def timed(fn: Callable[[int], object], seconds: float, max_iterations: int, warm
 
 
 def summarize(model: str, batch: int, path: str, ms: list[float], raw_p50: float | None) -> Row:
-    ms_sorted = sorted(ms)
-    p50 = statistics.median(ms_sorted)
-    p99 = ms_sorted[min(len(ms_sorted) - 1, int(round(0.99 * (len(ms_sorted) - 1))))]
-    return Row(model, batch, path, p50, p99, batch * 1000.0 / p50 if p50 else 0.0,
-               p50 / raw_p50 if raw_p50 else None)
+    """Percentiles (linear interpolation) of ``ms``; throughput = batch rows x calls / total timed seconds."""
+    p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
+    total_s = sum(ms) / 1000.0
+    return Row(model, batch, path, p50, p95, p99, batch * len(ms) / total_s if total_s else 0.0,
+               p50 / raw_p50 if raw_p50 else None, len(ms))
+
+
+def sample_feed(specs: list, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A valid input for ``specs`` (``ModelRecord.inputs``): axis 0 = ``batch`` where it is symbolic, other symbolic
+    dims 1. Floats uniform in [0, 5); integers and bools 0 or 1 (valid indices for any embedding); strings 'a'/'b'."""
+    from .tensors import NUMPY_DTYPES
+
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in specs:
+        shape = [d if d is not None else (batch if axis == 0 else 1) for axis, d in enumerate(spec.shape)]
+        dtype = NUMPY_DTYPES[spec.dtype]
+        if dtype.kind == "f":
+            arr = rng.uniform(0, 5, shape).astype(dtype)
+        elif dtype.kind == "O":
+            arr = rng.choice(np.array(["a", "b"], dtype=object), shape)
+        else:
+            arr = rng.integers(0, 2, shape).astype(dtype)
+        feed[spec.name] = np.asarray(arr, dtype)
+    return feed
+
+
+def resize_batch(specs: list, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """``feed`` with ``batch`` rows on axis 0 of every input whose axis 0 is symbolic (rows repeated cyclically)."""
+    out = dict(feed)
+    for spec in specs:
+        arr = feed[spec.name]
+        if spec.shape and spec.shape[0] is None and arr.shape[0] != batch:
+            out[spec.name] = np.ascontiguousarray(np.take(arr, np.arange(batch) % arr.shape[0], axis=0))
+    return out
+
+
+def batch_of(specs: list, feed: dict[str, np.ndarray]) -> int:
+    """The batch size of ``feed``: axis 0 of the first input whose axis 0 is symbolic (1 if none is)."""
+    return next((feed[s.name].shape[0] for s in specs if s.shape and s.shape[0] is None), 1)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What ``run_bench`` will measure: the record, the batch sizes, the paths, and the validated input (if given)."""
+
+    name: str
+    record: Any  # ModelRecord
+    batch_sizes: tuple[int, ...]
+    paths: tuple[str, ...]
+    base: dict[str, np.ndarray] | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        """How many cells (batch size x path) the run measures."""
+        return len(self.batch_sizes) * len(self.paths)
+
+    def feed(self, batch: int) -> dict[str, np.ndarray]:
+        if self.base is None:
+            return sample_feed(self.record.inputs, batch, seed=batch)
+        return resize_batch(self.record.inputs, self.base, batch)
+
+
+def plan_bench(mf, name: str, batch_sizes: Iterable[int] | None = None, input_data: Any = None,
+               paths: Iterable[str] = MAGIC_PATHS) -> BenchPlan:
+    """Resolve model ``name`` (latest version) and check the input, before anything is timed or displayed.
+
+    ``input_data`` (anything ``predict`` takes) is validated and converted once; without it ``sample_feed`` builds
+    one. ``batch_sizes`` defaults to 1, 10, 100, 1000, or to the batch of ``input_data`` when that is given; the input
+    is resized along axis 0 to each. Cache paths are dropped (with a note) when the prediction cache is disabled.
+    Raises ``ModelForgeError``: unknown model, invalid input, or ONNX Runtime refusing it at the first batch size.
+    """
+    from .tensors import prepare_feed
+
+    record = mf.get(name)
+    base = prepare_feed(record.inputs, input_data) if input_data is not None else None
+    if batch_sizes is None:
+        batch_sizes = [batch_of(record.inputs, base)] if base is not None else [1, 10, 100, 1000]
+    batch_sizes, paths, notes = tuple(batch_sizes), tuple(paths), []
+    unknown = [p for p in paths if p not in RAW_OF and p not in RAW_OF.values()]
+    if unknown or not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"bad plan: paths {paths}, batch sizes {batch_sizes}")
+    if not mf.settings.cache_prediction_enabled and any(p in ("api_hit", "api_miss") for p in paths):
+        paths = tuple(p for p in paths if p not in ("api_hit", "api_miss"))
+        notes.append("cache paths not measured: the prediction cache is disabled (CACHE_PREDICTION_ENABLED=false)")
+    plan = BenchPlan(name, record, batch_sizes, paths, base, tuple(notes))
+    mf.predict(name, plan.feed(batch_sizes[0]), use_cache=False)
+    return plan
+
+
+def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
+              on_cell: Callable[[int, int, Row | None], None] | None = None) -> BenchResult:
+    """Measure every path of ``plan`` on each of its batch sizes, in order; raw paths first, so ratios exist.
+
+    ``on_cell(done, total, row)`` runs after each cell (``row`` None when a cache path could not be measured: the
+    cache did not answer, or no float input to vary for a miss). Raises ``ModelForgeError`` if a batch size's input
+    is refused.
+    """
+    import onnxruntime as ort
+
+    record, name = plan.record, plan.name
+    model_bytes = mf.registry.blob(record.sha256)
+    raw = ort.InferenceSession(model_bytes, mf.engine.session_options(), providers=mf.engine.providers)
+    notes, rows, done = list(plan.notes), [], 0
+    for batch in plan.batch_sizes:
+        feed = plan.feed(batch)
+        mf.predict(name, feed, use_cache=False)  # refuses a bad input before anything is timed
+        raw_p50: dict[str, float] = {}
+        for path in plan.paths:
+            ms = _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch)
+            row = None
+            if ms is not None:
+                row = summarize(record.name, batch, path, ms, raw_p50.get(RAW_OF.get(path, "")))
+                if path in RAW_OF.values():
+                    raw_p50[path] = row.p50_ms
+                    row = replace(row, ratio_p50=1.0)
+                rows.append(row)
+            done += 1
+            if on_cell is not None:
+                on_cell(done, plan.total, row)
+    backend = f"registry {mf.registry.dialect}, cache {mf.cache.backend}"
+    return BenchResult(record.name, record.version, backend, plan.batch_sizes, budget, tuple(rows), tuple(notes))
+
+
+def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> list[float] | None:
+    """Latencies (ms) of one path on ``feed``; None when a cache path cannot be measured (a note says why)."""
+    import onnxruntime as ort
+
+    if path == "raw_ort":
+        return budget.timed(lambda i: raw.run(None, feed))
+    if path == "raw_cold":
+        options, providers = mf.engine.session_options(), mf.engine.providers
+        return budget.timed(lambda i: ort.InferenceSession(model_bytes, options, providers=providers).run(None, feed),
+                            cold=True)
+    if path == "cold":
+        return budget.timed(lambda i: mf.predict(name, feed, use_cache=False), cold=True,
+                            setup=lambda i: mf.unload(name))
+    if path == "api_cache_off":
+        return budget.timed(lambda i: mf.predict(name, feed, use_cache=False))
+    mf.predict(name, feed)
+    if not mf.predict(name, feed).cached:
+        notes.append(f"batch {batch}: {LABELS[path]} not measured: the prediction cache did not answer")
+        return None
+    if path == "api_hit":
+        return budget.timed(lambda i: mf.predict(name, feed))
+    floats = [k for k, v in feed.items() if v.dtype.kind == "f"]
+    if not floats:
+        notes.append(f"batch {batch}: {LABELS[path]} not measured: no float input to vary")
+        return None
+    n = 2000 if batch <= 10 else 300
+    misses = [{k: (v + v.dtype.type(i * 1e-3) if k in floats else v) for k, v in feed.items()}
+              for i in range(1, n + budget.warmup + 1)]
+    return budget.timed(lambda i: mf.predict(name, misses[i % len(misses)]), limit=n)
 
 
 def bench_model(mf, name: str, batches: list[int], seconds: float) -> list[Row]:
-    import onnxruntime as ort
-
-    record = mf.save(name, sample_path(MODELS[name]))[0]
-    spec = record.inputs[0]
-    raw = ort.InferenceSession(str(sample_path(MODELS[name])), mf.engine.session_options(), providers=mf.engine.providers)
-    rows: list[Row] = []
-    for batch in batches:
-        rng = np.random.default_rng(batch)
-        X = rng.uniform(0, 5, [batch if d is None else d for d in spec.shape]).astype(np.float32)
-        n_miss = 2000 if batch <= 10 else 300
-        misses = [X + np.float32(i * 1e-3) for i in range(n_miss + 20)]
-        raw_ms = timed(lambda i: raw.run(None, {spec.name: X}), seconds, 20000)
-        raw_row = summarize(name, batch, "raw_ort", raw_ms, None)
-        raw_row.ratio_p50 = 1.0
-        rows.append(raw_row)
-        cases = {
-            "api_cache_off": lambda i: mf.predict(name, X, use_cache=False),
-            "api_miss": lambda i: mf.predict(name, misses[i % len(misses)]),
-            "api_hit": lambda i: mf.predict(name, X),
-        }
-        for path, fn in cases.items():
-            limit = n_miss if path == "api_miss" else 20000
-            rows.append(summarize(name, batch, path, timed(fn, seconds, limit), raw_row.p50_ms))
-    return rows
+    """Register sample model ``name`` (if new) and measure the CLI's warm paths on each batch size."""
+    mf.save(name, sample_path(MODELS[name]))
+    return list(run_bench(mf, plan_bench(mf, name, batches, paths=CLI_PATHS), Budget(seconds=seconds)).rows)
 
 
 def bench_cold(mf, name: str, repeats: int = 20) -> list[Row]:
-    import onnxruntime as ort
-
-    record = mf.get(name)
-    X = np.ones([1 if d is None else d for d in record.inputs[0].shape], np.float32)
-    data = sample_path(MODELS[name]).read_bytes()
-
-    def raw_cold(_i):
-        ort.InferenceSession(data, mf.engine.session_options(), providers=mf.engine.providers).run(
-            None, {record.inputs[0].name: X})
-
-    def api_cold(_i):
-        mf.unload(name)
-        mf.predict(name, X, use_cache=False)
-
-    raw_row = summarize(name, 1, "raw_cold", timed(raw_cold, 0, repeats, warmup=2), None)
-    raw_row.ratio_p50 = 1.0
-    return [raw_row, summarize(name, 1, "cold", timed(api_cold, 0, repeats, warmup=2), raw_row.p50_ms)]
+    """Cold start at batch 1 beside raw session creation + first run, ``repeats`` times each."""
+    plan = plan_bench(mf, name, [1], paths=("raw_cold", "cold"))
+    return list(run_bench(mf, plan, Budget(iterations=repeats, warmup=2)).rows)
 
 
 def bench_cache_get(mf, name: str, seconds: float) -> list[Row]:
     """A cache hit beside a raw GET of the same key from the cache backend (Redis GET or diskcache get)."""
-    X = np.ones([1 if d is None else d for d in mf.get(name).inputs[0].shape], np.float32)
-    mf.predict(name, X)
+    feed = sample_feed(mf.get(name).inputs, 1)
+    mf.predict(name, feed)
     key = next(iter_keys(mf))
     get = mf.cache.client.get if mf.cache.backend == "redis" else mf.cache.cache.get
-    raw_row = summarize(name, 1, "raw_cache_get", timed(lambda i: get(key), seconds, 20000), None)
-    raw_row.ratio_p50 = 1.0
-    hit_row = summarize(name, 1, "api_hit", timed(lambda i: mf.predict(name, X), seconds, 20000), raw_row.p50_ms)
+    budget = Budget(seconds=seconds)
+    raw_row = replace(summarize(name, 1, "raw_cache_get", budget.timed(lambda i: get(key)), None), ratio_p50=1.0)
+    hit_row = summarize(name, 1, "api_hit", budget.timed(lambda i: mf.predict(name, feed)), raw_row.p50_ms)
     return [raw_row, hit_row]
 
 
@@ -130,14 +327,18 @@ def iter_keys(mf):
     return mf.cache.cache.iterkeys()
 
 
-def format_table(rows: list[Row]) -> str:
-    head = f"{'model':<17}{'batch':>6}  {'path':<14}{'p50 ms':>10}{'p99 ms':>10}{'pred/s':>12}{'x raw p50':>11}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        ratio = f"{r.ratio_p50:.2f}" if r.ratio_p50 is not None else ""
-        lines.append(f"{r.model:<17}{r.batch:>6}  {r.path:<14}{r.p50_ms:>10.4f}{r.p99_ms:>10.4f}"
-                     f"{r.predictions_per_s:>12,.0f}{ratio:>11}")
-    return "\n".join(lines)
+HEADER = (f"{'model':<17}{'batch':>6}  {'path':<14}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'pred/s':>12}"
+          f"{'x raw p50':>11}")
+
+
+def format_row(r: Row) -> str:
+    ratio = f"{r.ratio_p50:.2f}" if r.ratio_p50 is not None else ""
+    return (f"{r.model:<17}{r.batch:>6}  {r.path:<14}{r.p50_ms:>10.4f}{r.p95_ms:>10.4f}{r.p99_ms:>10.4f}"
+            f"{r.predictions_per_s:>12,.0f}{ratio:>11}")
+
+
+def format_table(rows: Iterable[Row]) -> str:
+    return "\n".join([HEADER, "-" * len(HEADER), *map(format_row, rows)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,369 @@
+"""IPython magics over the ``ModelForge`` API: ``%mf_predict``, ``%mf_bench``, ``%mf_models``, ``%mf_register``...
+
+Doors only: each magic parses its line (IPython ``magic_arguments``), calls the ``ModelForge`` API and renders the
+answer. Settings come from the environment as everywhere else; ``%config ModelForgeMagics.<trait>`` overrides them.
+A refused request (``ModelForgeError``, bad options, an expression that fails) prints one line to stderr, returns
+None and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.process import arg_split
+from traitlets import Bool, CaselessStrEnum, Unicode, observe
+
+from ..errors import InvalidInputError, ModelForgeError
+from ..records import ModelRecord, PredictionResult
+from . import dashboard
+
+SETTINGS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix", "cache_prediction_enabled")
+REQUEST_KEYS = {"input_data", "use_cache", "version"}
+
+
+class ExpressionError(Exception):
+    """The user's expression failed to evaluate; ``str`` is already ``Type: message``."""
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Print a refused request as one line on stderr (no traceback); the magic then returns None."""
+    try:
+        yield
+    except ExpressionError as err:
+        print(err, file=sys.stderr)
+    except (ModelForgeError, UsageError) as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+
+
+def _unquote(token: str) -> str:
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+        return token[1:-1]
+    return token
+
+
+def _specs(specs: list) -> str:
+    from ..tensors import shape_str
+
+    return "; ".join(f"{s.name} {s.dtype} {shape_str(s.shape)}" for s in specs)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+@magics_class
+class ModelForgeMagics(Magics):
+    """The ModelForge magics and their settings (``%config ModelForgeMagics`` lists them).
+
+    Settings left at None come from the environment (``DATABASE_URL``, ``REDIS_URL``, ``MODELFORGE_CACHE_DIR``,
+    ``CACHE_KEY_PREFIX``, ``CACHE_PREDICTION_ENABLED``), as for every other ModelForge process. The ``ModelForge``
+    is built on first use and rebuilt after a setting changes.
+    """
+
+    database_url = Unicode(None, allow_none=True, config=True,
+                           help="Registry URL; None: env DATABASE_URL, else the embedded SQLite registry.")
+    redis_url = Unicode(None, allow_none=True, config=True,
+                        help="Redis URL of the prediction cache; '' for the local-disk cache; None: env REDIS_URL.")
+    cache_dir = Unicode(None, allow_none=True, config=True,
+                        help="Directory of the local-disk prediction cache; None: env MODELFORGE_CACHE_DIR.")
+    cache_key_prefix = Unicode(None, allow_none=True, config=True,
+                               help="Prefix of every cache key; None: env CACHE_KEY_PREFIX (default modelforge).")
+    cache_prediction_enabled = Bool(None, allow_none=True, config=True,
+                                    help="Cache predictions; None: env CACHE_PREDICTION_ENABLED (default true).")
+    widgets = CaselessStrEnum(
+        ["auto", "on", "off"], "auto", config=True,
+        help="%mf_bench display: 'on' the ipywidgets dashboard, 'off' a text table, 'auto' the dashboard in a "
+        "kernel (ZMQInteractiveShell) and text elsewhere (terminal IPython).",
+    )
+
+    _forge = None
+
+    @property
+    def forge(self):
+        """The ``ModelForge`` these magics use: environment settings, overridden by the traits that are set."""
+        if self._forge is None:
+            from ..api import ModelForge
+
+            self._forge = ModelForge(**{k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None})
+        return self._forge
+
+    @observe(*SETTINGS)
+    def _settings_changed(self, change: dict) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the ``ModelForge`` (database pool, cache client, sessions); the next magic builds a new one."""
+        forge, self._forge = self._forge, None
+        if forge is not None:
+            forge.close()
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def _parse(self, magic: Any, line: str) -> Any:
+        line = line.rstrip().removesuffix(";")  # "%mf_bench iris;" as in a silenced cell
+        try:
+            argv = arg_split(line)
+        except ValueError as err:
+            raise UsageError(f"cannot split {line!r}: {err}") from None
+        return magic.parser.parse_intermixed_args(argv)  # MagicArgumentParser: errors raise UsageError
+
+    def _eval(self, expr: str) -> Any:
+        try:
+            return self.shell.ev(expr)
+        except Exception as err:
+            raise ExpressionError(f"{type(err).__name__}: {err} (evaluating {expr!r})") from None
+
+    def _store(self, name: str | None, value: Any) -> None:
+        if name is not None:
+            self.shell.user_ns[name] = value
+
+    # -- magics --------------------------------------------------------------------------------------------------
+    @line_cell_magic
+    @no_var_expand
+    @magic_arguments()
+    @argument("model", help="model name or id")
+    @argument("expr", nargs="*", help="the input, a Python expression (line form only)")
+    @argument("--no-cache", action="store_true", help="skip the prediction cache (use_cache=False)")
+    @argument("--version", type=int, default=None, help="model version (default: the latest)")
+    @argument("-o", "--output", metavar="NAME", default=None, help="also store the PredictionResult in NAME")
+    def mf_predict(self, line: str, cell: str | None = None) -> PredictionResult | None:
+        """Run a registered model on an input and return the ``PredictionResult``.
+
+        Line form: EXPR is evaluated in the notebook's namespace: a numpy array, nested lists, a dict
+        {input name: value}, or a pandas DataFrame for a single-input model; batches go along axis 0.
+        Cell form: the cell is a JSON body as in the HTTP API, ``{"input_data": ..., "use_cache": ...,
+        "version": ...}`` or just the input data. The result shows as a table: outputs, time in ms, cached flag.
+
+        Examples::
+
+            r = %mf_predict iris X[:5]
+            %mf_predict iris [[5.1, 3.5, 1.4, 0.2]] --no-cache --version 1
+
+            %%mf_predict iris -o r
+            {"input_data": {"float_input": [[5.1, 3.5, 1.4, 0.2]]}, "use_cache": false}
+        """
+        with one_line_errors():
+            args = self._parse(self.mf_predict, line)
+            if args.output is not None and not args.output.isidentifier():
+                raise UsageError(f"-o takes a variable name, got {args.output!r}")
+            use_cache, version = not args.no_cache, args.version
+            if cell is None:
+                if not args.expr:
+                    raise UsageError("give the input: %mf_predict MODEL EXPR, or the cell form %%mf_predict MODEL")
+                input_data = self._eval(" ".join(args.expr))
+            else:
+                if args.expr:
+                    raise UsageError("the cell body is the input: give only MODEL and options on the %%mf_predict line")
+                input_data, use_cache, version = parse_request(cell, use_cache, version)
+            result = self.forge.predict(args.model, input_data, use_cache=use_cache, version=version)
+            self._store(args.output, result)
+            return result
+
+    @line_magic
+    @no_var_expand
+    @magic_arguments()
+    @argument("model", help="model name or id (its latest version is measured)")
+    @argument("expr", nargs="*", help="the input (default: a sample built from the model's declared inputs)")
+    @argument("--batch-sizes", default=None, metavar="B,B,...",
+              help="batch sizes (default 1,10,100,1000; with EXPR: its own batch), input resized along axis 0")
+    @argument("--seconds", type=float, default=None, help="time per measured cell in s (default 0.5)")
+    @argument("--iterations", type=int, default=None, help="exact calls per measured cell, instead of --seconds")
+    @argument("--warmup", type=int, default=None, help="untimed calls before each cell (default 20; cold: 2)")
+    @argument("--no-cache", action="store_true", help="do not measure cache hits")
+    @argument("--text", action="store_true", help="print a text table instead of the widget dashboard")
+    def mf_bench(self, line: str):
+        """Measure a model in this kernel beside raw ONNX Runtime; return a ``BenchResult``.
+
+        For each batch size: cold (the first predict after the session is unloaded, model load included), warm
+        (cache off) and cache-hit latency (p50/p95/p99 ms) and throughput (predictions/s), each beside raw
+        onnxruntime on the same model, input and SessionOptions, with its p50 ratio to raw. Shows a dashboard
+        (progress bar, the table filling in, then a latency/throughput plot) in a widget frontend, a text table
+        elsewhere. The same code as ``python -m modelforge_jupyter.bench``.
+
+        Examples::
+
+            res = %mf_bench iris
+            %mf_bench iris X --batch-sizes 1,64 --iterations 200 --no-cache
+            res.table          # pandas DataFrame: model, batch, path, p50_ms, p95_ms, p99_ms, ...
+        """
+        from ..bench import MAGIC_PATHS, plan_bench, run_bench
+
+        with one_line_errors():
+            args = self._parse(self.mf_bench, line)
+            budget = bench_budget(args)
+            batch_sizes = parse_batch_sizes(args.batch_sizes)
+            input_data = self._eval(" ".join(args.expr)) if args.expr else None
+            paths = [p for p in MAGIC_PATHS if not (args.no_cache and p == "api_hit")]
+            mf = self.forge
+            plan = plan_bench(mf, args.model, batch_sizes, input_data, paths)
+            in_kernel = type(self.shell).__name__ == "ZMQInteractiveShell"
+            widgets = not args.text and (self.widgets == "on" or (self.widgets == "auto" and in_kernel))
+            view_args = (plan.record.name, plan.batch_sizes, plan.paths, plan.total)
+            view = dashboard.BenchDashboard(*view_args) if widgets else dashboard.TextReport(*view_args, in_kernel)
+            view.show()
+            try:
+                result = run_bench(mf, plan, budget, view.update)
+            except BaseException:
+                view.fail()
+                raise
+            view.finish(result)
+            return result
+
+    @line_magic
+    def mf_models(self, line: str) -> dashboard.Table | None:
+        """Show the registry: name, version, id, inputs, outputs, size and updated_at of every model.
+
+        Example::
+
+            %mf_models
+        """
+        with one_line_errors():
+            if line.strip():
+                raise UsageError("%mf_models takes no arguments")
+            return models_table(self.forge.models())
+
+    @line_magic
+    @magic_arguments()
+    @argument("name", help="the new model's name")
+    @argument("path", help="path of the ONNX file (quote it if it has spaces)")
+    def mf_register(self, line: str) -> None:
+        """Register an ONNX file as version 1 of a new model.
+
+        Example::
+
+            %mf_register iris modelforge_jupyter/sample_models/iris.onnx
+        """
+        with one_line_errors():
+            args = self._parse(self.mf_register, line)
+            rec = self.forge.register(args.name, _unquote(args.path))
+            print(f"registered {rec.name} v{rec.version} (id {rec.id}): inputs {_specs(rec.inputs)}; "
+                  f"outputs {_specs(rec.outputs)}")
+
+    @line_magic
+    @magic_arguments()
+    @argument("name", help="a registered model's name")
+    @argument("path", help="path of the new ONNX file (quote it if it has spaces)")
+    def mf_update(self, line: str) -> None:
+        """Add a version of a registered model (the same bytes as its latest version add none).
+
+        Example::
+
+            %mf_update iris modelforge_jupyter/sample_models/iris_v2.onnx
+        """
+        with one_line_errors():
+            args = self._parse(self.mf_update, line)
+            before = self.forge.get(args.name)
+            rec = self.forge.update(args.name, _unquote(args.path))
+            if rec.version == before.version:
+                print(f"{rec.name} unchanged: v{rec.version} already has these bytes")
+            else:
+                print(f"updated {rec.name} to v{rec.version} (versions {rec.versions})")
+
+    @line_magic
+    @magic_arguments()
+    @argument("name", help="model name or id")
+    @argument("--version", type=int, default=None, help="delete only this version")
+    def mf_delete(self, line: str) -> None:
+        """Delete a model (every version), or one version of it.
+
+        Example::
+
+            %mf_delete iris --version 1
+        """
+        with one_line_errors():
+            args = self._parse(self.mf_delete, line)
+            rec = self.forge.delete(args.name, args.version)
+            what = "all versions" if args.version is None else f"v{args.version}"
+            print(f"deleted {rec.name} ({what}, id {rec.id})")
+
+
+def parse_request(body: str, use_cache: bool, version: int | None) -> tuple[Any, bool, int | None]:
+    """(input_data, use_cache, version) of a ``%%mf_predict`` cell: a JSON request body or the bare input data."""
+    if not body.strip():
+        raise InvalidInputError("the cell is empty: give the input data as JSON")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise InvalidInputError(f"the cell is not valid JSON: {err}") from None
+    if not (isinstance(data, dict) and "input_data" in data and set(data) <= REQUEST_KEYS):
+        return data, use_cache, version
+    use_cache = data.get("use_cache", use_cache)
+    version = data.get("version", version)
+    if not isinstance(use_cache, bool):
+        raise InvalidInputError(f"use_cache must be true or false, got {use_cache!r}")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InvalidInputError(f"version must be a whole number or null, got {version!r}")
+    return data["input_data"], use_cache, version
+
+
+def parse_batch_sizes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise UsageError(f"--batch-sizes takes whole numbers separated by commas, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--batch-sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def bench_budget(args: Any):
+    from ..bench import Budget
+
+    if args.seconds is not None and args.iterations is not None:
+        raise UsageError("give --seconds or --iterations, not both")
+    if args.seconds is not None and args.seconds <= 0:
+        raise UsageError(f"--seconds must be > 0, got {args.seconds}")
+    if args.iterations is not None and args.iterations < 1:
+        raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.warmup is not None and args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    defaults = Budget()
+    return Budget(seconds=defaults.seconds if args.seconds is None else args.seconds, iterations=args.iterations,
+                  warmup=defaults.warmup if args.warmup is None else args.warmup)
+
+
+def models_table(records: list[ModelRecord]) -> dashboard.Table:
+    columns = ["name", "version", "id", "inputs", "outputs", "size", "updated_at"]
+    rows = [[r.name, r.version, r.id, _specs(r.inputs), _specs(r.outputs), _size(r.size_bytes),
+             r.updated_at.strftime("%Y-%m-%d %H:%M:%SZ")] for r in records]
+    return dashboard.Table(columns, rows, empty="no models registered")
+
+
+def _pretty_prediction(result: PredictionResult, p: Any, cycle: bool) -> None:
+    p.text(dashboard.prediction_text(result))
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics and the ``PredictionResult`` display formatters (HTML table, text table)."""
+    ipython.register_magics(ModelForgeMagics)
+    formatters = ipython.display_formatter.formatters
+    formatters["text/html"].for_type(PredictionResult, dashboard.prediction_html)
+    formatters["text/plain"].for_type(PredictionResult, _pretty_prediction)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Close the magics' ``ModelForge`` and remove the magics and formatters (``%unload_ext``, ``%reload_ext``)."""
+    manager = ipython.magics_manager
+    magics = manager.registry.pop(ModelForgeMagics.__name__, None)
+    if magics is not None:
+        magics.close()
+        for kind, names in magics.magics.items():
+            for name in names:
+                manager.magics[kind].pop(name, None)
+        if magics in ipython.configurables:
+            ipython.configurables.remove(magics)
+    for mime in ("text/html", "text/plain"):
+        ipython.display_formatter.formatters[mime].pop(PredictionResult, None)

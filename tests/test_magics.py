@@ -1,0 +1,312 @@
+"""The IPython magics in a real (kernel-less) IPython shell on both backends, compared to raw onnxruntime."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import orjson
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from sklearn.datasets import load_iris
+from traitlets.config import Config
+
+from modelforge_jupyter import ModelForge
+from modelforge_jupyter.bench import MAGIC_PATHS, BenchResult, Row
+from modelforge_jupyter.kernel import dashboard
+from modelforge_jupyter.records import PredictionResult
+
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
+
+IRIS, IRIS_V2, RF = SAMPLES / "iris.onnx", SAMPLES / "iris_v2.onnx", SAMPLES / "breast_cancer_rf.onnx"
+TRAITS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix")
+
+
+def zipmap(raw_seq) -> list[dict]:
+    return [{str(k): v for k, v in m.items()} for m in raw_seq]
+
+
+def make_shell(config: Config | None = None) -> InteractiveShell:
+    c = config or Config()
+    c.HistoryAccessor.enabled = False  # no sqlite history file per shell
+    shell = InteractiveShell.instance(config=c)
+    shell.run_line_magic("load_ext", "modelforge_jupyter")
+    return shell
+
+
+@pytest.fixture
+def ip(mf_settings, monkeypatch):
+    """An IPython shell with the extension loaded, its magics configured (``c.ModelForgeMagics``) for the backend."""
+    monkeypatch.setenv("CELERY_BROKER_URL", mf_settings["celery_broker_url"])
+    c = Config()
+    for trait in TRAITS:
+        if trait in mf_settings:
+            c.ModelForgeMagics[trait] = mf_settings[trait]
+    shell = make_shell(c)
+    shell.user_ns["X"] = load_iris().data[:5]
+    yield shell
+    shell.run_line_magic("unload_ext", "modelforge_jupyter")
+    InteractiveShell.clear_instance()
+
+
+def run(shell: InteractiveShell, src: str):
+    """Run a cell; fail on any exception (the magics print refusals, they never raise)."""
+    result = shell.run_cell(src)
+    result.raise_error()
+    return result.result
+
+
+def registry_state(forge: ModelForge) -> list[tuple]:
+    return [(m.name, m.id, m.version, m.versions) for m in forge.models()]
+
+
+def test_predict_line_form_equals_raw_onnxruntime_and_displays_a_table(ip, mf_forge):
+    run(ip, f"%mf_register iris {IRIS}")
+    X = load_iris().data[:5].astype(np.float32)
+
+    run(ip, "r = %mf_predict iris X --no-cache")
+    second = run(ip, '%mf_predict iris {"float_input": X}')
+    third = run(ip, "%mf_predict iris X.tolist()")
+
+    r = ip.user_ns["r"]
+    label, proba = mf_raw_run(IRIS, {"float_input": X})
+    assert isinstance(r, PredictionResult) and r.model_id == mf_forge.get("iris").id
+    assert r.output_data == {"output_label": label.tolist(), "output_probability": zipmap(proba)}
+    assert (r.cached, second.cached, third.cached) == (False, False, True)
+    assert third.output_data == r.output_data
+    data, _ = ip.display_formatter.format(r)
+    assert "<table" in data["text/html"] and "output_probability[2]" in data["text/html"]
+    assert f"{r.inference_time_ms:.3f} ms, cached=False" in data["text/html"]
+    assert data["text/plain"].splitlines()[0] == (
+        f"PredictionResult: model {r.model_id} v1, {r.inference_time_ms:.3f} ms, cached=False")
+    assert len(data["text/plain"].splitlines()) == 2 + 1 + 5  # summary, header, rule, one line per sample
+
+
+def test_predict_version_and_dataframe(ip):
+    import pandas as pd
+
+    run(ip, f"%mf_register iris {IRIS}")
+    run(ip, f"%mf_update iris {IRIS_V2}")
+    X = load_iris().data[:5].astype(np.float32)
+    ip.user_ns["df"] = pd.DataFrame(load_iris().data[:5], columns=load_iris().feature_names)
+
+    v1 = run(ip, "%mf_predict iris df --version 1")
+    v2 = run(ip, "%mf_predict iris df")
+
+    assert (v1.model_version, v2.model_version) == (1, 2)
+    assert v1.output_data["output_probability"] == zipmap(mf_raw_run(IRIS, {"float_input": X})[1])
+    assert v2.output_data["output_probability"] == zipmap(mf_raw_run(IRIS_V2, {"float_input": X})[1])
+
+
+def test_cell_form_takes_the_http_body_and_stores_the_result(ip):
+    run(ip, f"%mf_register iris {IRIS}")
+    run(ip, f"%mf_update iris {IRIS_V2}")
+    sample = [[5.1, 3.5, 1.4, 0.2]]
+    body = orjson.dumps({"input_data": {"float_input": sample}, "use_cache": False, "version": 1}).decode()
+
+    out = run(ip, f"%%mf_predict iris -o r\n{body}")
+    bare = [run(ip, f"%%mf_predict iris -o s\n{orjson.dumps(sample).decode()}") for _ in range(2)]
+
+    assert ip.user_ns["r"] is out and (out.model_version, out.cached) == (1, False)
+    assert out.output_data["output_label"] == mf_raw_run(IRIS, {"float_input": np.float32(sample)})[0].tolist()
+    assert ip.user_ns["s"] is bare[1] and [b.cached for b in bare] == [False, True]
+    assert bare[1].model_version == 2
+
+
+ERRORS = [
+    ("%mf_predict nope X", "ModelNotFoundError: model 'nope' is not registered"),
+    ("%mf_predict iris Y -o out", "NameError: name 'Y' is not defined (evaluating 'Y')"),
+    ("%mf_predict iris X[0] -o out", "InvalidInputError: input 'float_input': expected float32 [?, 4] (rank 2)"),
+    ("%mf_predict iris X --versoin 2", "UsageError: unrecognized arguments: --versoin"),
+    ("%mf_predict iris X --version two", "UsageError: argument --version: invalid int value: 'two'"),
+    ("%mf_predict iris X --version 3", "ModelNotFoundError: model 'iris' has no version 3"),
+    ("%mf_predict iris", "UsageError: give the input"),
+    ("%mf_predict iris X -o 1st", "UsageError: -o takes a variable name"),
+    ("%%mf_predict iris -o out\n{not json", "InvalidInputError: the cell is not valid JSON"),
+    ('%%mf_predict iris -o out\n{"input_data": [[1, 2, 3, 4]], "use_cache": 1}', "InvalidInputError: use_cache"),
+    ("%mf_register iris /no/such.onnx", "ModelForgeError: no model file at '/no/such.onnx'"),
+    (f"%mf_register iris {IRIS_V2}", "ModelExistsError: model 'iris' is already registered"),
+    (f"%mf_register 'bad name' {IRIS}", "ModelForgeError: invalid model name"),
+    (f"%mf_update nope {IRIS_V2}", "ModelNotFoundError: model 'nope' is not registered"),
+    ("%mf_delete iris --version 9", "ModelNotFoundError: model 'iris' has no version 9"),
+    ("%mf_delete", "UsageError: the following arguments are required: name"),
+    ("%mf_bench nope", "ModelNotFoundError: model 'nope' is not registered"),
+    ("%mf_bench iris [[1, 2]]", "InvalidInputError: input 'float_input': expected float32 [?, 4]"),
+    ("%mf_bench iris --seconds 1 --iterations 2", "UsageError: give --seconds or --iterations, not both"),
+    ("%mf_bench iris --batch-sizes 1,x", "UsageError: --batch-sizes takes whole numbers"),
+    ("%mf_bench iris --batch-sizes 0", "UsageError: --batch-sizes must be >= 1"),
+    ("%mf_models everything", "UsageError: %mf_models takes no arguments"),
+]
+
+
+def test_refusals_print_one_line_and_change_nothing(ip, mf_forge, capsys):
+    mf_forge.register("iris", IRIS)
+    before = registry_state(mf_forge)
+    capsys.readouterr()
+
+    for src, message in ERRORS:
+        result = ip.run_cell(src)
+
+        out, err = capsys.readouterr()
+        assert result.success and result.result is None, src
+        assert err.splitlines() == [err.strip()] and err.startswith(message), (src, err)
+        assert out == "" and "out" not in ip.user_ns, src
+    assert registry_state(mf_forge) == before
+
+
+def test_register_update_delete_and_models_table(ip, mf_forge, capsys):
+    ip.user_ns["path"] = str(SAMPLES / "diabetes.onnx")
+
+    run(ip, f"%mf_register iris {IRIS}")
+    run(ip, "%mf_register diabetes $path")
+    run(ip, "table = %mf_models")
+
+    table, iris, diabetes = ip.user_ns["table"], mf_forge.get("iris"), mf_forge.get("diabetes")
+    assert capsys.readouterr().out.splitlines() == [
+        f"registered iris v1 (id {iris.id}): inputs float_input float32 [?, 4]; outputs output_label int64 [?]; "
+        "output_probability seq(map(int64,tensor(float))) []",
+        f"registered diabetes v1 (id {diabetes.id}): inputs float_input float32 [?, 10]; "
+        "outputs variable float32 [?, 1]",
+    ]
+    assert table.columns == ["name", "version", "id", "inputs", "outputs", "size", "updated_at"]
+    assert [r[:4] for r in table.rows] == [["diabetes", 1, diabetes.id, "float_input float32 [?, 10]"],
+                                           ["iris", 1, iris.id, "float_input float32 [?, 4]"]]
+    assert table.rows[1][5] == f"{IRIS.stat().st_size} B"
+    assert table.rows[1][6] == iris.updated_at.strftime("%Y-%m-%d %H:%M:%SZ")
+    assert "<td>diabetes</td>" in table._repr_html_() and repr(table).splitlines()[0].startswith("name ")
+
+    run(ip, f"%mf_update iris {IRIS_V2}")
+    run(ip, f"%mf_update iris {IRIS_V2}")
+    run(ip, "%mf_delete iris --version 1")
+    assert mf_forge.get("iris").versions == [2]
+    run(ip, "%mf_delete iris")
+
+    assert capsys.readouterr().out.splitlines() == [
+        "updated iris to v2 (versions [1, 2])",
+        "iris unchanged: v2 already has these bytes",
+        f"deleted iris (v1, id {iris.id})",
+        f"deleted iris (all versions, id {iris.id})",
+    ]
+    assert [m.name for m in mf_forge.models()] == ["diabetes"]
+    run(ip, "%mf_delete diabetes")
+    assert repr(run(ip, "%mf_models")) == "no models registered"
+
+
+def test_config_overrides_the_environment_and_rebuilds(tmp_path, monkeypatch):
+    # Given the environment names registry A, and a shell without config
+    env_url, cfg_url = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    monkeypatch.setenv("DATABASE_URL", env_url)
+    monkeypatch.setenv("MODELFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("REDIS_URL", "")
+    monkeypatch.setenv("CELERY_BROKER_URL", "")
+    shell = make_shell()
+    try:
+        magics = shell.magics_manager.registry["ModelForgeMagics"]
+        run(shell, f"%mf_register iris {IRIS}")
+        first = magics.forge
+        # When %config names registry B
+        run(shell, f"%config ModelForgeMagics.database_url = '{cfg_url}'")
+        assert magics._forge is None  # closed; rebuilt on next use
+        assert len(run(shell, "%mf_models")) == 0
+        run(shell, f"%mf_register rf {RF}")
+        run(shell, "%config ModelForgeMagics.cache_prediction_enabled = False")
+        shell.user_ns["X"] = [[5.1, 3.5, 1.4, 0.2]]
+        run(shell, f"%mf_register iris {IRIS}")
+        cached = [run(shell, "%mf_predict iris X").cached for _ in range(2)]
+    finally:
+        shell.run_line_magic("unload_ext", "modelforge_jupyter")
+        InteractiveShell.clear_instance()
+
+    # Then each registry holds what was registered while it was configured
+    assert magics.forge is not first and first.settings.database_url == env_url
+    assert cached == [False, False]
+    with ModelForge(database_url=env_url) as a, ModelForge(database_url=cfg_url) as b:
+        assert [m.name for m in a.models()] == ["iris"]
+        assert [m.name for m in b.models()] == ["iris", "rf"]
+
+
+def check_bench_result(res: BenchResult, batch_sizes: tuple, paths: tuple, iterations: int) -> None:
+    assert isinstance(res, BenchResult) and res.batch_sizes == batch_sizes
+    table = res.table
+    assert list(table.columns) == list(Row.__dataclass_fields__) and len(table) == len(batch_sizes) * len(paths)
+    assert list(zip(table["batch"], table["path"])) == [(b, p) for b in batch_sizes for p in paths]
+    numbers = table[["p50_ms", "p95_ms", "p99_ms", "predictions_per_s", "ratio_p50"]]
+    assert (numbers > 0).all().all() and (table["iterations"] == iterations).all()
+    assert (table["p50_ms"] <= table["p99_ms"]).all()
+    assert (table[table["path"].str.startswith("raw")]["ratio_p50"] == 1.0).all()
+    d = orjson.loads(orjson.dumps(res.to_dict()))
+    assert d["rows"] == table.to_dict("records") and d["budget"]["iterations"] == iterations
+    assert d["model"] == res.model and d["batch_sizes"] == list(batch_sizes)
+
+
+def test_bench_text_fallback_prints_rows_and_returns_a_result(ip, capsys):
+    run(ip, f"%mf_register rf {RF}")
+    capsys.readouterr()
+
+    run(ip, "res = %mf_bench rf --batch-sizes 1,10 --iterations 3 --warmup 1")
+
+    res = ip.user_ns["res"]
+    check_bench_result(res, (1, 10), MAGIC_PATHS, 3)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "%mf_bench rf: ModelForge beside raw ONNX Runtime (10 cells)"
+    assert "p95 ms" in lines[1] and lines[-1] == res.backend
+    assert [line.split()[:3] for line in lines[3:-1]] == [["rf", str(r.batch), r.path] for r in res.rows]
+
+
+def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
+    shown, steps = [], []
+
+    def capture(widget):  # the dashboard is displayed before the first measurement
+        shown.append(widget)
+        _, progress, table, _ = widget.children
+        progress.observe(lambda ch: steps.append((ch.new, table.value.count("…"))), "value")
+
+    monkeypatch.setattr(dashboard, "display", capture)
+    run(ip, "%config ModelForgeMagics.widgets = 'on'")
+    run(ip, f"%mf_register iris {IRIS}")
+
+    res = run(ip, "%mf_bench iris X --batch-sizes 1,10,100 --iterations 2 --warmup 0")
+
+    check_bench_result(res, (1, 10, 100), MAGIC_PATHS, 2)
+    (box,) = shown
+    title, progress, table, plot = box.children
+    assert "%mf_bench iris" in title.value
+    assert (progress.value, progress.max, progress.bar_style) == (15, 15, "success")
+    assert [s[0] for s in steps] == list(range(1, 16))
+    pending = [s[1] for s in steps]  # 13 cells per row (3 per path, 2 per raw path), "…" until measured
+    assert pending == sorted(pending, reverse=True) and pending[0] > 0 and pending[-1] == 0
+    body = table.value.split("<tbody>")[1]
+    assert body.count("<tr>") == 3 and res.backend in table.value
+    for r in res.rows:
+        assert f"{r.p50_ms:.3f} / {r.p95_ms:.3f} / {r.p99_ms:.3f}" in body
+    (image,) = plot.outputs
+    assert base64.b64decode(image["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_input_expression_no_cache_and_sample_inputs_of_any_dtype(ip, mf_forge):
+    run(ip, f"%mf_register iris {IRIS}")
+    mf_forge.register("ident", mf_identity_model("string", ["N", "T"]))
+    mf_forge.register("ident8", mf_identity_model("int8", ["N", 2]))
+
+    res = run(ip, "%mf_bench iris X --no-cache --iterations 2 --text")
+    idents = [run(ip, f"%mf_bench {n} --batch-sizes 1,3 --iterations 2 --no-cache") for n in ("ident", "ident8")]
+
+    no_hit = tuple(p for p in MAGIC_PATHS if p != "api_hit")
+    check_bench_result(res, (5,), no_hit, 2)  # the batch of X
+    for r in idents:
+        check_bench_result(r, (1, 3), no_hit, 2)
+
+
+def test_unload_closes_the_forge_and_removes_the_magics(ip, monkeypatch):
+    magics = ip.magics_manager.registry["ModelForgeMagics"]
+    forge = magics.forge
+    closed, close = [], forge.close
+    monkeypatch.setattr(forge, "close", lambda: (closed.append(forge), close()))
+
+    ip.run_line_magic("unload_ext", "modelforge_jupyter")
+
+    assert closed == [forge] and magics._forge is None and magics not in ip.configurables
+    assert "mf_predict" not in ip.magics_manager.magics["line"] and "mf_predict" not in ip.magics_manager.magics["cell"]
+    assert PredictionResult not in ip.display_formatter.formatters["text/html"].type_printers
+    ip.run_line_magic("load_ext", "modelforge_jupyter")
+    assert len(run(ip, "%mf_models")) == 0

@@ -1,0 +1,79 @@
+"""The magics in a real ipykernel, driven by nbclient as ``jupyter execute`` would, on the embedded backend."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import numpy as np
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+from modelforge_jupyter import ModelForge
+
+from .mf_plugin import SAMPLES, mf_raw_run
+
+IRIS = SAMPLES / "iris.onnx"
+SAMPLE = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+def widget_states(nb) -> dict[str, list[dict]]:
+    """``{model_name: [state, ...]}`` of the widgets nbclient stored in the notebook metadata."""
+    states: dict[str, list[dict]] = {}
+    for w in nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values():
+        states.setdefault(w["model_name"], []).append(w["state"])
+    return states
+
+
+def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkeypatch):
+    # Given a kernel whose environment has no ModelForge settings but an isolated data dir
+    for var in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MODELFORGE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    nb = new_notebook(cells=[
+        new_code_cell(f"%load_ext modelforge_jupyter\n%config ModelForgeMagics.database_url = '{url}'"),
+        new_code_cell(f"%mf_register iris {IRIS}"),
+        new_code_cell(f"import json\nX = {SAMPLE}\nr = %mf_predict iris X\nprint(json.dumps(r.output_data))\nr"),
+        new_code_cell("%mf_predict nope X"),
+        new_code_cell("res = %mf_bench iris X --batch-sizes 1,10 --iterations 3 --warmup 1"),
+        new_code_cell("print(len(res.rows), res.batch_sizes, res.backend)"),
+        new_code_cell("%mf_bench iris --batch-sizes 2 --iterations 2 --no-cache --text;"),
+    ])
+
+    # When it runs in a real kernel (the venv's python3 kernelspec), as `jupyter execute` does
+    NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbformat.validate(nb)
+
+    # Then every cell answered as in a notebook frontend
+    load, register, predict, refused, bench, summary, text = (c.outputs for c in nb.cells)
+    assert load == []
+    with ModelForge(database_url=url) as mf:
+        rec = mf.get("iris")
+    assert register[0]["name"] == "stdout" and register[0]["text"].startswith(f"registered iris v1 (id {rec.id})")
+    printed, shown = predict
+    label, proba = mf_raw_run(IRIS, {"float_input": np.float32(SAMPLE)})
+    assert json.loads(printed["text"]) == {
+        "output_label": label.tolist(), "output_probability": [{str(k): v for k, v in m.items()} for m in proba]}
+    assert shown["output_type"] == "execute_result" and "<table" in shown["data"]["text/html"]
+    assert shown["data"]["text/plain"].startswith(f"PredictionResult: model {rec.id} v1, ")
+    assert [(o["name"], o["text"]) for o in refused] == [("stderr", "ModelNotFoundError: model 'nope' is not registered\n")]
+    # the dashboard is a widget view (nothing on stdout), its final state stored by nbclient
+    assert [o["output_type"] for o in bench] == ["display_data"]
+    assert "application/vnd.jupyter.widget-view+json" in bench[0]["data"]
+    states = widget_states(nb)
+    ((progress,), (output,)) = states["IntProgressModel"], states["OutputModel"]
+    assert (progress["value"], progress["max"], progress["bar_style"]) == (10, 10, "success")
+    (table,) = [s["value"] for s in states["HTMLModel"] if "<tbody>" in s["value"]]
+    assert table.split("<tbody>")[1].count("<tr>") == 2 and "…" not in table
+    (plot,) = output["outputs"]
+    assert "image/png" in plot["data"]
+    assert summary[0]["text"] == "10 (1, 10) registry sqlite, cache disk\n"
+    # --text in a kernel: the rows on stdout as they are measured, then the plot as a plain image output
+    *rows, plot, returned = text
+    assert {o["name"] for o in rows} == {"stdout"} and plot["output_type"] == "display_data"
+    assert [line.split()[:3] for line in "".join(o["text"] for o in rows).splitlines()[3:7]] == [
+        ["iris", "2", p] for p in ("raw_cold", "cold", "raw_ort", "api_cache_off")]
+    assert "image/png" in plot["data"] and returned["data"]["text/plain"].startswith("<BenchResult iris v1: 4 rows")
