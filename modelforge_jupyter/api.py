@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from . import __version__
+from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
 from .engine import Engine
 from .errors import ModelForgeError
@@ -47,6 +48,7 @@ class ModelForge:
         self.registry = Registry(s.database_url)
         self.cache = open_cache(s)
         self.engine = Engine(s.max_sessions, s.intra_op_num_threads, s.providers)
+        self._batchers: dict[tuple[int, int], DynamicBatcher] = {}
         self.invalidator = Invalidator(s, self.cache, self.engine)
         self.listener = self._listen(s)
         self._resolved: tuple[int | None, dict[tuple[str, int | None], tuple[ModelRecord, float]]] = (None, {})
@@ -129,7 +131,8 @@ class ModelForge:
             hit = self.cache.get(key)
             if hit is not None:
                 return self._result(record, orjson.loads(hit), start, cached=True)
-        output_data = self.engine.run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name)
+        run = self._runner(record)
+        output_data = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name)
         if key is not None:
             self.cache.set(key, orjson.dumps(output_data), self.settings.cache_prediction_ttl, record.id)
         return self._result(record, output_data, start, cached=False)
@@ -139,6 +142,17 @@ class ModelForge:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("predict %s v%d: %.3f ms, cached=%s", record.name, record.version, ms, cached)
         return PredictionResult(str(uuid.uuid4()), record.id, record.version, output_data, ms, cached)
+
+    def _runner(self, record: ModelRecord):
+        """``engine.run``, or a dynamic batcher's ``run`` when batching is on for this model and it can batch."""
+        enabled, max_batch_size, max_queue_delay_us = self.settings.batching_for(record.name)
+        if not (enabled and batchable(record.inputs)):
+            return self.engine.run
+        key = (max_batch_size, max_queue_delay_us)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = self._batchers.setdefault(key, DynamicBatcher(self.engine, *key))
+        return batcher.run
 
     def _resolve(self, model: str, version: int | None) -> ModelRecord:
         """Registry lookup cached in-process while the registry generation is unchanged, for at most ``CACHE_TTL`` s.

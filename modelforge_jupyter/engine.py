@@ -132,13 +132,19 @@ class Engine:
 
         Raises ``InferenceError`` (HTTP 422) when ONNX Runtime rejects values that passed validation.
         """
+        names, values = self.run_raw(sha256, load_bytes, feed, model_name)
+        return {name: json_safe(v) for name, v in zip(names, values)}
+
+    def run_raw(
+        self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = ""
+    ) -> tuple[list[str], list[Any]]:
+        """Run the model and return (output names, ONNX Runtime's values: ndarrays, or lists for sequences)."""
         loaded = self.session(sha256, load_bytes)
         try:
-            values = loaded.session.run(loaded.output_names, feed)
+            return loaded.output_names, loaded.session.run(loaded.output_names, feed)
         except Exception as err:
             msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise InferenceError(f"model '{model_name or sha256[:12]}' failed on this input: {msg}") from None
-        return {name: json_safe(v) for name, v in zip(loaded.output_names, values)}
 
     def unload(self, sha256: str) -> bool:
         """Drop the session for ``sha256``; True if one was loaded."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traitlets import Bool, Float, Int, Unicode, default
+import json
+
+from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Configurable
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -110,6 +112,26 @@ class Settings(Configurable):
         "(env MODELFORGE_EXECUTION_PROVIDERS, default CPUExecutionProvider).",
     )
 
+    dynamic_batching = Bool(
+        config=True,
+        help="Coalesce concurrent predictions of one model version into one session run, as Triton's dynamic "
+        "batcher (env MODELFORGE_DYNAMIC_BATCHING, default false). Only models whose inputs all have a dynamic "
+        "leading dimension are batched.",
+    )
+    max_batch_size = Int(
+        config=True, help="Rows per batched run at most (env MODELFORGE_MAX_BATCH_SIZE, default 64)."
+    )
+    max_queue_delay_us = Int(
+        config=True,
+        help="How long the first request of a batch waits for others, in µs (env MODELFORGE_MAX_QUEUE_DELAY_US, "
+        "default 500).",
+    )
+    model_batching = Dict(
+        config=True,
+        help="Per-model overrides of dynamic_batching / max_batch_size / max_queue_delay_us, by model name, e.g. "
+        '{"mlp": {"dynamic_batching": true, "max_queue_delay_us": 2000}} (env MODELFORGE_MODEL_BATCHING, JSON).',
+    )
+
     @default("database_url")
     def _default_database_url(self) -> str:
         return os.environ.get("DATABASE_URL") or f"sqlite:///{data_dir() / 'registry.db'}"
@@ -165,6 +187,35 @@ class Settings(Configurable):
     @default("execution_providers")
     def _default_execution_providers(self) -> str:
         return os.environ.get("MODELFORGE_EXECUTION_PROVIDERS") or "CPUExecutionProvider"
+
+    @default("dynamic_batching")
+    def _default_dynamic_batching(self) -> bool:
+        return _env_bool("MODELFORGE_DYNAMIC_BATCHING", False)
+
+    @default("max_batch_size")
+    def _default_max_batch_size(self) -> int:
+        return _env_int("MODELFORGE_MAX_BATCH_SIZE", 64)
+
+    @default("max_queue_delay_us")
+    def _default_max_queue_delay_us(self) -> int:
+        return _env_int("MODELFORGE_MAX_QUEUE_DELAY_US", 500)
+
+    @default("model_batching")
+    def _default_model_batching(self) -> dict:
+        raw = os.environ.get("MODELFORGE_MODEL_BATCHING")
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            raise ValueError(f"MODELFORGE_MODEL_BATCHING={raw!r} is not JSON") from None
+
+    def batching_for(self, model_name: str) -> tuple[bool, int, int]:
+        """(dynamic_batching, max_batch_size, max_queue_delay_us) for one model: its overrides, else the globals."""
+        own = self.model_batching.get(model_name, {})
+        return (
+            bool(own.get("dynamic_batching", self.dynamic_batching)),
+            int(own.get("max_batch_size", self.max_batch_size)),
+            int(own.get("max_queue_delay_us", self.max_queue_delay_us)),
+        )
 
     @property
     def providers(self) -> list[str]:

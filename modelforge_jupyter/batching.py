@@ -1,0 +1,159 @@
+"""Dynamic batching, as Triton's dynamic batcher: concurrent requests for one model version run as one batch.
+
+Requests for the same sha256 whose inputs agree on every dimension but the first (and on dtype) are concatenated
+along axis 0, run once, and each caller gets exactly its own rows back, in order. No background thread: the first
+request to arrive leads; it waits up to ``max_queue_delay_us`` (or until ``max_batch_size`` rows are queued), takes
+the compatible requests, runs them, hands each its rows, and passes leadership to the oldest request left over.
+
+Only models whose every input has a dynamic leading dimension (rank >= 1) are batched, and only outputs whose
+leading dimension (or sequence length) equals the batch's row count can be split; when a merged run fails, each
+request is run alone so that a bad request fails alone. Off by default (``dynamic_batching``): on tiny models,
+where one run takes a few µs, the wait costs more than it saves (see the README's performance section).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .engine import Engine
+from .records import TensorSpec
+from .tensors import json_safe
+
+
+def batchable(inputs: list[TensorSpec]) -> bool:
+    """True when every input has rank >= 1 and a dynamic (None) leading dimension."""
+    return bool(inputs) and all(s.shape and s.shape[0] is None for s in inputs)
+
+
+class _Request:
+    __slots__ = ("feed", "rows", "signature", "done", "lead", "result", "error")
+
+    def __init__(self, feed: dict[str, np.ndarray]) -> None:
+        self.feed = feed
+        self.rows = next(iter(feed.values())).shape[0]
+        self.signature = tuple((k, a.dtype.str, a.shape[1:]) for k, a in sorted(feed.items()))
+        self.done = threading.Event()
+        self.lead = False
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+
+class _Queue:
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending: list[_Request] = []
+        self.leader = False
+
+
+class DynamicBatcher:
+    """Coalesce concurrent runs of one model into batches of at most ``max_batch_size`` rows."""
+
+    def __init__(self, engine: Engine, max_batch_size: int = 64, max_queue_delay_us: int = 500) -> None:
+        if max_batch_size < 1 or max_queue_delay_us < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_queue_delay_us >= 0")
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_us = max_queue_delay_us
+        self._queues: dict[str, _Queue] = {}
+        self._lock = threading.Lock()
+        self.batches = 0  # session runs made, for statistics and tests
+        self.requests = 0
+
+    def run(
+        self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = ""
+    ) -> dict[str, Any]:
+        """Like ``Engine.run``, but possibly merged with concurrent requests. Raises what ``Engine.run`` raises."""
+        with self._lock:
+            queue = self._queues.setdefault(sha256, _Queue())
+        request = _Request(feed)
+        with queue.cond:
+            queue.pending.append(request)
+            self.requests += 1
+            if queue.leader:
+                if sum(r.rows for r in queue.pending) >= self.max_batch_size:
+                    queue.cond.notify_all()
+            else:
+                queue.leader = request.lead = True
+        if not request.lead:
+            request.done.wait()
+        if request.lead and request.result is None and request.error is None:
+            self._lead(queue, sha256, load_bytes, model_name)
+        if request.error is not None:
+            raise request.error
+        return request.result  # type: ignore[return-value]
+
+    def _lead(self, queue: _Queue, sha256: str, load_bytes: Callable[[], bytes], model_name: str) -> None:
+        deadline = time.perf_counter() + self.max_queue_delay_us / 1e6
+        with queue.cond:
+            while sum(r.rows for r in queue.pending) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                queue.cond.wait(remaining)
+            batch = self._take(queue)
+            successor = queue.pending[0] if queue.pending else None
+            if successor is not None:
+                successor.lead = True
+            else:
+                queue.leader = False
+        if successor is not None:
+            successor.done.set()  # it wakes as the next leader (its result is still None)
+        self._run_batch(batch, sha256, load_bytes, model_name)
+        for r in batch:
+            if not r.lead:
+                r.done.set()
+
+    def _take(self, queue: _Queue) -> list[_Request]:
+        first = queue.pending[0]
+        batch, rest, rows = [], [], 0
+        for r in queue.pending:
+            if r.signature == first.signature and (not batch or rows + r.rows <= self.max_batch_size):
+                batch.append(r)
+                rows += r.rows
+            else:
+                rest.append(r)
+        queue.pending = rest
+        for r in batch[1:]:  # the leader is always the oldest request, batch[0]; the others are followers
+            r.lead = False
+        return batch
+
+    def _run_batch(self, batch: list[_Request], sha256: str, load_bytes: Callable, model_name: str) -> None:
+        self.batches += 1
+        if len(batch) == 1:
+            self._run_alone(batch[0], sha256, load_bytes, model_name)
+            return
+        feed = {name: np.concatenate([r.feed[name] for r in batch]) for name in batch[0].feed}
+        total = sum(r.rows for r in batch)
+        try:
+            names, values = self.engine.run_raw(sha256, load_bytes, feed, model_name)
+        except Exception:
+            for r in batch:  # one bad request must fail alone
+                self._run_alone(r, sha256, load_bytes, model_name)
+            return
+        if not all(_rows(v) == total for v in values):  # an output without a batch dimension cannot be split
+            for r in batch:
+                self._run_alone(r, sha256, load_bytes, model_name)
+            return
+        start = 0
+        for r in batch:
+            r.result = {n: json_safe(v[start : start + r.rows]) for n, v in zip(names, values)}
+            start += r.rows
+
+    def _run_alone(self, r: _Request, sha256: str, load_bytes: Callable, model_name: str) -> None:
+        try:
+            r.result = self.engine.run(sha256, load_bytes, r.feed, model_name)
+        except BaseException as err:
+            r.error = err
+
+
+def _rows(value: Any) -> int | None:
+    if isinstance(value, np.ndarray):
+        return value.shape[0] if value.ndim else None
+    if isinstance(value, list):
+        return len(value)
+    return None

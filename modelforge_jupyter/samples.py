@@ -1,0 +1,48 @@
+"""Sample models: the committed skl2onnx files, and a compute-bound MLP built on demand (too big to commit).
+
+``build_wide_mlp`` needs the ``onnx`` package (in the ``test`` extra); its weights come from a fixed seed, so every
+build is the same model.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+
+def sample_path(filename: str) -> Path:
+    """Path of a sample model shipped in the package (``modelforge_jupyter/sample_models``)."""
+    return Path(str(files("modelforge_jupyter") / "sample_models" / filename))
+
+
+def build_wide_mlp(features: int = 256, hidden: int = 2048, classes: int = 10, seed: int = 0) -> bytes:
+    """ONNX bytes of a float32 MLP ``input [N, features] -> hidden -> hidden -> softmax [N, classes]``.
+
+    With the defaults its weights are 4.7 M floats (19 MB), so a batch-1 run reads 19 MB and takes ~1-3 ms on one
+    core, while a batch of 32 costs little more: the model the dynamic batcher is measured on.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    dims = [features, hidden, hidden, classes]
+    nodes, inits, x = [], [], "input"
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        W = numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"W{i}")
+        B = numpy_helper.from_array(np.zeros(b, np.float32), f"B{i}")
+        inits += [W, B]
+        y = f"h{i}"
+        nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"B{i}"], [y]))
+        if i < len(dims) - 2:
+            nodes.append(helper.make_node("Relu", [y], [f"{y}_relu"]))
+            y = f"{y}_relu"
+        x = y
+    nodes.append(helper.make_node("Softmax", [x], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes, "wide_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()

@@ -1,0 +1,126 @@
+"""Dynamic batching: concurrent requests coalesce into one run, each caller gets exactly its own rows."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.datasets import load_breast_cancer, load_iris
+
+from modelforge_jupyter import ModelForge
+from modelforge_jupyter.batching import batchable
+from modelforge_jupyter.errors import InferenceError
+
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
+
+BATCHING = {"dynamic_batching": True, "max_batch_size": 64, "max_queue_delay_us": 20000}
+
+
+@pytest.fixture
+def forge(tmp_path):
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
+    with ModelForge(**settings, **BATCHING) as mf:
+        yield mf
+
+
+def concurrently(fn, items, workers=16):
+    barrier = threading.Barrier(min(workers, len(items)))
+
+    def call(item):
+        barrier.wait()
+        return fn(item)
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(call, items))
+
+
+def test_concurrent_requests_coalesce_and_each_gets_its_rows(forge):
+    forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
+    data = load_breast_cancer().data.astype(np.float32)
+    inputs = [data[i * 3 : i * 3 + 1 + i % 3] for i in range(16)]  # 1 to 3 rows each
+
+    results = concurrently(lambda X: forge.predict("rf", X, use_cache=False), inputs)
+
+    (batcher,) = forge._batchers.values()
+    assert batcher.requests == 16 and batcher.batches < 16
+    for X, res in zip(inputs, results):
+        label, proba = mf_raw_run(SAMPLES / "breast_cancer_rf.onnx", {"float_input": X})
+        assert res.output_data == {"label": label.tolist(), "probabilities": proba.tolist()}
+    assert len({r.prediction_id for r in results}) == 16
+
+
+def test_zipmap_sequences_are_split_per_request(forge):
+    forge.register("iris", SAMPLES / "iris.onnx")
+    data = load_iris().data.astype(np.float32)
+    inputs = [data[i : i + 2] for i in range(0, 32, 2)]
+
+    results = concurrently(lambda X: forge.predict("iris", X, use_cache=False), inputs)
+
+    for X, res in zip(inputs, results):
+        label, proba = mf_raw_run(SAMPLES / "iris.onnx", {"float_input": X})
+        assert res.output_data["output_label"] == label.tolist()
+        assert res.output_data["output_probability"] == [{str(k): v for k, v in m.items()} for m in proba]
+
+
+def test_requests_of_other_trailing_shapes_are_not_merged(forge):
+    forge.register("id", mf_identity_model("float32", [None, None]).SerializeToString())
+    inputs = [np.full((1, 3 + i % 2), i, np.float32) for i in range(12)]
+
+    results = concurrently(lambda X: forge.predict("id", X, use_cache=False), inputs)
+
+    assert [r.output_data["y"] for r in results] == [X.tolist() for X in inputs]
+
+
+def test_a_bad_request_in_a_batch_fails_alone(forge):
+    # Gather from a 10-value table: index 99 is rejected by ONNX Runtime at run time, not by validation
+    table = numpy_helper.from_array(np.arange(10, dtype=np.float32) * 1.5, "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["value"])], "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[table],
+    )
+    forge.register("lookup", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    indices = [[[i % 10]] if i != 5 else [[99]] for i in range(12)]
+
+    def predict(idx):
+        try:
+            return forge.predict("lookup", idx, use_cache=False).output_data["value"]
+        except InferenceError as err:
+            return err
+
+    results = concurrently(predict, indices)
+
+    assert isinstance(results[5], InferenceError) and "lookup" in str(results[5])
+    assert [r for i, r in enumerate(results) if i != 5] == [[[1.5 * (i % 10)]] for i in range(12) if i != 5]
+
+
+def test_only_models_with_dynamic_leading_dims_are_batched(forge, mf_silero_path):
+    rec = forge.register("silero", mf_silero_path)
+    assert not batchable(rec.inputs)  # state is [2, N, 128]
+    assert batchable(forge.register("rf", SAMPLES / "breast_cancer_rf.onnx").inputs)
+    audio = np.zeros((1, 512), np.float32)
+
+    results = concurrently(
+        lambda _: forge.predict("silero", {"input": audio, "state": np.zeros((2, 1, 128), np.float32), "sr": 16000},
+                                use_cache=False), range(4))
+
+    assert forge._batchers == {} or all(b.requests == 0 for b in forge._batchers.values())
+    assert len({str(r.output_data) for r in results}) == 1
+
+
+def test_per_model_settings_override_the_global_ones(tmp_path):
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
+                "model_batching": {"rf": {"dynamic_batching": True, "max_queue_delay_us": 1000}}}
+    with ModelForge(**settings) as forge:
+        forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
+        forge.register("diabetes", SAMPLES / "diabetes.onnx")
+
+        forge.predict("diabetes", np.zeros((1, 10), np.float32), use_cache=False)
+        assert forge._batchers == {}
+        forge.predict("rf", np.zeros((1, 30), np.float32), use_cache=False)
+        (batcher,) = forge._batchers.values()
+        assert (batcher.max_batch_size, batcher.max_queue_delay_us, batcher.requests) == (64, 1000, 1)
