@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .demo import sample_path
+from .samples import sample_path
 
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
 MAGIC_PATHS = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")

@@ -8,21 +8,15 @@ Each prediction is printed beside raw onnxruntime's answer on the same input.
 from __future__ import annotations
 
 import argparse
-from importlib.resources import files
-from pathlib import Path
-
 import numpy as np
+
+from .samples import sample_path
 
 SAMPLE_MODELS = {
     "iris": ("iris.onnx", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]),
     "breast_cancer_rf": ("breast_cancer_rf.onnx", None),
     "diabetes": ("diabetes.onnx", None),
 }
-
-
-def sample_path(filename: str) -> Path:
-    """Path of a sample model shipped in the package (``modelforge_jupyter/sample_models``)."""
-    return Path(str(files("modelforge_jupyter") / "sample_models" / filename))
 
 
 def sample_input(record, rows: int = 2, seed: int = 0) -> np.ndarray:

@@ -214,7 +214,7 @@ class Registry:
                 if existing is not None and existing.name == name:
                     raise ModelExistsError(
                         f"model {name!r} is already registered (version {existing.last_version}); "
-                        "use update() to add a new version"
+                        "use update to add a new version"
                     )
                 model_id = str(uuid.uuid4())
                 conn.execute(
@@ -223,7 +223,7 @@ class Registry:
                 self._add_version(conn, model_id, 1, data, sha256, inputs, outputs, now)
                 record = self._resolve(conn, model_id, 1)
         except IntegrityError:  # a concurrent register of the same name won the unique constraint
-            raise ModelExistsError(f"model {name!r} is already registered; use update() to add a new version") from None
+            raise ModelExistsError(f"model {name!r} is already registered; use update to add a new version") from None
         log.info("registered model %s v1 (id %s, sha256 %s, %d bytes)", name, record.id, sha256[:12], len(data))
         return record
 
