@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
@@ -23,6 +25,7 @@ from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
 from .engine import Engine
 from .errors import ModelForgeError
+from .freshness import RedisStamp
 from .invalidation import EvictionListener, Invalidator
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
@@ -48,6 +51,7 @@ class ModelForge:
         self.registry = Registry(s.database_url)
         self.cache = open_cache(s)
         self.engine = Engine(s.max_sessions, s.intra_op_num_threads, s.providers)
+        self._stamp = RedisStamp(self.cache, s.cache_key_prefix) if self._uses_stamp() else None
         self._batchers: dict[tuple[int, int], DynamicBatcher] = {}
         self.invalidator = Invalidator(s, self.cache, self.engine)
         self.listener = self._listen(s)
@@ -64,7 +68,8 @@ class ModelForge:
         check_name(name)
         data, sha256 = _read_model(model)
         inputs, outputs = self.engine.inspect(sha256, data)
-        return self.registry.register(name, data, sha256, inputs, outputs)
+        with self._writing():
+            return self.registry.register(name, data, sha256, inputs, outputs)
 
     def update(self, name: str, model: ModelSource) -> ModelRecord:
         """Add a version of ``name`` with new ONNX bytes; the same bytes as the latest version add none.
@@ -84,10 +89,12 @@ class ModelForge:
         except ModelForgeError as err:
             if err.status != 404:
                 raise
-            return self.registry.register(name, data, sha256, inputs, outputs), True
+            with self._writing():
+                return self.registry.register(name, data, sha256, inputs, outputs), True
         if latest.name != name:
             raise ModelForgeError(f"{name!r} is the id of model {latest.name!r}; name the model to update it")
-        record, changed = self.registry.update(name, data, sha256, inputs, outputs)
+        with self._writing():
+            record, changed = self.registry.update(name, data, sha256, inputs, outputs)
         if changed:
             self.invalidator.model_changed(record.id, [latest.sha256])
         return record, changed
@@ -98,7 +105,8 @@ class ModelForge:
         Its cached predictions and loaded sessions are then freed everywhere (``invalidation``); answers are already
         correct the moment this returns, whether or not that cleanup has run.
         """
-        record, sha256s = self.registry.delete(name, version)
+        with self._writing():
+            record, sha256s = self.registry.delete(name, version)
         self.invalidator.model_changed(record.id, sha256s)
         return record
 
@@ -123,19 +131,43 @@ class ModelForge:
         ``InferenceError`` (422), ``ServiceUnavailableError`` (503, registry down). A cache outage never raises.
         """
         start = time.perf_counter()
-        record = self._resolve(model, version)
-        feed = prepare_feed(record.inputs, input_data)
-        key = None
-        if use_cache and self.settings.cache_prediction_enabled:
-            key = prediction_key(self.settings.cache_key_prefix, record.id, input_hash(record.sha256, feed))
-            hit = self.cache.get(key)
-            if hit is not None:
-                return self._result(record, orjson.loads(hit), start, cached=True)
+        caching = use_cache and self.settings.cache_prediction_enabled
+        record, feed, key, hit = self._lookup(model, version, input_data, caching)
+        if hit is not None:
+            return self._result(record, orjson.loads(hit), start, cached=True)
         run = self._runner(record)
         output_data = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name)
         if key is not None:
             self.cache.set(key, orjson.dumps(output_data), self.settings.cache_prediction_ttl, record.id)
         return self._result(record, output_data, start, cached=False)
+
+    def _lookup(
+        self, model: str, version: int | None, input_data: Any, caching: bool
+    ) -> tuple[ModelRecord, dict, str | None, bytes | None]:
+        """Resolve, validate and look up the cache: (record, feed, cache key or None, cached value or None).
+
+        With a Redis stamp (PostgreSQL + Redis) a known model costs one pipelined round trip: the stamp and the cache
+        value together; the metadata is used only if the stamp proves it current, else the database is asked.
+        """
+        if self._stamp is not None:
+            state = self._resolved
+            entry = state[1].get((model, version))
+            if entry is not None and entry[1] > time.monotonic():
+                try:  # validated against metadata not yet proven current: any refusal is retried below
+                    feed = prepare_feed(entry[0].inputs, input_data)
+                    key = self._cache_key(entry[0], feed) if caching else None
+                    stamp, hit = self._stamp.read(key)
+                    if stamp is not None and stamp == state[0]:
+                        return entry[0], feed, key, hit
+                except ModelForgeError:
+                    pass
+        record = self._resolve(model, version)
+        feed = prepare_feed(record.inputs, input_data)
+        key = self._cache_key(record, feed) if caching else None
+        return record, feed, key, (self.cache.get(key) if key is not None else None)
+
+    def _cache_key(self, record: ModelRecord, feed: dict) -> str:
+        return prediction_key(self.settings.cache_key_prefix, record.id, input_hash(record.sha256, feed))
 
     def _result(self, record: ModelRecord, output_data: dict, start: float, cached: bool) -> PredictionResult:
         ms = (time.perf_counter() - start) * 1000.0
@@ -171,6 +203,27 @@ class ModelForge:
         if entry is None or entry[1] <= now:
             entry = state[1][(model, version)] = (self.registry.resolve(model, version), now + self.settings.cache_ttl)
         return entry[0]
+
+    def _uses_stamp(self) -> bool:
+        """The Redis stamp pays off where the registry's own check is a network round trip (not SQLite)."""
+        return self.cache.backend == "redis" and self.registry.dialect != "sqlite"
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Wrap a registry write in the stamp protocol (``freshness``); a no-op without a stamp."""
+        if self._stamp is None:
+            yield
+            return
+        self._stamp.before_write()
+        try:
+            yield
+        finally:
+            try:
+                generation = self.registry.generation()
+            except ModelForgeError:  # database gone: leave the stamp absent (readers ask the database)
+                log.warning("registry generation unreadable after a write; the stamp stays absent")
+            else:
+                self._stamp.after_write(generation)
 
     def _prune_sessions(self) -> None:
         """After another process changed the registry: unload sessions whose bytes no version uses any more."""

@@ -70,26 +70,26 @@ class RedisCache:
 
         self._errors = (redis.RedisError, OSError)
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._breaker = _Breaker("redis", retry_after)
+        self.breaker = _Breaker("redis", retry_after)
 
     def get(self, key: str) -> bytes | None:
-        if self._breaker.open():
+        if self.breaker.open():
             return None
         try:
             value = self.client.get(key)
         except self._errors as err:
-            self._breaker.failed(err)
+            self.breaker.failed(err)
             return None
-        self._breaker.succeeded()
+        self.breaker.succeeded()
         return value
 
     def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
-        if self._breaker.open():
+        if self.breaker.open():
             return
         try:
             self.client.set(key, value, ex=ttl)
         except self._errors as err:
-            self._breaker.failed(err)
+            self.breaker.failed(err)
 
     def invalidate(self, prefix: str, model_id: str, batch: int = 500) -> int:
         """Delete every cached prediction of ``model_id``: SCAN its key pattern, UNLINK in batches (never KEYS).
@@ -129,24 +129,24 @@ class DiskCache:
         import diskcache
 
         self.cache = diskcache.Cache(directory, tag_index=True, timeout=1.0)
-        self._breaker = _Breaker("disk", retry_after)
+        self.breaker = _Breaker("disk", retry_after)
 
     def get(self, key: str) -> bytes | None:
-        if self._breaker.open():
+        if self.breaker.open():
             return None
         try:
             return self.cache.get(key)
         except Exception as err:  # diskcache.Timeout or sqlite3 errors: a locked or broken file never fails a predict
-            self._breaker.failed(err)
+            self.breaker.failed(err)
             return None
 
     def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
-        if self._breaker.open():
+        if self.breaker.open():
             return
         try:
             self.cache.set(key, value, expire=ttl, tag=model_id)
         except Exception as err:
-            self._breaker.failed(err)
+            self.breaker.failed(err)
 
     def invalidate(self, prefix: str, model_id: str) -> int:
         """Delete every cached prediction of ``model_id`` (entries are tagged with it). Returns how many."""

@@ -185,20 +185,61 @@ def test_register_twice_or_invalid_bytes_leaves_registry_unchanged(mf_forge, tmp
     assert mf_forge.predict("iris", [[1, 2, 3, 4]], use_cache=False).model_version == 1
 
 
-def test_redis_unreachable_still_serves_and_health_is_degraded(mf_settings, mf_backend):
-    from modelforge_jupyter import ModelForge
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own on a free port, so the test can stop it: (url, process)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
 
-    if mf_backend != "services":
-        return  # the embedded backend has no Redis to lose
-    settings = {**mf_settings, "redis_url": "redis://127.0.0.1:1/0"}
-    with ModelForge(**settings) as forge:
+    import redis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    yield url, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_redis_going_away_still_serves_refuses_updates_and_degrades_health(mf_settings, mf_backend, own_redis):
+    from modelforge_jupyter import ModelForge
+    from modelforge_jupyter.errors import ServiceUnavailableError
+
+    url, redis_proc = own_redis
+    with ModelForge(**{**mf_settings, "redis_url": url}) as forge:
         forge.register("iris", IRIS)
+        assert [forge.predict("iris", [[5.1, 3.5, 1.4, 0.2]]).cached for _ in range(2)] == [False, True]
+
+        redis_proc.kill()
+        redis_proc.wait()
         results = [forge.predict("iris", [[5.1, 3.5, 1.4, 0.2]]) for _ in range(3)]
         health = forge.health()
 
-    assert [r.cached for r in results] == [False, False, False]
-    assert results[0].output_data["output_label"] == [0]
-    assert (health["status"], health["redis"], health["database"]) == ("degraded", "disconnected", "connected")
+        assert [r.cached for r in results] == [False, False, False]
+        assert results[0].output_data["output_label"] == [0]
+        assert (health["status"], health["redis"], health["database"]) == ("degraded", "disconnected", "connected")
+        if mf_backend == "services":  # PostgreSQL + Redis: the stamp cannot be told, so the change is refused
+            with pytest.raises(ServiceUnavailableError, match="the model was not changed"):
+                forge.update("iris", IRIS_V2)
+            assert forge.get("iris").version == 1
+        else:  # SQLite checks freshness itself; Redis is only the cache
+            assert forge.update("iris", IRIS_V2).version == 2
 
 
 def test_health_fields(mf_forge, mf_backend):
