@@ -1,0 +1,171 @@
+"""``ModelForgeApp``: the Jupyter server extension that serves the ``ModelForge`` API over HTTP.
+
+Settings, highest precedence first: ``--ModelForgeApp.<trait>=...`` on the command line, ``c.ModelForgeApp.<trait>``
+in ``jupyter_server_config.py`` (or ``jupyter_modelforge_jupyter_config.py``), then the environment variables the core
+``Settings`` reads (``DATABASE_URL``, ``REDIS_URL``, ``CACHE_*``...), then the embedded defaults. A mirrored trait left
+unset (``None``) keeps the environment's value. The effective settings are exported back into ``os.environ`` so the
+kernels this server starts share its registry and prediction cache.
+
+Importing this module must stay cheap: ``jupyter server extension list`` imports it and instantiates the app, so
+onnxruntime and SQLAlchemy load only in ``initialize_settings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Int, TraitError, TraitType, validate
+from traitlets.config import Configurable
+
+from ..errors import ServiceUnavailableError
+from ..settings import Settings
+from .handlers import default_handlers
+
+if TYPE_CHECKING:
+    from ..api import ModelForge
+
+RETRY_AFTER = 2.0  # seconds between attempts to build the ModelForge while its registry database is unreachable
+
+
+def env_var(trait: TraitType) -> str | None:
+    """The environment variable a core setting reads: its ``env`` tag, else the ``(env NAME`` its help names."""
+    if trait.metadata.get("env"):
+        return trait.metadata["env"]
+    found = re.search(r"\benv ([A-Z][A-Z0-9_]+)", trait.help or "")
+    return found.group(1) if found else None
+
+
+def _mirror(trait: TraitType) -> TraitType:
+    """The same kind of trait with the same help, whose default None means "keep the environment's value"."""
+    help = f"{trait.help} Unset: the environment's value, else the default."
+    return type(trait)(default_value=None, allow_none=True, config=True, help=help)
+
+
+SETTINGS_TRAITS = tuple(Settings.class_trait_names(config=True))
+ENV_VARS = {name: var for name, t in Settings.class_traits(config=True).items() if (var := env_var(t))}
+# One ModelForgeApp trait per core setting (``--ModelForgeApp.redis_url=...``), generated so that a new setting in
+# ``Settings`` is configurable through the server and exported to kernels without touching this module.
+SettingsTraits = type(
+    "SettingsTraits",
+    (Configurable,),
+    {"__doc__": "Every core ``Settings`` trait, unset by default.", "__module__": __name__}
+    | {name: _mirror(t) for name, t in Settings.class_traits(config=True).items()},
+)
+
+
+class ModelForgeApp(ExtensionApp, SettingsTraits):
+    """Serve ModelForge under ``<base_url>modelforge/``: health, predict, and model CRUD."""
+
+    name = "modelforge_jupyter"  # == the jpserver_extensions key == the config file jupyter_modelforge_jupyter_config
+    description = "ModelForge: ONNX model registry, prediction cache and inference over the Jupyter server's HTTP API."
+    load_other_extensions = True
+
+    max_workers = Int(
+        4,
+        config=True,
+        help="Threads of the executor that runs every ModelForge call (inference, model loading, registry and cache "
+        "I/O) off the IOLoop. With intra_op_num_threads=1, the number of predictions that run in parallel.",
+    )
+    max_body_size = Int(
+        64 * 1024 * 1024,
+        config=True,
+        help="Largest request body in bytes (a predict request or an uploaded ONNX file); larger ones get 413 "
+        "before they are read. Default 64 MiB.",
+    )
+
+    forge: ModelForge | None = None
+    executor: ThreadPoolExecutor | None = None
+
+    @validate("max_workers", "max_body_size")
+    def _positive(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 1:
+            raise TraitError(f"ModelForgeApp.{proposal['trait'].name} must be >= 1, got {proposal['value']}")
+        return proposal["value"]
+
+    def modelforge_settings(self) -> Settings:
+        """The effective ``Settings``: the environment's, overridden by every mirrored trait that was configured."""
+        configured = {name: getattr(self, name) for name in SETTINGS_TRAITS if getattr(self, name) is not None}
+        return Settings(parent=self, **configured)
+
+    def initialize_settings(self) -> None:
+        """Export the effective settings to ``os.environ``; build the executor and the ``ModelForge`` (once)."""
+        # The core logs model changes (INFO) and predictions (DEBUG) under "modelforge_jupyter.*"; route them to the
+        # server's log as jupyter_server does for tornado's loggers.
+        logging.getLogger("modelforge_jupyter").parent = self.log
+        self._forge_settings = self.modelforge_settings()
+        self._forge_lock = threading.Lock()
+        self._forge_error: tuple[float, str] | None = None
+        self._stopped = False
+        export_environment(self._forge_settings)
+        self.executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="modelforge")
+        try:
+            forge = self.get_forge()
+        except ServiceUnavailableError as err:
+            self.log.error("ModelForge: %s; its endpoints answer 503 until the registry is reachable", err)
+            return
+        s = self._forge_settings
+        cache = f"redis {s.redis_url}" if s.redis_url else f"disk {s.cache_dir}"
+        url = forge.registry.url.render_as_string(hide_password=True)
+        self.log.info("ModelForge: registry %s, cache %s, %d worker threads", url, cache, self.max_workers)
+
+    def get_forge(self) -> ModelForge:
+        """The ``ModelForge``, built on first use. Blocking: call it in the executor.
+
+        While the registry database is unreachable this raises ``ServiceUnavailableError`` (503), trying again at
+        most every ``RETRY_AFTER`` seconds, so a server started before its database still comes up and heals.
+        """
+        forge = self.forge
+        if forge is not None:
+            return forge
+        from ..api import ModelForge
+
+        with self._forge_lock:
+            if self._stopped:
+                raise ServiceUnavailableError("ModelForge is stopped: the Jupyter server is shutting down")
+            if self.forge is None:
+                if self._forge_error is not None and time.monotonic() < self._forge_error[0]:
+                    raise ServiceUnavailableError(self._forge_error[1])
+                try:
+                    self.forge = ModelForge(self._forge_settings)
+                except ServiceUnavailableError as err:
+                    self._forge_error = (time.monotonic() + RETRY_AFTER, str(err))
+                    raise
+            return self.forge
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(default_handlers)
+
+    async def stop_extension(self) -> None:
+        """Wait for running calls (queued ones are cancelled), then close the ModelForge. Idempotent."""
+        self._stopped = True
+        executor, self.executor = self.executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        forge, self.forge = self.forge, None
+        if forge is not None:
+            forge.close()
+        logging.getLogger("modelforge_jupyter").parent = logging.getLogger()
+
+
+def export_environment(settings: Settings) -> None:
+    """Write every setting that has an environment variable into ``os.environ`` (kernels inherit it)."""
+    for name, var in ENV_VARS.items():
+        os.environ[var] = env_value(getattr(settings, name))
+
+
+def env_value(value: object) -> str:
+    """A setting as ``Settings`` parses it back from the environment: true/false, JSON for dicts, else str()."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)

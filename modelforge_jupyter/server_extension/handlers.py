@@ -1,0 +1,280 @@
+"""HTTP handlers: parse the request, call the ``ModelForge`` API in the app's executor, answer JSON.
+
+Routes (relative to the server's base_url): ``GET modelforge/health`` (no token needed), ``POST modelforge/predict``,
+``GET modelforge/models``, ``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``.
+Every error is a JSON body ``{"message": ...}``; a ``ModelForgeError`` answers with its own ``status``.
+Request bodies are streamed: one over ``ModelForgeApp.max_body_size`` gets 413 before it is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from http.client import responses
+from typing import Any, TypeVar
+
+import orjson
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from ..errors import ModelForgeError, ServiceUnavailableError
+
+AUTH_RESOURCE = "modelforge"
+TOKEN_NEEDED = (
+    "authentication required: send the Jupyter server's token as the header 'Authorization: token <token>'"
+)
+T = TypeVar("T")
+
+
+@web.stream_request_body
+class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
+    """Base handler: body size limit, executor calls, JSON answers and JSON errors for every subclass."""
+
+    auth_resource = AUTH_RESOURCE
+
+    async def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._body_size = 0
+        await super().prepare()
+        method = getattr(self, self.request.method.lower(), None)
+        if self.current_user is None and not getattr(method, "__allow_unauthenticated", False):
+            raise web.HTTPError(403)  # refuse before reading a body that @web.authenticated would refuse after
+        limit = self.extensionapp.max_body_size
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise web.HTTPError(413, "%s", self._too_large(int(length)))
+        if limit > self.serverapp.max_body_size:
+            self.request.connection.set_max_body_size(limit)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._body_size += len(chunk)
+        if self._body_size > self.extensionapp.max_body_size:  # chunked upload: no Content-Length to check first
+            self._chunks.clear()
+            self.send_error(413, message=self._too_large(self._body_size, "at least "))
+        else:
+            self._chunks.append(chunk)
+
+    def _too_large(self, size: int, qualifier: str = "") -> str:
+        limit = self.extensionapp.max_body_size
+        return (
+            f"request body too large: {qualifier}{size} bytes; the limit is {limit} bytes (ModelForgeApp.max_body_size)"
+        )
+
+    @property
+    def body(self) -> bytes:
+        """The request body, as streamed in."""
+        return b"".join(self._chunks)
+
+    async def forge_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``ModelForge.<method>(*args, **kwargs)`` in the app's bounded executor."""
+        app = self.extensionapp
+        return await self.run_blocking(lambda: getattr(app.get_forge(), method)(*args, **kwargs))
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` in the app's bounded executor, so the IOLoop keeps serving meanwhile."""
+        executor = self.extensionapp.executor
+        if executor is None:
+            raise ServiceUnavailableError("ModelForge is stopped: the Jupyter server is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(data if isinstance(data, bytes) else orjson.dumps(data))  # APIHandler: application/json
+
+    def query_version(self) -> int | None:
+        """The optional ``?version=N`` query argument."""
+        raw = self.get_query_argument("version", None)
+        if raw is None or raw == "":
+            return None
+        try:
+            return check_version(int(raw))
+        except ValueError:
+            raise web.HTTPError(400, "%s", f"version must be a whole number >= 1, got {raw!r}") from None
+
+    # -- errors: JSON, whatever raised them ------------------------------------------------------------------------
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ModelForgeError):
+            status_code = exc.status
+        super().send_error(status_code, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Answer ``{"message": ...}``: the ModelForgeError's text, the HTTPError's message, or the status' name."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if "message" in kwargs:
+            message = kwargs["message"]
+        elif isinstance(exc, ModelForgeError):
+            message = str(exc)
+        elif status_code == 403 and getattr(self, "_jupyter_current_user", None) is None:
+            message = TOKEN_NEEDED
+        elif isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args
+        elif status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+            message = f"{self.request.method} is not allowed here; allowed: {', '.join(self.allowed_methods())}"
+        elif status_code >= 500:
+            message = "internal server error; the Jupyter server log has the details"
+        else:
+            message = responses.get(status_code, "error")
+        self.finish(orjson.dumps({"message": message}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ModelForgeError):  # a refused request, not a server fault: no traceback
+            self.log.warning("%d %s %s: %s", value.status, self.request.method, self.request.path, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        return [
+            m for m in cls.SUPPORTED_METHODS
+            if getattr(cls, m.lower()) is not web.RequestHandler._unimplemented_method and m != "OPTIONS"
+        ]
+
+
+class HealthHandler(ModelForgeHandler):
+    """``{status, database, redis, celery, version, environment, timestamp}``; 503 when unhealthy. No token needed."""
+
+    @allow_unauthenticated
+    async def get(self) -> None:
+        health = await self.forge_call("health")
+        self.write_json(health, 503 if health["status"] == "unhealthy" else 200)
+
+
+class PredictHandler(ModelForgeHandler):
+    """Run a model on ``{"model_id", "input_data", "use_cache"?, "version"?}``; a batch goes along axis 0."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.write_json(await self.run_blocking(functools.partial(self._predict, self.body)))
+
+    def _predict(self, body: bytes) -> bytes:
+        """Decode, predict and encode in one executor call: a large batch's JSON never blocks the IOLoop either."""
+        request = json_object(body)
+        model = request.get("model_id")
+        if not isinstance(model, str) or not model:
+            raise web.HTTPError(400, "%s", "missing 'model_id': the model's name or id, a string")
+        if "input_data" not in request:
+            raise web.HTTPError(400, "%s", "missing 'input_data': {input name: nested list}, or a bare nested list")
+        use_cache = request.get("use_cache", True)
+        if not isinstance(use_cache, bool):
+            raise web.HTTPError(400, "%s", f"'use_cache' must be true or false, got {use_cache!r}")
+        version = request.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise web.HTTPError(400, "%s", f"'version' must be a whole number >= 1, got {version!r}")
+        if version is not None:
+            check_version(version)
+        result = self.extensionapp.get_forge().predict(
+            model, request["input_data"], use_cache=use_cache, version=version
+        )
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug(
+                "predict %s v%d: batch %d, %.3f ms, cached=%s",
+                model, result.model_version, batch_size(request["input_data"]), result.inference_time_ms, result.cached,
+            )
+        return orjson.dumps(result.to_dict())
+
+
+class ModelsHandler(ModelForgeHandler):
+    """List the latest version of every registered model."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        records = await self.forge_call("models")
+        self.write_json([r.to_dict() for r in records])
+
+
+class ModelHandler(ModelForgeHandler):
+    """One model: its metadata (GET), a new version from raw ONNX bytes (PUT), deletion (DELETE)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        record = await self.forge_call("get", name, self.query_version())
+        self.write_json(record.to_dict())
+
+    @web.authenticated
+    @authorized
+    async def put(self, name: str) -> None:
+        record, changed = await self.forge_call("save", name, self.body)
+        created = changed and record.version == 1
+        if created:
+            self.set_header("Location", url_path_join(self.base_url, "modelforge", "models", record.name))
+        self.write_json(record.to_dict(), 201 if created else 200)
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        await self.forge_call("delete", name, self.query_version())
+        self.set_status(204)
+        self.finish()
+
+
+class UnloadHandler(ModelForgeHandler):
+    """Drop the model's loaded session from this server's engine; the next predict loads it again."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        unloaded = await self.forge_call("unload", name, self.query_version())
+        self.write_json({"name": name, "unloaded": unloaded})
+
+
+class NotFoundHandler(ModelForgeHandler):
+    """404 as JSON for any other path under ``modelforge/`` (not the server's HTML page)."""
+
+    def _not_found(self) -> None:
+        raise web.HTTPError(404, "%s", f"no ModelForge endpoint at {self.request.path}")
+
+    # one wrapper per verb: @authorized remembers the action of the first method it served
+    get = web.authenticated(authorized(_not_found))
+    post = web.authenticated(authorized(_not_found))
+    put = web.authenticated(authorized(_not_found))
+    delete = web.authenticated(authorized(_not_found))
+    patch = web.authenticated(authorized(_not_found))
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object (orjson); 400 naming the problem otherwise."""
+    if not body.strip():
+        raise web.HTTPError(400, "%s", "empty request body: send a JSON object")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise web.HTTPError(400, "%s", f"malformed JSON body: {err}") from None
+    if not isinstance(value, dict):
+        raise web.HTTPError(400, "%s", f"the body must be a JSON object, got a JSON {type(value).__name__}")
+    return value
+
+
+def check_version(version: int) -> int:
+    if version < 1:
+        raise web.HTTPError(400, "%s", f"version must be a whole number >= 1, got {version}")
+    return version
+
+
+def batch_size(input_data: Any) -> int:
+    """Length of axis 0 of the (first) input, for the log; 1 for a scalar."""
+    value = next(iter(input_data.values()), None) if isinstance(input_data, dict) else input_data
+    return len(value) if isinstance(value, list) else 1
+
+
+# -- URL to handler mappings (ExtensionApp prepends the server's base_url) ------------------------------------------
+_name = r"(?P<name>[^/]+)"
+default_handlers = [
+    (r"modelforge/health", HealthHandler),
+    (r"modelforge/predict", PredictHandler),
+    (r"modelforge/models", ModelsHandler),
+    (rf"modelforge/models/{_name}", ModelHandler),
+    (rf"modelforge/models/{_name}/unload", UnloadHandler),
+    (r"modelforge(?:/.*)?", NotFoundHandler),
+]

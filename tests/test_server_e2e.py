@@ -1,0 +1,170 @@
+"""End to end: a real ``jupyter server`` process enabled by the installed config alone, driven with plain HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from .mf_plugin import SAMPLES, mf_raw_run
+
+TOKEN = "e2e-token-0123456789"
+BASE_URL = "/mf-e2e/"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mf_jupyter_env(tmp_path) -> dict[str, str]:
+    """The environment of an isolated Jupyter: its own config/data/runtime dirs and HOME; no ModelForge variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "MODELFORGE_", "CACHE_"))}
+    for var in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "ENVIRONMENT"):
+        env.pop(var, None)
+    for name in ("config", "data", "runtime", "home"):
+        (tmp_path / name).mkdir()
+    env.update(
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_DATA_DIR=str(tmp_path / "data"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        HOME=str(tmp_path / "home"),
+        MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),  # the embedded backend: SQLite + disk cache in tmp_path
+    )
+    return env
+
+
+@pytest.fixture
+def mf_jupyter_server(tmp_path, mf_jupyter_env):
+    """``jupyter server`` on a free port of 127.0.0.1 with a token and a non-default base_url; yields its URL."""
+    port = free_port()
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",
+            f"--IdentityProvider.token={TOKEN}", f"--ServerApp.base_url={BASE_URL}",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={tmp_path}", f"--ModelForgeApp.cache_dir={tmp_path / 'cli-cache'}",
+        ],
+        env=mf_jupyter_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}{BASE_URL}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if http("GET", url + "api/status")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def http(method: str, url: str, body: bytes | None = None, token: str | None = TOKEN, **headers: str):
+    """(status, headers, body bytes) of one plain urllib request; 4xx/5xx are returned, not raised."""
+    if token:
+        headers["Authorization"] = f"token {token}"
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def test_installed_server_serves_modelforge_under_its_base_url(mf_jupyter_server, tmp_path):
+    url = mf_jupyter_server + "modelforge/"
+    model = SAMPLES / "breast_cancer_rf.onnx"
+    X = load_breast_cancer().data[:5].astype(np.float32)
+
+    # health: no token needed
+    code, headers, body = http("GET", url + "health", token=None)
+    health = json.loads(body)
+    assert (code, headers["Content-Type"]) == (200, "application/json")
+    assert (health["status"], health["database"], health["redis"]) == ("healthy", "connected", "not_configured")
+
+    # upload: 201 then 200; the CLI trait (cache_dir) and the environment (MODELFORGE_DATA_DIR) both took effect
+    code, _, body = http("PUT", url + "models/breast_cancer_rf", model.read_bytes(),
+                         **{"Content-Type": "application/octet-stream"})
+    assert (code, json.loads(body)["version"]) == (201, 1)
+    assert http("PUT", url + "models/breast_cancer_rf", model.read_bytes())[0] == 200
+    assert (tmp_path / "modelforge" / "registry.db").is_file()
+
+    # predict with plain HTTP equals raw onnxruntime; the second request is a cache hit in the CLI's cache_dir
+    request = json.dumps({"model_id": "breast_cancer_rf", "input_data": {"float_input": X.tolist()}}).encode()
+    code, headers, body = http("POST", url + "predict", request, **{"Content-Type": "application/json"})
+    result = json.loads(body)
+    assert (code, headers["Content-Type"]) == (200, "application/json")
+    assert (result["model_version"], result["cached"]) == (1, False)
+    for got, want in zip(result["output_data"].values(), mf_raw_run(model, {"float_input": X})):
+        np.testing.assert_array_equal(np.asarray(got, dtype=want.dtype), want)
+    assert json.loads(http("POST", url + "predict", request)[2])["cached"] is True
+    assert any((tmp_path / "cli-cache").iterdir())
+
+    # no token: 403 JSON asking for it, never data; the route without the base_url does not exist
+    code, _, body = http("POST", url + "predict", request, token=None)
+    assert code == 403 and "token" in json.loads(body)["message"] and "output_data" not in body.decode()
+    assert http("GET", url.replace(BASE_URL, "/") + "health", token=None)[0] == 404
+
+    log = (tmp_path / "server.log").read_text()
+    assert "modelforge_jupyter | extension was successfully loaded." in log
+    assert "registered model breast_cancer_rf v1" in log  # the core's INFO log reaches the server's log
+
+
+def test_extension_list_shows_modelforge_enabled_and_ok(mf_jupyter_env):
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "server", "extension", "list"],
+        env=mf_jupyter_env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    text = ANSI.sub("", out.stdout + out.stderr)
+
+    assert re.search(r"^\s*modelforge_jupyter enabled$", text, re.M), text
+    assert re.search(r"^\s*modelforge_jupyter \S+ OK$", text, re.M), text
+
+
+def test_extension_points_load_without_onnxruntime_or_sqlalchemy():
+    code = (
+        "import sys, modelforge_jupyter as m\n"
+        "point, = m._jupyter_server_extension_points()\n"
+        "assert point['module'] == 'modelforge_jupyter.server_extension'\n"
+        "assert point['app']().name == 'modelforge_jupyter'\n"
+        "print(sorted(x for x in ('onnxruntime', 'sqlalchemy', 'redis', 'celery', 'numpy') if x in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+
+    assert out.stdout.strip() == "[]"
+
+
+def test_installed_json_enables_the_extension_under_its_name():
+    root = Path(__file__).resolve().parent.parent
+    config = json.loads((root / "jupyter-config" / "jupyter_server_config.d" / "modelforge_jupyter.json").read_text())
+
+    assert config == {"ServerApp": {"jpserver_extensions": {"modelforge_jupyter": True}}}
+    installed = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "modelforge_jupyter.json"
+    assert json.loads(installed.read_text()) == config  # pip install put it in the environment

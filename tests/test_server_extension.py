@@ -1,0 +1,550 @@
+"""The Jupyter server extension in-process (pytest-jupyter), on both backends, with real models.
+
+Every server here runs with ``ServerApp.allow_unauthenticated_access=False`` and the base_url ``/a%40b/`` that
+``jp_fetch`` prefixes; predictions are compared with raw onnxruntime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+import sqlalchemy as sa
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+
+from modelforge_jupyter.server_extension import app as app_module
+from modelforge_jupyter.server_extension.app import ENV_VARS, SETTINGS_TRAITS, ModelForgeApp
+from modelforge_jupyter.settings import Settings
+
+from .mf_plugin import POSTGRES_URL, SAMPLES, mf_identity_model, mf_raw_run
+
+IRIS = SAMPLES / "iris.onnx"
+IRIS_V2 = SAMPLES / "iris_v2.onnx"
+TOKEN_MESSAGE = "authentication required: send the Jupyter server's token as the header 'Authorization: token <token>'"
+
+
+@pytest.fixture
+def mf_server_overrides() -> dict:
+    """Extra ``ModelForgeApp`` config for one test (parametrize it to override)."""
+    return {}
+
+
+@pytest.fixture
+def mf_env() -> dict:
+    """Environment variables set before the server starts (parametrize it to override)."""
+    return {}
+
+
+@pytest.fixture
+def mf_config_py() -> str:
+    """Text of a ``jupyter_server_config.py`` in the server's config dir (parametrize it to override)."""
+    return ""
+
+
+@pytest.fixture
+def mf_environ():
+    """Restore ``os.environ`` after the test: the app exports its settings into it for kernels."""
+    saved = os.environ.copy()
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def jp_server_config(mf_environ, mf_settings, mf_server_overrides, mf_env, mf_config_py, jp_config_dir):
+    os.environ.update(mf_env)
+    if mf_config_py:
+        (jp_config_dir / "jupyter_server_config.py").write_text(mf_config_py)
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"modelforge_jupyter": True, "jupyter_server_terminals": False},
+            "allow_unauthenticated_access": False,
+        },
+        "ModelForgeApp": {**mf_settings, "max_workers": 2, **mf_server_overrides},
+    }
+
+
+@pytest.fixture
+def jp_serverapp(jp_serverapp, jp_asyncio_loop):
+    """The server with ModelForge loaded; the extension stops before the backend fixtures drop their database."""
+    yield jp_serverapp
+    jp_asyncio_loop.run_until_complete(mf_app_of(jp_serverapp).stop_extension())
+
+
+@pytest.fixture
+def mf_app(jp_serverapp) -> ModelForgeApp:
+    return mf_app_of(jp_serverapp)
+
+
+def mf_app_of(serverapp) -> ModelForgeApp:
+    return serverapp.extension_manager.extension_points["modelforge_jupyter"].app
+
+
+async def mf_call(jp_fetch, method: str, *path: str, body=None, token: bool = True, **kwargs):
+    """(status, decoded JSON body or None) of ``method <base_url>modelforge/<path>``; never raises on 4xx/5xx."""
+    headers = kwargs.pop("headers", {})
+    if not token:
+        headers["Authorization"] = ""
+    if isinstance(body, (dict, list)):
+        body = orjson.dumps(body)
+    r = await jp_fetch(
+        "modelforge", *path, method=method, body=body, headers=headers, raise_error=False,
+        allow_nonstandard_methods=True, **kwargs,
+    )
+    assert r.code == 204 or r.headers["Content-Type"] == "application/json", r.headers
+    return r.code, (orjson.loads(r.body) if r.body else None)
+
+
+async def mf_put(jp_fetch, name: str, path_or_bytes) -> tuple[int, dict]:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    return await mf_call(
+        jp_fetch, "PUT", "models", name, body=data, headers={"Content-Type": "application/octet-stream"}
+    )
+
+
+def zipmap(raw_seq) -> list[dict]:
+    return [{str(k): v for k, v in m.items()} for m in raw_seq]
+
+
+# -- health ---------------------------------------------------------------------------------------------------------
+async def test_health_answers_without_token_with_the_documented_fields(jp_fetch, mf_backend):
+    code, health = await mf_call(jp_fetch, "GET", "health", token=False)
+
+    assert code == 200
+    assert list(health) == ["status", "database", "redis", "celery", "version", "environment", "timestamp"]
+    assert (health["status"], health["database"], health["celery"]) == ("healthy", "connected", "eager")
+    assert health["redis"] == ("connected" if mf_backend == "services" else "not_configured")
+    assert health["environment"] == "development" and health["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize("mf_backend", ["services"])
+@pytest.mark.parametrize("mf_server_overrides", [{"redis_url": "redis://127.0.0.1:1/0"}])
+async def test_health_is_degraded_200_when_redis_is_down_and_predictions_still_serve(jp_fetch, mf_forge):
+    mf_forge.register("iris", IRIS)  # by another process of the same registry, whose Redis is up
+
+    code, health = await mf_call(jp_fetch, "GET", "health", token=False)
+    pcode, result = await mf_call(jp_fetch, "POST", "predict", body={"model_id": "iris", "input_data": [[5, 3, 1, 0]]})
+
+    assert (code, health["status"], health["redis"]) == (200, "degraded", "disconnected")
+    assert health["database"] == "connected"
+    assert (pcode, result["output_data"]["output_label"], result["cached"]) == (200, [0], False)
+
+
+@pytest.mark.parametrize("mf_backend", ["services"])
+async def test_health_is_unhealthy_503_when_the_database_is_gone(jp_fetch, mf_settings):
+    # Given a server on a PostgreSQL registry, When that database is dropped under it
+    url = sa.engine.make_url(mf_settings["database_url"])
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{url.database}" WITH (FORCE)'))
+    admin.dispose()
+
+    code, health = await mf_call(jp_fetch, "GET", "health", token=False)
+    mcode, body = await mf_call(jp_fetch, "GET", "models")
+
+    # Then health says so with 503, and the API answers 503 JSON
+    assert (code, health["status"], health["database"]) == (503, "unhealthy", "disconnected")
+    assert mcode == 503 and body["message"].startswith("model registry database unavailable")
+
+
+@pytest.fixture
+def mf_missing_database():
+    """(URL, name) of a PostgreSQL database that does not exist yet; dropped after the test if the test created it."""
+    url = sa.engine.make_url(POSTGRES_URL).set(database=MISSING_DB)
+    yield url.render_as_string(hide_password=False), MISSING_DB
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{MISSING_DB}" WITH (FORCE)'))
+    admin.dispose()
+
+
+MISSING_DB = f"mf_test_missing_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.mark.parametrize("mf_backend", ["services"])
+@pytest.mark.parametrize(
+    "mf_server_overrides",
+    [{"database_url": sa.engine.make_url(POSTGRES_URL).set(database=MISSING_DB).render_as_string(False)}],
+)
+async def test_server_started_before_its_database_answers_503_then_heals(mf_missing_database, jp_fetch):
+    # Given a server whose registry database did not exist when it started
+    code, err = await mf_call(jp_fetch, "GET", "health", token=False)
+    assert code == 503 and err["message"].startswith("model registry database unavailable: ")
+    assert (await mf_call(jp_fetch, "GET", "models"))[0] == 503
+
+    # When the database appears
+    url, name = mf_missing_database
+    admin = sa.create_engine(sa.engine.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    await asyncio.sleep(app_module.RETRY_AFTER)  # the back-off after the failed attempt at start-up
+
+    # Then the next requests build the ModelForge and are served
+    code, health = await mf_call(jp_fetch, "GET", "health", token=False)
+    assert (code, health["status"], health["database"]) == (200, "healthy", "connected")
+    assert (await mf_put(jp_fetch, "iris", IRIS))[0] == 201
+
+
+# -- models ---------------------------------------------------------------------------------------------------------
+async def test_put_creates_201_then_updates_200_and_equal_bytes_add_no_version(jp_fetch, jp_base_url):
+    r = await jp_fetch("modelforge", "models", "iris", method="PUT", body=IRIS.read_bytes())
+    created = orjson.loads(r.body)
+    code2, updated = await mf_put(jp_fetch, "iris", IRIS_V2)
+    code3, same = await mf_put(jp_fetch, "iris", IRIS_V2)
+
+    assert r.code == 201 and r.headers["Location"] == f"{jp_base_url}modelforge/models/iris"
+    assert (created["name"], created["version"], created["versions"]) == ("iris", 1, [1])
+    assert created["inputs"] == [{"name": "float_input", "dtype": "float32", "shape": [None, 4]}]
+    assert [o["name"] for o in created["outputs"]] == ["output_label", "output_probability"]
+    assert created["sha256"] == hashlib.sha256(IRIS.read_bytes()).hexdigest()
+    assert (code2, updated["version"], updated["versions"], updated["id"]) == (200, 2, [1, 2], created["id"])
+    assert (code3, same) == (200, updated)
+
+
+async def test_get_list_and_versions_of_models(jp_fetch):
+    await mf_put(jp_fetch, "iris", IRIS)
+    await mf_put(jp_fetch, "iris", IRIS_V2)
+    await mf_put(jp_fetch, "diabetes", SAMPLES / "diabetes.onnx")
+
+    code, models = await mf_call(jp_fetch, "GET", "models")
+    _, latest = await mf_call(jp_fetch, "GET", "models", "iris")
+    _, v1 = await mf_call(jp_fetch, "GET", "models", "iris", params={"version": 1})
+    _, by_id = await mf_call(jp_fetch, "GET", "models", latest["id"])
+
+    assert code == 200 and [(m["name"], m["version"]) for m in models] == [("diabetes", 1), ("iris", 2)]
+    assert set(latest) == {
+        "id", "name", "version", "sha256", "inputs", "outputs", "created_at", "updated_at", "size_bytes", "versions"
+    }
+    assert latest["version"] == 2 and latest["created_at"] <= latest["updated_at"]
+    assert v1["version"] == 1 and v1["sha256"] == hashlib.sha256(IRIS.read_bytes()).hexdigest()
+    assert by_id == latest
+
+
+async def test_delete_one_version_then_the_model(jp_fetch):
+    await mf_put(jp_fetch, "iris", IRIS)
+    await mf_put(jp_fetch, "iris", IRIS_V2)
+
+    assert await mf_call(jp_fetch, "DELETE", "models", "iris", params={"version": 1}) == (204, None)
+    assert (await mf_call(jp_fetch, "GET", "models", "iris", params={"version": 1}))[0] == 404
+    assert (await mf_call(jp_fetch, "GET", "models", "iris"))[1]["versions"] == [2]
+    assert await mf_call(jp_fetch, "DELETE", "models", "iris") == (204, None)
+    assert await mf_call(jp_fetch, "GET", "models", "iris") == (404, {"message": "model 'iris' is not registered"})
+    assert await mf_call(jp_fetch, "GET", "models") == (200, [])
+    assert (await mf_call(jp_fetch, "DELETE", "models", "iris"))[0] == 404
+
+
+async def test_unload_drops_the_session_and_the_next_predict_reloads_it(jp_fetch, mf_app):
+    _, rec = await mf_put(jp_fetch, "iris", IRIS)
+    request = {"model_id": "iris", "input_data": [[5.1, 3.5, 1.4, 0.2]], "use_cache": False}
+
+    assert rec["sha256"] in mf_app.forge.engine.loaded()
+    assert await mf_call(jp_fetch, "POST", "models", "iris", "unload") == (200, {"name": "iris", "unloaded": True})
+    assert rec["sha256"] not in mf_app.forge.engine.loaded()
+    assert await mf_call(jp_fetch, "POST", "models", "iris", "unload") == (200, {"name": "iris", "unloaded": False})
+    code, result = await mf_call(jp_fetch, "POST", "predict", body=request)
+    assert (code, result["output_data"]["output_label"]) == (200, [0])
+    assert rec["sha256"] in mf_app.forge.engine.loaded()
+    assert (await mf_call(jp_fetch, "POST", "models", "nope", "unload"))[0] == 404
+
+
+# -- predict --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 1000])
+async def test_predict_equals_raw_onnxruntime_at_batch(jp_fetch, batch):
+    rng = np.random.default_rng(batch)
+    for name, data in [("breast_cancer_rf", load_breast_cancer().data), ("diabetes", load_diabetes().data)]:
+        path = SAMPLES / f"{name}.onnx"
+        _, rec = await mf_put(jp_fetch, name, path)
+        X = data[rng.integers(0, len(data), batch)].astype(np.float32)
+
+        code, result = await mf_call(
+            jp_fetch, "POST", "predict", body={"model_id": name, "input_data": {"float_input": X.tolist()}}
+        )
+
+        assert code == 200
+        assert list(result) == [
+            "prediction_id", "model_id", "model_version", "output_data", "inference_time_ms", "cached"
+        ]
+        assert (result["model_id"], result["model_version"], result["cached"]) == (rec["id"], 1, False)
+        assert result["inference_time_ms"] > 0 and len(result["prediction_id"]) == 36
+        raw = mf_raw_run(path, {"float_input": X})
+        assert list(result["output_data"]) == [o["name"] for o in rec["outputs"]]
+        for got, want in zip(result["output_data"].values(), raw):
+            np.testing.assert_array_equal(np.asarray(got, dtype=want.dtype), want)
+            assert len(got) == batch
+
+
+async def test_second_post_is_a_cache_hit_and_use_cache_false_is_not(jp_fetch):
+    _, rec = await mf_put(jp_fetch, "iris", IRIS)
+    X = load_iris().data[:3].astype(np.float32)
+    request = {"model_id": "iris", "input_data": X.tolist()}  # bare list: single-input model
+
+    _, first = await mf_call(jp_fetch, "POST", "predict", body=request)
+    _, second = await mf_call(jp_fetch, "POST", "predict", body=request)
+    _, by_id = await mf_call(jp_fetch, "POST", "predict", body={**request, "model_id": rec["id"]})
+    _, fresh = await mf_call(jp_fetch, "POST", "predict", body={**request, "use_cache": False})
+
+    assert (first["cached"], second["cached"], by_id["cached"], fresh["cached"]) == (False, True, True, False)
+    assert second["output_data"] == first["output_data"] == by_id["output_data"] == fresh["output_data"]
+    assert second["prediction_id"] != first["prediction_id"]
+    label, proba = mf_raw_run(IRIS, {"float_input": X})
+    assert first["output_data"] == {"output_label": label.tolist(), "output_probability": zipmap(proba)}
+
+
+async def test_version_selects_the_model_version(jp_fetch):
+    await mf_put(jp_fetch, "iris", IRIS)
+    await mf_put(jp_fetch, "iris", IRIS_V2)
+    X = load_iris().data[50:53].astype(np.float32)
+
+    request = {"model_id": "iris", "input_data": X.tolist()}
+    _, new = await mf_call(jp_fetch, "POST", "predict", body=request)
+    _, old = await mf_call(jp_fetch, "POST", "predict", body={**request, "version": 1})
+
+    assert (new["model_version"], old["model_version"]) == (2, 1)
+    assert new["output_data"]["output_probability"] == zipmap(mf_raw_run(IRIS_V2, {"float_input": X})[1])
+    assert old["output_data"]["output_probability"] == zipmap(mf_raw_run(IRIS, {"float_input": X})[1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+async def test_numbers_round_trip_exactly(jp_fetch, dtype):
+    await mf_put(jp_fetch, "identity", mf_identity_model(dtype, [None, 3]).SerializeToString())
+    extremes = {
+        "float32": [3.4028235e38, 1.4e-45, 1.1754944e-38],  # max, smallest subnormal, smallest normal
+        "float64": [1.7976931348623157e308, 5e-324, 2.2250738585072014e-308],
+    }[dtype]
+    values = np.array([[0.1, 1 / 3, -2.5e-7], extremes, [16777217.0, 0.3, -0.0]]).astype(dtype)
+
+    _, result = await mf_call(jp_fetch, "POST", "predict", body={"model_id": "identity", "input_data": values.tolist()})
+
+    got = np.asarray(result["output_data"]["y"], dtype=dtype)
+    np.testing.assert_array_equal(got, values)
+    assert got.tobytes() == values.tobytes()  # bit for bit, -0.0 and subnormals included
+
+
+async def test_predict_is_logged_at_debug_with_batch_and_model_changes_at_info(jp_fetch, mf_app, caplog):
+    mf_app.log.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG, logger=mf_app.log.name)
+    try:
+        await mf_put(jp_fetch, "iris", IRIS)
+        await mf_call(jp_fetch, "POST", "predict", body={"model_id": "iris", "input_data": [[1, 2, 3, 4]] * 3})
+    finally:
+        mf_app.log.removeHandler(caplog.handler)
+
+    changes = [r for r in caplog.records if r.name == "modelforge_jupyter.registry" and r.levelno == logging.INFO]
+    predictions = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "batch" in r.getMessage()]
+    assert any(r.getMessage().startswith("registered model iris v1") for r in changes)
+    assert len(predictions) == 1 and predictions[0].startswith("predict iris v1: batch 3, ")
+    assert predictions[0].endswith("cached=False")
+
+
+# -- errors: JSON, naming the problem ---------------------------------------------------------------------------------
+async def test_bad_requests_are_400_json_naming_the_problem(jp_fetch):
+    await mf_put(jp_fetch, "iris", IRIS)
+
+    async def predict(body):
+        return await mf_call(jp_fetch, "POST", "predict", body=body)
+
+    code, err = await predict(b'{"model_id": "iris", ')
+    assert code == 400 and err["message"].startswith("malformed JSON body: ")
+    assert await predict(b"[1, 2]") == (400, {"message": "the body must be a JSON object, got a JSON list"})
+    assert (await predict(b" "))[1] == {"message": "empty request body: send a JSON object"}
+    assert (await predict({"input_data": [[1, 2, 3, 4]]}))[1]["message"].startswith("missing 'model_id'")
+    assert (await predict({"model_id": "iris"}))[1]["message"].startswith("missing 'input_data'")
+    assert (await predict({"model_id": "iris", "input_data": [[1, 2, 3, 4]], "use_cache": "no"}))[0] == 400
+    assert (await predict({"model_id": "iris", "input_data": [[1, 2, 3, 4]], "version": "1"}))[0] == 400
+    assert (await predict({"model_id": "iris", "input_data": [[1, 2, 3, 4]], "version": 0}))[0] == 400
+
+    code, err = await predict({"model_id": "iris", "input_data": {"x": [[1, 2, 3, 4]]}})
+    assert code == 400 and "float_input" in err["message"] and "'x'" in err["message"]
+    code, err = await predict({"model_id": "iris", "input_data": [[1, 2, 3]]})
+    assert code == 400
+    assert err["message"] == "input 'float_input': expected float32 [?, 4], got shape [1, 3] (axis 1 must be 4)"
+    code, err = await predict({"model_id": "iris", "input_data": [["a", "b", "c", "d"]]})
+    assert code == 400 and err["message"].startswith("input 'float_input': expected float32 [?, 4], got ")
+    assert await predict({"model_id": "nope", "input_data": [[1, 2, 3, 4]]}) == (
+        404, {"message": "model 'nope' is not registered"}
+    )
+    code, err = await predict({"model_id": "iris", "input_data": [[1, 2, 3, 4]], "version": 9})
+    assert code == 404 and "9" in err["message"]
+    code, err = await mf_call(jp_fetch, "GET", "models", "iris", params={"version": "two"})
+    assert (code, err) == (400, {"message": "version must be a whole number >= 1, got 'two'"})
+
+
+async def test_invalid_onnx_upload_is_400_and_leaves_the_registry_unchanged(jp_fetch):
+    await mf_put(jp_fetch, "iris", IRIS)
+    _, before = await mf_call(jp_fetch, "GET", "models")
+
+    for bad in (b"not onnx at all", IRIS.read_bytes()[:300]):
+        for name in ("iris", "broken"):
+            code, err = await mf_put(jp_fetch, name, bad)
+            assert code == 400 and err["message"].startswith("not a valid ONNX model")
+    code, err = await mf_call(jp_fetch, "PUT", "models", "broken", body=b"")
+    assert (code, err) == (400, {"message": "not a valid ONNX model: the file is empty"})
+
+    assert await mf_call(jp_fetch, "GET", "models") == (200, before)
+
+
+async def test_wrong_method_is_405_json_and_unknown_path_404_json(jp_fetch):
+    r = await jp_fetch("modelforge", "predict", method="GET", raise_error=False)
+    assert (r.code, r.headers["Allow"]) == (405, "POST")
+    assert orjson.loads(r.body) == {"message": "GET is not allowed here; allowed: POST"}
+    assert await mf_call(jp_fetch, "PATCH", "models", "iris", body=b"{}") == (
+        405, {"message": "PATCH is not allowed here; allowed: GET, DELETE, PUT"}
+    )
+    assert (await mf_call(jp_fetch, "DELETE", "health"))[0] == 405
+    code, err = await mf_call(jp_fetch, "GET", "nope")
+    assert (code, err) == (404, {"message": "no ModelForge endpoint at /a%40b/modelforge/nope"})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", ("predict",), {"model_id": "iris", "input_data": [[1, 2, 3, 4]]}),
+        ("GET", ("models",), None),
+        ("GET", ("models", "iris"), None),
+        ("PUT", ("models", "iris"), IRIS_V2.read_bytes()),
+        ("DELETE", ("models", "iris"), None),
+        ("POST", ("models", "iris", "unload"), b""),
+        ("GET", ("nope",), None),
+    ],
+)
+async def test_no_token_is_403_json_asking_for_the_token_and_changes_nothing(jp_fetch, method, path, body, mf_app):
+    await mf_put(jp_fetch, "iris", IRIS)
+
+    assert await mf_call(jp_fetch, method, *path, body=body, token=False) == (403, {"message": TOKEN_MESSAGE})
+    wrong = {"Authorization": "token not-the-token"}
+    assert await mf_call(jp_fetch, method, *path, body=body, headers=wrong) == (403, {"message": TOKEN_MESSAGE})
+    assert [(r.name, r.version) for r in mf_app.forge.models()] == [("iris", 1)]
+
+
+async def test_body_over_the_limit_is_413_before_it_is_read(jp_fetch, mf_app):
+    mf_app.max_body_size = 1024
+    big = IRIS.read_bytes() + b"\0" * 1024
+
+    code, err = await mf_put(jp_fetch, "iris", big)
+    assert (code, err) == (413, {
+        "message": f"request body too large: {len(big)} bytes; the limit is 1024 bytes (ModelForgeApp.max_body_size)"
+    })
+
+    async def chunks(write):  # no Content-Length: the limit is enforced while streaming
+        for _ in range(4):
+            await write(b"\0" * 512)
+
+    r = await jp_fetch("modelforge", "models", "iris", method="PUT", body_producer=chunks, raise_error=False)
+    message = orjson.loads(r.body)["message"]
+    assert r.code == 413 and message.startswith("request body too large: at least ")
+    assert message.endswith("; the limit is 1024 bytes (ModelForgeApp.max_body_size)")
+    code, _ = await mf_call(jp_fetch, "POST", "predict", body={"model_id": "iris", "input_data": [[0.5] * 4] * 100})
+    assert code == 413
+    assert (await mf_put(jp_fetch, "iris", IRIS))[0] == 201  # 690 bytes: under the limit
+    assert mf_app.forge.get("iris").version == 1
+
+
+# -- the IOLoop stays free ------------------------------------------------------------------------------------------
+def slow_model(matmuls: int = 40, n: int = 1024) -> bytes:
+    """~1 s per run on one thread: x [1, 1] broadcast to n x n, then ``matmuls`` n x n MatMuls, then the mean."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(0).standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
+    nodes = [helper.make_node("Add", ["x", "w"], ["h0"])]
+    nodes += [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(matmuls)]
+    nodes.append(helper.make_node("ReduceMean", [f"h{matmuls}"], ["y"], keepdims=1))
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+async def test_slow_prediction_does_not_block_the_ioloop(jp_fetch, mf_app):
+    # Given a model whose every run takes ~1 s on one ONNX Runtime thread
+    model = slow_model()
+    assert mf_app.forge.settings.intra_op_num_threads == 1
+    await mf_put(jp_fetch, "slow", model)
+    request = {"model_id": "slow", "input_data": [[0.5]], "use_cache": False}
+
+    # When it runs, the server's own status and ModelForge's health are asked meanwhile
+    start = time.perf_counter()
+    slow = asyncio.ensure_future(mf_call(jp_fetch, "POST", "predict", body=request))
+    await asyncio.sleep(0.2)
+    latencies = {}
+    for path in (("api", "status"), ("modelforge", "health")):
+        t0 = time.perf_counter()
+        r = await jp_fetch(*path)
+        latencies[path[-1]] = time.perf_counter() - t0
+        assert r.code == 200
+    answered_while_running = not slow.done()
+    code, result = await slow
+    elapsed = time.perf_counter() - start
+
+    # Then both answered quickly while the prediction was still running, and the prediction is right
+    assert answered_while_running and elapsed > 0.7, (elapsed, latencies)
+    assert max(latencies.values()) < 0.25, latencies
+    assert code == 200
+    np.testing.assert_array_equal(
+        np.asarray(result["output_data"]["y"], np.float32), mf_raw_run(model, {"x": np.array([[0.5]], np.float32)})[0]
+    )
+
+
+# -- app: settings, environment, lifecycle ---------------------------------------------------------------------------
+def test_app_has_a_trait_for_every_core_setting_and_knows_its_environment_variable():
+    app_traits, unconfigured = ModelForgeApp.class_traits(config=True), ModelForgeApp()
+
+    for name, trait in Settings.class_traits(config=True).items():
+        assert type(app_traits[name]) is type(trait) and app_traits[name].help.startswith(trait.help)
+        assert getattr(unconfigured, name) is None  # unset: the environment's value
+    assert set(SETTINGS_TRAITS) - set(ENV_VARS) == {"cache_retry_after"}  # the one setting without a variable
+    assert {
+        "database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "celery_broker_url": "CELERY_BROKER_URL",
+        "cache_ttl": "CACHE_TTL", "cache_prediction_ttl": "CACHE_PREDICTION_TTL",
+        "cache_key_prefix": "CACHE_KEY_PREFIX",
+        "cache_prediction_enabled": "CACHE_PREDICTION_ENABLED", "cache_dir": "MODELFORGE_CACHE_DIR",
+        "environment": "ENVIRONMENT", "max_sessions": "MODELFORGE_MAX_SESSIONS",
+    }.items() <= ENV_VARS.items()
+    assert (app_traits["max_workers"].default_value, app_traits["max_body_size"].default_value) == (4, 64 * 2**20)
+    assert app_traits["max_workers"].help and app_traits["max_body_size"].help
+
+
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+@pytest.mark.parametrize("mf_env", [{"CACHE_PREDICTION_TTL": "17", "ENVIRONMENT": "staging", "CACHE_KEY_PREFIX": "e"}])
+@pytest.mark.parametrize("mf_config_py", ["c.ModelForgeApp.cache_ttl = 1234\n"])
+@pytest.mark.parametrize("mf_server_overrides", [{"cache_key_prefix": "fromconfig", "cache_prediction_enabled": False}])
+@pytest.mark.parametrize("jp_argv", [["--ModelForgeApp.max_sessions=3", "--ModelForgeApp.max_workers=3"]])
+async def test_config_overrides_environment_and_is_exported_for_kernels(jp_fetch, mf_app, mf_settings):
+    settings = mf_app.forge.settings
+
+    assert (settings.max_sessions, mf_app.max_workers, mf_app.executor._max_workers) == (3, 3, 3)  # command line
+    assert settings.cache_ttl == 1234  # jupyter_server_config.py
+    assert (settings.cache_key_prefix, settings.cache_prediction_enabled) == ("fromconfig", False)  # config beats env
+    assert (settings.cache_prediction_ttl, settings.environment) == (17, "staging")  # environment, not configured
+    assert settings.database_url == mf_settings["database_url"]
+    exported = {var: os.environ[var] for var in ENV_VARS.values()}
+    assert (exported["DATABASE_URL"], exported["REDIS_URL"]) == (settings.database_url, "")
+    assert exported["CACHE_TTL"] == "1234"
+    assert (exported["CACHE_KEY_PREFIX"], exported["CACHE_PREDICTION_ENABLED"]) == ("fromconfig", "false")
+    assert (exported["MODELFORGE_MAX_SESSIONS"], exported["ENVIRONMENT"]) == ("3", "staging")
+    assert exported["MODELFORGE_CACHE_DIR"] == mf_settings["cache_dir"]
+    # a kernel's ModelForge() reads back exactly the server's settings from the exported environment
+    in_kernel = Settings()
+    assert {n: getattr(in_kernel, n) for n in ENV_VARS} == {n: getattr(settings, n) for n in ENV_VARS}
+    assert (await mf_call(jp_fetch, "GET", "health"))[1]["environment"] == "staging"
+
+
+async def test_stop_extension_shuts_the_executor_and_closes_the_forge(mf_app):
+    executor = mf_app.executor
+
+    await mf_app.stop_extension()
+    await mf_app.stop_extension()  # idempotent: the server's cleanup calls it again
+
+    assert (mf_app.executor, mf_app.forge) == (None, None)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        executor.submit(print)
