@@ -56,7 +56,7 @@ def migrate(engine: SqlEngine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     head = ScriptDirectory.from_config(cfg).get_current_head()
-    with engine.begin() as conn:
+    with _sqlite_file_lock(engine), engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
         if MigrationContext.configure(conn).get_current_revision() == head:
@@ -64,6 +64,24 @@ def migrate(engine: SqlEngine) -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         log.info("registry schema migrated to %s on %s", head, engine.url.render_as_string(hide_password=True))
+
+
+@contextmanager
+def _sqlite_file_lock(engine: SqlEngine) -> Iterator[None]:
+    """Serialize migrations of one SQLite file across processes (pysqlite runs DDL outside a transaction, so
+    processes starting together would race to create the tables). PostgreSQL uses an advisory lock instead."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _utc(value: datetime) -> datetime:
