@@ -2,8 +2,8 @@
 
 Requests for the same sha256 whose inputs agree on every dimension but the first (and on dtype) are concatenated
 along axis 0, run once, and each caller gets exactly its own rows back, in order. No background thread: the first
-request to arrive leads; it waits up to ``max_queue_delay_us`` (or until ``max_batch_size`` rows are queued), takes
-the compatible requests, runs them, hands each its rows, and passes leadership to the oldest request left over.
+request to arrive leads; while other requests of the model are in flight it waits up to ``max_queue_delay_us`` (or
+until ``max_batch_size`` rows are queued) — alone, it runs at once —, takes the compatible requests, runs them, hands each its rows, and passes leadership to the oldest request left over.
 
 Only models whose every input has a dynamic leading dimension (rank >= 1) are batched, and only outputs whose
 leading dimension (or sequence length) equals the batch's row count can be split; when a merged run fails, each
@@ -48,6 +48,7 @@ class _Queue:
         self.cond = threading.Condition()
         self.pending: list[_Request] = []
         self.leader = False
+        self.active = 0  # requests inside run(): queued or executing
 
 
 class DynamicBatcher:
@@ -63,6 +64,7 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self.batches = 0  # session runs made, for statistics and tests
         self.requests = 0
+        self.waits = 0  # times a leader waited for more requests
 
     def run(
         self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = ""
@@ -73,16 +75,21 @@ class DynamicBatcher:
         request = _Request(feed)
         with queue.cond:
             queue.pending.append(request)
+            queue.active += 1
             self.requests += 1
             if queue.leader:
                 if sum(r.rows for r in queue.pending) >= self.max_batch_size:
                     queue.cond.notify_all()
             else:
                 queue.leader = request.lead = True
-        if not request.lead:
-            request.done.wait()
-        if request.lead and request.result is None and request.error is None:
-            self._lead(queue, sha256, load_bytes, model_name)
+        try:
+            if not request.lead:
+                request.done.wait()
+            if request.lead and request.result is None and request.error is None:
+                self._lead(queue, sha256, load_bytes, model_name)
+        finally:
+            with queue.cond:
+                queue.active -= 1
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
@@ -90,10 +97,13 @@ class DynamicBatcher:
     def _lead(self, queue: _Queue, sha256: str, load_bytes: Callable[[], bytes], model_name: str) -> None:
         deadline = time.perf_counter() + self.max_queue_delay_us / 1e6
         with queue.cond:
-            while sum(r.rows for r in queue.pending) < self.max_batch_size:
+            # Wait only while other requests are in flight (their callers may send more soon); alone, run at once,
+            # so a single client pays no queue delay.
+            while queue.active > len(queue.pending) and sum(r.rows for r in queue.pending) < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
+                self.waits += 1
                 queue.cond.wait(remaining)
             batch = self._take(queue)
             successor = queue.pending[0] if queue.pending else None

@@ -13,6 +13,7 @@ from sklearn.datasets import load_breast_cancer, load_iris
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.batching import batchable
 from modelforge_jupyter.errors import InferenceError
+from modelforge_jupyter.samples import build_wide_mlp
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
@@ -38,18 +39,31 @@ def concurrently(fn, items, workers=16):
 
 
 def test_concurrent_requests_coalesce_and_each_gets_its_rows(forge):
-    forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
-    data = load_breast_cancer().data.astype(np.float32)
-    inputs = [data[i * 3 : i * 3 + 1 + i % 3] for i in range(16)]  # 1 to 3 rows each
+    mlp = build_wide_mlp(hidden=1024)  # a run of ~0.1-1 ms: requests arriving meanwhile queue up behind it
+    forge.register("mlp", mlp)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1 + i % 3, 256)).astype(np.float32) for i in range(48)]  # 1 to 3 rows each
 
-    results = concurrently(lambda X: forge.predict("rf", X, use_cache=False), inputs)
+    results = concurrently(lambda X: forge.predict("mlp", X, use_cache=False), inputs)
 
     (batcher,) = forge._batchers.values()
-    assert batcher.requests == 16 and batcher.batches < 16
+    assert batcher.requests == 48 and batcher.batches < 48
     for X, res in zip(inputs, results):
-        label, proba = mf_raw_run(SAMPLES / "breast_cancer_rf.onnx", {"float_input": X})
-        assert res.output_data == {"label": label.tolist(), "probabilities": proba.tolist()}
-    assert len({r.prediction_id for r in results}) == 16
+        (proba,) = mf_raw_run(mlp, {"input": X})
+        np.testing.assert_allclose(res.output_data["probabilities"], proba, rtol=1e-5, atol=1e-7)
+        assert len(res.output_data["probabilities"]) == len(X)
+    assert len({r.prediction_id for r in results}) == 48
+
+
+def test_a_single_client_is_not_delayed(forge):
+    forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
+    X = load_breast_cancer().data[:1].astype(np.float32)
+
+    for _ in range(5):
+        forge.predict("rf", X, use_cache=False)
+
+    (batcher,) = forge._batchers.values()
+    assert (batcher.requests, batcher.batches, batcher.waits) == (5, 5, 0)
 
 
 def test_zipmap_sequences_are_split_per_request(forge):
