@@ -50,6 +50,8 @@ READER = textwrap.dedent(
                     out = {"version": r.model_version, "proba": r.output_data["output_probability"][0]}
                 elif cmd[0] == "update":
                     out = {"version": mf.update("iris", cmd[1]).version}
+                elif cmd[0] == "delete":
+                    out = {"deleted": mf.delete("iris").name == "iris"}
                 elif cmd[0] == "loaded":
                     out = {"loaded": mf.engine.loaded()}
             except ModelForgeError as err:
@@ -115,6 +117,71 @@ class Worker:
             self.log.close()
 
 
+class JupyterServer:
+    """A real ``jupyter server`` process with the extension, sharing the test's registry, cache and broker."""
+
+    TOKEN = "invalidation-test-token"
+
+    def __init__(self, settings: dict, tmp_path) -> None:
+        import http.client
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "MODELFORGE_", "CACHE_"))}
+        for name in ("config", "data", "runtime"):
+            (tmp_path / f"jupyter-{name}").mkdir()
+        env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"), JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"),
+                   JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"), DATABASE_URL=settings["database_url"],
+                   REDIS_URL=settings["redis_url"], CACHE_KEY_PREFIX=settings["cache_key_prefix"],
+                   CELERY_BROKER_URL=settings.get("celery_broker_url", ""),
+                   MODELFORGE_CELERY_QUEUE=settings.get("celery_queue", "modelforge"))
+        self.log_path = tmp_path / "server.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
+             f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.TOKEN}",
+             f"--ServerApp.root_dir={tmp_path}"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                if self.request("GET", "modelforge/health")[0] == 200:
+                    return
+            except OSError:
+                self.conn.close()
+            assert time.monotonic() < deadline, self.log_path.read_text()
+            time.sleep(0.1)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
+        headers = {"Authorization": f"token {self.TOKEN}"}
+        self.conn.request(method, "/" + path, body=body, headers=headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, (json.loads(data) if data else {})
+
+    def update(self, path) -> dict:
+        status, body = self.request("PUT", "modelforge/models/iris", path.read_bytes())
+        assert status in (200, 201), body
+        return body
+
+    def predict(self) -> dict:
+        status, body = self.request("POST", "modelforge/predict", json.dumps({"model_id": "iris", "input_data": X}).encode())
+        if status != 200:
+            return {"error": status, "message": body.get("message")}
+        return {"version": body["model_version"], "proba": body["output_data"]["output_probability"][0]}
+
+    def close(self) -> None:
+        self.conn.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
 @pytest.fixture(params=list(BROKERS))
 def mf_broker(request) -> str:
     from modelforge_jupyter.tasks import make_app
@@ -166,48 +233,82 @@ def wait_until(predicate, seconds: float = 20.0) -> bool:
     return predicate()
 
 
-def run_cycles(forge, readers: list[Reader], cycles: int) -> list[str]:
-    """Update through alternating doors, then predict at once in every process; return every stale answer."""
+def predict_everywhere(server: JupyterServer, readers: list[Reader]) -> list[dict]:
+    """The same input, at once, through the server and through each reader process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1 + len(readers)) as pool:
+        calls = [pool.submit(server.predict)] + [pool.submit(r.ask, "predict", XJ) for r in readers]
+        return [c.result() for c in calls]
+
+
+def run_cycles(server: JupyterServer, readers: list[Reader], cycles: int) -> list[str]:
+    """Update through alternating doors (HTTP PUT, the Python API in another process), then predict at once
+    through the server and two other processes; return every stale answer."""
     stale = []
     for i in range(cycles):
         path = IRIS[(i + 1) % 2]
         if i % 2:
-            version = forge.update("iris", path).version
+            version = server.update(path)["version"]
         else:
             version = readers[0].ask("update", str(path))["version"]
         want = PROBA[(i + 1) % 2]
-        answers = [r.ask("predict", XJ) for r in readers]
-        here = forge.predict("iris", X)
-        answers.append({"version": here.model_version, "proba": here.output_data["output_probability"][0]})
-        for a in answers:
-            got = [a["proba"][k] for k in ("0", "1", "2")]
-            if a["version"] != version or not np.allclose(got, [want[k] for k in (0, 1, 2)], rtol=0, atol=1e-7):
+        for a in predict_everywhere(server, readers):
+            got = [a["proba"][k] for k in ("0", "1", "2")] if "proba" in a else None
+            if a.get("version") != version or not np.allclose(got, [want[k] for k in (0, 1, 2)], rtol=0, atol=1e-7):
                 stale.append(f"cycle {i}: expected v{version}, got {a}")
     return stale
 
 
 @pytest.mark.timeout(300)
-def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack):
+def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack, tmp_path):
     settings, worker = mf_stack
     worker.start()
     with ModelForge(**settings) as forge:
         forge.register("iris", IRIS[0])
+        server = JupyterServer(settings, tmp_path)
         readers = [Reader(settings), Reader(settings)]
         try:
             assert forge.health()["celery"] == "connected"
-            assert run_cycles(forge, readers, 100) == []
+            assert run_cycles(server, readers, 200) == []
 
             worker.stop()
             assert forge.health()["celery"] == "disconnected"
-            assert run_cycles(forge, readers, 100) == []
-            assert model_keys(forge), "with the worker stopped, readers' old keys stay until it runs again"
+            assert run_cycles(server, readers, 200) == []
+            assert model_keys(forge), "with the worker stopped, old keys stay until it runs again"
 
             worker.start()
+            assert wait_until(lambda: model_keys(forge) == [])  # the queued tasks ran
             forge.predict("iris", X)  # one fresh key for the current version, then an update makes it old
             latest_is_v1_bytes = forge.get("iris").sha256 == forge.get("iris", 1).sha256
-            assert forge.update("iris", IRIS[1] if latest_is_v1_bytes else IRIS[0]).version == 202
+            assert forge.update("iris", IRIS[1] if latest_is_v1_bytes else IRIS[0]).version == 402
             assert wait_until(lambda: model_keys(forge) == [])
         finally:
+            server.close()
+            for r in readers:
+                r.close()
+
+
+@pytest.mark.timeout(300)
+def test_no_answer_after_deletes_through_either_door(mf_stack, tmp_path):
+    settings, worker = mf_stack
+    worker.start()
+    with ModelForge(**settings) as forge:
+        server = JupyterServer(settings, tmp_path)
+        readers = [Reader(settings), Reader(settings)]
+        wrong = []
+        try:
+            for i in range(200):
+                forge.register("iris", IRIS[i % 2])
+                assert all("proba" in a for a in predict_everywhere(server, readers))
+                if i % 2:
+                    assert server.request("DELETE", "modelforge/models/iris")[0] == 204
+                else:
+                    assert readers[0].ask("delete")["deleted"] is True
+                wrong += [f"cycle {i}: {a}" for a in predict_everywhere(server, readers) if a.get("error") != 404]
+            assert wrong == []
+        finally:
+            server.close()
             for r in readers:
                 r.close()
 
