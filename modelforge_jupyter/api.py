@@ -134,12 +134,12 @@ class ModelForge:
         caching = use_cache and self.settings.cache_prediction_enabled
         record, feed, key, hit = self._lookup(model, version, input_data, caching)
         if hit is not None:
-            return self._result(record, orjson.loads(hit), start, cached=True)
+            return self._result(record, feed, orjson.loads(hit), start, cached=True)
         run = self._runner(record)
         output_data = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name)
         if key is not None:
             self.cache.set(key, orjson.dumps(output_data), self.settings.cache_prediction_ttl, record.id)
-        return self._result(record, output_data, start, cached=False)
+        return self._result(record, feed, output_data, start, cached=False)
 
     def _lookup(
         self, model: str, version: int | None, input_data: Any, caching: bool
@@ -169,10 +169,14 @@ class ModelForge:
     def _cache_key(self, record: ModelRecord, feed: dict) -> str:
         return prediction_key(self.settings.cache_key_prefix, record.id, input_hash(record.sha256, feed))
 
-    def _result(self, record: ModelRecord, output_data: dict, start: float, cached: bool) -> PredictionResult:
+    def _result(
+        self, record: ModelRecord, feed: dict, output_data: dict, start: float, cached: bool
+    ) -> PredictionResult:
         ms = (time.perf_counter() - start) * 1000.0
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("predict %s v%d: %.3f ms, cached=%s", record.name, record.version, ms, cached)
+            rows = next(iter(feed.values())).shape[:1] if feed else ()
+            log.debug("predict %s v%d: batch %s, %.3f ms, cached=%s", record.name, record.version,
+                      rows[0] if rows else 1, ms, cached)
         return PredictionResult(str(uuid.uuid4()), record.id, record.version, output_data, ms, cached)
 
     def _runner(self, record: ModelRecord):

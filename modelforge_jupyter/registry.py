@@ -98,20 +98,37 @@ class Registry:
         if self.dialect == "sqlite" and url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        elif self.dialect == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 5}  # a host that drops packets must not hang a request
         self.url = url
         self.engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._clock_lock = threading.Lock()
         self._clock: Any = None
-        with self._unavailable_as_503():
-            migrate(self.engine)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        try:  # migrate now when the database answers; else on first use, so a process can start (and report
+            self._ensure_schema()  # itself unhealthy) while the database is down
+        except ServiceUnavailableError as err:
+            log.warning("registry schema not checked yet: %s", err)
+
+    def _ensure_schema(self) -> None:
+        """Apply the migrations once per process, before the first query. Raises ``ServiceUnavailableError``."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                with self._unavailable_as_503():
+                    migrate(self.engine)
+                self._schema_ready = True
 
     # -- freshness -------------------------------------------------------------------------------------------------
     def generation(self) -> int:
         """A number that changes whenever any process commits a registry change (see the module docstring)."""
         with self._clock_lock:
             try:
+                self._ensure_schema()
                 if self._clock is None:
                     self._clock = self._open_clock()
                 return self._read_clock()
@@ -148,17 +165,20 @@ class Registry:
 
         Raises ``ModelNotFoundError`` naming the model (and version) when there is none.
         """
+        self._ensure_schema()
         with self._unavailable_as_503(), self.engine.connect() as conn:
             return self._resolve(conn, model, version)
 
     def models(self) -> list[ModelRecord]:
         """The latest version of every model, by name."""
+        self._ensure_schema()
         with self._unavailable_as_503(), self.engine.connect() as conn:
             names = conn.execute(select(models.c.name).order_by(models.c.name)).scalars().all()
             return [self._resolve(conn, name, None) for name in names]
 
     def blob(self, sha256: str) -> bytes:
         """The ONNX bytes stored under ``sha256``. Raises ``ModelNotFoundError`` if no version references them."""
+        self._ensure_schema()
         with self._unavailable_as_503(), self.engine.connect() as conn:
             data = conn.execute(select(blobs.c.data).where(blobs.c.sha256 == sha256)).scalar()
         if data is None:
@@ -169,6 +189,7 @@ class Registry:
         """Which of ``sha256s`` some registered version still uses."""
         if not sha256s:
             return set()
+        self._ensure_schema()
         with self._unavailable_as_503(), self.engine.connect() as conn:
             rows = conn.execute(select(blobs.c.sha256).where(blobs.c.sha256.in_(sha256s))).scalars().all()
         return set(rows)
@@ -310,6 +331,7 @@ class Registry:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction; its first statement bumps the generation, taking the writers' lock."""
+        self._ensure_schema()
         with self._unavailable_as_503(), self.engine.begin() as conn:
             conn.execute(
                 update(registry_state).where(registry_state.c.id == 1).values(generation=registry_state.c.generation + 1)

@@ -11,10 +11,9 @@ Embedded defaults (no services): a SQLite registry and a local-disk prediction c
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-
-import json
 
 from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Configurable

@@ -287,3 +287,31 @@ def test_resolved_metadata_lives_at_most_cache_ttl(mf_settings):
                 forge.predict("iris", [[1, 2, 3, 4]], use_cache=False)
 
             assert len(lookups) == expected_lookups
+
+
+def test_starts_while_the_database_is_missing_and_heals_when_it_appears(mf_postgres_url, tmp_path):
+    from modelforge_jupyter import ModelForge
+    from modelforge_jupyter.errors import ServiceUnavailableError
+
+    url = sa.engine.make_url(mf_postgres_url)
+    missing = url.set(database=url.database + "_late")
+    settings = {"database_url": missing.render_as_string(hide_password=False), "redis_url": "",
+                "cache_dir": str(tmp_path / "cache")}
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with ModelForge(**settings) as forge:
+            assert (forge.health()["status"], forge.health()["database"]) == ("unhealthy", "disconnected")
+            with pytest.raises(ServiceUnavailableError, match="model registry database unavailable") as err:
+                forge.predict("iris", [[1, 2, 3, 4]])
+            assert err.value.status == 503
+
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{missing.database}"'))
+
+            forge.register("iris", IRIS)
+            assert forge.predict("iris", [[5.1, 3.5, 1.4, 0.2]]).output_data["output_label"] == [0]
+            assert forge.health()["status"] == "healthy"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{missing.database}" WITH (FORCE)'))
+        admin.dispose()

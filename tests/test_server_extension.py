@@ -175,9 +175,11 @@ MISSING_DB = f"mf_test_missing_{uuid.uuid4().hex[:12]}"
 )
 async def test_server_started_before_its_database_answers_503_then_heals(mf_missing_database, jp_fetch):
     # Given a server whose registry database did not exist when it started
-    code, err = await mf_call(jp_fetch, "GET", "health", token=False)
+    code, health = await mf_call(jp_fetch, "GET", "health", token=False)
+    assert code == 503 and (health["status"], health["database"]) == ("unhealthy", "disconnected")
+    assert set(health) == {"status", "database", "redis", "celery", "version", "environment", "timestamp"}
+    code, err = await mf_call(jp_fetch, "GET", "models")
     assert code == 503 and err["message"].startswith("model registry database unavailable: ")
-    assert (await mf_call(jp_fetch, "GET", "models"))[0] == 503
 
     # When the database appears
     url, name = mf_missing_database

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Callable
 from http.client import responses
 from typing import Any, TypeVar
@@ -175,12 +174,7 @@ class PredictHandler(ModelForgeHandler):
         result = self.extensionapp.get_forge().predict(
             model, request["input_data"], use_cache=use_cache, version=version
         )
-        if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug(
-                "predict %s v%d: batch %d, %.3f ms, cached=%s",
-                model, result.model_version, batch_size(request["input_data"]), result.inference_time_ms, result.cached,
-            )
-        return orjson.dumps(result.to_dict())
+        return orjson.dumps(result.to_dict())  # the core logs each prediction at DEBUG
 
 
 class ModelsHandler(ModelForgeHandler):
@@ -260,12 +254,6 @@ def check_version(version: int) -> int:
     if version < 1:
         raise web.HTTPError(400, "%s", f"version must be a whole number >= 1, got {version}")
     return version
-
-
-def batch_size(input_data: Any) -> int:
-    """Length of axis 0 of the (first) input, for the log; 1 for a scalar."""
-    value = next(iter(input_data.values()), None) if isinstance(input_data, dict) else input_data
-    return len(value) if isinstance(value, list) else 1
 
 
 # -- URL to handler mappings (ExtensionApp prepends the server's base_url) ------------------------------------------
