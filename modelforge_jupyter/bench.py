@@ -7,13 +7,18 @@ with the same ``SessionOptions`` (``mf.engine.session_options()``), ModelForge b
   bytes fetched from the registry, session built; the unload itself is not timed);
 - ``raw_ort`` / ``api_cache_off``: raw ``run`` / a warm ``predict(use_cache=False)``;
 - ``api_miss``: ``predict`` on a new input each call, the cache write included (CLI only);
-- ``api_hit``: ``predict`` of an input already in the prediction cache.
+- ``api_hit``: ``predict`` of an input already in the prediction cache;
+- ``http_miss`` / ``http_hit`` (``--http``): ``POST <base_url>modelforge/predict`` on a running Jupyter server over one
+  keep-alive connection, with ``"use_cache": false`` / an input already cached; the request body is encoded once, the
+  answer is read and decoded (orjson) in every timed call.
 
 Each cell reports p50 / p95 / p99 latency in ms, throughput in predictions/s (rows of the batch per second over all
 timed calls) and the p50 ratio to the raw path beside it (``raw_cold`` for ``cold``, ``raw_ort`` for the others).
 The CLI then adds a cache hit beside a raw GET of the same key from the cache backend; ``--json PATH`` writes the
 figures as JSON. By default it runs on a fresh embedded registry and disk cache in a temporary directory;
-``--database-url`` and ``--redis-url`` measure real services (use a scratch database).
+``--database-url`` and ``--redis-url`` measure real services (use a scratch database). ``--http [URL]`` also measures
+the server found as ``kernel.client.find_server`` does (URL, env ``MODELFORGE_URL``/``MODELFORGE_TOKEN``, the parent
+server); the CLI uploads each sample model it lacks (``PUT``) and deletes those afterwards.
 """
 
 from __future__ import annotations
@@ -35,10 +40,13 @@ from .samples import sample_path
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
 MAGIC_PATHS = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")
 CLI_PATHS = ("raw_ort", "api_cache_off", "api_miss", "api_hit")
-RAW_OF = {"cold": "raw_cold", "api_cache_off": "raw_ort", "api_miss": "raw_ort", "api_hit": "raw_ort"}
+HTTP_PATHS = ("http_miss", "http_hit")  # after raw_ort in a plan: their ratio is to it
+RAW_OF = {"cold": "raw_cold", "api_cache_off": "raw_ort", "api_miss": "raw_ort", "api_hit": "raw_ort",
+          "http_miss": "raw_ort", "http_hit": "raw_ort"}
 LABELS = {
     "raw_cold": "raw ORT cold", "cold": "cold", "raw_ort": "raw ORT", "api_cache_off": "warm (cache off)",
     "api_miss": "cache miss", "api_hit": "cache hit", "raw_cache_get": "raw cache GET",
+    "http_miss": "HTTP cache off", "http_hit": "HTTP cache hit",
 }
 
 
@@ -48,7 +56,7 @@ class Row:
 
     model: str
     batch: int
-    path: str  # raw_ort | api_cache_off | api_miss | api_hit | cold | raw_cold | raw_cache_get
+    path: str  # raw_ort | api_cache_off | api_miss | api_hit | cold | raw_cold | raw_cache_get | http_miss | http_hit
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -232,16 +240,21 @@ def plan_bench(mf, name: str, batch_sizes: Iterable[int] | None = None, input_da
 
 
 def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
-              on_cell: Callable[[int, int, Row | None], None] | None = None) -> BenchResult:
+              on_cell: Callable[[int, int, Row | None], None] | None = None, server=None) -> BenchResult:
     """Measure every path of ``plan`` on each of its batch sizes, in order; raw paths first, so ratios exist.
 
     ``on_cell(done, total, row)`` runs after each cell (``row`` None when a cache path could not be measured: the
-    cache did not answer, or no float input to vary for a miss). Raises ``ModelForgeError`` if a batch size's input
-    is refused.
+    cache did not answer, or no float input to vary for a miss). ``server`` (a ``kernel.client.ModelForgeClient``)
+    is needed for the ``http_*`` paths, and must serve the same bytes under the model's name. Raises
+    ``ModelForgeError`` if a batch size's input is refused or the server serves another model.
     """
     import onnxruntime as ort
 
     record, name = plan.record, plan.name
+    if any(p in HTTP_PATHS for p in plan.paths):
+        if server is None:
+            raise ValueError(f"paths {HTTP_PATHS} need a server (kernel.client.connect())")
+        check_served(server, record)
     model_bytes = mf.registry.blob(record.sha256)
     raw = ort.InferenceSession(model_bytes, mf.engine.session_options(), providers=mf.engine.providers)
     notes, rows, done = list(plan.notes), [], 0
@@ -250,7 +263,10 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
         mf.predict(name, feed, use_cache=False)  # refuses a bad input before anything is timed
         raw_p50: dict[str, float] = {}
         for path in plan.paths:
-            ms = _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch)
+            if path in HTTP_PATHS:
+                ms = _measure_http(server, name, path, feed, budget, notes, batch)
+            else:
+                ms = _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch)
             row = None
             if ms is not None:
                 row = summarize(record.name, batch, path, ms, raw_p50.get(RAW_OF.get(path, "")))
@@ -296,10 +312,62 @@ def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> li
     return budget.timed(lambda i: mf.predict(name, misses[i % len(misses)]), limit=n)
 
 
-def bench_model(mf, name: str, batches: list[int], seconds: float) -> list[Row]:
-    """Register sample model ``name`` (if new) and measure the CLI's warm paths on each batch size."""
+def check_served(server, record) -> None:
+    """Refuse (``ModelForgeError``) unless ``server``'s latest ``record.name`` has ``record``'s bytes (sha256)."""
+    from .errors import ModelForgeError, ModelNotFoundError
+
+    try:
+        served = server.model(record.name)
+    except ModelNotFoundError:
+        served = None
+    if served is None or served["sha256"] != record.sha256:
+        what = "no model" if served is None else f"another {record.name!r} (v{served['version']}, other bytes)"
+        raise ModelForgeError(
+            f"the server at {server.url} has {what} under {record.name!r}, not the bytes of v{record.version} "
+            "measured here: this process and the server do not share a registry (DATABASE_URL, MODELFORGE_DATA_DIR)"
+        )
+
+
+def _measure_http(server, name, path, feed, budget, notes, batch) -> list[float] | None:
+    """Latencies (ms) of ``POST modelforge/predict`` with ``feed``: cache off, or an input the server has cached."""
+    use_cache = path == "http_hit"
+    body = server.predict_body(name, feed, use_cache=use_cache)
+    server.post_predict(body)  # session loaded on the server, and the answer cached for a hit
+    if use_cache and not server.post_predict(body)["cached"]:
+        notes.append(f"batch {batch}: {LABELS[path]} not measured: the server's prediction cache did not answer")
+        return None
+    return budget.timed(lambda i: server.post_predict(body))
+
+
+def served_samples(server, names: Iterable[str]) -> list[str]:
+    """Upload (``PUT``) each sample model the server lacks; refuse one it has with other bytes. Returns the uploaded
+    names (``main`` deletes them afterwards, leaving the server's registry as it was)."""
+    import hashlib
+
+    from .errors import ModelForgeError, ModelNotFoundError
+
+    uploaded = []
+    for name in names:
+        data = sample_path(MODELS[name]).read_bytes()
+        try:
+            served = server.model(name)
+        except ModelNotFoundError:
+            server.save(name, data)
+            uploaded.append(name)
+            continue
+        if served["sha256"] != hashlib.sha256(data).hexdigest():
+            raise ModelForgeError(f"the server at {server.url} has another model named {name!r}; "
+                                  "measure it with --models naming only sample models it lacks or has unchanged")
+    return uploaded
+
+
+def bench_model(mf, name: str, batches: list[int], seconds: float, server=None) -> list[Row]:
+    """Register sample model ``name`` (if new) and measure the CLI's warm paths on each batch size (and the HTTP
+    paths with ``server``)."""
     mf.save(name, sample_path(MODELS[name]))
-    return list(run_bench(mf, plan_bench(mf, name, batches, paths=CLI_PATHS), Budget(seconds=seconds)).rows)
+    paths = CLI_PATHS + (HTTP_PATHS if server is not None else ())
+    plan = plan_bench(mf, name, batches, paths=paths)
+    return list(run_bench(mf, plan, Budget(seconds=seconds), server=server).rows)
 
 
 def bench_cold(mf, name: str, repeats: int = 20) -> list[Row]:
@@ -349,12 +417,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=None, help="registry (default: a temporary SQLite file)")
     parser.add_argument("--redis-url", default="", help="Redis cache (default: a temporary disk cache)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--http", nargs="?", const="", default=None, metavar="URL",
+                        help="also measure POST modelforge/predict on a Jupyter server: URL (base_url included), "
+                        "else env MODELFORGE_URL, else the server of this kernel (JPY_PARENT_PID)")
+    parser.add_argument("--token", default=None,
+                        help="the server's token (default: env MODELFORGE_TOKEN, or the found server's own)")
     args = parser.parse_args(argv)
 
-    from . import ModelForge
+    from .errors import ModelForgeError
 
     batches = [int(b) for b in args.batch_sizes.split(",")]
     names = [n for n in args.models.split(",") if n]
+    server, uploaded = None, []
+    try:
+        if args.http is not None:
+            from .kernel.client import connect
+
+            server = connect(args.http or None, args.token)
+            uploaded = served_samples(server, names)
+        rows, backend = _bench_all(args, names, batches, server)
+    except (ModelForgeError, OSError) as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if server is not None:
+            for name in uploaded:
+                try:
+                    server.delete(name)
+                except (ModelForgeError, OSError) as err:
+                    print(f"could not delete {name!r} from the server: {err}", file=sys.stderr)
+            server.close()
+    print(f"ModelForge vs raw ONNX Runtime ({backend}; Python {sys.version.split()[0]})")
+    if server is not None:
+        print(f"HTTP: POST {server.url}modelforge/predict, one keep-alive connection")
+    print(format_table(rows))
+    if args.json:
+        args.json.write_bytes(orjson.dumps({"backend": backend, "rows": [asdict(r) for r in rows]},
+                                           option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], server) -> tuple[list[Row], str]:
+    """The CLI's measurements on a fresh registry and cache (temporary unless given): (rows, backend)."""
+    from . import ModelForge
+
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
         settings = {
             "database_url": args.database_url or f"sqlite:///{tmp}/registry.db",
@@ -365,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         with ModelForge(**settings) as mf:
             rows: list[Row] = []
             for name in names:
-                rows += bench_model(mf, name, batches, args.seconds)
+                rows += bench_model(mf, name, batches, args.seconds, server)
             for name in names:
                 rows += bench_cold(mf, name)
             rows += bench_cache_get(mf, names[0], args.seconds)
@@ -374,12 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                 keys = list(iter_keys(mf))
                 if keys:
                     mf.cache.client.unlink(*keys)
-    print(f"ModelForge vs raw ONNX Runtime ({backend}; Python {sys.version.split()[0]})")
-    print(format_table(rows))
-    if args.json:
-        args.json.write_bytes(orjson.dumps({"backend": backend, "rows": [asdict(r) for r in rows]},
-                                           option=orjson.OPT_INDENT_2))
-    return 0
+    return rows, backend
 
 
 if __name__ == "__main__":

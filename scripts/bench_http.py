@@ -1,7 +1,8 @@
-"""Measure ``POST <base_url>modelforge/predict`` over HTTP: p50/p99 latency (ms) and throughput per scenario.
+"""Measure ``POST <base_url>modelforge/predict`` over HTTP: p50/p95/p99 latency (ms) and throughput per scenario.
 
 Scenarios: batch sizes x concurrency x cache (hit: the same body again; miss: ``"use_cache": false``). Each client
-thread keeps one ``http.client`` keep-alive connection and sends requests back to back for ``--seconds``.
+thread keeps one ``http.client`` keep-alive connection and sends requests back to back for ``--seconds``; latencies
+are timed and summarized by ``modelforge_jupyter.bench`` (``timed``, ``summarize``), as ``%mf_bench --http`` does.
 
     .venv/bin/python scripts/bench_http.py --start-server           # an isolated jupyter server, embedded backend
     .venv/bin/python scripts/bench_http.py --url http://127.0.0.1:8888 --token "$TOKEN"   # a running server
@@ -14,7 +15,6 @@ import http.client
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,9 +22,12 @@ import threading
 import time
 import urllib.parse
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from modelforge_jupyter.bench import summarize, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "modelforge_jupyter" / "sample_models" / "breast_cancer_rf.onnx"
@@ -62,8 +65,8 @@ def bench(url: str, token: str, args: argparse.Namespace) -> None:
     _, health = request(conn, "GET", base + "health", None, {})
     print(f"# {args.name} v{record['version']} ({spec['name']}: {spec['dtype']} {spec['shape']})")
     print(f"# health {health.decode()}")
-    print("| batch | concurrency | cache | requests | p50 ms | p99 ms | req/s | predictions/s |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("| batch | concurrency | cache | requests | p50 ms | p95 ms | p99 ms | req/s | predictions/s |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for batch in map(int, args.batch.split(",")):
         X = rng.normal(size=(batch, features)).astype(np.float32).tolist()
@@ -76,10 +79,12 @@ def bench(url: str, token: str, args: argparse.Namespace) -> None:
             assert json.loads(again)["cached"] is (cache == "hit"), again[:200]
             for concurrency in map(int, args.concurrency.split(",")):
                 lat, elapsed = run(target, base + "predict", body, headers, concurrency, args.seconds)
-                q = statistics.quantiles(lat, n=100)
+                # summarize's throughput assumes one client; with several, it is the rows answered per wall second
+                row = replace(summarize(args.name, batch, f"http_{cache}", lat, None),
+                              predictions_per_s=len(lat) * batch / elapsed)
                 print(
-                    f"| {batch} | {concurrency} | {cache} | {len(lat)} | {statistics.median(lat):.2f} | {q[98]:.2f} "
-                    f"| {len(lat) / elapsed:.0f} | {len(lat) * batch / elapsed:.0f} |",
+                    f"| {batch} | {concurrency} | {cache} | {len(lat)} | {row.p50_ms:.2f} | {row.p95_ms:.2f} "
+                    f"| {row.p99_ms:.2f} | {len(lat) / elapsed:.0f} | {row.predictions_per_s:.0f} |",
                     flush=True,
                 )
     conn.close()
@@ -89,24 +94,24 @@ def run(target, path: str, body: bytes, headers: dict, concurrency: int, seconds
     """Latencies (ms) of every request sent by ``concurrency`` keep-alive clients within ``seconds``."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     start_line = threading.Barrier(concurrency + 1)
-    deadline = [0.0]
 
     def client(out: list[float]) -> None:
         conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
         conn.connect()
-        start_line.wait()
-        while (t0 := time.perf_counter()) < deadline[0]:
+
+        def send(i: int) -> None:
             status, data = request(conn, "POST", path, body, headers)
-            out.append((time.perf_counter() - t0) * 1000.0)
             assert status == 200, data[:200]
+
+        start_line.wait()
+        out.extend(timed(send, seconds, sys.maxsize, warmup=0, min_iterations=1))
         conn.close()
 
     threads = [threading.Thread(target=client, args=(out,)) for out in latencies]
     for t in threads:
         t.start()
-    start = time.perf_counter()
-    deadline[0] = start + seconds
     start_line.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     return [x for out in latencies for x in out], time.perf_counter() - start

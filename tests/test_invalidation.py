@@ -269,11 +269,11 @@ def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack
         server = JupyterServer(settings, tmp_path)
         readers = [Reader(settings), Reader(settings)]
         try:
-            assert forge.health()["celery"] == "connected"
+            assert wait_until(lambda: forge.health()["celery"] == "connected", 10)
             assert run_cycles(server, readers, 200) == []
 
             worker.stop()
-            assert forge.health()["celery"] == "disconnected"
+            assert wait_until(lambda: forge.health()["celery"] == "disconnected", 10)
             assert run_cycles(server, readers, 200) == []
             assert model_keys(forge), "with the worker stopped, old keys stay until it runs again"
 

@@ -18,7 +18,7 @@ from IPython.display import Image, display
 from ..bench import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row
 
 # ModelForge paths first (each with its ratio to raw), then the raw ONNX Runtime paths they are compared with.
-DISPLAY_ORDER = ("cold", "api_cache_off", "api_miss", "api_hit", "raw_ort", "raw_cold")
+DISPLAY_ORDER = ("cold", "api_cache_off", "api_miss", "api_hit", "http_miss", "http_hit", "raw_ort", "raw_cold")
 PENDING = "…"
 CSS = ("<style>.mf-table th, .mf-table td {text-align: right; padding: 2px 8px; white-space: nowrap}"
        " .mf-table td {font-family: monospace}</style>")

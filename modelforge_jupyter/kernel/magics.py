@@ -82,6 +82,15 @@ class ModelForgeMagics(Magics):
                                help="Prefix of every cache key; None: env CACHE_KEY_PREFIX (default modelforge).")
     cache_prediction_enabled = Bool(None, allow_none=True, config=True,
                                     help="Cache predictions; None: env CACHE_PREDICTION_ENABLED (default true).")
+    server_url = Unicode(
+        None, allow_none=True, config=True,
+        help="URL of the Jupyter server (its base_url included) for %mf_bench --http and kernel.client.connect(); "
+        "None: env MODELFORGE_URL, else the server this kernel runs under (JPY_PARENT_PID).",
+    )
+    server_token = Unicode(
+        None, allow_none=True, config=True,
+        help="Token of that server; None: env MODELFORGE_TOKEN with a configured URL, else the found server's own.",
+    )
     widgets = CaselessStrEnum(
         ["auto", "on", "off"], "auto", config=True,
         help="%mf_bench display: 'on' the ipywidgets dashboard, 'off' a text table, 'auto' the dashboard in a "
@@ -181,6 +190,8 @@ class ModelForgeMagics(Magics):
     @argument("--iterations", type=int, default=None, help="exact calls per measured cell, instead of --seconds")
     @argument("--warmup", type=int, default=None, help="untimed calls before each cell (default 20; cold: 2)")
     @argument("--no-cache", action="store_true", help="do not measure cache hits")
+    @argument("--http", action="store_true",
+              help="also measure POST modelforge/predict on the Jupyter server (cache off, cache hit)")
     @argument("--text", action="store_true", help="print a text table instead of the widget dashboard")
     def mf_bench(self, line: str):
         """Measure a model in this kernel beside raw ONNX Runtime; return a ``BenchResult``.
@@ -191,29 +202,43 @@ class ModelForgeMagics(Magics):
         (progress bar, the table filling in, then a latency/throughput plot) in a widget frontend, a text table
         elsewhere. The same code as ``python -m modelforge_jupyter.bench``.
 
+        ``--http`` adds the same model through the Jupyter server's ``POST modelforge/predict`` (keep-alive HTTP,
+        ``"use_cache": false`` and a cache hit). The server is ``%config ModelForgeMagics.server_url`` /
+        ``server_token``, else env ``MODELFORGE_URL`` / ``MODELFORGE_TOKEN``, else the server this kernel runs under;
+        it must share this kernel's registry.
+
         Examples::
 
             res = %mf_bench iris
             %mf_bench iris X --batch-sizes 1,64 --iterations 200 --no-cache
+            %mf_bench iris --http --seconds 0.2
             res.table          # pandas DataFrame: model, batch, path, p50_ms, p95_ms, p99_ms, ...
         """
-        from ..bench import MAGIC_PATHS, plan_bench, run_bench
+        from ..bench import HTTP_PATHS, MAGIC_PATHS, check_served, plan_bench, run_bench
 
-        with one_line_errors():
+        with one_line_errors(), contextlib.ExitStack() as stack:
             args = self._parse(self.mf_bench, line)
             budget = bench_budget(args)
             batch_sizes = parse_batch_sizes(args.batch_sizes)
             input_data = self._eval(" ".join(args.expr)) if args.expr else None
-            paths = [p for p in MAGIC_PATHS if not (args.no_cache and p == "api_hit")]
+            paths = [p for p in MAGIC_PATHS + (HTTP_PATHS if args.http else ())
+                     if not (args.no_cache and p in ("api_hit", "http_hit"))]
+            server = None
+            if args.http:
+                from .client import connect
+
+                server = stack.enter_context(connect(self.server_url, self.server_token))
             mf = self.forge
             plan = plan_bench(mf, args.model, batch_sizes, input_data, paths)
+            if server is not None:
+                check_served(server, plan.record)  # refuse before the dashboard shows
             in_kernel = type(self.shell).__name__ == "ZMQInteractiveShell"
             widgets = not args.text and (self.widgets == "on" or (self.widgets == "auto" and in_kernel))
             view_args = (plan.record.name, plan.batch_sizes, plan.paths, plan.total)
             view = dashboard.BenchDashboard(*view_args) if widgets else dashboard.TextReport(*view_args, in_kernel)
             view.show()
             try:
-                result = run_bench(mf, plan, budget, view.update)
+                result = run_bench(mf, plan, budget, view.update, server=server)
             except BaseException:
                 view.fail()
                 raise
