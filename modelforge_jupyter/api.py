@@ -24,7 +24,7 @@ from . import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
 from .engine import Engine
-from .errors import ModelForgeError
+from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .freshness import RedisStamp
 from .invalidation import EvictionListener, Invalidator
 from .records import ModelRecord, PredictionResult
@@ -83,21 +83,25 @@ class ModelForge:
 
         Returns the latest record. Raises ``ModelNotFoundError`` (404) for an unknown model, ``InvalidModelError``.
         """
-        return self.save(name, model)[0]
+        return self.save(name, model, create=False)[0]
 
-    def save(self, name: str, model: ModelSource) -> tuple[ModelRecord, bool]:
-        """Register ``name`` or add a version to it: returns (record, changed) where changed is False only when the
-        bytes equal the latest version's. (HTTP ``PUT models/{name}`` uses this.)"""
+    def save(self, name: str, model: ModelSource, create: bool = True) -> tuple[ModelRecord, bool]:
+        """Register ``name`` (unless ``create`` is False: 404) or add a version to it: returns (record, changed),
+        changed being False only when the bytes equal the latest version's. (HTTP ``PUT models/{name}`` uses this;
+        concurrent saves of a new name all succeed: one registers, the others add versions.)"""
         check_name(name)
         data, sha256 = _read_model(model)
         inputs, outputs = self.engine.inspect(sha256, data)
         try:
             latest = self.registry.resolve(name)
-        except ModelForgeError as err:
-            if err.status != 404:
-                raise
-            with self._writing():
-                return self.registry.register(name, data, sha256, inputs, outputs), True
+        except ModelNotFoundError:
+            if not create:
+                raise ModelNotFoundError(f"model {name!r} is not registered; register it first") from None
+            try:
+                with self._writing():
+                    return self.registry.register(name, data, sha256, inputs, outputs), True
+            except ModelExistsError:  # registered meanwhile by another request: add a version to it
+                latest = self.registry.resolve(name)
         if latest.name != name:
             raise ModelForgeError(f"{name!r} is the id of model {latest.name!r}; name the model to update it")
         with self._writing():
@@ -112,6 +116,7 @@ class ModelForge:
         Its cached predictions and loaded sessions are then freed everywhere (``invalidation``); answers are already
         correct the moment this returns, whether or not that cleanup has run.
         """
+        check_version(version)
         with self._writing():
             record, sha256s = self.registry.delete(name, version)
         self.invalidator.model_changed(record.id, sha256s)
@@ -119,7 +124,7 @@ class ModelForge:
 
     def get(self, name: str, version: int | None = None) -> ModelRecord:
         """The record of ``name`` (name or id) at ``version`` (default latest). Raises ``ModelNotFoundError``."""
-        return self.registry.resolve(name, version)
+        return self.registry.resolve(name, check_version(version))
 
     def models(self) -> list[ModelRecord]:
         """The latest version of every registered model, sorted by name."""
@@ -138,6 +143,9 @@ class ModelForge:
         ``InferenceError`` (422), ``ServiceUnavailableError`` (503, registry down). A cache outage never raises.
         """
         start = time.perf_counter()
+        if use_cache is not True and use_cache is not False:
+            raise ModelForgeError(f"use_cache must be true or false, got {use_cache!r}")
+        check_version(version)
         caching = use_cache and self._caching
         record, feed, key, hit = self._lookup(model, version, input_data, caching)
         if hit is not None:
@@ -308,6 +316,15 @@ class ModelForge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_version(version: Any) -> int | None:
+    """``version`` is None (latest) or a whole number >= 1; else ``ModelForgeError`` (400) naming what was given."""
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelForgeError(f"version must be a whole number >= 1, got {version!r}")
+    return version
 
 
 def _read_model(model: ModelSource) -> tuple[bytes, str]:

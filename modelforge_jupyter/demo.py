@@ -44,7 +44,8 @@ def register_samples(mf) -> None:
         raw = ort.InferenceSession(str(sample_path(filename)), mf.engine.session_options()).run(
             None, {record.inputs[0].name: X}
         )
-        print(f"\n{name} v{record.version} ({'registered' if changed else 'unchanged'}, id {record.id})")
+        what = ("registered" if record.version == 1 else "updated") if changed else "unchanged"
+        print(f"\n{name} v{record.version} ({what}, id {record.id})")
         first = record.outputs[0].name
         print(f"  {first}: {miss.output_data[first]}  raw onnxruntime: {raw[0].tolist()}")
         print(f"  computed in {miss.inference_time_ms:.3f} ms; cache hit (cached={hit.cached}) "
@@ -63,6 +64,7 @@ def serve(port: int, smoke: bool) -> int:
     import http.client
     import os
     import secrets
+    import signal
     import subprocess
     import sys
     import time
@@ -73,6 +75,7 @@ def serve(port: int, smoke: bool) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     server = subprocess.Popen(cmd)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM, like Ctrl-C, stops the server with us
     body = '{"model_id": "iris", "input_data": [[5.1, 3.5, 1.4, 0.2]]}'
     try:
         for _ in range(300):

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, create_engine, delete, event, exists, func, insert, select, text, update
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError
 from .records import ModelRecord, TensorSpec
@@ -111,7 +111,7 @@ class Registry:
         try:  # migrate now when the database answers; else on first use, so a process can start (and report
             self._ensure_schema()  # itself unhealthy) while the database is down
         except ServiceUnavailableError as err:
-            log.warning("registry schema not checked yet: %s", err)
+            log.info("registry schema not checked yet: %s", err)
 
     def _ensure_schema(self) -> None:
         """Apply the migrations once per process, before the first query. Raises ``ServiceUnavailableError``."""
@@ -132,6 +132,9 @@ class Registry:
                 if self._clock is None:
                     self._clock = self._open_clock()
                 return self._read_clock()
+            except ServiceUnavailableError:
+                self._close_clock()
+                raise
             except Exception as err:  # sqlite3 / psycopg / SQLAlchemy errors alike: reconnect on the next call
                 self._close_clock()
                 msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -237,6 +240,8 @@ class Registry:
     def _model_row(conn: Connection, model: str) -> Any:
         if not isinstance(model, str) or not model:
             raise ModelForgeError(f"a model name or id is needed, got {model!r}")
+        if "\x00" in model:  # no name or id has one (check_name); PostgreSQL text cannot even hold it
+            return None
         rows = conn.execute(select(models).where((models.c.id == model) | (models.c.name == model))).all()
         return next((r for r in rows if r.id == model), rows[0] if rows else None)
 
@@ -345,6 +350,9 @@ class Registry:
         except OperationalError as err:
             msg = (str(err.orig or err).strip().splitlines() or ["unreachable"])[0]
             raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
+        except DataError as err:  # a value the database cannot store or compare: the request's fault
+            msg = (str(err.orig or err).strip().splitlines() or ["invalid value"])[0]
+            raise ModelForgeError(f"the model registry refused a value of this request: {msg}") from None
 
     def close(self) -> None:
         with self._clock_lock:

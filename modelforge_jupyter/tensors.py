@@ -116,21 +116,48 @@ def _cast(spec: TensorSpec, arr: np.ndarray, target: np.dtype) -> np.ndarray:
         if kind in "US" or (kind == "O" and all(isinstance(v, str) for v in arr.flat)):
             return arr.astype(object)
         raise InvalidInputError(f"{want}, got {_given(arr)}: string inputs take text values")
-    if kind in "USO" or kind not in "biuf":
-        raise InvalidInputError(f"{want}, got {_given(arr)}: numbers are needed")
     if target.kind == "b":
         if kind == "b" or (kind in "iuf" and np.isin(arr, (0, 1)).all()):
             return arr.astype(bool)
         raise InvalidInputError(f"{want}, got {_given(arr)}: bool inputs take true/false or 0/1")
+    if kind == "O" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arr.flat):
+        if target.kind != "f":  # numbers numpy keeps as objects: Python ints beyond 64 bits
+            raise InvalidInputError(f"{want}, got integers outside the 64-bit range")
+        arr, kind = arr.astype(np.float64), "f"
+    if kind not in "iuf":  # strings, bools, None, mixed: Triton refuses bools for numeric inputs too
+        raise InvalidInputError(f"{want}, got {_given(arr)}: numbers are needed")
     if target.kind in "iu":
-        if kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-            raise InvalidInputError(f"{want}, got {_given(arr)} with non-integer values")
-        if arr.size and kind in "iuf":
-            info = np.iinfo(target)
-            lo, hi = arr.min(), arr.max()
-            if lo < info.min or hi > info.max:
-                raise InvalidInputError(f"{want}, got values from {lo} to {hi}, outside {spec.dtype}'s range")
+        _check_int_range(spec, arr, target, want)
+    elif arr.size and (kind == "f" and arr.dtype.itemsize > target.itemsize or target.itemsize == 2):
+        _check_float_range(spec, arr, target, want)  # narrowing floats, or ints into float16 (max 65504)
     return arr.astype(target)
+
+
+def _check_int_range(spec: TensorSpec, arr: np.ndarray, target: np.dtype, want: str) -> None:
+    """Refuse non-integral floats and values outside ``target``'s range, compared exactly (no float64 rounding)."""
+    if not arr.size:
+        return
+    info = np.iinfo(target)
+    lo, hi = arr.min(), arr.max()
+    if arr.dtype.kind == "f":
+        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise InvalidInputError(f"{want}, got {_given(arr)} with non-integer values")
+        # 2**(bits-1) and 2**bits are exact in float64, unlike info.max, which rounds up to them
+        outside = lo < info.min or hi >= (2.0 ** (info.bits - 1) if info.min < 0 else 2.0**info.bits)
+    else:
+        outside = int(lo) < info.min or int(hi) > info.max
+    if outside:
+        raise InvalidInputError(f"{want}, got values from {lo} to {hi}, outside {spec.dtype}'s range")
+
+
+def _check_float_range(spec: TensorSpec, arr: np.ndarray, target: np.dtype, want: str) -> None:
+    """Refuse finite values that would overflow to ±Inf in a narrower float (float64 -> float32/float16)."""
+    finite = arr if arr.dtype.kind in "iu" or np.isfinite(arr).all() else arr[np.isfinite(arr)]
+    if finite.size and max(-finite.min(), finite.max()) > np.finfo(target).max:
+        raise InvalidInputError(
+            f"{want}, got values from {finite.min()} to {finite.max()}, outside {spec.dtype}'s range "
+            f"(±{np.finfo(target).max})"
+        )
 
 
 def _given(arr: np.ndarray) -> str:

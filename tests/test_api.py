@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
-from modelforge_jupyter.errors import InvalidModelError, ModelExistsError, ModelNotFoundError
+from modelforge_jupyter.errors import InvalidModelError, ModelExistsError, ModelForgeError, ModelNotFoundError
 from modelforge_jupyter.records import TensorSpec
 
 from .mf_plugin import SAMPLES, mf_raw_run
@@ -315,3 +315,56 @@ def test_starts_while_the_database_is_missing_and_heals_when_it_appears(mf_postg
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{missing.database}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_update_of_an_unknown_model_is_404_and_registers_nothing(mf_forge):
+    with pytest.raises(ModelNotFoundError, match="'nope' is not registered; register it first"):
+        mf_forge.update("nope", IRIS)
+    assert mf_forge.models() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"version": "1"}, "version must be a whole number >= 1, got '1'"),
+        ({"version": True}, "version must be a whole number >= 1, got True"),
+        ({"version": 0}, "version must be a whole number >= 1, got 0"),
+        ({"use_cache": "no"}, "use_cache must be true or false, got 'no'"),
+    ],
+)
+def test_bad_predict_arguments_are_400(mf_forge, kwargs, message):
+    mf_forge.register("iris", IRIS)
+
+    with pytest.raises(ModelForgeError) as err:
+        mf_forge.predict("iris", [[1, 2, 3, 4]], **kwargs)
+
+    assert str(err.value) == message and err.value.status == 400
+
+
+def test_a_name_with_a_nul_byte_is_simply_not_found(mf_forge):
+    mf_forge.register("iris", IRIS)
+
+    for call in (lambda: mf_forge.get("iris\x00"), lambda: mf_forge.predict("iris\x00", [[1, 2, 3, 4]]),
+                 lambda: mf_forge.delete("iris\x00")):
+        with pytest.raises(ModelNotFoundError):
+            call()
+    assert mf_forge.get("iris").version == 1
+
+
+def test_concurrent_saves_of_a_new_name_all_succeed(mf_forge):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(6)
+
+    def save(i):
+        barrier.wait()
+        return mf_forge.save("race", IRIS if i % 2 else IRIS_V2)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(save, range(6)))
+
+    record = mf_forge.get("race")
+    assert [changed for _, changed in results].count(True) == len(record.versions)
+    assert record.versions == list(range(1, len(record.versions) + 1)) and len(record.versions) >= 1
+    assert {r.id for r, _ in results} == {record.id}

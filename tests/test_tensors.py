@@ -106,3 +106,39 @@ def test_numpy_input_of_declared_dtype_is_used_without_conversion(forge):
 
     assert via_array.output_data == via_dict_other_order.output_data
     assert via_array.output_data["output_label"] == mf_raw_run(SAMPLES / "iris.onnx", {"float_input": X})[0].tolist()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "message"),
+    [
+        ("int64", [[2**63, 1, 2]], "outside int64's range"),  # would wrap to -2**63
+        ("int64", [[9.223372036854775807e18, 1, 2]], "outside int64's range"),  # rounds to 2**63 in float64
+        ("int64", [[2**70, 1, 2]], "integers outside the 64-bit range"),
+        ("uint8", [[256.0, 0, 1]], "outside uint8's range"),
+        ("float32", [[1e39, 1, 2]], "outside float32's range"),  # would become inf
+        ("float16", [[70000, 1, 2]], "outside float16's range"),
+        ("float32", [[True, False, True]], "got bools of shape [1, 3]: numbers are needed"),
+    ],
+)
+def test_values_that_would_change_in_conversion_are_refused(forge, dtype, value, message):
+    forge.register("m", mf_identity_model(dtype, [None, 3]).SerializeToString())
+
+    with pytest.raises(InvalidInputError) as err:
+        forge.predict("m", {"x": value})
+
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [("int64", [[2**63 - 1, -(2**63), 0]]), ("uint8", [[255.0, 0, 1]]), ("float32", [[2**70, 3e38, -3e38]])],
+)
+def test_values_at_the_edges_of_the_range_convert_exactly(forge, dtype, value):
+    model = mf_identity_model(dtype, [None, 3]).SerializeToString()
+    forge.register("m", model)
+
+    res = forge.predict("m", {"x": value})
+
+    np_dtype = {"int64": np.int64, "uint8": np.uint8, "float32": np.float32}[dtype]
+    (raw,) = mf_raw_run(model, {"x": np.array(value, dtype=np.float64 if dtype == "float32" else None).astype(np_dtype)})
+    assert res.output_data["y"] == raw.tolist()
