@@ -269,7 +269,7 @@ class ModelForge:
     # -- operations ------------------------------------------------------------------------------------------------
     def unload(self, name: str, version: int | None = None) -> bool:
         """Drop the loaded session of ``name`` from this process's engine (next predict is a cold start)."""
-        return self.engine.unload(self.registry.resolve(name, version).sha256)
+        return self.engine.unload(self.registry.resolve(name, check_version(version)).sha256)
 
     def health(self) -> dict[str, str]:
         """``{status, database, redis, celery, version, environment, timestamp}`` as the documented /health.

@@ -118,48 +118,27 @@ class Worker:
 
 
 class JupyterServer:
-    """A real ``jupyter server`` process with the extension, sharing the test's registry, cache and broker."""
-
-    TOKEN = "invalidation-test-token"
+    """A real ``jupyter server`` (``mf_server.start_server``) sharing the test's registry, cache and broker, driven
+    over one keep-alive connection."""
 
     def __init__(self, settings: dict, tmp_path) -> None:
         import http.client
-        import socket
+        from urllib.parse import urlsplit
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "MODELFORGE_", "CACHE_"))}
-        for name in ("config", "data", "runtime"):
-            (tmp_path / f"jupyter-{name}").mkdir()
-        env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"), JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"),
-                   JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"), DATABASE_URL=settings["database_url"],
-                   REDIS_URL=settings["redis_url"], CACHE_KEY_PREFIX=settings["cache_key_prefix"],
-                   CELERY_BROKER_URL=settings.get("celery_broker_url", ""),
-                   MODELFORGE_CELERY_QUEUE=settings.get("celery_queue", "modelforge"))
-        self.log_path = tmp_path / "server.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-             f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.TOKEN}",
-             f"--ServerApp.root_dir={tmp_path}"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path,
-        )
-        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, self.log_path.read_text()
-            try:
-                if self.request("GET", "modelforge/health")[0] == 200:
-                    return
-            except OSError:
-                self.conn.close()
-            assert time.monotonic() < deadline, self.log_path.read_text()
-            time.sleep(0.1)
+        from .mf_server import isolated_env, start_server
+
+        root = tmp_path / "server"
+        env = isolated_env(root, DATABASE_URL=settings["database_url"], REDIS_URL=settings["redis_url"],
+                           CACHE_KEY_PREFIX=settings["cache_key_prefix"],
+                           CELERY_BROKER_URL=settings.get("celery_broker_url", ""),
+                           MODELFORGE_CELERY_QUEUE=settings.get("celery_queue", "modelforge"))
+        self.server = start_server(root, env)
+        url = urlsplit(self.server.url)
+        self.base = url.path
+        self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-        headers = {"Authorization": f"token {self.TOKEN}"}
-        self.conn.request(method, "/" + path, body=body, headers=headers)
+        self.conn.request(method, self.base + path, body=body, headers={"Authorization": f"token {self.server.token}"})
         response = self.conn.getresponse()
         data = response.read()
         return response.status, (json.loads(data) if data else {})
@@ -177,9 +156,7 @@ class JupyterServer:
 
     def close(self) -> None:
         self.conn.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.log.close()
+        self.server.stop()
 
 
 @pytest.fixture(params=list(BROKERS))

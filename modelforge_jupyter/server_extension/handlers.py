@@ -93,7 +93,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         if raw is None or raw == "":
             return None
         try:
-            return check_version(int(raw))
+            return int(raw)  # a query string is text; the core checks the number (>= 1)
         except ValueError:
             raise web.HTTPError(400, "%s", f"version must be a whole number >= 1, got {raw!r}") from None
 
@@ -163,16 +163,8 @@ class PredictHandler(ModelForgeHandler):
             raise web.HTTPError(400, "%s", "missing 'model_id': the model's name or id, a string")
         if "input_data" not in request:
             raise web.HTTPError(400, "%s", "missing 'input_data': {input name: nested list}, or a bare nested list")
-        use_cache = request.get("use_cache", True)
-        if not isinstance(use_cache, bool):
-            raise web.HTTPError(400, "%s", f"'use_cache' must be true or false, got {use_cache!r}")
-        version = request.get("version")
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-            raise web.HTTPError(400, "%s", f"'version' must be a whole number >= 1, got {version!r}")
-        if version is not None:
-            check_version(version)
-        result = self.extensionapp.get_forge().predict(
-            model, request["input_data"], use_cache=use_cache, version=version
+        result = self.extensionapp.get_forge().predict(  # the core checks use_cache and version (400)
+            model, request["input_data"], use_cache=request.get("use_cache", True), version=request.get("version")
         )
         return orjson.dumps(result.to_dict())  # the core logs each prediction at DEBUG
 
@@ -248,12 +240,6 @@ def json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise web.HTTPError(400, "%s", f"the body must be a JSON object, got a JSON {type(value).__name__}")
     return value
-
-
-def check_version(version: int) -> int:
-    if version < 1:
-        raise web.HTTPError(400, "%s", f"version must be a whole number >= 1, got {version}")
-    return version
 
 
 # -- URL to handler mappings (ExtensionApp prepends the server's base_url) ------------------------------------------
