@@ -97,6 +97,27 @@ def test_non_finite_outputs_become_null_from_engine_and_cache(forge):
     assert orjson.loads(orjson.dumps(first.output_data)) == first.output_data
 
 
+@pytest.mark.parametrize("poison", [None, math.nan], ids=["finite", "nan-row"])
+def test_zipmap_rows_get_string_keys_and_raw_values(forge, poison):
+    """ZipMap maps: the fast path (all finite) and the row-by-row path (a NaN row) both give raw ORT's values under
+    string keys, NaN as None, identical from the cache."""
+    forge.register("iris", SAMPLES / "iris.onnx")
+    X = np.random.default_rng(3).uniform(0, 5, (50, 4)).astype(np.float32)
+    if poison is not None:
+        X[7] = poison
+    _, raw_maps = mf_raw_run(SAMPLES / "iris.onnx", {"float_input": X})
+
+    first = forge.predict("iris", X)
+    hit = forge.predict("iris", X)
+
+    expected = [{str(k): (v if math.isfinite(v) else None) for k, v in m.items()} for m in raw_maps]
+    assert first.output_data["output_probability"] == expected == hit.output_data["output_probability"]
+    assert hit.cached is True
+    assert all(list(row) == ["0", "1", "2"] for row in first.output_data["output_probability"])
+    if poison is not None:
+        assert first.output_data["output_probability"][7] == {"0": None, "1": None, "2": None}
+
+
 def test_numpy_input_of_declared_dtype_is_used_without_conversion(forge):
     forge.register("iris", SAMPLES / "iris.onnx")
     X = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
