@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +12,7 @@ from sklearn.datasets import load_breast_cancer
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.engine import Engine
 
-from .mf_plugin import SAMPLES, mf_raw_run
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
 
 def test_concurrent_first_use_builds_one_session(mf_forge):
@@ -54,6 +55,25 @@ def test_unload_makes_next_predict_a_cold_load_from_registry_bytes(mf_forge):
     res = mf_forge.predict("iris", [[5.1, 3.5, 1.4, 0.2]], use_cache=False)
 
     assert mf_forge.engine.loads == loads + 1 and res.output_data["output_label"] == [0]
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_hundred_models_mean_no_thread_pools_and_at_most_max_sessions_loaded(mf_settings):
+    """Sessions run on the caller's thread (intra_op_num_threads=1, inter 1): loading 100 models adds no OS thread,
+    and only ``max_sessions`` of them stay loaded."""
+    with ModelForge(**mf_settings, max_sessions=8) as forge:
+        before = _os_threads()
+        for k in range(1, 101):
+            forge.register(f"m{k}", mf_identity_model("float32", [None, k]).SerializeToString())
+            out = forge.predict(f"m{k}", np.full((2, k), k, np.float32), use_cache=False).output_data
+            assert out == {"y": [[float(k)] * k] * 2}
+
+        assert _os_threads() - before <= 1  # not one pool per model (ORT's default would add one thread per session)
+        assert len(forge.engine.loaded()) == 8
+        assert forge.engine.loads == 100
 
 
 def test_session_options_are_the_documented_ones():
