@@ -230,6 +230,20 @@ class ModelForge:
             entry = state[1][(model, version)] = (self.registry.resolve(model, version), now + self._metadata_ttl)
         return entry[0]
 
+    def registry_generation(self) -> int | None:
+        """The registry generation as ``predict`` reads it to prove its in-process metadata current: the
+        cross-process consistency check (``freshness``), which the benchmark times on its own line.
+
+        PostgreSQL + Redis: the Redis stamp (one GET, which a cached predict pipelines with its cache GET), or, when
+        no stamp is published, the database's; otherwise the database's clock (SQLite ``PRAGMA data_version``,
+        PostgreSQL ``SELECT``). Raises ``ServiceUnavailableError`` (503) when the database is down.
+        """
+        if self._stamp is not None:
+            stamp = self._stamp.read(None)[0]
+            if stamp is not None:
+                return stamp
+        return self.registry.generation()
+
     def _uses_stamp(self) -> bool:
         """The Redis stamp pays off where the registry's own check is a network round trip (not SQLite)."""
         return self.cache.backend == "redis" and self.registry.dialect != "sqlite"

@@ -5,17 +5,21 @@ with the same ``SessionOptions`` (``mf.engine.session_options()``), ModelForge b
 
 - ``raw_cold`` / ``cold``: raw session creation + first run / ``predict`` right after ``ModelForge.unload`` (model
   bytes fetched from the registry, session built; the unload itself is not timed);
-- ``raw_ort`` / ``api_cache_off``: raw ``run`` / a warm ``predict(use_cache=False)``;
+- ``raw_ort`` / ``api_cache_off``: raw ``run`` / a warm ``predict(use_cache=False)``; ``raw_ort_default``: raw
+  ``run`` of a session built with ONNX Runtime's default ``SessionOptions`` (its own thread pool, spinning on);
 - ``api_miss``: ``predict`` on a new input each call, the cache write included (CLI only);
 - ``api_hit``: ``predict`` of an input already in the prediction cache;
+- ``json_floor``: what ``POST modelforge/predict`` does without HTTP: decode the JSON body (orjson), ``predict``
+  with the cache off (nested lists converted to arrays), encode the answer (orjson), in this process;
 - ``http_miss`` / ``http_hit`` (``--http``): ``POST <base_url>modelforge/predict`` on a running Jupyter server over one
   keep-alive connection, with ``"use_cache": false`` / an input already cached; the request body is encoded once, the
   answer is read and decoded (orjson) in every timed call.
 
 Each cell reports p50 / p95 / p99 latency in ms, throughput in predictions/s (rows of the batch per second over all
 timed calls) and the p50 ratio to the raw path beside it (``raw_cold`` for ``cold``, ``raw_ort`` for the others).
-The CLI then adds a cache hit beside a raw GET of the same key from the cache backend; ``--json PATH`` writes the
-figures as JSON. By default it runs on a fresh embedded registry and disk cache in a temporary directory;
+The CLI then adds a cache hit beside a raw GET of the same key from the cache backend, the cross-process consistency
+check alone (``ModelForge.registry_generation``: what every predict pays to prove its metadata current), and checks
+each line of the performance budget (``budget``) on the figures; ``--json PATH`` writes all of it as JSON. By default it runs on a fresh embedded registry and disk cache in a temporary directory;
 ``--database-url`` and ``--redis-url`` measure real services (use a scratch database). ``--http [URL]`` also measures
 the server found as ``kernel.client.find_server`` does (URL, env ``MODELFORGE_URL``/``MODELFORGE_TOKEN``, the parent
 server); the CLI uploads each sample model it lacks (``PUT``) and deletes those afterwards.
@@ -39,13 +43,14 @@ from .samples import sample_path
 
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
 MAGIC_PATHS = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")
-CLI_PATHS = ("raw_ort", "api_cache_off", "api_miss", "api_hit")
+CLI_PATHS = ("raw_ort", "raw_ort_default", "api_cache_off", "api_miss", "api_hit", "json_floor")
 HTTP_PATHS = ("http_miss", "http_hit")  # after raw_ort in a plan: their ratio is to it
-RAW_OF = {"cold": "raw_cold", "api_cache_off": "raw_ort", "api_miss": "raw_ort", "api_hit": "raw_ort",
-          "http_miss": "raw_ort", "http_hit": "raw_ort"}
+RAW_OF = {"cold": "raw_cold", "raw_ort_default": "raw_ort", "api_cache_off": "raw_ort", "api_miss": "raw_ort",
+          "api_hit": "raw_ort", "json_floor": "raw_ort", "http_miss": "raw_ort", "http_hit": "raw_ort"}
 LABELS = {
-    "raw_cold": "raw ORT cold", "cold": "cold", "raw_ort": "raw ORT", "api_cache_off": "warm (cache off)",
-    "api_miss": "cache miss", "api_hit": "cache hit", "raw_cache_get": "raw cache GET",
+    "raw_cold": "raw ORT cold", "cold": "cold", "raw_ort": "raw ORT", "raw_ort_default": "raw ORT, ORT defaults",
+    "api_cache_off": "warm (cache off)", "api_miss": "cache miss", "api_hit": "cache hit",
+    "json_floor": "JSON floor (no HTTP)", "raw_cache_get": "raw cache GET", "consistency_check": "consistency check",
     "http_miss": "HTTP cache off", "http_hit": "HTTP cache hit",
 }
 
@@ -56,7 +61,7 @@ class Row:
 
     model: str
     batch: int
-    path: str  # raw_ort | api_cache_off | api_miss | api_hit | cold | raw_cold | raw_cache_get | http_miss | http_hit
+    path: str  # a key of LABELS
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -287,6 +292,13 @@ def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> li
 
     if path == "raw_ort":
         return budget.timed(lambda i: raw.run(None, feed))
+    if path == "raw_ort_default":
+        default = ort.InferenceSession(model_bytes, providers=mf.engine.providers)
+        return budget.timed(lambda i: default.run(None, feed))
+    if path == "json_floor":
+        body = orjson.dumps({"model_id": name, "input_data": {k: v.tolist() for k, v in feed.items()},
+                             "use_cache": False})
+        return budget.timed(lambda i: _json_round(mf, body))
     if path == "raw_cold":
         options, providers = mf.engine.session_options(), mf.engine.providers
         return budget.timed(lambda i: ort.InferenceSession(model_bytes, options, providers=providers).run(None, feed),
@@ -310,6 +322,13 @@ def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> li
     misses = [{k: (v + v.dtype.type(i * 1e-3) if k in floats else v) for k, v in feed.items()}
               for i in range(1, n + budget.warmup + 1)]
     return budget.timed(lambda i: mf.predict(name, misses[i % len(misses)]), limit=n)
+
+
+def _json_round(mf, body: bytes) -> bytes:
+    """The server's predict work without HTTP: decode, predict, encode (``server_extension.handlers``)."""
+    request = orjson.loads(body)
+    result = mf.predict(request["model_id"], request["input_data"], use_cache=request["use_cache"])
+    return orjson.dumps(result.to_dict())
 
 
 def check_served(server, record) -> None:
@@ -388,6 +407,14 @@ def bench_cache_get(mf, name: str, seconds: float) -> list[Row]:
     return [raw_row, hit_row]
 
 
+def bench_consistency_check(mf, name: str, seconds: float) -> Row:
+    """The cross-process consistency check alone, as every predict pays it: ``ModelForge.registry_generation``
+    (SQLite ``PRAGMA data_version``; PostgreSQL ``SELECT``; with Redis, the stamp GET that predict pipelines with
+    its cache GET, so a cache hit pays no extra round trip for it)."""
+    return summarize(name, 1, "consistency_check", Budget(seconds=seconds).timed(lambda i: mf.registry_generation()),
+                     None)
+
+
 def iter_keys(mf):
     if mf.cache.backend == "redis":
         pattern = f"{mf.settings.cache_key_prefix}:prediction:*"
@@ -395,13 +422,85 @@ def iter_keys(mf):
     return mf.cache.cache.iterkeys()
 
 
-HEADER = (f"{'model':<17}{'batch':>6}  {'path':<14}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'pred/s':>12}"
+@dataclass(frozen=True)
+class Verdict:
+    """One line of the performance budget (issue 6) checked on measured rows: ``holds`` and the figures behind it."""
+
+    line: str
+    model: str
+    measured: str
+    holds: bool
+
+
+def budget(rows: list[Row], cache_backend: str = "redis") -> list[Verdict]:
+    """Check the performance budget on one run's rows (each figure against the raw path of the same run):
+
+    - cache off, batch 1: p50 <= raw ORT p50 + 25 µs, the consistency check's p50 (its own line) not counted;
+    - cache off, largest batch: predictions/s >= 0.8x raw ORT's;
+    - cold: p50 <= 1.5x raw session creation + first run, + 2 ms;
+    - cache hit (``cache_backend`` redis): p50 <= 2x a raw Redis GET of the same key;
+    - HTTP, batch 1: p50 <= 0.5 ms, cache off and cache hit;
+    - HTTP, largest batch: predictions/s >= 0.8x the in-process JSON floor (``json_floor``).
+
+    Lines whose rows were not measured are left out.
+    """
+    at = {(r.model, r.batch, r.path): r for r in rows}  # api_hit is read below, by position, beside its raw GET
+    check = next((r.p50_ms for r in rows if r.path == "consistency_check"), 0.0)
+    out: list[Verdict] = []
+    for model in dict.fromkeys(r.model for r in rows):
+        batches = sorted({r.batch for r in rows if r.model == model and r.path == "raw_ort"})
+        if not batches:
+            continue
+        small, large = batches[0], batches[-1]
+        raw, off = at.get((model, small, "raw_ort")), at.get((model, small, "api_cache_off"))
+        if raw and off:
+            extra_us = (off.p50_ms - raw.p50_ms - check) * 1000
+            out.append(Verdict(f"cache off, batch {small}: p50 <= raw + 25 µs", model,
+                               f"raw {raw.p50_ms * 1000:.1f} µs + {extra_us:.1f} µs (+ consistency check "
+                               f"{check * 1000:.1f} µs) = {off.p50_ms * 1000:.1f} µs", extra_us <= 25))
+        raw, off = at.get((model, large, "raw_ort")), at.get((model, large, "api_cache_off"))
+        if raw and off and large > small:
+            ratio = off.predictions_per_s / raw.predictions_per_s
+            out.append(Verdict(f"cache off, batch {large}: >= 0.8x raw predictions/s", model,
+                               f"{off.predictions_per_s:,.0f} / {raw.predictions_per_s:,.0f} = {ratio:.2f}x",
+                               ratio >= 0.8))
+        raw, cold = at.get((model, 1, "raw_cold")), at.get((model, 1, "cold"))
+        if raw and cold:
+            limit = 1.5 * raw.p50_ms + 2.0
+            out.append(Verdict("cold: p50 <= 1.5x raw creation + first run + 2 ms", model,
+                               f"{cold.p50_ms:.2f} ms (limit {limit:.2f} ms; raw {raw.p50_ms:.2f} ms)",
+                               cold.p50_ms <= limit))
+        for path in HTTP_PATHS:
+            r = at.get((model, small, path))
+            if r and small == 1:
+                out.append(Verdict(f"{LABELS[path]}, batch 1: p50 <= 0.5 ms", model, f"{r.p50_ms:.3f} ms",
+                                   r.p50_ms <= 0.5))
+        floor, http = at.get((model, large, "json_floor")), at.get((model, large, "http_miss"))
+        if floor and http and large > small:
+            ratio = http.predictions_per_s / floor.predictions_per_s
+            out.append(Verdict(f"HTTP cache off, batch {large}: >= 0.8x JSON floor predictions/s", model,
+                               f"{http.predictions_per_s:,.0f} / {floor.predictions_per_s:,.0f} = {ratio:.2f}x",
+                               ratio >= 0.8))
+    for i, r in enumerate(rows[:-1]):
+        hit = rows[i + 1]
+        if r.path == "raw_cache_get" and hit.path == "api_hit" and cache_backend == "redis":
+            out.append(Verdict("cache hit: p50 <= 2x raw Redis GET", r.model,
+                               f"{hit.p50_ms * 1000:.1f} µs / {r.p50_ms * 1000:.1f} µs = {hit.ratio_p50:.2f}x",
+                               hit.p50_ms <= 2 * r.p50_ms))
+    return out
+
+
+def format_budget(verdicts: list[Verdict]) -> str:
+    return "\n".join(f"{'holds' if v.holds else 'FAILS':<6} {v.model:<17} {v.line}: {v.measured}" for v in verdicts)
+
+
+HEADER = (f"{'model':<17}{'batch':>6}  {'path':<18}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'pred/s':>12}"
           f"{'x raw p50':>11}")
 
 
 def format_row(r: Row) -> str:
     ratio = f"{r.ratio_p50:.2f}" if r.ratio_p50 is not None else ""
-    return (f"{r.model:<17}{r.batch:>6}  {r.path:<14}{r.p50_ms:>10.4f}{r.p95_ms:>10.4f}{r.p99_ms:>10.4f}"
+    return (f"{r.model:<17}{r.batch:>6}  {r.path:<18}{r.p50_ms:>10.4f}{r.p95_ms:>10.4f}{r.p99_ms:>10.4f}"
             f"{r.predictions_per_s:>12,.0f}{ratio:>11}")
 
 
@@ -451,9 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     if server is not None:
         print(f"HTTP: POST {server.url}modelforge/predict, one keep-alive connection")
     print(format_table(rows))
+    verdicts = budget(rows, "redis" if "cache redis" in backend else "disk")
+    print("\nBudget, checked on the figures above:")
+    print(format_budget(verdicts))
     if args.json:
-        args.json.write_bytes(orjson.dumps({"backend": backend, "rows": [asdict(r) for r in rows]},
-                                           option=orjson.OPT_INDENT_2))
+        args.json.write_bytes(orjson.dumps({"backend": backend, "rows": [asdict(r) for r in rows],
+                                            "budget": [asdict(v) for v in verdicts]}, option=orjson.OPT_INDENT_2))
     return 0
 
 
@@ -474,6 +576,7 @@ def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], s
                 rows += bench_model(mf, name, batches, args.seconds, server)
             for name in names:
                 rows += bench_cold(mf, name)
+            rows.append(bench_consistency_check(mf, names[0], args.seconds))
             rows += bench_cache_get(mf, names[0], args.seconds)
             backend = f"registry {mf.registry.dialect}, cache {mf.cache.backend}"
             if mf.cache.backend == "redis":

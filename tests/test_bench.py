@@ -12,6 +12,8 @@ import pytest
 from modelforge_jupyter.bench import (
     MAGIC_PATHS,
     Budget,
+    Row,
+    budget,
     main,
     plan_bench,
     resize_batch,
@@ -124,11 +126,50 @@ def test_cli_prints_the_table_with_p95_and_writes_json(tmp_path, capsys):
 
     text = capsys.readouterr().out
     assert "p50 ms    p95 ms    p99 ms      pred/s  x raw p50" in text
-    rows = orjson.loads(out.read_bytes())["rows"]
-    assert [(r["batch"], r["path"]) for r in rows] == [
-        (1, "raw_ort"), (1, "api_cache_off"), (1, "api_miss"), (1, "api_hit"),
-        (4, "raw_ort"), (4, "api_cache_off"), (4, "api_miss"), (4, "api_hit"),
-        (1, "raw_cold"), (1, "cold"), (1, "raw_cache_get"), (1, "api_hit"),
+    report = orjson.loads(out.read_bytes())
+    rows = report["rows"]
+    warm = ["raw_ort", "raw_ort_default", "api_cache_off", "api_miss", "api_hit", "json_floor"]
+    assert [(r["batch"], r["path"]) for r in rows] == [(b, p) for b in (1, 4) for p in warm] + [
+        (1, "raw_cold"), (1, "cold"), (1, "consistency_check"), (1, "raw_cache_get"), (1, "api_hit"),
     ]
-    assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["ratio_p50"] > 0 for r in rows)
+    assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in rows)
+    assert all(r["ratio_p50"] > 0 for r in rows if r["path"] != "consistency_check")
     assert text.count("\niris ") == len(rows)
+    # the budget lines of the embedded backend (no Redis GET line), printed and in the JSON
+    assert [v["line"] for v in report["budget"]] == [
+        "cache off, batch 1: p50 <= raw + 25 µs", "cache off, batch 4: >= 0.8x raw predictions/s",
+        "cold: p50 <= 1.5x raw creation + first run + 2 ms"]
+    for v in report["budget"]:
+        assert f"{'holds' if v['holds'] else 'FAILS':<6} iris              {v['line']}: {v['measured']}" in text
+
+
+def _row(model, batch, path, p50_ms, per_s=0.0, ratio=None):
+    return Row(model, batch, path, p50_ms, p50_ms, p50_ms, per_s, ratio)
+
+
+def test_budget_checks_each_line_on_the_figures():
+    rows = [
+        _row("m", 1, "raw_ort", 0.010), _row("m", 1, "api_cache_off", 0.040),  # +30 µs, 4 µs of them the check
+        _row("m", 1, "http_miss", 0.49), _row("m", 1, "http_hit", 0.51),
+        _row("m", 1000, "raw_ort", 1.0, per_s=1_000_000), _row("m", 1000, "api_cache_off", 1.2, per_s=790_000),
+        _row("m", 1000, "json_floor", 3.0, per_s=300_000), _row("m", 1000, "http_miss", 4.0, per_s=240_000),
+        _row("m", 1, "raw_cold", 1.0), _row("m", 1, "cold", 3.6),
+        _row("m", 1, "consistency_check", 0.004),
+        _row("m", 1, "raw_cache_get", 0.050), _row("m", 1, "api_hit", 0.101, ratio=2.02),
+    ]
+
+    verdicts = {v.line: v for v in budget(rows, "redis")}
+
+    assert {line: v.holds for line, v in verdicts.items()} == {
+        "cache off, batch 1: p50 <= raw + 25 µs": False,  # 40 - 10 - 4 (the check, its own line) = 26 µs
+        "cache off, batch 1000: >= 0.8x raw predictions/s": False,
+        "cold: p50 <= 1.5x raw creation + first run + 2 ms": False,
+        "HTTP cache off, batch 1: p50 <= 0.5 ms": True,
+        "HTTP cache hit, batch 1: p50 <= 0.5 ms": False,
+        "HTTP cache off, batch 1000: >= 0.8x JSON floor predictions/s": True,
+        "cache hit: p50 <= 2x raw Redis GET": False,
+    }
+    assert verdicts["cache off, batch 1: p50 <= raw + 25 µs"].measured == (
+        "raw 10.0 µs + 26.0 µs (+ consistency check 4.0 µs) = 40.0 µs")
+    assert verdicts["cache off, batch 1000: >= 0.8x raw predictions/s"].measured == "790,000 / 1,000,000 = 0.79x"
+    assert [v.line for v in budget(rows, "disk")] == list(verdicts)[:-1]  # no Redis: no GET line
