@@ -59,7 +59,7 @@ class ModelForge:
         self._metadata_ttl = s.cache_ttl
         self._runners: dict[str, Any] = {}
         self._stamp = RedisStamp(self.cache, s.cache_key_prefix) if self._uses_stamp() else None
-        self._batchers: dict[tuple[int, int], DynamicBatcher] = {}
+        self._batchers: dict[tuple[int, ...], DynamicBatcher] = {}
         self.invalidator = Invalidator(s, self.cache, self.engine)
         self.listener = self._listen(s)
         self._resolved: tuple[int | None, dict[tuple[str, int | None], tuple[ModelRecord, float]]] = (None, {})
@@ -203,10 +203,10 @@ class ModelForge:
         return run
 
     def _make_runner(self, record: ModelRecord):
-        enabled, max_batch_size, max_queue_delay_us = self.settings.batching_for(record.name)
+        enabled, *key = self.settings.batching_for(record.name)  # max_batch_size, max_queue_delay_us, instances
         if not (enabled and batchable(record.inputs)):
             return self.engine.run
-        key = (max_batch_size, max_queue_delay_us)
+        key = tuple(key)
         batcher = self._batchers.get(key)
         if batcher is None:
             batcher = self._batchers.setdefault(key, DynamicBatcher(self.engine, *key))

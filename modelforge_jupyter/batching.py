@@ -2,8 +2,11 @@
 
 Requests for the same sha256 whose inputs agree on every dimension but the first (and on dtype) are concatenated
 along axis 0, run once, and each caller gets exactly its own rows back, in order. No background thread: the first
-request to arrive leads; while other requests of the model are in flight it waits up to ``max_queue_delay_us`` (or
-until ``max_batch_size`` rows are queued) — alone, it runs at once —, takes the compatible requests, runs them, hands each its rows, and passes leadership to the oldest request left over.
+request to arrive leads. At most ``instances`` batches of one model run at once (Triton's ``instance_group``
+count): while they are all busy, the leader waits and the requests arriving meanwhile queue up to form its batch.
+When an instance is free at once, the leader waits up to ``max_queue_delay_us`` (or until ``max_batch_size`` rows
+are queued), but only while other requests of the model are in flight — alone, it runs at once. It then takes the
+compatible requests, passes leadership to the oldest request left over, runs its batch and hands each its rows.
 
 Only models whose every input has a dynamic leading dimension (rank >= 1) are batched, and only outputs whose
 leading dimension (or sequence length) equals the batch's row count can be split; when a merged run fails, each
@@ -49,22 +52,26 @@ class _Queue:
         self.pending: list[_Request] = []
         self.leader = False
         self.active = 0  # requests inside run(): queued or executing
+        self.running = 0  # batches executing
 
 
 class DynamicBatcher:
     """Coalesce concurrent runs of one model into batches of at most ``max_batch_size`` rows."""
 
-    def __init__(self, engine: Engine, max_batch_size: int = 64, max_queue_delay_us: int = 500) -> None:
-        if max_batch_size < 1 or max_queue_delay_us < 0:
-            raise ValueError("max_batch_size must be >= 1 and max_queue_delay_us >= 0")
+    def __init__(self, engine: Engine, max_batch_size: int = 64, max_queue_delay_us: int = 500,
+                 instances: int = 1) -> None:
+        if max_batch_size < 1 or max_queue_delay_us < 0 or instances < 1:
+            raise ValueError("max_batch_size and instances must be >= 1, max_queue_delay_us >= 0")
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
+        self.instances = instances
         self._queues: dict[str, _Queue] = {}
         self._lock = threading.Lock()
         self.batches = 0  # session runs made, for statistics and tests
         self.requests = 0
         self.waits = 0  # times a leader waited for more requests
+        self.peak_running = 0  # most batches of one model seen running at once (<= instances)
 
     def run(
         self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = ""
@@ -95,17 +102,15 @@ class DynamicBatcher:
         return request.result  # type: ignore[return-value]
 
     def _lead(self, queue: _Queue, sha256: str, load_bytes: Callable[[], bytes], model_name: str) -> None:
-        deadline = time.perf_counter() + self.max_queue_delay_us / 1e6
         with queue.cond:
-            # Wait only while other requests are in flight (their callers may send more soon); alone, run at once,
-            # so a single client pays no queue delay.
-            while queue.active > len(queue.pending) and sum(r.rows for r in queue.pending) < self.max_batch_size:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self.waits += 1
-                queue.cond.wait(remaining)
+            if queue.running >= self.instances:
+                while queue.running >= self.instances:  # the requests arriving meanwhile form this batch
+                    queue.cond.wait()
+            else:
+                self._gather(queue)
             batch = self._take(queue)
+            queue.running += 1
+            self.peak_running = max(self.peak_running, queue.running)
             successor = queue.pending[0] if queue.pending else None
             if successor is not None:
                 successor.lead = True
@@ -113,10 +118,31 @@ class DynamicBatcher:
                 queue.leader = False
         if successor is not None:
             successor.done.set()  # it wakes as the next leader (its result is still None)
-        self._run_batch(batch, sha256, load_bytes, model_name)
-        for r in batch:
-            if not r.lead:
-                r.done.set()
+        try:
+            self._run_batch(batch, sha256, load_bytes, model_name)
+        except BaseException as err:  # not an inference error (those are per request): every caller learns of it
+            for r in batch:
+                if r.result is None and r.error is None:
+                    r.error = err
+            raise
+        finally:
+            with queue.cond:
+                queue.running -= 1
+                queue.cond.notify_all()
+            for r in batch:
+                if not r.lead:
+                    r.done.set()
+
+    def _gather(self, queue: _Queue) -> None:
+        """With an instance free: wait up to ``max_queue_delay_us`` for more rows, only while other requests are in
+        flight (their callers may send more soon); alone, return at once, so a single client pays no queue delay."""
+        deadline = time.perf_counter() + self.max_queue_delay_us / 1e6
+        while queue.active > len(queue.pending) and sum(r.rows for r in queue.pending) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self.waits += 1
+            queue.cond.wait(remaining)
 
     def _take(self, queue: _Queue) -> list[_Request]:
         first = queue.pending[0]

@@ -125,9 +125,16 @@ class Settings(Configurable):
         help="How long the first request of a batch waits for others, in µs (env MODELFORGE_MAX_QUEUE_DELAY_US, "
         "default 500).",
     )
+    model_instances = Int(
+        config=True,
+        help="With dynamic batching, how many batches of one model run at once, as Triton's instance_group count "
+        "(env MODELFORGE_MODEL_INSTANCES, default 1): while they are busy, arriving requests queue and form the next "
+        "batch. Without batching, every request runs at once on its own thread.",
+    )
     model_batching = Dict(
         config=True,
-        help="Per-model overrides of dynamic_batching / max_batch_size / max_queue_delay_us, by model name, e.g. "
+        help="Per-model overrides of dynamic_batching / max_batch_size / max_queue_delay_us / model_instances, by "
+        "model name, e.g. "
         '{"mlp": {"dynamic_batching": true, "max_queue_delay_us": 2000}} (env MODELFORGE_MODEL_BATCHING, JSON).',
     )
 
@@ -199,6 +206,10 @@ class Settings(Configurable):
     def _default_max_queue_delay_us(self) -> int:
         return _env_int("MODELFORGE_MAX_QUEUE_DELAY_US", 500)
 
+    @default("model_instances")
+    def _default_model_instances(self) -> int:
+        return _env_int("MODELFORGE_MODEL_INSTANCES", 1)
+
     @default("model_batching")
     def _default_model_batching(self) -> dict:
         raw = os.environ.get("MODELFORGE_MODEL_BATCHING")
@@ -207,13 +218,15 @@ class Settings(Configurable):
         except ValueError:
             raise ValueError(f"MODELFORGE_MODEL_BATCHING={raw!r} is not JSON") from None
 
-    def batching_for(self, model_name: str) -> tuple[bool, int, int]:
-        """(dynamic_batching, max_batch_size, max_queue_delay_us) for one model: its overrides, else the globals."""
+    def batching_for(self, model_name: str) -> tuple[bool, int, int, int]:
+        """(dynamic_batching, max_batch_size, max_queue_delay_us, model_instances) for one model: its overrides, else
+        the globals."""
         own = self.model_batching.get(model_name, {})
         return (
             bool(own.get("dynamic_batching", self.dynamic_batching)),
             int(own.get("max_batch_size", self.max_batch_size)),
             int(own.get("max_queue_delay_us", self.max_queue_delay_us)),
+            int(own.get("model_instances", self.model_instances)),
         )
 
     @property

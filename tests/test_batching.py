@@ -55,6 +55,29 @@ def test_concurrent_requests_coalesce_and_each_gets_its_rows(forge):
     assert len({r.prediction_id for r in results}) == 48
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+def test_requests_arriving_while_every_instance_is_busy_form_the_next_batch(tmp_path, instances):
+    # Given no queue delay at all: only a busy instance can make requests wait for each other
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
+                "dynamic_batching": True, "max_queue_delay_us": 0, "model_instances": instances}
+    mlp = build_wide_mlp(hidden=1024)
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((1, 256)).astype(np.float32) for _ in range(64)]
+    with ModelForge(**settings) as forge:
+        forge.register("mlp", mlp)
+
+        # When 16 clients send 4 requests each, back to back
+        results = concurrently(lambda X: forge.predict("mlp", X, use_cache=False), inputs)
+
+        # Then at most `instances` batches ran at once, requests were merged, and each got its own row
+        (batcher,) = forge._batchers.values()
+        assert batcher.peak_running <= instances and batcher.waits == 0
+        assert batcher.requests == 64 and batcher.batches < 64
+        for X, res in zip(inputs, results):
+            (proba,) = mf_raw_run(mlp, {"input": X})
+            np.testing.assert_allclose(res.output_data["probabilities"], proba, rtol=1e-5, atol=1e-7)
+
+
 def test_a_single_client_is_not_delayed(forge):
     forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
     X = load_breast_cancer().data[:1].astype(np.float32)
@@ -137,4 +160,5 @@ def test_per_model_settings_override_the_global_ones(tmp_path):
         assert forge._batchers == {}
         forge.predict("rf", np.zeros((1, 30), np.float32), use_cache=False)
         (batcher,) = forge._batchers.values()
-        assert (batcher.max_batch_size, batcher.max_queue_delay_us, batcher.requests) == (64, 1000, 1)
+        assert (batcher.max_batch_size, batcher.max_queue_delay_us, batcher.instances, batcher.requests) == (
+            64, 1000, 1, 1)
