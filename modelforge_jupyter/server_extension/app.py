@@ -99,8 +99,12 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
     def initialize_settings(self) -> None:
         """Export the effective settings to ``os.environ``; build the executor and the ``ModelForge`` (once)."""
         # The core logs model changes (INFO) and predictions (DEBUG) under "modelforge_jupyter.*"; route them to the
-        # server's log as jupyter_server does for tornado's loggers.
-        logging.getLogger("modelforge_jupyter").parent = self.log
+        # server's log as jupyter_server does for tornado's loggers. The server's logger lets DEBUG records through to
+        # its handlers, which drop them below --log-level: the core's logger takes that level, so a prediction's
+        # DEBUG record (~12 µs, py-spy on the server) is only built when it will be shown (--debug).
+        core_log = logging.getLogger("modelforge_jupyter")
+        core_log.parent = self.log
+        core_log.setLevel(self.serverapp.log_level if self.serverapp is not None else logging.INFO)
         self._forge_settings = self.modelforge_settings()
         self._forge_lock = threading.Lock()
         self._forge_error: tuple[float, str] | None = None

@@ -166,7 +166,7 @@ class PredictHandler(ModelForgeHandler):
         result = self.extensionapp.get_forge().predict(  # the core checks use_cache and version (400)
             model, request["input_data"], use_cache=request.get("use_cache", True), version=request.get("version")
         )
-        return orjson.dumps(result.to_dict())  # the core logs each prediction at DEBUG
+        return orjson.dumps(result.to_dict())
 
 
 class ModelsHandler(ModelForgeHandler):
