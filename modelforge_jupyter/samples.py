@@ -15,17 +15,19 @@ def sample_path(filename: str) -> Path:
     return Path(str(files("modelforge_jupyter") / "sample_models" / filename))
 
 
-def build_wide_mlp(features: int = 256, hidden: int = 2048, classes: int = 10, seed: int = 0) -> bytes:
-    """ONNX bytes of a float32 MLP ``input [N, features] -> hidden -> hidden -> softmax [N, classes]``.
+def build_wide_mlp(features: int = 256, hidden: int = 2048, classes: int = 10, seed: int = 0,
+                   layers: int = 2) -> bytes:
+    """ONNX bytes of a float32 MLP ``input [N, features] -> hidden (x layers) -> softmax [N, classes]``.
 
     With the defaults its weights are 4.7 M floats (19 MB), so a batch-1 run reads 19 MB and takes ~1-3 ms on one
-    core, while a batch of 32 costs little more: the model the dynamic batcher is measured on.
+    core, while a batch of 32 costs little more: the model the dynamic batcher is measured on. Each extra layer adds
+    ``hidden**2`` floats (16 MB at 2048).
     """
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    dims = [features, hidden, hidden, classes]
+    dims = [features, *[hidden] * layers, classes]
     nodes, inits, x = [], [], "input"
     for i, (a, b) in enumerate(zip(dims, dims[1:])):
         W = numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"W{i}")
