@@ -103,11 +103,10 @@ class DynamicBatcher:
 
     def _lead(self, queue: _Queue, sha256: str, load_bytes: Callable[[], bytes], model_name: str) -> None:
         with queue.cond:
-            if queue.running >= self.instances:
-                while queue.running >= self.instances:  # the requests arriving meanwhile form this batch
-                    queue.cond.wait()
-            else:
-                self._gather(queue)
+            busy = queue.running >= self.instances
+            while queue.running >= self.instances:  # the requests arriving meanwhile join this batch
+                queue.cond.wait()
+            self._gather(queue, busy)
             batch = self._take(queue)
             queue.running += 1
             self.peak_running = max(self.peak_running, queue.running)
@@ -133,11 +132,13 @@ class DynamicBatcher:
                 if not r.lead:
                     r.done.set()
 
-    def _gather(self, queue: _Queue) -> None:
-        """With an instance free: wait up to ``max_queue_delay_us`` for more rows, only while other requests are in
-        flight (their callers may send more soon); alone, return at once, so a single client pays no queue delay."""
+    def _gather(self, queue: _Queue, busy: bool) -> None:
+        """Wait up to ``max_queue_delay_us`` for ``max_batch_size`` rows. After waiting for a ``busy`` instance, the
+        model is under load: wait for the callers of the batch that just ran, who are sending their next requests
+        (over HTTP they are outside ``run`` for a round trip). Else wait only while other requests are inside
+        ``run``; alone, return at once, so a single client pays no queue delay."""
         deadline = time.perf_counter() + self.max_queue_delay_us / 1e6
-        while queue.active > len(queue.pending) and sum(r.rows for r in queue.pending) < self.max_batch_size:
+        while (busy or queue.active > len(queue.pending)) and sum(r.rows for r in queue.pending) < self.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
