@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each scenario")
     p.add_argument("--cache", default="hit,miss", help="comma-separated: hit (the same body again), miss "
                    "(use_cache false: every request runs the model)")
+    p.add_argument("--floor", action="store_true", help="first measure Jupyter's own GET api/status (token auth, "
+                   "same client): the server's per-request floor that every /modelforge request pays too")
     p.add_argument("--client", choices=("socket", "http.client"), default="socket",
                    help="the timed clients' HTTP implementation (see above); default socket")
     args = p.parse_args()
@@ -86,6 +88,12 @@ def bench(url: str, token: str, args: argparse.Namespace) -> None:
     _, health = conn.request("GET", base + "health", None, {})
     print(f"# {args.name} v{record['version']} ({spec['name']}: {spec['dtype']} {spec['shape']})")
     print(f"# health {health.decode()}")
+    if args.floor:
+        status_path = target.path.rstrip("/") + "/api/status"
+        lat, _ = run(target, status_path, None, headers, 1, args.seconds, args.client, "GET")
+        row = summarize("api/status", 1, "floor", lat, None)
+        print(f"# floor: GET {status_path} (Jupyter's own handler, token auth), {len(lat)} requests: "
+              f"p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms")
     print("| batch | concurrency | cache | requests | p50 ms | p95 ms | p99 ms | req/s | predictions/s |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
@@ -113,8 +121,8 @@ def bench(url: str, token: str, args: argparse.Namespace) -> None:
     conn.close()
 
 
-def run(target, path: str, body: bytes, headers: dict, concurrency: int, seconds: float,
-        client: str = "socket") -> tuple[list[float], float]:
+def run(target, path: str, body: bytes | None, headers: dict, concurrency: int, seconds: float,
+        client: str = "socket", method: str = "POST") -> tuple[list[float], float]:
     """Latencies (ms) of every request sent by ``concurrency`` keep-alive clients within ``seconds``."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     start_line = threading.Barrier(concurrency + 1)
@@ -125,13 +133,13 @@ def run(target, path: str, body: bytes, headers: dict, concurrency: int, seconds
             conn.connect()
 
             def send(i: int) -> None:
-                conn.request("POST", path, body=body, headers=headers)
+                conn.request(method, path, body=body, headers=headers)
                 r = conn.getresponse()
                 data = r.read()
                 assert r.status == 200, data[:200]
         else:
             conn = Connection(target.hostname, target.port)
-            message = conn.message("POST", path, body, headers)
+            message = conn.message(method, path, body, headers)
 
             def send(i: int) -> None:
                 conn.sock.sendall(message)
