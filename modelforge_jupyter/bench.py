@@ -460,10 +460,7 @@ def budget(rows: list[Row], cache_backend: str = "redis") -> list[Verdict]:
                                f"{check * 1000:.1f} µs) = {off.p50_ms * 1000:.1f} µs", extra_us <= 25))
         raw, off = at.get((model, large, "raw_ort")), at.get((model, large, "api_cache_off"))
         if raw and off and large > small:
-            ratio = off.predictions_per_s / raw.predictions_per_s
-            out.append(Verdict(f"cache off, batch {large}: >= 0.8x raw predictions/s", model,
-                               f"{off.predictions_per_s:,.0f} / {raw.predictions_per_s:,.0f} = {ratio:.2f}x",
-                               ratio >= 0.8))
+            out.append(_throughput_verdict(f"cache off, batch {large}: >= 0.8x raw predictions/s", off, raw))
         raw, cold = at.get((model, 1, "raw_cold")), at.get((model, 1, "cold"))
         if raw and cold:
             limit = 1.5 * raw.p50_ms + 2.0
@@ -477,10 +474,8 @@ def budget(rows: list[Row], cache_backend: str = "redis") -> list[Verdict]:
                                    r.p50_ms <= 0.5))
         floor, http = at.get((model, large, "json_floor")), at.get((model, large, "http_miss"))
         if floor and http and large > small:
-            ratio = http.predictions_per_s / floor.predictions_per_s
-            out.append(Verdict(f"HTTP cache off, batch {large}: >= 0.8x JSON floor predictions/s", model,
-                               f"{http.predictions_per_s:,.0f} / {floor.predictions_per_s:,.0f} = {ratio:.2f}x",
-                               ratio >= 0.8))
+            out.append(_throughput_verdict(f"HTTP cache off, batch {large}: >= 0.8x JSON floor predictions/s",
+                                           http, floor))
     for i, r in enumerate(rows[:-1]):
         hit = rows[i + 1]
         if r.path == "raw_cache_get" and hit.path == "api_hit" and cache_backend == "redis":
@@ -488,6 +483,13 @@ def budget(rows: list[Row], cache_backend: str = "redis") -> list[Verdict]:
                                f"{hit.p50_ms * 1000:.1f} µs / {r.p50_ms * 1000:.1f} µs = {hit.ratio_p50:.2f}x",
                                hit.p50_ms <= 2 * r.p50_ms))
     return out
+
+
+def _throughput_verdict(line: str, row: Row, reference: Row) -> Verdict:
+    """``row``'s predictions/s >= 0.8x ``reference``'s."""
+    ratio = row.predictions_per_s / reference.predictions_per_s
+    return Verdict(line, row.model, f"{row.predictions_per_s:,.0f} / {reference.predictions_per_s:,.0f} = "
+                   f"{ratio:.2f}x", ratio >= 0.8)
 
 
 def format_budget(verdicts: list[Verdict]) -> str:
