@@ -267,3 +267,24 @@ def test_bench_http_script_reports_percentiles_per_scenario(mf_live_server):
         p50, p95, p99 = (float(v) for v in r[4:7])
         assert 0 < p50 <= p95 <= p99 and float(r[8]) == pytest.approx(float(r[7]) * int(r[0]), rel=0.01, abs=1)
     http("DELETE", mf_live_server.url + "modelforge/models/script_rf", token=mf_live_server.token)
+
+
+def test_bench_http_script_measures_the_floor_and_batching_on_a_started_server():
+    """``scripts/bench_http.py`` as the README runs it: its own server (batching on), an MLP built on the fly, Jupyter's
+    floor, then one row per batch size x cache x concurrency with figures that add up."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_http.py"), "--start-server", "--mlp", "64x1", "--name",
+           "mlp", "--batch", "1,4", "--concurrency", "1,3", "--cache", "miss", "--seconds", "0.3", "--floor",
+           "--server-arg=--ModelForgeApp.dynamic_batching=true", "--server-arg=--ModelForgeApp.max_workers=4"]
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=ROOT)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("# floor: GET /api/status (Jupyter's own handler, token auth)") for line in lines)
+    rows = [line.strip("|").split("|") for line in lines if line.startswith("| ") and line[2].isdigit()]
+    assert [(int(r[0]), r[2].strip(), int(r[1])) for r in rows] == [(1, "miss", 1), (1, "miss", 3), (4, "miss", 1),
+                                                                     (4, "miss", 3)]
+    for r in rows:
+        requests, p50, p95, p99, per_s, predictions_per_s = (float(v) for v in (r[3], *r[4:]))
+        assert requests > 0 and 0 < p50 <= p95 <= p99
+        assert predictions_per_s == pytest.approx(per_s * int(r[0]), abs=int(r[0]))  # both rounded to 1
