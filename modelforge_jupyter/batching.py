@@ -8,9 +8,14 @@ When an instance is free at once, the leader waits up to ``max_queue_delay_us`` 
 are queued), but only while other requests of the model are in flight — alone, it runs at once. It then takes the
 compatible requests, passes leadership to the oldest request left over, runs its batch and hands each its rows.
 
-Only models whose every input has a dynamic leading dimension (rank >= 1) are batched, and only outputs whose
-leading dimension (or sequence length) equals the batch's row count can be split; when a merged run fails, each
-request is run alone so that a bad request fails alone. Off by default (``dynamic_batching``): on tiny models,
+Only models with one input, of rank >= 1 with a dynamic leading dimension, are batched (with several inputs,
+which rows of one belong with which of another is the model's business: Triton makes the user declare it), and
+only outputs whose leading dimension (or sequence length) equals the batch's row count can be split; when a merged
+run fails, each request is run alone so that a bad request fails alone. Batching also assumes each output row
+depends only on the same input row: a model that mixes rows (a mean over the batch, say) answers differently when
+batched, which is why it is opt-in per model (``model_batching``), as in Triton.
+A caller interrupted or failing while it leads (a notebook's KeyboardInterrupt, say) hands leadership on, so the
+queue never stalls. Off by default (``dynamic_batching``): on tiny models,
 where one run takes a few µs, the wait costs more than it saves (see the README's performance section).
 """
 
@@ -29,8 +34,8 @@ from .tensors import json_safe
 
 
 def batchable(inputs: list[TensorSpec]) -> bool:
-    """True when every input has rank >= 1 and a dynamic (None) leading dimension."""
-    return bool(inputs) and all(s.shape and s.shape[0] is None for s in inputs)
+    """True for a model with one input, of rank >= 1 with a dynamic (None) leading dimension."""
+    return len(inputs) == 1 and bool(inputs[0].shape) and inputs[0].shape[0] is None
 
 
 class _Request:
@@ -50,7 +55,7 @@ class _Queue:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.pending: list[_Request] = []
-        self.leader = False
+        self.leader: _Request | None = None  # the request that forms the next batch
         self.active = 0  # requests inside run(): queued or executing
         self.running = 0  # batches executing
 
@@ -84,16 +89,20 @@ class DynamicBatcher:
             queue.pending.append(request)
             queue.active += 1
             self.requests += 1
-            if queue.leader:
+            if queue.leader is not None:
                 if sum(r.rows for r in queue.pending) >= self.max_batch_size:
                     queue.cond.notify_all()
             else:
-                queue.leader = request.lead = True
+                queue.leader = request
+                request.lead = True
         try:
             if not request.lead:
                 request.done.wait()
             if request.lead and request.result is None and request.error is None:
-                self._lead(queue, sha256, load_bytes, model_name)
+                self._lead(queue, request, sha256, load_bytes, model_name)
+        except BaseException:
+            self._abandon(queue, request)
+            raise
         finally:
             with queue.cond:
                 queue.active -= 1
@@ -101,7 +110,8 @@ class DynamicBatcher:
             raise request.error
         return request.result  # type: ignore[return-value]
 
-    def _lead(self, queue: _Queue, sha256: str, load_bytes: Callable[[], bytes], model_name: str) -> None:
+    def _lead(self, queue: _Queue, request: _Request, sha256: str, load_bytes: Callable[[], bytes],
+              model_name: str) -> None:
         with queue.cond:
             busy = queue.running >= self.instances
             while queue.running >= self.instances:  # the requests arriving meanwhile join this batch
@@ -110,11 +120,7 @@ class DynamicBatcher:
             batch = self._take(queue)
             queue.running += 1
             self.peak_running = max(self.peak_running, queue.running)
-            successor = queue.pending[0] if queue.pending else None
-            if successor is not None:
-                successor.lead = True
-            else:
-                queue.leader = False
+            successor = self._hand_over(queue)
         if successor is not None:
             successor.done.set()  # it wakes as the next leader (its result is still None)
         try:
@@ -131,6 +137,24 @@ class DynamicBatcher:
             for r in batch:
                 if not r.lead:
                     r.done.set()
+
+    @staticmethod
+    def _hand_over(queue: _Queue) -> _Request | None:
+        """Make the oldest pending request the leader (call with ``queue.cond`` held, then set its ``done``)."""
+        successor = queue.leader = queue.pending[0] if queue.pending else None
+        if successor is not None:
+            successor.lead = True
+        return successor
+
+    def _abandon(self, queue: _Queue, request: _Request) -> None:
+        """``request``'s caller is leaving with an exception: take its rows out of the queue and, if it was to lead
+        the next batch, hand that on."""
+        with queue.cond:
+            if request in queue.pending:
+                queue.pending.remove(request)
+            successor = self._hand_over(queue) if queue.leader is request else None
+        if successor is not None:
+            successor.done.set()
 
     def _gather(self, queue: _Queue, busy: bool) -> None:
         """Wait up to ``max_queue_delay_us`` for ``max_batch_size`` rows. After waiting for a ``busy`` instance, the

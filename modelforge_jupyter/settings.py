@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Configurable
@@ -42,6 +44,29 @@ def _env_int(name: str, fallback: int) -> int:
         raise ValueError(f"{name}={raw!r} is not a whole number") from None
 
 
+# Dynamic batching settings, globally or per model (``model_batching``): type, lowest and highest value.
+BATCHING_LIMITS: dict[str, tuple[type, int, int]] = {
+    "dynamic_batching": (bool, 0, 1),
+    "max_batch_size": (int, 1, 1 << 20),
+    "max_queue_delay_us": (int, 0, 10_000_000),  # 10 s
+    "model_instances": (int, 1, 1024),
+}
+
+
+def check_batching(values: Mapping[str, Any], where: str = "") -> None:
+    """Refuse (``ValueError`` naming ``where``, the setting and the value) unknown batching settings, a
+    ``dynamic_batching`` that is not a bool (the string "false" would read as true) and numbers out of range."""
+    for key, value in values.items():
+        if key not in BATCHING_LIMITS:
+            raise ValueError(f"{where}{key}: not a batching setting; they are {', '.join(BATCHING_LIMITS)}")
+        kind, low, high = BATCHING_LIMITS[key]
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}{key} must be true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{where}{key} must be a whole number from {low} to {high}, got {value!r}")
+
+
 def data_dir() -> Path:
     """Where the embedded registry and cache live: ``$MODELFORGE_DATA_DIR`` or ``jupyter_data_dir()/modelforge``."""
     explicit = os.environ.get("MODELFORGE_DATA_DIR")
@@ -53,7 +78,19 @@ def data_dir() -> Path:
 
 
 class Settings(Configurable):
-    """Every ModelForge setting, with its environment variable and default (see each trait's help)."""
+    """Every ModelForge setting, with its environment variable and default (see each trait's help).
+
+    Raises ``ValueError`` naming the setting when an environment variable cannot be read or a batching setting is
+    out of range (``check_batching``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_batching({key: getattr(self, key) for key in BATCHING_LIMITS})
+        for model, own in self.model_batching.items():
+            if not isinstance(own, Mapping):
+                raise ValueError(f"model_batching[{model!r}] must map setting names to values, got {own!r}")
+            check_batching(own, f"model_batching[{model!r}].")
 
     database_url = Unicode(
         config=True,

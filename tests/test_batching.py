@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -135,7 +137,7 @@ def test_a_bad_request_in_a_batch_fails_alone(forge):
     assert [r for i, r in enumerate(results) if i != 5] == [[[1.5 * (i % 10)]] for i in range(12) if i != 5]
 
 
-def test_only_models_with_dynamic_leading_dims_are_batched(forge, mf_silero_path):
+def test_only_models_with_one_input_of_dynamic_leading_dim_are_batched(forge, mf_silero_path):
     rec = forge.register("silero", mf_silero_path)
     assert not batchable(rec.inputs)  # state is [2, N, 128]
     assert batchable(forge.register("rf", SAMPLES / "breast_cancer_rf.onnx").inputs)
@@ -147,6 +149,82 @@ def test_only_models_with_dynamic_leading_dims_are_batched(forge, mf_silero_path
 
     assert forge._batchers == {} or all(b.requests == 0 for b in forge._batchers.values())
     assert len({str(r.output_data) for r in results}) == 1
+
+
+def test_a_model_with_two_inputs_is_never_batched_and_each_caller_gets_its_own_answer(forge):
+    # Given y = a @ b.T, a [N, 4] and b [M, 4]: which rows of b go with which of a is the model's business
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["b"], ["bt"]), helper.make_node("MatMul", ["a", "bt"], ["y"])], "outer",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["M", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "M"])],
+    )
+    rec = forge.register("outer", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    assert not batchable(rec.inputs)
+
+    # When 16 callers send one row each at once
+    results = concurrently(lambda i: forge.predict("outer", {"a": [[1.0] * 4], "b": [[float(i)] * 4]},
+                                                   use_cache=False).output_data["y"], range(16))
+
+    # Then each gets its own 1 x 1 answer (merged, caller 1 would get a 1 x 16 row of everybody's)
+    assert results == [[[4.0 * i]] for i in range(16)]
+    assert forge._batchers == {} or all(b.requests == 0 for b in forge._batchers.values())
+
+
+class Interrupted(Exception):
+    """What the test's SIGUSR1 handler raises in the main thread, as a notebook's interrupt raises KeyboardInterrupt."""
+
+
+def test_a_leader_interrupted_while_it_waits_hands_over_and_the_model_keeps_serving(tmp_path):
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
+                "dynamic_batching": True, "max_queue_delay_us": 0, "model_instances": 1}
+    mlp = build_wide_mlp(hidden=512)
+    one = np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32)
+    big = np.repeat(one, 40000, axis=0)  # a run of a few hundred ms: the one instance stays busy
+    (expected,) = mf_raw_run(mlp, {"input": one})
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with ModelForge(**settings) as forge, ThreadPoolExecutor(2) as pool:
+            forge.register("mlp", mlp)
+            forge.predict("mlp", one, use_cache=False)
+            busy = pool.submit(forge.predict, "mlp", big, use_cache=False)
+            time.sleep(0.05)
+            threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1)).start()
+
+            # When this thread, leading the next batch while the instance is busy, is interrupted
+            with pytest.raises(Interrupted):
+                forge.predict("mlp", one, use_cache=False)
+
+            # Then the busy run and every later request still complete, with their own answers
+            assert len(busy.result(timeout=60).output_data["probabilities"]) == 40000
+            later = [pool.submit(forge.predict, "mlp", one, use_cache=False) for _ in range(4)]
+            for f in later:
+                np.testing.assert_allclose(f.result(timeout=10).output_data["probabilities"], expected, rtol=1e-5)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"model_instances": 0}, "model_instances must be a whole number from 1 to 1024, got 0"),
+    ({"max_queue_delay_us": 10**16}, "max_queue_delay_us must be a whole number from 0 to 10000000"),
+    ({"max_batch_size": 0}, "max_batch_size must be a whole number from 1 to 1048576, got 0"),
+    ({"model_batching": {"rf": 5}}, "model_batching['rf'] must map setting names to values, got 5"),
+    ({"model_batching": {"rf": {"dynamic_batching": "false"}}},
+     "model_batching['rf'].dynamic_batching must be true or false, got 'false'"),
+    ({"model_batching": {"rf": {"dynamic_batchin": True}}}, "model_batching['rf'].dynamic_batchin: not a batching"),
+])
+def test_batching_settings_out_of_range_are_refused_when_built(tmp_path, bad, message):
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
+
+    with pytest.raises(ValueError) as refused:
+        ModelForge(**settings, **bad)
+
+    assert str(refused.value).startswith(message)
+    assert not (tmp_path / "r.db").exists()  # refused before anything was opened
 
 
 def test_per_model_settings_override_the_global_ones(tmp_path):

@@ -195,6 +195,17 @@ async def test_server_started_before_its_database_answers_503_then_heals(mf_miss
     assert (await mf_put(jp_fetch, "iris", IRIS))[0] == 201
 
 
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+@pytest.mark.parametrize("mf_server_overrides", [{"model_instances": 0}, {"model_batching": {"iris": {"x": 1}}}])
+async def test_a_setting_out_of_range_makes_every_endpoint_answer_503_naming_it(jp_fetch, mf_server_overrides):
+    setting = "model_instances" if "model_instances" in mf_server_overrides else "model_batching['iris'].x"
+
+    for method, path, body in [("GET", "health", None), ("GET", "models", None),
+                               ("POST", "predict", {"model_id": "iris", "input_data": [[1, 2, 3, 4]]})]:
+        code, err = await mf_call(jp_fetch, method, path, body=body)
+        assert code == 503 and err["message"].startswith(f"ModelForge is misconfigured: {setting}"), err
+
+
 # -- models ---------------------------------------------------------------------------------------------------------
 async def test_put_creates_201_then_updates_200_and_equal_bytes_add_no_version(jp_fetch, jp_base_url):
     r = await jp_fetch("modelforge", "models", "iris", method="PUT", body=IRIS.read_bytes())

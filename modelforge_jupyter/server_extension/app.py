@@ -105,12 +105,18 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         core_log = logging.getLogger("modelforge_jupyter")
         core_log.parent = self.log
         core_log.setLevel(self.serverapp.log_level if self.serverapp is not None else logging.INFO)
-        self._forge_settings = self.modelforge_settings()
         self._forge_lock = threading.Lock()
         self._forge_error: tuple[float, str] | None = None
+        self._config_error: str | None = None
         self._stopped = False
-        export_environment(self._forge_settings)
         self.executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="modelforge")
+        try:
+            self._forge_settings = self.modelforge_settings()
+        except ValueError as err:  # a setting out of range: the endpoints say which (503) rather than vanish (404)
+            self._config_error = f"ModelForge is misconfigured: {err}"
+            self.log.error("%s; its endpoints answer 503 until the server is restarted with it fixed", self._config_error)
+            return
+        export_environment(self._forge_settings)
         try:
             forge = self.get_forge()
         except ServiceUnavailableError as err:
@@ -125,7 +131,8 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         """The ``ModelForge``, built on first use. Blocking: call it in the executor.
 
         While the registry database is unreachable this raises ``ServiceUnavailableError`` (503), trying again at
-        most every ``RETRY_AFTER`` seconds, so a server started before its database still comes up and heals.
+        most every ``RETRY_AFTER`` seconds, so a server started before its database still comes up and heals; with a
+        setting out of range (``Settings`` refused it at start) it raises 503 naming the setting.
         """
         forge = self.forge
         if forge is not None:
@@ -135,6 +142,8 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         with self._forge_lock:
             if self._stopped:
                 raise ServiceUnavailableError("ModelForge is stopped: the Jupyter server is shutting down")
+            if self._config_error is not None:
+                raise ServiceUnavailableError(self._config_error)
             if self.forge is None:
                 if self._forge_error is not None and time.monotonic() < self._forge_error[0]:
                     raise ServiceUnavailableError(self._forge_error[1])
