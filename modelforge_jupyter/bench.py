@@ -510,11 +510,40 @@ def format_table(rows: Iterable[Row]) -> str:
     return "\n".join([HEADER, "-" * len(HEADER), *map(format_row, rows)])
 
 
+def _sample_models(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'none given'}: the sample models are "
+                                         f"{', '.join(MODELS)}")
+    return names
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers >= 1, e.g. 1,10,100,1000")
+    return sizes
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds > 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ModelForge vs raw ONNX Runtime, in one run.")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated sample models")
-    parser.add_argument("--batch-sizes", default="1,10,100,1000")
-    parser.add_argument("--seconds", type=float, default=0.5, help="time per measured cell (s)")
+    parser.add_argument("--models", type=_sample_models, default=list(MODELS), help="comma-separated sample models")
+    parser.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 10, 100, 1000])
+    parser.add_argument("--seconds", type=_seconds, default=0.5, help="time per measured cell (s)")
     parser.add_argument("--database-url", default=None, help="registry (default: a temporary SQLite file)")
     parser.add_argument("--redis-url", default="", help="Redis cache (default: a temporary disk cache)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
@@ -527,8 +556,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .errors import ModelForgeError
 
-    batches = [int(b) for b in args.batch_sizes.split(",")]
-    names = [n for n in args.models.split(",") if n]
+    batches, names = args.batch_sizes, args.models
     server, uploaded = None, []
     try:
         if args.http is not None:
@@ -537,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             server = connect(args.http or None, args.token)
             uploaded = served_samples(server, names)
         rows, backend = _bench_all(args, names, batches, server)
-    except (ModelForgeError, OSError) as err:
+    except (ModelForgeError, OSError, ValueError) as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
         return 2
     finally:
@@ -564,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
 def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], server) -> tuple[list[Row], str]:
     """The CLI's measurements on a fresh registry and cache (temporary unless given): (rows, backend)."""
     from . import ModelForge
+    from .errors import ServiceUnavailableError
 
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
         settings = {
@@ -573,6 +602,8 @@ def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], s
             "cache_key_prefix": f"mfbench-{int(time.time())}",
         }
         with ModelForge(**settings) as mf:
+            if args.redis_url and not mf.cache.ping():  # found now, not after every figure was measured
+                raise ServiceUnavailableError(f"cannot reach Redis at {args.redis_url}")
             rows: list[Row] = []
             for name in names:
                 rows += bench_model(mf, name, batches, args.seconds, server)

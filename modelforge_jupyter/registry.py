@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, create_engine, delete, event, exists, func, insert, select, text, update
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError
 from .records import ModelRecord, TensorSpec
@@ -92,7 +92,12 @@ class Registry:
     """Models, versions and ONNX bytes in one database. Raises ``ServiceUnavailableError`` when it is unreachable."""
 
     def __init__(self, database_url: str) -> None:
-        url = make_url(database_url)
+        """Connect lazily to ``database_url``; ``ValueError`` naming it when SQLAlchemy cannot use it."""
+        try:
+            url = make_url(database_url)
+            url.get_dialect()  # loads the driver: an unknown scheme or a missing driver fails here
+        except (ArgumentError, ImportError) as err:
+            raise ValueError(f"DATABASE_URL {database_url!r} is not a database URL SQLAlchemy can use: {err}") from None
         self.dialect = url.get_backend_name()
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if self.dialect == "sqlite" and url.database and url.database != ":memory:":

@@ -62,16 +62,17 @@ def main() -> None:
     p.add_argument("--client", choices=("socket", "http.client"), default="socket",
                    help="the timed clients' HTTP implementation (see above); default socket")
     args = p.parse_args()
-    if args.mlp:
-        from modelforge_jupyter.samples import build_wide_mlp
+    with tempfile.TemporaryDirectory(prefix="mf-mlp-") as tmp:  # the built MLP (197 MB at 4096x4) goes with it
+        if args.mlp:
+            from modelforge_jupyter.samples import build_wide_mlp
 
-        hidden, layers = map(int, args.mlp.lower().split("x"))
-        args.model = Path(tempfile.mkdtemp(prefix="mf-mlp-")) / f"mlp{args.mlp}.onnx"
-        args.model.write_bytes(build_wide_mlp(hidden=hidden, layers=layers))
-        args.server_arg.append(f"--ModelForgeApp.max_body_size={args.model.stat().st_size + (1 << 20)}")
-
-    with (jupyter_server(args.server_arg) if args.start_server else nullserver(args.url, args.token)) as (url, token):
-        bench(url, token, args)
+            hidden, layers = map(int, args.mlp.lower().split("x"))
+            args.model = Path(tmp) / f"mlp{args.mlp}.onnx"
+            args.model.write_bytes(build_wide_mlp(hidden=hidden, layers=layers))
+            args.server_arg.append(f"--ModelForgeApp.max_body_size={args.model.stat().st_size + (1 << 20)}")
+        server = jupyter_server(args.server_arg) if args.start_server else nullserver(args.url, args.token)
+        with server as (url, token):
+            bench(url, token, args)
 
 
 def bench(url: str, token: str, args: argparse.Namespace) -> None:

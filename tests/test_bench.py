@@ -173,3 +173,23 @@ def test_budget_checks_each_line_on_the_figures():
         "raw 10.0 µs + 26.0 µs (+ consistency check 4.0 µs) = 40.0 µs")
     assert verdicts["cache off, batch 1000: >= 0.8x raw predictions/s"].measured == "790,000 / 1,000,000 = 0.79x"
     assert [v.line for v in budget(rows, "disk")] == list(verdicts)[:-1]  # no Redis: no GET line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "iris,nosuch"], "argument --models: nosuch: the sample models are iris, breast_cancer_rf, diabetes"),
+    (["--batch-sizes", "0"], "argument --batch-sizes: '0': comma-separated whole numbers >= 1"),
+    (["--batch-sizes", "abc"], "argument --batch-sizes: 'abc': comma-separated whole numbers >= 1"),
+    (["--seconds", "-1"], "argument --seconds: '-1': a number of seconds > 0"),
+    (["--database-url", "nosuch://x"], "ValueError: DATABASE_URL 'nosuch://x' is not a database URL"),
+    (["--models", "iris", "--batch-sizes", "1", "--redis-url", "redis://127.0.0.1:1/0"],
+     "ServiceUnavailableError: cannot reach Redis at redis://127.0.0.1:1/0"),
+])
+def test_cli_refuses_bad_arguments_in_one_line_before_measuring(args, message, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own refusal
+        code = exit_.code
+
+    out = capsys.readouterr()
+    assert code == 2 and message in out.err
+    assert "Traceback" not in out.err and out.out == ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -276,9 +277,11 @@ def test_bench_http_script_measures_the_floor_and_batching_on_a_started_server()
            "mlp", "--batch", "1,4", "--concurrency", "1,3", "--cache", "miss", "--seconds", "0.3", "--floor",
            "--server-arg=--ModelForgeApp.dynamic_batching=true", "--server-arg=--ModelForgeApp.max_workers=4"]
 
+    built_before = set(Path(tempfile.gettempdir()).glob("mf-mlp-*"))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=ROOT)
 
     assert done.returncode == 0, done.stderr[-2000:]
+    assert set(Path(tempfile.gettempdir()).glob("mf-mlp-*")) == built_before  # the built model is deleted
     lines = done.stdout.splitlines()
     assert any(line.startswith("# floor: GET /api/status (Jupyter's own handler, token auth)") for line in lines)
     rows = [line.strip("|").split("|") for line in lines if line.startswith("| ") and line[2].isdigit()]
