@@ -204,7 +204,7 @@ class ModelForge:
 
     def _make_runner(self, record: ModelRecord):
         enabled, *key = self.settings.batching_for(record.name)  # max_batch_size, max_queue_delay_us, instances
-        if not (enabled and batchable(record.inputs)):
+        if not (enabled and batchable(record.inputs, record.outputs)):
             return self.engine.run
         key = tuple(key)
         batcher = self._batchers.get(key)

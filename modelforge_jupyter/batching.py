@@ -33,13 +33,20 @@ from .records import TensorSpec
 from .tensors import json_safe
 
 
-def batchable(inputs: list[TensorSpec]) -> bool:
-    """True for a model with one input, of rank >= 1 with a dynamic (None) leading dimension."""
-    return len(inputs) == 1 and bool(inputs[0].shape) and inputs[0].shape[0] is None
+def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
+    """True for a model with one input, of rank >= 1 with a dynamic (None) leading dimension, whose tensor outputs
+    all have a dynamic leading dimension too (an output declared ``[3]``, a class list, say, or ``Shape(x)``'s
+    ``[2]``, is not the batch's and cannot be split); sequence outputs (ZipMap: one map per row) are split by length.
+    """
+    def splittable(spec: TensorSpec) -> bool:
+        return spec.dtype.startswith("seq(") or (bool(spec.shape) and spec.shape[0] is None)
+
+    return (len(inputs) == 1 and bool(inputs[0].shape) and inputs[0].shape[0] is None
+            and all(splittable(o) for o in outputs))
 
 
 class _Request:
-    __slots__ = ("feed", "rows", "signature", "done", "lead", "result", "error")
+    __slots__ = ("feed", "rows", "signature", "done", "lead", "result", "error", "abandoned")
 
     def __init__(self, feed: dict[str, np.ndarray]) -> None:
         self.feed = feed
@@ -49,11 +56,15 @@ class _Request:
         self.lead = False
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
+        self.abandoned = False  # its caller left with an exception: nobody waits for it
 
 
 class _Queue:
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        # Critical sections hold ``lock`` itself: its __enter__/__exit__ are C, so an interrupt cannot land between
+        # taking it and the with-block (Condition's own __exit__ is Python: one landing there would keep it held).
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.pending: list[_Request] = []
         self.leader: _Request | None = None  # the request that forms the next batch
         self.active = 0  # requests inside run(): queued or executing
@@ -86,7 +97,7 @@ class DynamicBatcher:
         with self._lock:
             queue = self._queues.setdefault(sha256, _Queue())
         request = _Request(feed)
-        with queue.cond:
+        with queue.lock:
             queue.pending.append(request)
             queue.active += 1
             self.requests += 1
@@ -105,7 +116,7 @@ class DynamicBatcher:
             self._abandon(queue, request)
             raise
         finally:
-            with queue.cond:
+            with queue.lock:
                 queue.active -= 1
         if request.error is not None:
             raise request.error
@@ -113,51 +124,91 @@ class DynamicBatcher:
 
     def _lead(self, queue: _Queue, request: _Request, sha256: str, load_bytes: Callable[[], bytes],
               model_name: str) -> None:
-        with queue.cond:
-            busy = queue.running >= self.instances
-            while queue.running >= self.instances:  # the requests arriving meanwhile join this batch
-                queue.cond.wait()
-            self._gather(queue, busy)
-            batch = self._take(queue)
-            queue.running += 1
-            self.peak_running = max(self.peak_running, queue.running)
-            successor = self._hand_over(queue)
-        if successor is not None:
-            successor.done.set()  # it wakes as the next leader (its result is still None)
-        started = time.perf_counter()
+        """Form ``request``'s batch, hand the lead on, run the batch and wake its followers.
+
+        Interrupt safety (a notebook's KeyboardInterrupt arrives in the main thread at a function call or a loop's
+        back edge): until the batch is taken nothing is changed (``run`` then calls ``_abandon``); taking it is one
+        statement with no call after it before ``running`` is counted, so ``batch`` being set tells ``_recover``
+        exactly what to undo.
+        """
+        batch: list[_Request] | None = None  # taken and counted in ``running``
+        answered: list[_Request] | None = None  # run and uncounted; followers to wake
         try:
-            self._run_batch(batch, sha256, load_bytes, model_name)
+            with queue.lock:
+                busy = queue.running >= self.instances
+                while queue.running >= self.instances:  # the requests arriving meanwhile join this batch
+                    queue.cond.wait()
+                self._gather(queue, busy)
+                batch, queue.pending = self._split(queue.pending, request)
+                queue.running += 1
+                self.peak_running = max(self.peak_running, queue.running)
+                successor = self._hand_over(queue)
+            if successor is not None:
+                successor.done.set()  # it wakes as the next leader (its result is still None)
+            started = time.perf_counter()
+            try:
+                self._run_batch(batch, sha256, load_bytes, model_name)
+            except Exception as err:  # not an inference error (those are per request): every caller learns of it
+                for r in batch:
+                    if r.result is None and r.error is None:
+                        r.error = err
             queue.last_run_s = time.perf_counter() - started
-        except BaseException as err:  # not an inference error (those are per request): every caller learns of it
-            for r in batch:
-                if r.result is None and r.error is None:
-                    r.error = err
-            raise
-        finally:
-            with queue.cond:
+            with queue.lock:
                 queue.running -= 1
                 queue.cond.notify_all()
-            for r in batch:
-                if not r.lead:
+                answered, batch = batch, None
+            for r in answered:
+                if r is not request:
                     r.done.set()
+        except BaseException:  # this caller is interrupted: its followers wait for another leader
+            self._recover(queue, request, batch, answered)
+            raise
 
     @staticmethod
     def _hand_over(queue: _Queue) -> _Request | None:
-        """Make the oldest pending request the leader (call with ``queue.cond`` held, then set its ``done``)."""
+        """Make the oldest pending request the leader (call with ``queue.lock`` held, then set its ``done``)."""
         successor = queue.leader = queue.pending[0] if queue.pending else None
         if successor is not None:
             successor.lead = True
         return successor
 
     def _abandon(self, queue: _Queue, request: _Request) -> None:
-        """``request``'s caller is leaving with an exception: take its rows out of the queue and, if it was to lead
-        the next batch, hand that on."""
-        with queue.cond:
+        """``request``'s caller is leaving with an exception before its batch was taken: take its rows out of the
+        queue and, if it was to lead the next batch, hand that on."""
+        with queue.lock:
+            request.abandoned = True
             if request in queue.pending:
                 queue.pending.remove(request)
             successor = self._hand_over(queue) if queue.leader is request else None
         if successor is not None:
             successor.done.set()
+
+    def _recover(self, queue: _Queue, request: _Request, batch: list[_Request] | None,
+                 answered: list[_Request] | None) -> None:
+        """The leading caller is interrupted: wake the followers it answered; or uncount its batch, put the
+        followers it did not answer back at the front of the queue and make sure someone leads them; or, before it
+        took a batch, leave the queue (``_abandon``)."""
+        if answered is not None:
+            for r in answered:
+                if r is not request:
+                    r.done.set()
+            return
+        if batch is None:
+            self._abandon(queue, request)
+            return
+        with queue.lock:
+            queue.running -= 1
+            queue.pending[:0] = [r for r in batch if r is not request and not r.abandoned and r.result is None
+                                 and r.error is None]
+            successor = None
+            if queue.leader is request or (queue.leader is None and queue.pending):
+                successor = self._hand_over(queue)
+            queue.cond.notify_all()
+        if successor is not None:
+            successor.done.set()
+        for r in batch:
+            if r is not request and (r.result is not None or r.error is not None):
+                r.done.set()
 
     def _gather(self, queue: _Queue, busy: bool) -> None:
         """Wait up to ``max_queue_delay_us`` for ``max_batch_size`` rows. After waiting for a ``busy`` instance, the
@@ -174,19 +225,19 @@ class DynamicBatcher:
             self.waits += 1
             queue.cond.wait(remaining)
 
-    def _take(self, queue: _Queue) -> list[_Request]:
-        first = queue.pending[0]
-        batch, rest, rows = [], [], 0
-        for r in queue.pending:
-            if r.signature == first.signature and (not batch or rows + r.rows <= self.max_batch_size):
+    def _split(self, pending: list[_Request], leader: _Request) -> tuple[list[_Request], list[_Request]]:
+        """(the batch: ``leader`` then the pending requests of its signature, up to ``max_batch_size`` rows, in
+        order; the requests left pending). Changes nothing."""
+        batch, rest, rows = [leader], [], leader.rows
+        for r in pending:
+            if r is leader:
+                continue
+            if r.signature == leader.signature and rows + r.rows <= self.max_batch_size:
                 batch.append(r)
                 rows += r.rows
             else:
                 rest.append(r)
-        queue.pending = rest
-        for r in batch[1:]:  # the leader is always the oldest request, batch[0]; the others are followers
-            r.lead = False
-        return batch
+        return batch, rest
 
     def _run_batch(self, batch: list[_Request], sha256: str, load_bytes: Callable, model_name: str) -> None:
         self.batches += 1
@@ -213,7 +264,7 @@ class DynamicBatcher:
     def _run_alone(self, r: _Request, sha256: str, load_bytes: Callable, model_name: str) -> None:
         try:
             r.result = self.engine.run(sha256, load_bytes, r.feed, model_name)
-        except BaseException as err:
+        except Exception as err:  # an interrupt of the leading caller is not this request's error
             r.error = err
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -139,8 +140,10 @@ def test_a_bad_request_in_a_batch_fails_alone(forge):
 
 def test_only_models_with_one_input_of_dynamic_leading_dim_are_batched(forge, mf_silero_path):
     rec = forge.register("silero", mf_silero_path)
-    assert not batchable(rec.inputs)  # state is [2, N, 128]
-    assert batchable(forge.register("rf", SAMPLES / "breast_cancer_rf.onnx").inputs)
+    assert not batchable(rec.inputs, rec.outputs)  # state is [2, N, 128]
+    rf = forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
+    iris = forge.register("iris", SAMPLES / "iris.onnx")  # ZipMap: a sequence output, split by length
+    assert batchable(rf.inputs, rf.outputs) and batchable(iris.inputs, iris.outputs)
     audio = np.zeros((1, 512), np.float32)
 
     results = concurrently(
@@ -160,7 +163,7 @@ def test_a_model_with_two_inputs_is_never_batched_and_each_caller_gets_its_own_a
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "M"])],
     )
     rec = forge.register("outer", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
-    assert not batchable(rec.inputs)
+    assert not batchable(rec.inputs, rec.outputs)
 
     # When 16 callers send one row each at once
     results = concurrently(lambda i: forge.predict("outer", {"a": [[1.0] * 4], "b": [[float(i)] * 4]},
@@ -171,8 +174,8 @@ def test_a_model_with_two_inputs_is_never_batched_and_each_caller_gets_its_own_a
     assert forge._batchers == {} or all(b.requests == 0 for b in forge._batchers.values())
 
 
-class Interrupted(Exception):
-    """What the test's SIGUSR1 handler raises in the main thread, as a notebook's interrupt raises KeyboardInterrupt."""
+class Interrupted(BaseException):
+    """What the tests raise in the main thread where a notebook's interrupt raises KeyboardInterrupt (a BaseException)."""
 
 
 def test_a_leader_interrupted_while_it_waits_hands_over_and_the_model_keeps_serving(tmp_path):
@@ -206,6 +209,92 @@ def test_a_leader_interrupted_while_it_waits_hands_over_and_the_model_keeps_serv
                 np.testing.assert_allclose(f.result(timeout=10).output_data["probabilities"], expected, rtol=1e-5)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_outputs_not_of_the_batch_make_a_model_unbatchable_and_answers_stay_exact(forge):
+    # Given a row-wise classifier that also outputs its class list, [3], whatever the batch
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3) / 10, "W")
+    classes = numpy_helper.from_array(np.array([10, 20, 30], np.int64), "classes_value")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"]),
+         helper.make_node("Identity", ["classes_value"], ["classes"])], "with_classes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("classes", TensorProto.INT64, [3])],
+        initializer=[w, classes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    rec = forge.register("cls", model)
+    assert not batchable(rec.inputs, rec.outputs)
+    inputs = [np.full((1 + i % 3, 4), i, np.float32) for i in range(32)]  # 1 to 3 rows: some batches total 3
+
+    results = concurrently(lambda X: forge.predict("cls", X, use_cache=False).output_data, inputs)
+
+    for X, out in zip(inputs, results):
+        probs, classes_out = mf_raw_run(model.SerializeToString(), {"x": X})
+        assert out == {"probs": probs.tolist(), "classes": [10, 20, 30]}
+
+
+@pytest.mark.parametrize("where", ["_hand_over", "_run_batch"])
+def test_an_interrupt_at_any_point_of_leading_reaches_only_its_caller(tmp_path, monkeypatch, where):
+    """A signal handler runs at a Python call in the main thread: inject one there, once, while the main thread leads
+    a batch of followers from other threads. Only the main thread sees it; the followers get their answers (run by
+    another leader) and the queue ends empty."""
+    from modelforge_jupyter import batching
+
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
+                "dynamic_batching": True, "max_queue_delay_us": 2000, "model_instances": 1}
+    mlp = build_wide_mlp(hidden=256)
+    armed = threading.Event()
+    original = getattr(batching.DynamicBatcher, where)
+
+    def interrupted(*args, **kwargs):
+        if where == "_run_batch":
+            leading_followers = len(args[1]) > 1  # (self, batch, ...): a merged run
+        else:
+            leading_followers = sys._getframe(1).f_code.co_name == "_lead"  # batch taken, lead not yet handed on
+        if armed.is_set() and leading_followers and threading.current_thread() is threading.main_thread():
+            armed.clear()
+            raise Interrupted
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batching.DynamicBatcher, where, interrupted if where == "_run_batch" else staticmethod(
+        interrupted))
+    with ModelForge(**settings) as forge:
+        forge.register("mlp", mlp)
+        stop, errors, answered = threading.Event(), [], []
+
+        def client(i):
+            X = np.full((1, 256), i / 10, np.float32)
+            (expected,) = mf_raw_run(mlp, {"input": X})
+            while not stop.is_set():
+                try:
+                    out = forge.predict("mlp", X, use_cache=False).output_data["probabilities"]
+                except BaseException as err:  # noqa: BLE001 - any error a follower gets is the bug
+                    errors.append(err)
+                    return
+                np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+                answered.append(i)
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        armed.set()
+        with pytest.raises(Interrupted):
+            for _ in range(2000):
+                forge.predict("mlp", np.ones((1, 256), np.float32), use_cache=False)
+        before = len(answered)
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+
+        assert not armed.is_set() and errors == [] and not any(t.is_alive() for t in threads)
+        assert len(answered) > before  # the other callers kept being served after the interrupt
+        (batcher,) = forge._batchers.values()
+        (queue,) = batcher._queues.values()
+        assert (queue.running, queue.pending, queue.leader, queue.active) == (0, [], None, 0)
 
 
 @pytest.mark.parametrize("bad, message", [
