@@ -28,6 +28,7 @@ server); the CLI uploads each sample model it lacks (``PUT``) and deletes those 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -358,26 +359,25 @@ def _measure_http(server, name, path, feed, budget, notes, batch) -> list[float]
     return budget.timed(lambda i: server.post_predict(body))
 
 
-def served_samples(server, names: Iterable[str]) -> list[str]:
-    """Upload (``PUT``) each sample model the server lacks; refuse one it has with other bytes. Returns the uploaded
-    names (``main`` deletes them afterwards, leaving the server's registry as it was)."""
+def served_samples(server, names: Iterable[str], uploaded: list[str]) -> None:
+    """Upload (``PUT``) each sample model the server lacks; refuse one it has with other bytes. Appends each upload
+    to ``uploaded`` as it happens, so ``main`` deletes them afterwards even when a later one is refused or the run
+    is interrupted, leaving the server's registry as it was."""
     import hashlib
 
     from .errors import ModelForgeError, ModelNotFoundError
 
-    uploaded = []
     for name in names:
         data = sample_path(MODELS[name]).read_bytes()
         try:
             served = server.model(name)
         except ModelNotFoundError:
+            uploaded.append(name)  # before the PUT: an interrupted upload may still have landed
             server.save(name, data)
-            uploaded.append(name)
             continue
         if served["sha256"] != hashlib.sha256(data).hexdigest():
             raise ModelForgeError(f"the server at {server.url} has another model named {name!r}; "
                                   "measure it with --models naming only sample models it lacks or has unchanged")
-    return uploaded
 
 
 def bench_model(mf, name: str, batches: list[int], seconds: float, server=None) -> list[Row]:
@@ -534,8 +534,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds > 0")
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds > 0 and < 3600")
     return value
 
 
@@ -557,13 +557,19 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import ModelForgeError
 
     batches, names = args.batch_sizes, args.models
+    if args.json is not None:
+        try:  # found now, not after every figure was measured
+            args.json.write_bytes(b"")
+        except OSError as err:
+            print(f"cannot write --json {args.json}: {err.strerror or err}", file=sys.stderr)
+            return 2
     server, uploaded = None, []
     try:
         if args.http is not None:
             from .kernel.client import connect
 
             server = connect(args.http or None, args.token)
-            uploaded = served_samples(server, names)
+            served_samples(server, names, uploaded)
         rows, backend = _bench_all(args, names, batches, server)
     except (ModelForgeError, OSError, ValueError) as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
@@ -599,23 +605,25 @@ def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], s
             "database_url": args.database_url or f"sqlite:///{tmp}/registry.db",
             "redis_url": args.redis_url,
             "cache_dir": f"{tmp}/cache",
-            "cache_key_prefix": f"mfbench-{int(time.time())}",
+            "cache_key_prefix": f"mfbench-{int(time.time())}-{os.getpid()}",
         }
         with ModelForge(**settings) as mf:
             if args.redis_url and not mf.cache.ping():  # found now, not after every figure was measured
                 raise ServiceUnavailableError(f"cannot reach Redis at {args.redis_url}")
-            rows: list[Row] = []
-            for name in names:
-                rows += bench_model(mf, name, batches, args.seconds, server)
-            for name in names:
-                rows += bench_cold(mf, name)
-            rows.append(bench_consistency_check(mf, names[0], args.seconds))
-            rows += bench_cache_get(mf, names[0], args.seconds)
+            try:
+                rows: list[Row] = []
+                for name in names:
+                    rows += bench_model(mf, name, batches, args.seconds, server)
+                for name in names:
+                    rows += bench_cold(mf, name)
+                rows.append(bench_consistency_check(mf, names[0], args.seconds))
+                rows += bench_cache_get(mf, names[0], args.seconds)
+            finally:  # interrupted or not: the run's own Redis keys (predictions, registry stamp) go
+                if mf.cache.backend == "redis":
+                    keys = list(mf.cache.client.scan_iter(match=f"{settings['cache_key_prefix']}:*", count=1000))
+                    for i in range(0, len(keys), 500):
+                        mf.cache.client.unlink(*keys[i : i + 500])
             backend = f"registry {mf.registry.dialect}, cache {mf.cache.backend}"
-            if mf.cache.backend == "redis":
-                keys = list(iter_keys(mf))
-                if keys:
-                    mf.cache.client.unlink(*keys)
     return rows, backend
 
 

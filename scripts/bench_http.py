@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--server-arg", action="append", default=[], help="extra argument of the started server, e.g. "
                    "--server-arg=--ModelForgeApp.max_workers=2 (repeatable)")
     p.add_argument("--model", type=Path, default=MODEL, help="ONNX file with one float32 input [batch, features]")
-    p.add_argument("--mlp", default=None, metavar="HIDDENxLAYERS", help="instead of --model, build the wide MLP "
+    p.add_argument("--mlp", type=mlp_shape, default=None, metavar="HIDDENxLAYERS", help="instead of --model, build the wide MLP "
                    "of modelforge_jupyter.samples.build_wide_mlp, e.g. 4096x4 (196 MB, ~5 ms per batch-1 run); "
                    "a started server then accepts its upload (max_body_size)")
     p.add_argument("--name", default="breast_cancer_rf")
@@ -66,13 +66,24 @@ def main() -> None:
         if args.mlp:
             from modelforge_jupyter.samples import build_wide_mlp
 
-            hidden, layers = map(int, args.mlp.lower().split("x"))
-            args.model = Path(tmp) / f"mlp{args.mlp}.onnx"
+            hidden, layers = args.mlp
+            args.model = Path(tmp) / f"mlp{hidden}x{layers}.onnx"
             args.model.write_bytes(build_wide_mlp(hidden=hidden, layers=layers))
             args.server_arg.append(f"--ModelForgeApp.max_body_size={args.model.stat().st_size + (1 << 20)}")
         server = jupyter_server(args.server_arg) if args.start_server else nullserver(args.url, args.token)
         with server as (url, token):
             bench(url, token, args)
+
+
+def mlp_shape(text: str) -> tuple[int, int]:
+    """``--mlp HIDDENxLAYERS``, e.g. 4096x4, as (hidden, layers)."""
+    try:
+        hidden, layers = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        hidden = layers = 0
+    if hidden < 1 or layers < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: HIDDENxLAYERS, two whole numbers >= 1, e.g. 4096x4")
+    return hidden, layers
 
 
 def bench(url: str, token: str, args: argparse.Namespace) -> None:
@@ -248,7 +259,11 @@ def jupyter_server(extra_args: list[str]):
                 yield url, token
             finally:
                 proc.terminate()
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except BaseException:  # a second Ctrl-C, or a server that ignores SIGTERM: never leave it running
+                    proc.kill()
+                    raise
 
 
 if __name__ == "__main__":

@@ -226,6 +226,24 @@ def test_magic_bench_http_in_a_kernel_the_server_started_finds_it_unconfigured(m
     assert found["stdout"] == f"{mf_live_server.url} the Jupyter server of this kernel (pid {mf_live_server.pid})\n"
 
 
+def test_cli_http_refusing_a_sample_deletes_the_ones_it_uploaded_first(mf_live_server, capsys):
+    # Given a server with other bytes under a sample's name
+    url, token = mf_live_server.url, mf_live_server.token
+    assert http("PUT", url + "modelforge/models/breast_cancer_rf", (SAMPLES / "iris_v2.onnx").read_bytes(),
+                token=token, **{"Content-Type": "application/octet-stream"})[0] == 201
+    try:
+        # When the bench uploads iris, then meets that name
+        code = main(["--models", "iris,breast_cancer_rf", "--batch-sizes", "1", "--seconds", "0.01", "--http", url,
+                     "--token", token])
+
+        # Then it refuses in one line, and iris is gone from the server again
+        assert code == 2
+        assert "has another model named 'breast_cancer_rf'" in capsys.readouterr().err
+        assert http("GET", url + "modelforge/models/iris", token=token)[0] == 404
+    finally:
+        http("DELETE", url + "modelforge/models/breast_cancer_rf", token=token)
+
+
 def test_cli_http_uploads_missing_samples_measures_and_deletes_them(mf_live_server, tmp_path, capsys):
     out = tmp_path / "bench.json"
 

@@ -154,6 +154,16 @@ def test_refusals_print_one_line_and_change_nothing(ip, mf_forge, capsys):
     assert registry_state(mf_forge) == before
 
 
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+def test_a_setting_out_of_range_in_the_environment_is_one_line(ip, monkeypatch, capsys):
+    monkeypatch.setenv("MODELFORGE_MODEL_INSTANCES", "0")
+
+    assert ip.run_line_magic("mf_models", "") is None
+
+    assert capsys.readouterr().err == (
+        "ModelForgeError: cannot start ModelForge: model_instances must be a whole number from 1 to 1024, got 0\n")
+
+
 def test_register_update_delete_and_models_table(ip, mf_forge, capsys):
     ip.user_ns["path"] = str(SAMPLES / "diabetes.onnx")
 

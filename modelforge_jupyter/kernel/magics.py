@@ -105,7 +105,10 @@ class ModelForgeMagics(Magics):
         if self._forge is None:
             from ..api import ModelForge
 
-            self._forge = ModelForge(**{k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None})
+            try:
+                self._forge = ModelForge(**{k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None})
+            except ValueError as err:  # a setting out of range (env MODELFORGE_*): one line, as other refusals
+                raise ModelForgeError(f"cannot start ModelForge: {err}") from None
         return self._forge
 
     @observe(*SETTINGS)
