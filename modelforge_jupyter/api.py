@@ -57,7 +57,7 @@ class ModelForge:
         self._key_prefix = s.cache_key_prefix
         self._prediction_ttl = s.cache_prediction_ttl
         self._metadata_ttl = s.cache_ttl
-        self._runners: dict[str, Any] = {}
+        self._runners: dict[tuple[str, str], Any] = {}  # (name, sha256) -> engine.run or a batcher's run
         self._stamp = RedisStamp(self.cache, s.cache_key_prefix) if self._uses_stamp() else None
         self._batchers: dict[tuple[int, ...], DynamicBatcher] = {}
         self.invalidator = Invalidator(s, self.cache, self.engine)

@@ -10,13 +10,14 @@ compatible requests, passes leadership to the oldest request left over, runs its
 
 Only models with one input, of rank >= 1 with a dynamic leading dimension, are batched (with several inputs,
 which rows of one belong with which of another is the model's business: Triton makes the user declare it), and
-only outputs whose leading dimension (or sequence length) equals the batch's row count can be split; when a merged
-run fails, each request is run alone so that a bad request fails alone. Batching also assumes each output row
+only if every tensor output declares a dynamic leading dimension too (``batchable``); a merged run whose outputs do
+not have the batch's row count is run again request by request, as is one that fails, so a bad request fails
+alone. Batching also assumes each output row
 depends only on the same input row: a model that mixes rows (a mean over the batch, say) answers differently when
 batched, which is why it is opt-in per model (``model_batching``), as in Triton.
 A caller interrupted or failing while it leads (a notebook's KeyboardInterrupt, say) hands leadership on, so the
-queue never stalls. Off by default (``dynamic_batching``): on tiny models,
-where one run takes a few µs, the wait costs more than it saves (see the README's performance section).
+queue never stalls. Off by default (``dynamic_batching``): on tiny models, where one run takes a few µs, the
+hand-offs between threads cost more than batching saves (see the README's performance section).
 """
 
 from __future__ import annotations

@@ -299,7 +299,9 @@ def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> li
     if path == "json_floor":
         body = orjson.dumps({"model_id": name, "input_data": {k: v.tolist() for k, v in feed.items()},
                              "use_cache": False})
-        return budget.timed(lambda i: _json_round(mf, body))
+        from .server_extension.handlers import predict_json  # the server's own work, HTTP aside
+
+        return budget.timed(lambda i: predict_json(mf, body))
     if path == "raw_cold":
         options, providers = mf.engine.session_options(), mf.engine.providers
         return budget.timed(lambda i: ort.InferenceSession(model_bytes, options, providers=providers).run(None, feed),
@@ -323,13 +325,6 @@ def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> li
     misses = [{k: (v + v.dtype.type(i * 1e-3) if k in floats else v) for k, v in feed.items()}
               for i in range(1, n + budget.warmup + 1)]
     return budget.timed(lambda i: mf.predict(name, misses[i % len(misses)]), limit=n)
-
-
-def _json_round(mf, body: bytes) -> bytes:
-    """The server's predict work without HTTP: decode, predict, encode (``server_extension.handlers``)."""
-    request = orjson.loads(body)
-    result = mf.predict(request["model_id"], request["input_data"], use_cache=request["use_cache"])
-    return orjson.dumps(result.to_dict())
 
 
 def check_served(server, record) -> None:

@@ -10,6 +10,7 @@ onnxruntime's answer on the same input.
 from __future__ import annotations
 
 import argparse
+import subprocess
 
 import numpy as np
 
@@ -65,7 +66,6 @@ def serve(port: int, smoke: bool) -> int:
     import os
     import secrets
     import signal
-    import subprocess
     import sys
     import time
 
@@ -107,9 +107,24 @@ def serve(port: int, smoke: bool) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
+        stop_server(server)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a ``jupyter server`` process: SIGTERM (it stops its extensions and kernels), SIGKILL after ``timeout``
+    s or on a second Ctrl-C meanwhile, so it is never left running."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except BaseException:  # a second Ctrl-C while waiting
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

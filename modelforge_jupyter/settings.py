@@ -151,8 +151,8 @@ class Settings(Configurable):
     dynamic_batching = Bool(
         config=True,
         help="Coalesce concurrent predictions of one model version into one session run, as Triton's dynamic "
-        "batcher (env MODELFORGE_DYNAMIC_BATCHING, default false). Only models whose inputs all have a dynamic "
-        "leading dimension are batched.",
+        "batcher (env MODELFORGE_DYNAMIC_BATCHING, default false). Only one-input models whose input and tensor "
+        "outputs all have a dynamic leading dimension are batched (batching.batchable).",
     )
     max_batch_size = Int(
         config=True, help="Rows per batched run at most (env MODELFORGE_MAX_BATCH_SIZE, default 64)."

@@ -35,6 +35,7 @@ import numpy as np
 import orjson
 
 from modelforge_jupyter.bench import summarize, timed
+from modelforge_jupyter.demo import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "modelforge_jupyter" / "sample_models" / "breast_cancer_rf.onnx"
@@ -258,12 +259,7 @@ def jupyter_server(extra_args: list[str]):
                         time.sleep(0.1)
                 yield url, token
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except BaseException:  # a second Ctrl-C, or a server that ignores SIGTERM: never leave it running
-                    proc.kill()
-                    raise
+                stop_server(proc, timeout=30)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from modelforge_jupyter.demo import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -93,16 +94,6 @@ def start_lab(tmp: Path, notebook: Path) -> tuple[subprocess.Popen, str, str]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"jupyter lab not ready after 90 s:\n{(tmp / 'lab.log').read_text()}")
         time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def check(url: str, token: str, notebook: str, screenshot: Path, profile: Path, timeout_s: float) -> dict:
@@ -206,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dashboard check failed: {err}", file=sys.stderr)
             return 1
         finally:
-            stop(proc)
+            stop_server(proc)
     summary.update(screenshot=str(args.screenshot), seconds=round(time.monotonic() - started, 1))
     print(json.dumps(summary, indent=1, ensure_ascii=False))
     return 0

@@ -23,12 +23,16 @@ POSTGRES_URL = os.environ.get("MF_TEST_POSTGRES_URL", "postgresql+psycopg://post
 REDIS_URL = os.environ.get("MF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def mf_service_missing(what: str, err: BaseException) -> None:
-    """Skip locally, fail under CI: a service test that did not run must not pass CI."""
-    msg = f"{what} is not reachable ({err}); start it or set MF_TEST_{what.upper()}_URL"
+def mf_skip_unless_ci(msg: str) -> None:
+    """Skip locally, fail under CI (``CI`` set, as ``.ci/run`` does): a test that did not run must not pass CI."""
     if os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+def mf_service_missing(what: str, err: BaseException) -> None:
+    """A service the test needs is down: ``mf_skip_unless_ci``, naming it and how to point the tests at one."""
+    mf_skip_unless_ci(f"{what} is not reachable ({err}); start it or set MF_TEST_{what.upper()}_URL")
 
 
 @pytest.fixture

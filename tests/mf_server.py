@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from modelforge_jupyter.demo import stop_server
 
 # Settings a parent process may have exported; a test server gets only those it is given.
 MODELFORGE_VARS = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "ENVIRONMENT")
@@ -100,13 +101,7 @@ class LiveServer:
 
     def stop(self) -> None:
         """SIGTERM (the server stops its extensions and kernels), SIGKILL after 20 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_server(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

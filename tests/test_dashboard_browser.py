@@ -4,13 +4,14 @@ Chromium by scripts/check_dashboard.py (Debian's chromium driven by Playwright).
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .mf_plugin import mf_skip_unless_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -21,10 +22,7 @@ MODELS = ("bench_iris", "bench_breast_cancer_rf", "bench_diabetes")
 def chromium() -> Path:
     """Debian's Chromium; missing: skipped locally, a failure under CI (``CI`` set)."""
     if not CHROMIUM.exists():
-        msg = f"{CHROMIUM} is missing: apt-get install -y chromium"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        mf_skip_unless_ci(f"{CHROMIUM} is missing: apt-get install -y chromium")
     return CHROMIUM
 
 
