@@ -43,6 +43,7 @@ import orjson
 from .samples import sample_path
 
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
+BATCH_SIZES = (1, 10, 100, 1000)
 MAGIC_PATHS = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")
 CLI_PATHS = ("raw_ort", "raw_ort_default", "api_cache_off", "api_miss", "api_hit", "json_floor")
 HTTP_PATHS = ("http_miss", "http_hit")  # after raw_ort in a plan: their ratio is to it
@@ -192,8 +193,24 @@ def resize_batch(specs: list, feed: dict[str, np.ndarray], batch: int) -> dict[s
 
 
 def batch_of(specs: list, feed: dict[str, np.ndarray]) -> int:
-    """The batch size of ``feed``: axis 0 of the first input whose axis 0 is symbolic (1 if none is)."""
-    return next((feed[s.name].shape[0] for s in specs if s.shape and s.shape[0] is None), 1)
+    """The rows ``feed`` gives the model in one run: axis 0 of the first input whose axis 0 is symbolic, else of the
+    first input of rank >= 1 (its fixed batch), else 1 (scalar inputs only)."""
+    ranked = [s for s in specs if s.shape]
+    spec = next((s for s in ranked if s.shape[0] is None), ranked[0] if ranked else None)
+    return 1 if spec is None else int(np.shape(feed[spec.name])[0])
+
+
+def fixed_batch(specs: list) -> tuple[int, str] | None:
+    """``(batch, why)`` when the model takes one batch size only (no input has a symbolic axis 0): axis 0 of its
+    first input of rank >= 1, or 1 for scalar inputs; None when it takes any batch."""
+    from .tensors import shape_str
+
+    ranked = [s for s in specs if s.shape]
+    if any(s.shape[0] is None for s in ranked):
+        return None
+    if not ranked:
+        return 1, "its inputs are scalars"
+    return ranked[0].shape[0], f"input {ranked[0].name!r} is {ranked[0].dtype} {shape_str(ranked[0].shape)}"
 
 
 @dataclass(frozen=True)
@@ -224,19 +241,35 @@ def plan_bench(mf, name: str, batch_sizes: Iterable[int] | None = None, input_da
 
     ``input_data`` (anything ``predict`` takes) is validated and converted once; without it ``sample_feed`` builds
     one. ``batch_sizes`` defaults to 1, 10, 100, 1000, or to the batch of ``input_data`` when that is given; the input
-    is resized along axis 0 to each. Cache paths are dropped (with a note) when the prediction cache is disabled.
-    Raises ``ModelForgeError``: unknown model, invalid input, or ONNX Runtime refusing it at the first batch size.
+    is resized along axis 0 to each. A model whose inputs fix axis 0 (``[1, 4]``, ``[8, 4]``) takes that batch only:
+    other batch sizes are dropped with a note saying why (by default its own batch is measured instead). Cache paths
+    are dropped (with a note) when the prediction cache is disabled. Raises ``ModelForgeError``: unknown model,
+    invalid input, none of the asked batch sizes runnable (``InvalidInputError``), or ONNX Runtime refusing the input
+    at the first batch size.
     """
+    from .errors import InvalidInputError
     from .tensors import prepare_feed
 
     record = mf.get(name)
     base = prepare_feed(record.inputs, input_data) if input_data is not None else None
-    if batch_sizes is None:
-        batch_sizes = [batch_of(record.inputs, base)] if base is not None else [1, 10, 100, 1000]
+    given = batch_sizes is not None
+    if not given:
+        batch_sizes = [batch_of(record.inputs, base)] if base is not None else BATCH_SIZES
     batch_sizes, paths, notes = tuple(batch_sizes), tuple(paths), []
     unknown = [p for p in paths if p not in RAW_OF and p not in RAW_OF.values()]
     if unknown or not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"bad plan: paths {paths}, batch sizes {batch_sizes}")
+    fixed = fixed_batch(record.inputs)
+    if fixed is not None and set(batch_sizes) != {fixed[0]}:
+        only, why = fixed
+        takes = f"{record.name} v{record.version} takes batch {only} only ({why})"
+        skipped = [str(b) for b in batch_sizes if b != only]
+        what = f"batch {skipped[0]}" if len(skipped) == 1 else f"batch sizes {', '.join(skipped)}"
+        batch_sizes = tuple(b for b in batch_sizes if b == only)
+        if not batch_sizes and given:
+            raise InvalidInputError(f"{what} cannot run: {takes}")
+        notes.append(f"{what} not measured: {takes}")
+        batch_sizes = batch_sizes or (only,)
     if not mf.settings.cache_prediction_enabled and any(p in ("api_hit", "api_miss") for p in paths):
         paths = tuple(p for p in paths if p not in ("api_hit", "api_miss"))
         notes.append("cache paths not measured: the prediction cache is disabled (CACHE_PREDICTION_ENABLED=false)")
@@ -266,6 +299,9 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
     notes, rows, done = list(plan.notes), [], 0
     for batch in plan.batch_sizes:
         feed = plan.feed(batch)
+        fed = batch_of(record.inputs, feed)
+        if fed != batch:  # every figure below counts `batch` rows per call: they must be the rows fed
+            raise AssertionError(f"batch {batch} planned but the input of {name!r} has {fed} rows per run")
         mf.predict(name, feed, use_cache=False)  # refuses a bad input before anything is timed
         raw_p50: dict[str, float] = {}
         for path in plan.paths:

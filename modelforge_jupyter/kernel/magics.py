@@ -4,18 +4,26 @@ Doors only: each magic parses its line (IPython ``magic_arguments``), calls the 
 answer. Settings come from the environment as everywhere else; ``%config ModelForgeMagics.<trait>`` overrides them.
 A refused request (``ModelForgeError``, bad options, an expression that fails) prints one line to stderr, returns
 None and changes nothing.
+
+Every magic line is read the same way: a ``# comment`` (a ``#`` outside a string literal, as Python reads it) is
+dropped, the rest is split as a shell would (quotes group), options must be spelt in full (no argparse abbreviation:
+``--vers 1`` is refused, not taken for ``--version 1``), and expressions are evaluated in the caller's scope: the
+notebook's namespace, or a function's locals over it when the magic runs inside a function.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
+import tokenize
+from argparse import ArgumentTypeError
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, needs_local_scope, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, CaselessStrEnum, Unicode, observe
@@ -41,6 +49,32 @@ def one_line_errors() -> Iterator[None]:
         print(err, file=sys.stderr)
     except (ModelForgeError, UsageError) as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
+
+
+def strip_comment(line: str) -> str:
+    """``line`` without its ``# comment``: from the first ``#`` Python's tokenizer reads as a comment, so a ``#``
+    inside a string literal (``{"a#b": 1}``, ``'/tmp/a#b.onnx'``) stays; an unquoted path with ``#`` must be quoted."""
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(line).readline):
+            if tok.type == tokenize.COMMENT:
+                return line[: tok.start[1]]
+            if tok.type == tokenize.NEWLINE:
+                break
+    except (tokenize.TokenError, SyntaxError):  # an unclosed bracket or string: no comment before it
+        pass
+    return line
+
+
+def version_arg(text: str) -> int:
+    """argparse type of ``--version``: a whole number >= 1 written in ASCII digits (``1_0``, ``+1``, ``1.0`` refused)."""
+    from ..api import check_version
+
+    try:
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError(text)
+        return check_version(int(text))
+    except (ValueError, ModelForgeError):
+        raise ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
 
 
 def _unquote(token: str) -> str:
@@ -123,16 +157,23 @@ class ModelForgeMagics(Magics):
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _parse(self, magic: Any, line: str) -> Any:
-        line = line.rstrip().removesuffix(";")  # "%mf_bench iris;" as in a silenced cell
+        line = strip_comment(line).rstrip().removesuffix(";")  # "%mf_bench iris;" as in a silenced cell
         try:
             argv = arg_split(line)
         except ValueError as err:
             raise UsageError(f"cannot split {line!r}: {err}") from None
-        return magic.parser.parse_intermixed_args(argv)  # MagicArgumentParser: errors raise UsageError
+        parser = magic.parser  # MagicArgumentParser: errors raise UsageError
+        parser.allow_abbrev = False  # a misspelt or shortened option is refused, never guessed
+        return parser.parse_intermixed_args(argv)
 
-    def _eval(self, expr: str) -> Any:
+    def _eval(self, expr: str, local_ns: dict | None = None) -> Any:
+        """``expr`` evaluated in the caller's scope (``local_ns`` from ``@needs_local_scope``): the notebook's
+        namespace, or a function's locals over it (as globals, so a comprehension or lambda in ``expr`` sees them)."""
+        user_ns = self.shell.user_ns
         try:
-            return self.shell.ev(expr)
+            if local_ns is None or local_ns is user_ns:
+                return self.shell.ev(expr)
+            return eval(expr, {**user_ns, **local_ns})  # noqa: S307: the user's own expression, as shell.ev does
         except Exception as err:
             raise ExpressionError(f"{type(err).__name__}: {err} (evaluating {expr!r})") from None
 
@@ -142,20 +183,22 @@ class ModelForgeMagics(Magics):
 
     # -- magics --------------------------------------------------------------------------------------------------
     @line_cell_magic
+    @needs_local_scope
     @no_var_expand
     @magic_arguments()
     @argument("model", help="model name or id")
     @argument("expr", nargs="*", help="the input, a Python expression (line form only)")
     @argument("--no-cache", action="store_true", help="skip the prediction cache (use_cache=False)")
-    @argument("--version", type=int, default=None, help="model version (default: the latest)")
+    @argument("--version", type=version_arg, default=None, help="model version, a whole number >= 1 (default: the latest)")
     @argument("-o", "--output", metavar="NAME", default=None, help="also store the PredictionResult in NAME")
-    def mf_predict(self, line: str, cell: str | None = None) -> PredictionResult | None:
+    def mf_predict(self, line: str, cell: str | None = None, local_ns: dict | None = None) -> PredictionResult | None:
         """Run a registered model on an input and return the ``PredictionResult``.
 
         Line form: EXPR is evaluated in the notebook's namespace: a numpy array, nested lists, a dict
         {input name: value}, or a pandas DataFrame for a single-input model; batches go along axis 0.
         Cell form: the cell is a JSON body as in the HTTP API, ``{"input_data": ..., "use_cache": ...,
         "version": ...}`` or just the input data. The result shows as a table: outputs, time in ms, cached flag.
+        Inside a function, EXPR sees the function's locals. A ``# comment`` ends the line.
 
         Examples::
 
@@ -173,7 +216,7 @@ class ModelForgeMagics(Magics):
             if cell is None:
                 if not args.expr:
                     raise UsageError("give the input: %mf_predict MODEL EXPR, or the cell form %%mf_predict MODEL")
-                input_data = self._eval(" ".join(args.expr))
+                input_data = self._eval(" ".join(args.expr), local_ns)
             else:
                 if args.expr:
                     raise UsageError("the cell body is the input: give only MODEL and options on the %%mf_predict line")
@@ -183,6 +226,7 @@ class ModelForgeMagics(Magics):
             return result
 
     @line_magic
+    @needs_local_scope
     @no_var_expand
     @magic_arguments()
     @argument("model", help="model name or id (its latest version is measured)")
@@ -196,7 +240,7 @@ class ModelForgeMagics(Magics):
     @argument("--http", action="store_true",
               help="also measure POST modelforge/predict on the Jupyter server (cache off, cache hit)")
     @argument("--text", action="store_true", help="print a text table instead of the widget dashboard")
-    def mf_bench(self, line: str):
+    def mf_bench(self, line: str, local_ns: dict | None = None):
         """Measure a model in this kernel beside raw ONNX Runtime; return a ``BenchResult``.
 
         For each batch size: cold (the first predict after the session is unloaded, model load included), warm
@@ -223,7 +267,7 @@ class ModelForgeMagics(Magics):
             args = self._parse(self.mf_bench, line)
             budget = bench_budget(args)
             batch_sizes = parse_batch_sizes(args.batch_sizes)
-            input_data = self._eval(" ".join(args.expr)) if args.expr else None
+            input_data = self._eval(" ".join(args.expr), local_ns) if args.expr else None
             paths = [p for p in MAGIC_PATHS + (HTTP_PATHS if args.http else ())
                      if not (args.no_cache and p in ("api_hit", "http_hit"))]
             server = None
@@ -257,7 +301,7 @@ class ModelForgeMagics(Magics):
             %mf_models
         """
         with one_line_errors():
-            if line.strip():
+            if strip_comment(line).strip():
                 raise UsageError("%mf_models takes no arguments")
             return models_table(self.forge.models())
 
@@ -301,7 +345,7 @@ class ModelForgeMagics(Magics):
     @line_magic
     @magic_arguments()
     @argument("name", help="model name or id")
-    @argument("--version", type=int, default=None, help="delete only this version")
+    @argument("--version", type=version_arg, default=None, help="delete only this version, a whole number >= 1")
     def mf_delete(self, line: str) -> None:
         """Delete a model (every version), or one version of it.
 
