@@ -128,9 +128,21 @@ class BenchResult:
     def row(self, batch: int, path: str) -> Row | None:
         return next((r for r in self.rows if r.batch == batch and r.path == path), None)
 
+    def summary(self) -> str:
+        return (f"BenchResult {self.model} v{self.version}: {len(self.rows)} rows over batch sizes "
+                f"{list(self.batch_sizes)} ({self.backend}); .table, .to_dict()")
+
     def __repr__(self) -> str:
-        return (f"<BenchResult {self.model} v{self.version}: {len(self.rows)} rows over batch sizes "
-                f"{list(self.batch_sizes)} ({self.backend}); .table, .to_dict()>")
+        """The summary line, the table of every row (latency ms, predictions/s, ratio to raw), the notes."""
+        return "\n".join([self.summary(), format_table(self.rows), *self.notes])
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        from .kernel.dashboard import bench_result_html
+
+        return bench_result_html(self)
 
 
 def timed(fn: Callable[[int], object], seconds: float, max_iterations: int, warmup: int = 20,

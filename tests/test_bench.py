@@ -11,6 +11,7 @@ import pytest
 
 from modelforge_jupyter.bench import (
     MAGIC_PATHS,
+    BenchPlan,
     Budget,
     Row,
     budget,
@@ -104,6 +105,50 @@ def test_plan_refuses_unknown_model_and_bad_input_before_timing(mf_forge):
         plan_bench(mf_forge, "iris", input_data=[[1, 2, 3]])
     plan = plan_bench(mf_forge, "iris", input_data=np.ones((7, 4)))
     assert plan.batch_sizes == (7,) and plan.base["float_input"].dtype == np.float32
+
+
+@pytest.mark.parametrize("mf_backend", ["embedded"])  # planning reads the model's declared shapes only
+def test_a_model_with_a_fixed_batch_runs_only_that_batch(mf_forge):
+    # Given models whose input fixes axis 0 at 1 and at 8, and one taking scalars only
+    mf_forge.register("one", mf_identity_model("float32", [1, 4]))
+    mf_forge.register("eight", mf_identity_model("float32", [8, 4]))
+    mf_forge.register("scalar", mf_identity_model("int64", []))
+    budget_ = Budget(iterations=3, warmup=1)
+
+    one = run_bench(mf_forge, plan_bench(mf_forge, "one"), budget_)
+    eight = run_bench(mf_forge, plan_bench(mf_forge, "eight", [1, 8, 10], paths=("raw_ort", "api_cache_off")),
+                      budget_)
+    default8 = plan_bench(mf_forge, "eight")
+    scalar = plan_bench(mf_forge, "scalar", [1, 2])
+
+    # Then only the batch each model takes is measured, and a note says why the others were not
+    assert one.batch_sizes == (1,) and {r.batch for r in one.rows} == {1} and len(one.rows) == len(MAGIC_PATHS)
+    assert one.notes == ("batch sizes 10, 100, 1000 not measured: one v1 takes batch 1 only "
+                         "(input 'x' is float32 [1, 4])",)
+    assert eight.batch_sizes == (8,) and [(r.batch, r.path) for r in eight.rows] == [(8, "raw_ort"),
+                                                                                    (8, "api_cache_off")]
+    assert eight.notes == ("batch sizes 1, 10 not measured: eight v1 takes batch 8 only "
+                           "(input 'x' is float32 [8, 4])",)
+    assert default8.batch_sizes == (8,) and default8.notes[0].startswith("batch sizes 1, 10, 100, 1000 not measured")
+    assert scalar.batch_sizes == (1,) and scalar.notes == (
+        "batch 2 not measured: scalar v1 takes batch 1 only (its inputs are scalars)",)
+    # asked only for batch sizes it cannot take: refused, before anything is timed
+    with pytest.raises(InvalidInputError, match=r"^batch sizes 1, 10 cannot run: eight v1 takes batch 8 only"):
+        plan_bench(mf_forge, "eight", [1, 10])
+
+
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+def test_run_bench_refuses_to_time_a_batch_the_feed_does_not_have(mf_forge):
+    # Given a plan claiming batch 10 for a model fed 8 rows per run (as the old planning made)
+    mf_forge.register("eight", mf_identity_model("float32", [8, 4]))
+    plan = BenchPlan("eight", mf_forge.get("eight"), (8, 10), ("raw_ort",), None)
+    cells = []
+
+    with pytest.raises(AssertionError, match="batch 10 planned but the input of 'eight' has 8 rows per run"):
+        run_bench(mf_forge, plan, Budget(iterations=2, warmup=0), lambda *cell: cells.append(cell))
+
+    # Then batch 8 was measured and nothing was computed for batch 10
+    assert [(row.batch, row.path) for _, _, row in cells] == [(8, "raw_ort")]
 
 
 def test_cache_paths_dropped_with_a_note_when_the_cache_is_disabled(mf_settings):

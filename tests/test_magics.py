@@ -8,11 +8,12 @@ import numpy as np
 import orjson
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 from sklearn.datasets import load_iris
 from traitlets.config import Config
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.bench import MAGIC_PATHS, BenchResult, Row
+from modelforge_jupyter.bench import MAGIC_PATHS, BenchResult, Row, format_row
 from modelforge_jupyter.kernel import dashboard
 from modelforge_jupyter.records import PredictionResult
 
@@ -118,7 +119,7 @@ ERRORS = [
     ("%mf_predict iris Y -o out", "NameError: name 'Y' is not defined (evaluating 'Y')"),
     ("%mf_predict iris X[0] -o out", "InvalidInputError: input 'float_input': expected float32 [?, 4] (rank 2)"),
     ("%mf_predict iris X --versoin 2", "UsageError: unrecognized arguments: --versoin"),
-    ("%mf_predict iris X --version two", "UsageError: argument --version: invalid int value: 'two'"),
+    ("%mf_predict iris X --version two", "UsageError: argument --version: expected a whole number >= 1, got 'two'"),
     ("%mf_predict iris X --version 3", "ModelNotFoundError: model 'iris' has no version 3"),
     ("%mf_predict iris", "UsageError: give the input"),
     ("%mf_predict iris X -o 1st", "UsageError: -o takes a variable name"),
@@ -152,6 +153,101 @@ def test_refusals_print_one_line_and_change_nothing(ip, mf_forge, capsys):
         assert err.splitlines() == [err.strip()] and err.startswith(message), (src, err)
         assert out == "" and "out" not in ip.user_ns, src
     assert registry_state(mf_forge) == before
+
+
+VERSION_REFUSALS = [
+    ("%mf_delete iris --version ", "UsageError: argument --version: expected one argument"),
+    ("%mf_delete iris --version=", "UsageError: argument --version: expected a whole number >= 1, got ''"),
+    ("%mf_delete iris --version 0", "UsageError: argument --version: expected a whole number >= 1, got '0'"),
+    ("%mf_delete iris --version -1", "UsageError: argument --version: expected a whole number >= 1, got '-1'"),
+    ("%mf_delete iris --version x", "UsageError: argument --version: expected a whole number >= 1, got 'x'"),
+    ("%mf_delete iris --version 1.0", "UsageError: argument --version: expected a whole number >= 1, got '1.0'"),
+    ("%mf_delete iris --version 1_0", "UsageError: argument --version: expected a whole number >= 1, got '1_0'"),
+    ("%mf_delete iris --versoin 1", "UsageError: unrecognized arguments: --versoin 1"),
+    ("%mf_delete iris --vers 1", "UsageError: unrecognized arguments: --vers 1"),  # an abbreviation is not taken
+    ("%mf_delete iris -version 1", "UsageError: unrecognized arguments: -version 1"),
+    ("%mf_delete iris 1", "UsageError: unrecognized arguments: 1"),
+    ("%mf_predict iris X --vers 1 -o out", "UsageError: unrecognized arguments: --vers 1"),
+    ("%mf_predict iris X --version 0 -o out", "UsageError: argument --version: expected a whole number >= 1"),
+    ("%%mf_predict iris --version 0 -o out\n[[1, 2, 3, 4]]", "UsageError: argument --version: expected a whole"),
+    ("%mf_delete iris --version 3", "ModelNotFoundError: model 'iris' has no version 3"),
+]
+
+
+def test_a_bad_or_misspelt_version_refuses_in_one_line_and_deletes_nothing(ip, mf_forge, capsys):
+    # Given iris at versions 1 and 2
+    mf_forge.register("iris", IRIS)
+    mf_forge.update("iris", IRIS_V2)
+    before = registry_state(mf_forge)
+    capsys.readouterr()
+
+    for src, message in VERSION_REFUSALS:
+        result = ip.run_cell(src)
+
+        # Then each call refuses in one line, returns nothing, and the registry still has every version
+        out, err = capsys.readouterr()
+        assert result.success and result.result is None, src
+        assert err.splitlines() == [err.strip()] and err.startswith(message), (src, err)
+        assert out == "" and "out" not in ip.user_ns, src
+        assert registry_state(mf_forge) == before and mf_forge.get("iris").versions == [1, 2], src
+
+
+def test_a_comment_after_a_magic_is_ignored(ip, mf_forge, tmp_path, capsys):
+    # Given iris v1 and v2, and a model file whose path holds a '#'
+    run(ip, f"%mf_register iris {IRIS}  # first version")
+    run(ip, f"%mf_update iris {IRIS_V2}   # --version 1 stays")
+    hashed = tmp_path / "rf#2.onnx"
+    hashed.write_bytes(RF.read_bytes())
+    ip.user_ns["d"] = {"a#b": load_iris().data[:2]}
+    capsys.readouterr()
+
+    table = run(ip, "%mf_models   # list them")
+    r = run(ip, "r = %mf_predict iris X   # try --version 1 later\nr")
+    keyed = run(ip, '%mf_predict iris d["a#b"] --no-cache  # the "#" in the key is no comment')
+    cell = run(ip, "%%mf_predict iris -o c  # as JSON\n[[5.1, 3.5, 1.4, 0.2]]")
+    run(ip, f"%mf_register rf '{hashed}'  # quoted: its '#' is the path's")
+    bench = run(ip, "%mf_bench iris X --iterations 2 --warmup 0 --no-cache --text;  # quick")
+    run(ip, "%mf_delete iris --version 1  # the old one")
+
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert [row[0] for row in table.rows] == ["iris"] and table.rows[0][1] == 2
+    assert r.model_version == 2 and r.output_data["output_label"] == mf_raw_run(
+        IRIS_V2, {"float_input": X5()})[0].tolist()
+    assert keyed.model_version == 2 and keyed.output_data["output_label"] == mf_raw_run(
+        IRIS_V2, {"float_input": X5()[:2]})[0].tolist()
+    assert ip.user_ns["c"] is cell and cell.model_version == 2
+    assert mf_forge.get("rf").size_bytes == RF.stat().st_size
+    assert bench is not None and bench.batch_sizes == (5,)
+    assert mf_forge.get("iris").versions == [2]
+    assert "deleted iris (v1, " in out
+
+
+def X5() -> np.ndarray:
+    return load_iris().data[:5].astype(np.float32)
+
+
+def test_magics_inside_a_function_see_its_locals(ip, mf_forge, capsys):
+    # Given iris, and a global `rows` that the function's local `rows` shadows
+    mf_forge.register("iris", IRIS)
+    ip.user_ns["rows"] = [[0.0, 0.0, 0.0, 0.0]]
+
+    run(ip, "\n".join([
+        "def f(n):",
+        "    rows = X[:n]",
+        "    out = %mf_predict iris rows --no-cache",
+        "    comp = get_ipython().run_line_magic('mf_predict', 'iris [rows[i] for i in range(n)] --no-cache')",
+        "    res = %mf_bench iris rows --iterations 2 --warmup 0 --no-cache --text",
+        "    return out, comp, res",
+        "out, comp, res = f(3)",
+    ]))
+
+    out, comp, res = (ip.user_ns[k] for k in ("out", "comp", "res"))
+    assert capsys.readouterr().err == ""
+    label, proba = mf_raw_run(IRIS, {"float_input": X5()[:3]})
+    for r in (out, comp):
+        assert r.output_data == {"output_label": label.tolist(), "output_probability": zipmap(proba)}
+    assert res.batch_sizes == (3,)  # the local's 3 rows, not the global's 1
 
 
 @pytest.mark.parametrize("mf_backend", ["embedded"])
@@ -265,20 +361,37 @@ def test_bench_text_fallback_prints_rows_and_returns_a_result(ip, capsys):
 
 def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
     shown, steps = [], []
+    show = dashboard.BenchDashboard.show
 
-    def capture(widget):  # the dashboard is displayed before the first measurement
-        shown.append(widget)
-        _, progress, table, _ = widget.children
+    def watch(view):  # the dashboard is displayed before the first measurement
+        shown.append(view)
+        _, progress, table, _ = view.box.children
         progress.observe(lambda ch: steps.append((ch.new, table.value.count("…"))), "value")
+        show(view)
 
-    monkeypatch.setattr(dashboard, "display", capture)
+    monkeypatch.setattr(dashboard.BenchDashboard, "show", watch)
     run(ip, "%config ModelForgeMagics.widgets = 'on'")
     run(ip, f"%mf_register iris {IRIS}")
 
-    res = run(ip, "%mf_bench iris X --batch-sizes 1,10,100 --iterations 2 --warmup 0")
+    with capture_output() as captured:
+        res = run(ip, "%mf_bench iris X --batch-sizes 1,10,100 --iterations 2 --warmup 0")
 
     check_bench_result(res, (1, 10, 100), MAGIC_PATHS, 2)
-    (box,) = shown
+    (view,) = shown
+    box = view.box
+    # one display, then one update of it when the run ended: the widget view beside text/plain and text/html
+    first, last = captured.outputs
+    assert (first.update, last.update) == (False, True) and first.transient == last.transient
+    for out in (first, last):
+        assert out.data["application/vnd.jupyter.widget-view+json"]["model_id"] == box.model_id
+    assert first.data["text/plain"].splitlines()[0] == (
+        "%mf_bench iris: ModelForge beside raw ONNX Runtime, 0/15 cells, running")
+    text, page = last.data["text/plain"], last.data["text/html"]
+    assert text.splitlines()[0] == "%mf_bench iris: ModelForge beside raw ONNX Runtime, 15/15 cells, done"
+    assert text.splitlines()[3:-1] == [format_row(r) for r in res.rows] and text.splitlines()[-1] == res.backend
+    for r in res.rows:
+        assert f"{r.p50_ms:.3f} / {r.p95_ms:.3f} / {r.p99_ms:.3f}" in page
+        assert f"{r.predictions_per_s:,.0f}" in page
     title, progress, table, plot = box.children
     assert "%mf_bench iris" in title.value
     assert (progress.value, progress.max, progress.bar_style) == (15, 15, "success")
@@ -291,6 +404,37 @@ def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
         assert f"{r.p50_ms:.3f} / {r.p95_ms:.3f} / {r.p99_ms:.3f}" in body
     (image,) = plot.outputs
     assert base64.b64decode(image["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_result_shows_its_figures_as_text_and_html(ip):
+    run(ip, f"%mf_register iris {IRIS}")
+
+    res = run(ip, "%mf_bench iris --batch-sizes 1,4 --iterations 2 --warmup 0 --text")
+    data, _ = ip.display_formatter.format(res)
+
+    lines = data["text/plain"].splitlines()
+    assert lines[0] == (f"BenchResult iris v1: 10 rows over batch sizes [1, 4] ({res.backend}); .table, .to_dict()")
+    assert lines[3:] == [format_row(r) for r in res.rows]  # the backend is in the first line; no notes here
+    assert repr(res) == data["text/plain"]
+    body = data["text/html"].split("<tbody>")[1]
+    assert body.count("<tr>") == 2 and res.backend in data["text/html"]
+    for r in res.rows:
+        assert f"{r.p50_ms:.3f} / {r.p95_ms:.3f} / {r.p99_ms:.3f}" in body and f"{r.predictions_per_s:,.0f}" in body
+
+
+def test_bench_of_a_fixed_batch_model_measures_only_its_batch(ip, mf_forge, capsys):
+    # Given a model whose input is float32 [1, 4]: one row per run
+    mf_forge.register("one", mf_identity_model("float32", [1, 4]))
+
+    res = run(ip, "%mf_bench one --iterations 2 --warmup 0 --text")
+    refused = ip.run_cell("%mf_bench one --batch-sizes 10,100")
+
+    out, err = capsys.readouterr()
+    assert res.batch_sizes == (1,) and {r.batch for r in res.table.itertuples()} == {1}
+    note = "batch sizes 10, 100, 1000 not measured: one v1 takes batch 1 only (input 'x' is float32 [1, 4])"
+    assert res.notes == (note,) and out.splitlines()[-1] == note
+    assert refused.result is None and err == (
+        "InvalidInputError: batch sizes 10, 100 cannot run: one v1 takes batch 1 only (input 'x' is float32 [1, 4])\n")
 
 
 def test_bench_input_expression_no_cache_and_sample_inputs_of_any_dtype(ip, mf_forge):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import nbformat
+import onnx
 import numpy as np
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
 from modelforge_jupyter import ModelForge
 
-from .mf_plugin import SAMPLES, mf_raw_run
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
 IRIS = SAMPLES / "iris.onnx"
 SAMPLE = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -25,14 +28,25 @@ def widget_states(nb) -> dict[str, list[dict]]:
     return states
 
 
-def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkeypatch):
-    # Given a kernel whose environment has no ModelForge settings but an isolated data dir
+def kernel_env(tmp_path, monkeypatch) -> str:
+    """An environment with no ModelForge settings but an isolated data dir; returns the registry URL to configure."""
     for var in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MODELFORGE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+def execute(nb, tmp_path) -> None:
+    """Run ``nb`` in a real kernel (the venv's python3 kernelspec), as ``jupyter execute`` does."""
+    NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbformat.validate(nb)
+
+
+def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkeypatch):
+    # Given a kernel whose environment has no ModelForge settings but an isolated data dir
+    url = kernel_env(tmp_path, monkeypatch)
     nb = new_notebook(cells=[
         new_code_cell(f"%load_ext modelforge_jupyter\n%config ModelForgeMagics.database_url = '{url}'"),
         new_code_cell(f"%mf_register iris {IRIS}"),
@@ -44,8 +58,7 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
     ])
 
     # When it runs in a real kernel (the venv's python3 kernelspec), as `jupyter execute` does
-    NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    nbformat.validate(nb)
+    execute(nb, tmp_path)
 
     # Then every cell answered as in a notebook frontend
     load, register, predict, refused, bench, summary, text = (c.outputs for c in nb.cells)
@@ -76,4 +89,52 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
     assert {o["name"] for o in rows} == {"stdout"} and plot["output_type"] == "display_data"
     assert [line.split()[:3] for line in "".join(o["text"] for o in rows).splitlines()[3:7]] == [
         ["iris", "2", p] for p in ("raw_cold", "cold", "raw_ort", "api_cache_off")]
-    assert "image/png" in plot["data"] and returned["data"]["text/plain"].startswith("<BenchResult iris v1: 4 rows")
+    assert "image/png" in plot["data"] and returned["data"]["text/plain"].startswith("BenchResult iris v1: 4 rows")
+
+
+def test_comments_function_locals_and_a_fixed_batch_bench_in_a_kernel_render_without_widgets(tmp_path, monkeypatch):
+    # Given a kernel, iris, and a model whose input fixes the batch at 1 (float32 [1, 4])
+    url = kernel_env(tmp_path, monkeypatch)
+    one = tmp_path / "one.onnx"
+    onnx.save(mf_identity_model("float32", [1, 4]), one)
+    nb = new_notebook(cells=[
+        new_code_cell(f"%load_ext modelforge_jupyter\n%config ModelForgeMagics.database_url = '{url}'\n"
+                      f"%mf_register iris {IRIS}\n%mf_register one {one}"),
+        new_code_cell("%mf_models   # list them"),
+        new_code_cell("def f():\n    rows = " + repr(SAMPLE) + "\n    out = %mf_predict iris rows --no-cache\n"
+                      "    return out\nprint(f().output_data['output_label'])"),
+        new_code_cell("res = %mf_bench one --iterations 3 --warmup 1   # a tiny budget"),
+        new_code_cell("import json\nprint(json.dumps(res.to_dict()))"),
+        new_code_cell("res"),
+    ])
+
+    # When it runs in a real kernel, then `jupyter nbconvert --to markdown` renders it (no widgets there)
+    execute(nb, tmp_path)
+    path = tmp_path / "bench.ipynb"
+    nbformat.write(nb, path)
+    markdown = subprocess.run([sys.executable, "-m", "nbconvert", "--to", "markdown", "--stdout", str(path)],
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+
+    # Then the comment was no argument, the function's local was seen, and only batch 1 ran
+    _, models, local, bench, dumped, shown = (c.outputs for c in nb.cells)
+    assert [o["output_type"] for o in models] == ["execute_result"]
+    assert models[0]["data"]["text/plain"].splitlines()[2].startswith("iris ")
+    label = mf_raw_run(IRIS, {"float_input": np.float32(SAMPLE)})[0]
+    assert [(o["name"], o["text"]) for o in local] == [("stdout", f"{label.tolist()}\n")]
+    result = json.loads(dumped[0]["text"])
+    rows = result["rows"]
+    assert result["batch_sizes"] == [1] and {r["batch"] for r in rows} == {1} and len(rows) == 5
+    note = "batch sizes 10, 100, 1000 not measured: one v1 takes batch 1 only (input 'x' is float32 [1, 4])"
+    assert result["notes"] == [note]
+    # the dashboard's display (updated when the run ended) carries the figures beside the widget view
+    (display,) = bench
+    assert "application/vnd.jupyter.widget-view+json" in display["data"]
+    text, page = display["data"]["text/plain"], display["data"]["text/html"]
+    assert (shown[0]["output_type"], "<table" in shown[0]["data"]["text/html"]) == ("execute_result", True)
+    for r in rows:
+        assert f"{r['p50_ms']:.4f}" in text and f"{r['p50_ms']:.3f} / {r['p95_ms']:.3f} / {r['p99_ms']:.3f}" in page
+        assert f"{r['p50_ms']:.4f}" in shown[0]["data"]["text/plain"]
+        # what nbconvert renders: the dashboard's table, then the returned BenchResult's
+        assert markdown.count(f"{r['p50_ms']:.3f} / {r['p95_ms']:.3f} / {r['p99_ms']:.3f}") == 2
+        assert markdown.count(f"<td>{r['predictions_per_s']:,.0f}</td>") >= 2
+    assert "VBox(" not in markdown and note.replace("'", "&#x27;") in markdown

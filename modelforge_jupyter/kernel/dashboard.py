@@ -2,7 +2,9 @@
 
 The dashboard is built and displayed before the first measurement, then mutated (``IntProgress.value``,
 ``HTML.value``, ``Output.append_display_data``): each assignment is one comm message the frontend renders while the
-cell still runs, and nothing is printed to stdout (nbval compares stdout, not widget state).
+cell still runs, and nothing is printed to stdout (nbval compares stdout, not widget state). Its display carries,
+beside the widget view, ``text/plain`` and ``text/html`` with the figures, updated (``update_display_data``) when the
+run ends: what a renderer without widgets shows (``jupyter nbconvert --to markdown``, GitHub, a terminal).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from IPython.display import Image, display
 
-from ..bench import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row
+from ..bench import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row, format_table
 
 # ModelForge paths first (each with its ratio to raw), then the raw ONNX Runtime paths they are compared with.
 DISPLAY_ORDER = ("cold", "api_cache_off", "api_miss", "api_hit", "http_miss", "http_hit", "raw_ort", "raw_cold")
@@ -166,6 +168,23 @@ def bench_rows(rows: Sequence[Row], batch_sizes: Sequence[int], paths: Sequence[
     return out
 
 
+def bench_table_html(rows: Sequence[Row], batch_sizes: Sequence[int], paths: Sequence[str], caption: str = "") -> str:
+    """The wide bench table (one row per batch size, one column group per path) as HTML; ``caption`` is HTML."""
+    columns, groups = bench_columns(paths)
+    return html_table(columns, bench_rows(rows, batch_sizes, paths), groups, caption)
+
+
+def bench_caption(backend: str, notes: Sequence[str]) -> str:
+    return html.escape(backend) + "".join(f"<br><i>{html.escape(n)}</i>" for n in notes)
+
+
+def bench_result_html(result: BenchResult) -> str:
+    """``text/html`` of a ``BenchResult``: its summary line, then the wide table with the backend and notes."""
+    paths = tuple(dict.fromkeys(r.path for r in result.rows))
+    return (f"<div><b>{html.escape(result.summary())}</b></div>"
+            + bench_table_html(result.rows, result.batch_sizes, paths, bench_caption(result.backend, result.notes)))
+
+
 def bench_figure(result: BenchResult):
     """A matplotlib ``Figure`` (no pyplot, so any backend works): latency p50/p95/p99 and throughput vs batch size."""
     from matplotlib.figure import Figure
@@ -202,40 +221,63 @@ def figure_png(fig) -> bytes:
 
 
 class BenchDashboard:
-    """``VBox(HTML title, IntProgress, HTML table, Output plot)``, updated after every measured cell."""
+    """``VBox(HTML title, IntProgress, HTML table, Output plot)``, updated after every measured cell.
+
+    Displayed as itself (``_repr_mimebundle_``): the widget view, plus ``text/plain`` and ``text/html`` with the
+    figures measured so far, for renderers without widgets; that display is updated when the run ends or fails.
+    """
 
     def __init__(self, model: str, batch_sizes: Sequence[int], paths: Sequence[str], total: int) -> None:
         import ipywidgets as w
 
-        self.batch_sizes, self.paths, self.rows = list(batch_sizes), list(paths), []
+        self.model, self.batch_sizes, self.paths, self.rows = model, list(batch_sizes), list(paths), []
+        self.total, self.done, self.status, self.caption, self.notes = total, 0, "running", "", ()
         self.title = w.HTML(f"<b>%mf_bench {html.escape(model)}</b>: ModelForge beside raw ONNX Runtime")
         self.progress = w.IntProgress(value=0, min=0, max=total, description=f"0/{total}")
         self.table = w.HTML(self._table_html())
         self.plot = w.Output()
         self.box = w.VBox([self.title, self.progress, self.table, self.plot])
+        self.handle = None
 
-    def _table_html(self, caption: str = "") -> str:
-        columns, groups = bench_columns(self.paths)
-        return html_table(columns, bench_rows(self.rows, self.batch_sizes, self.paths), groups, caption)
+    def _table_html(self) -> str:
+        return bench_table_html(self.rows, self.batch_sizes, self.paths, self.caption)
+
+    def _summary(self) -> str:
+        return f"%mf_bench {self.model}: ModelForge beside raw ONNX Runtime, {self.done}/{self.total} cells, {self.status}"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        data = dict(self.box._repr_mimebundle_() or {})  # the widget view (none once the widget is closed)
+        data["text/plain"] = "\n".join([self._summary(), format_table(self.rows), *self.notes])
+        data["text/html"] = f"<div><b>{html.escape(self._summary())}</b></div>{self._table_html()}"
+        return data
 
     def show(self) -> None:
-        display(self.box)
+        self.handle = display(self, display_id=True)
 
     def update(self, done: int, total: int, row: Row | None) -> None:
+        self.done = done
         if row is not None:
             self.rows.append(row)
             self.table.value = self._table_html()
         self.progress.value = done
         self.progress.description = f"{done}/{total}"
 
+    def _redisplay(self) -> None:
+        if self.handle is not None:
+            self.handle.update(self)
+
     def finish(self, result: BenchResult) -> None:
-        notes = "".join(f"<br><i>{html.escape(n)}</i>" for n in result.notes)
-        self.table.value = self._table_html(f"{html.escape(result.backend)}{notes}")
+        self.status, self.notes = "done", (result.backend, *result.notes)
+        self.caption = bench_caption(result.backend, result.notes)
+        self.table.value = self._table_html()
         self.progress.bar_style = "success"
         self.plot.append_display_data(Image(data=figure_png(bench_figure(result)), format="png"))
+        self._redisplay()
 
     def fail(self) -> None:
+        self.status = "stopped"
         self.progress.bar_style = "danger"
+        self._redisplay()
 
 
 class TextReport:
