@@ -14,6 +14,7 @@ from traitlets.config import Config
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.bench import MAGIC_PATHS, BenchResult, Row, format_row
+from modelforge_jupyter.errors import ModelForgeError
 from modelforge_jupyter.kernel import dashboard
 from modelforge_jupyter.records import PredictionResult
 
@@ -190,6 +191,11 @@ def test_a_bad_or_misspelt_version_refuses_in_one_line_and_deletes_nothing(ip, m
         assert err.splitlines() == [err.strip()] and err.startswith(message), (src, err)
         assert out == "" and "out" not in ip.user_ns, src
         assert registry_state(mf_forge) == before and mf_forge.get("iris").versions == [1, 2], src
+    # the API that %mf_delete calls holds the same rule
+    for version in (0, -1, True, "1", 1.0):
+        with pytest.raises(ModelForgeError, match=r"^version must be a whole number >= 1, got "):
+            mf_forge.delete("iris", version)
+        assert registry_state(mf_forge) == before, version
 
 
 def test_a_comment_after_a_magic_is_ignored(ip, mf_forge, tmp_path, capsys):

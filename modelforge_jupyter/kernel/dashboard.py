@@ -243,10 +243,12 @@ class BenchDashboard:
         return bench_table_html(self.rows, self.batch_sizes, self.paths, self.caption)
 
     def _summary(self) -> str:
-        return f"%mf_bench {self.model}: ModelForge beside raw ONNX Runtime, {self.done}/{self.total} cells, {self.status}"
+        return (f"%mf_bench {self.model}: ModelForge beside raw ONNX Runtime, {self.done}/{self.total} cells, "
+                f"{self.status}")
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        data = dict(self.box._repr_mimebundle_() or {})  # the widget view (none once the widget is closed)
+        view = getattr(self.box, "_repr_mimebundle_", None)  # ipywidgets sets it to None when the widget is closed
+        data = dict((view() if callable(view) else None) or {})  # the widget view
         data["text/plain"] = "\n".join([self._summary(), format_table(self.rows), *self.notes])
         data["text/html"] = f"<div><b>{html.escape(self._summary())}</b></div>{self._table_html()}"
         return data

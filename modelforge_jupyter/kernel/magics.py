@@ -66,7 +66,7 @@ def strip_comment(line: str) -> str:
 
 
 def version_arg(text: str) -> int:
-    """argparse type of ``--version``: a whole number >= 1 written in ASCII digits (``1_0``, ``+1``, ``1.0`` refused)."""
+    """argparse type of ``--version``: a whole number >= 1 in ASCII digits (``1_0``, ``+1``, ``1.0`` are refused)."""
     from ..api import check_version
 
     try:
@@ -189,7 +189,8 @@ class ModelForgeMagics(Magics):
     @argument("model", help="model name or id")
     @argument("expr", nargs="*", help="the input, a Python expression (line form only)")
     @argument("--no-cache", action="store_true", help="skip the prediction cache (use_cache=False)")
-    @argument("--version", type=version_arg, default=None, help="model version, a whole number >= 1 (default: the latest)")
+    @argument("--version", type=version_arg, default=None,
+              help="model version, a whole number >= 1 (default: the latest)")
     @argument("-o", "--output", metavar="NAME", default=None, help="also store the PredictionResult in NAME")
     def mf_predict(self, line: str, cell: str | None = None, local_ns: dict | None = None) -> PredictionResult | None:
         """Run a registered model on an input and return the ``PredictionResult``.
@@ -247,7 +248,11 @@ class ModelForgeMagics(Magics):
         (cache off) and cache-hit latency (p50/p95/p99 ms) and throughput (predictions/s), each beside raw
         onnxruntime on the same model, input and SessionOptions, with its p50 ratio to raw. Shows a dashboard
         (progress bar, the table filling in, then a latency/throughput plot) in a widget frontend, a text table
-        elsewhere. The same code as ``python -m modelforge_jupyter.bench``.
+        elsewhere; the dashboard's output also holds the table as text and HTML for renderers without widgets
+        (nbconvert, GitHub). The same code as ``python -m modelforge_jupyter.bench``.
+
+        A model whose inputs fix axis 0 (``[1, 4]``) takes that batch only: other batch sizes are skipped with a
+        note saying why, and by default its own batch is measured. Inside a function, EXPR sees its locals.
 
         ``--http`` adds the same model through the Jupyter server's ``POST modelforge/predict`` (keep-alive HTTP,
         ``"use_cache": false`` and a cache hit). The server is ``%config ModelForgeMagics.server_url`` /
@@ -347,7 +352,9 @@ class ModelForgeMagics(Magics):
     @argument("name", help="model name or id")
     @argument("--version", type=version_arg, default=None, help="delete only this version, a whole number >= 1")
     def mf_delete(self, line: str) -> None:
-        """Delete a model (every version), or one version of it.
+        """Delete a model (every version), or one version of it (``--version N``, N a whole number >= 1).
+
+        A bad or misspelt option (``--version 0``, ``--versoin 1``, ``--vers 1``) deletes nothing.
 
         Example::
 
