@@ -74,7 +74,7 @@ def version_arg(text: str) -> int:
             raise ValueError(text)
         return check_version(int(text))
     except (ValueError, ModelForgeError):
-        raise ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+        raise ArgumentTypeError(f"version must be a whole number >= 1, got {text!r}") from None
 
 
 def _unquote(token: str) -> str:
