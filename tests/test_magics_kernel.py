@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import nbformat
@@ -88,7 +89,9 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
     assert {o["name"] for o in rows} == {"stdout"} and plot["output_type"] == "display_data"
     assert [line.split()[:3] for line in "".join(o["text"] for o in rows).splitlines()[3:7]] == [
         ["iris", "2", p] for p in ("raw_cold", "cold", "raw_ort", "api_cache_off")]
-    assert "image/png" in plot["data"] and returned["data"]["text/plain"].startswith("BenchResult iris v1: 4 rows")
+    assert base64.b64decode(plot["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot["data"]["text/plain"].startswith("[plot: iris v1, latency p50/p95/p99")
+    assert returned["data"]["text/plain"].startswith("BenchResult iris v1: 4 rows")
 
 
 def test_comments_function_locals_and_a_fixed_batch_bench_in_a_kernel_render_without_widgets(tmp_path, monkeypatch):

@@ -303,7 +303,9 @@ class TextReport:
         for note in result.notes:
             print(note)
         if self.plot:  # a rich frontend without widgets (nbconvert): the plot as a plain image output
-            display(Image(data=figure_png(bench_figure(result)), format="png"))
+            alt = (f"[plot: {result.model} v{result.version}, latency p50/p95/p99 (ms) and throughput (predictions/s) "
+                   "by batch size; the figures are in the table above]")
+            display({"image/png": figure_png(bench_figure(result)), "text/plain": alt}, raw=True)
 
     def fail(self) -> None:
         sys.stdout.flush()
