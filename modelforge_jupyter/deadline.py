@@ -50,6 +50,7 @@ class Watchdog:
         self._idle_for = 0.0  # the timeout of the last run started (s)
         self._started = 0  # runs started since the thread last looked
         self._thread: threading.Thread | None = None
+        self.wakeups = 0  # times the thread looked at the runs, for tests and statistics
 
     def start(self, options: Any, timeout: float) -> Run:
         """Watch a run starting now with ``options`` that may take ``timeout`` seconds (> 0); ``finish`` it after."""
@@ -75,6 +76,7 @@ class Watchdog:
     def _watch(self) -> None:
         with self._lock:
             while True:
+                self.wakeups += 1
                 now = time.monotonic()
                 wake_at = math.inf
                 for run in self._runs:
