@@ -145,6 +145,7 @@ class Cancellation:
             raise self.error(model_name)
 
     def error(self, model_name: str) -> RequestCancelledError:
+        """The ``RequestCancelledError`` (499) of this cancelled request for ``model_name``, naming the reason."""
         return RequestCancelledError(f"prediction of model {model_name!r} cancelled: {self.reason}")
 
     def attach(self, options: Any, model_name: str) -> None:

@@ -161,7 +161,8 @@ class Engine:
         name = model_name or sha256[:12]
         if cancel is not None:
             cancel.attach(options, name)
-        run = watchdog().start(options, timeout) if timeout else None
+        dog = watchdog()
+        run = dog.start(options, timeout) if timeout else None
         try:
             return loaded.output_names, loaded.session.run(loaded.output_names, feed, options)
         except Exception as err:
@@ -175,7 +176,7 @@ class Engine:
             raise _inference_error(err, name) from None
         finally:
             if run is not None:
-                watchdog().finish(run)
+                dog.finish(run)
             if cancel is not None:
                 cancel.detach()
 
