@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.deadline import Cancellation, watchdog
 from modelforge_jupyter.errors import InferenceTimeoutError, ModelForgeError, RequestCancelledError
+from modelforge_jupyter.kernel.client import ModelForgeClient
 from modelforge_jupyter.settings import Settings
 
 from .mf_plugin import mf_raw_run
@@ -275,6 +276,9 @@ def test_http_run_past_the_timeout_answers_504_naming_model_and_limit(timeout_se
     assert message.startswith("model 'spin' did not finish within 500 ms and was stopped"), message
     assert "inference_timeout" in message
     assert server_cpu_over(timeout_server.pid, 1.0) < 0.3  # the run stopped; it did not merely answer
+    with ModelForgeClient(timeout_server.url, timeout_server.token) as client:  # a kernel's client: the same error
+        with pytest.raises(InferenceTimeoutError, match="'spin' did not finish within 500 ms"):
+            client.predict("spin", {"x": spin_input(FOREVER)}, use_cache=False)
     status, body = http("POST", url + "modelforge/predict", predict_body(3), token)
     assert status == 200 and orjson.loads(body)["output_data"]["y"]
 
