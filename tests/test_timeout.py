@@ -296,8 +296,9 @@ def abandon(server, body: bytes) -> socket.socket:
 
 def idle_limit(busy: float) -> float:
     """CPU seconds per second under which a server that used ``busy`` CPU s in 0.5 s of spinning counts as idle:
-    a third of that rate, at most 0.3 (the box is shared: a spinning run may get well under a core)."""
-    return min(0.3, busy / 0.5 / 3)
+    a third of that rate, between 0.05 (an idle server uses ~0.002) and 0.3 (the box is shared: a spinning run may
+    get well under a core)."""
+    return max(0.05, min(0.3, busy / 0.5 / 3))
 
 
 def wait_until_idle(pid: int, limit: float, within: float = 6.0) -> float:
@@ -318,7 +319,7 @@ def test_http_client_that_gives_up_stops_its_run(patient_server):
     sock.close()
 
     # Then the server stops computing for it (and logs the cancellation as 499)
-    assert busy > 0.1, "the run did not even start"
+    assert busy > 0.05, "the run did not even start"
     assert wait_until_idle(pid, idle_limit(busy)) < idle_limit(busy)
     assert "499 POST" in patient_server.log and "prediction of model 'spin' cancelled" in patient_server.log
 
@@ -336,7 +337,7 @@ def test_http_abandoned_requests_do_not_block_the_pool(patient_server):
         sock.close()
 
     # Then the server goes idle: the 4 runs stopped, the 2 waiting never started (all 6 logged as cancelled)
-    assert busy > 0.1
+    assert busy > 0.05
     assert wait_until_idle(pid, idle_limit(busy)) < idle_limit(busy)
     assert patient_server.log.count("cancelled: the client closed the connection") - cancelled == 6
 
