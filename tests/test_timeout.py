@@ -198,7 +198,8 @@ def test_bad_timeouts_are_refused_naming_the_setting(tmp_path, monkeypatch, bad)
     settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
     with ModelForge(**settings) as forge:
         forge.register("spin", spin_model())
-        with pytest.raises(ModelForgeError, match=r"^timeout must be a number of seconds >= 0 \(0 = no limit\), got") as e:
+        refused = r"^timeout must be a number of seconds >= 0 \(0 = no limit\), got"
+        with pytest.raises(ModelForgeError, match=refused) as e:
             forge.predict("spin", spin_input(3), timeout=bad)
         assert e.value.status == 400
     if not isinstance(bad, (str, bool)):  # traitlets' Float takes True as 1.0, as it takes 1

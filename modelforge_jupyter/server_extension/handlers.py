@@ -152,7 +152,8 @@ class PredictHandler(ModelForgeHandler):
     """Run a model on ``{"model_id", "input_data", "use_cache"?, "version"?}``; a batch goes along axis 0.
 
     A run past ``inference_timeout`` answers 504 (``InferenceTimeoutError``). A client that closes its connection
-    cancels its request: the run in progress is stopped, a request still queued for the executor never starts.
+    cancels its request: the run in progress is stopped; a request still queued for the executor never runs the
+    model.
     """
 
     async def prepare(self) -> None:
