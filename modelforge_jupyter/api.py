@@ -23,13 +23,14 @@ import orjson
 from . import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
+from .deadline import Cancellation
 from .engine import Engine
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .freshness import RedisStamp
 from .invalidation import EvictionListener, Invalidator
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
-from .settings import Settings
+from .settings import Settings, check_timeout
 from .tensors import input_hash, prepare_feed
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class ModelForge:
         self._key_prefix = s.cache_key_prefix
         self._prediction_ttl = s.cache_prediction_ttl
         self._metadata_ttl = s.cache_ttl
+        self._timeout = s.inference_timeout
         self._runners: dict[tuple[str, str], Any] = {}  # (name, sha256) -> engine.run or a batcher's run
         self._stamp = RedisStamp(self.cache, s.cache_key_prefix) if self._uses_stamp() else None
         self._batchers: dict[tuple[int, ...], DynamicBatcher] = {}
@@ -132,13 +134,18 @@ class ModelForge:
 
     # -- predict ---------------------------------------------------------------------------------------------------
     def predict(
-        self, model: str, input_data: Any, *, use_cache: bool = True, version: int | None = None
+        self, model: str, input_data: Any, *, use_cache: bool = True, version: int | None = None,
+        timeout: float | None = None, cancel: Cancellation | None = None,
     ) -> PredictionResult:
         """Run ``model`` (name or id; latest version unless ``version``) on ``input_data``.
 
         ``input_data``: ``{input name: nested list | numpy array | scalar}``; a single-input model also takes the bare
         value. Batches go along axis 0. A repeated input within ``CACHE_PREDICTION_TTL`` seconds is a cache hit
         (``cached=True``, same ``output_data``) unless ``use_cache=False`` or ``CACHE_PREDICTION_ENABLED=false``.
+        ``timeout``: seconds the model run may take (0 = no limit; default the ``inference_timeout`` setting); past it
+        the run is stopped and ``InferenceTimeoutError`` (504) raised, naming the model and the limit.
+        ``cancel``: a ``deadline.Cancellation`` another thread may trigger to stop the run (or keep it from starting):
+        ``RequestCancelledError`` (499). Neither a stopped nor a refused run caches anything.
         Raises ``ModelNotFoundError`` (404), ``InvalidInputError`` (400, naming input, expected and given dtype/shape),
         ``InferenceError`` (422), ``ServiceUnavailableError`` (503, registry down). A cache outage never raises.
         """
@@ -146,12 +153,22 @@ class ModelForge:
         if use_cache is not True and use_cache is not False:
             raise ModelForgeError(f"use_cache must be true or false, got {use_cache!r}")
         check_version(version)
+        if timeout is None:
+            timeout = self._timeout
+        else:
+            try:
+                timeout = check_timeout(timeout, "timeout")
+            except ValueError as err:
+                raise ModelForgeError(str(err)) from None
+        if cancel is not None:
+            cancel.check(model)
         caching = use_cache and self._caching
         record, feed, key, hit = self._lookup(model, version, input_data, caching)
         if hit is not None:
             return self._result(record, feed, orjson.loads(hit), start, cached=True)
         run = self._runner(record)
-        output_data = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name)
+        output_data = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name,
+                          timeout, cancel)
         if key is not None:
             self.cache.set(key, orjson.dumps(output_data), self._prediction_ttl, record.id)
         return self._result(record, feed, output_data, start, cached=False)

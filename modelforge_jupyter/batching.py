@@ -15,6 +15,11 @@ not have the batch's row count is run again request by request, as is one that f
 alone. Batching also assumes each output row
 depends only on the same input row: a model that mixes rows (a mean over the batch, say) answers differently when
 batched, which is why it is opt-in per model (``model_batching``), as in Triton.
+A batch's run is bounded like any run (``inference_timeout``): only requests with the same timeout are merged, the
+batch's run gets that limit from its start, and when it is stopped every request of the batch gets the
+``InferenceTimeoutError`` (it is not run again alone). A request cancelled (``Cancellation``) before its batch
+runs is left out of it; one cancelled while its batch of several runs is not stopped (the others need the run),
+while a batch of one stops as a plain run does.
 A caller interrupted or failing while it leads (a notebook's KeyboardInterrupt, say) hands leadership on, so the
 queue never stalls. Off by default (``dynamic_batching``): on tiny models, where one run takes a few µs, the
 hand-offs between threads cost more than batching saves (see the README's performance section).
@@ -29,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from .deadline import Cancellation
 from .engine import Engine
+from .errors import InferenceTimeoutError
 from .records import TensorSpec
 from .tensors import json_safe
 
@@ -47,12 +54,14 @@ def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
 
 
 class _Request:
-    __slots__ = ("feed", "rows", "signature", "done", "lead", "result", "error", "abandoned")
+    __slots__ = ("feed", "rows", "signature", "timeout", "cancel", "done", "lead", "result", "error", "abandoned")
 
-    def __init__(self, feed: dict[str, np.ndarray]) -> None:
+    def __init__(self, feed: dict[str, np.ndarray], timeout: float, cancel: Cancellation | None) -> None:
         self.feed = feed
         self.rows = next(iter(feed.values())).shape[0]
-        self.signature = tuple((k, a.dtype.str, a.shape[1:]) for k, a in sorted(feed.items()))
+        self.signature = (timeout, *((k, a.dtype.str, a.shape[1:]) for k, a in sorted(feed.items())))
+        self.timeout = timeout
+        self.cancel = cancel
         self.done = threading.Event()
         self.lead = False
         self.result: dict[str, Any] | None = None
@@ -92,12 +101,14 @@ class DynamicBatcher:
         self.peak_running = 0  # most batches of one model seen running at once (<= instances)
 
     def run(
-        self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = ""
+        self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = "",
+        timeout: float = 0.0, cancel: Cancellation | None = None,
     ) -> dict[str, Any]:
-        """Like ``Engine.run``, but possibly merged with concurrent requests. Raises what ``Engine.run`` raises."""
+        """Like ``Engine.run``, but possibly merged with concurrent requests of the same ``timeout`` (s). Raises
+        what ``Engine.run`` raises."""
         with self._lock:
             queue = self._queues.setdefault(sha256, _Queue())
-        request = _Request(feed)
+        request = _Request(feed, timeout, cancel)
         with queue.lock:
             queue.pending.append(request)
             queue.active += 1
@@ -241,6 +252,13 @@ class DynamicBatcher:
         return batch, rest
 
     def _run_batch(self, batch: list[_Request], sha256: str, load_bytes: Callable, model_name: str) -> None:
+        cancelled = [r for r in batch if r.cancel is not None and r.cancel.cancelled]
+        for r in cancelled:  # its caller left before the batch ran: it must not run
+            r.error = r.cancel.error(model_name)  # type: ignore[union-attr]
+        if cancelled:
+            batch = [r for r in batch if r not in cancelled]
+            if not batch:
+                return
         self.batches += 1
         if len(batch) == 1:
             self._run_alone(batch[0], sha256, load_bytes, model_name)
@@ -248,7 +266,11 @@ class DynamicBatcher:
         feed = {name: np.concatenate([r.feed[name] for r in batch]) for name in batch[0].feed}
         total = sum(r.rows for r in batch)
         try:
-            names, values = self.engine.run_raw(sha256, load_bytes, feed, model_name)
+            names, values = self.engine.run_raw(sha256, load_bytes, feed, model_name, batch[0].timeout)
+        except InferenceTimeoutError as err:  # running them one by one would take as long again, each
+            for r in batch:
+                r.error = err
+            return
         except Exception:
             for r in batch:  # one bad request must fail alone
                 self._run_alone(r, sha256, load_bytes, model_name)
@@ -264,7 +286,7 @@ class DynamicBatcher:
 
     def _run_alone(self, r: _Request, sha256: str, load_bytes: Callable, model_name: str) -> None:
         try:
-            r.result = self.engine.run(sha256, load_bytes, r.feed, model_name)
+            r.result = self.engine.run(sha256, load_bytes, r.feed, model_name, r.timeout, r.cancel)
         except Exception as err:  # an interrupt of the leading caller is not this request's error
             r.error = err
 

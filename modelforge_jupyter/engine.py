@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .errors import InferenceError, InvalidModelError
+from .deadline import Cancellation, watchdog
+from .errors import InferenceError, InferenceTimeoutError, InvalidModelError
 from .records import TensorSpec
 from .tensors import NUMPY_DTYPES, json_safe, spec_from_ort
 
@@ -126,25 +127,58 @@ class Engine:
         return loaded
 
     def run(
-        self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = ""
+        self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = "",
+        timeout: float = 0.0, cancel: Cancellation | None = None,
     ) -> dict[str, Any]:
         """Run the model on ``feed`` (validated arrays) and return ``{output name: JSON-safe value}``.
 
-        Raises ``InferenceError`` (HTTP 422) when ONNX Runtime rejects values that passed validation.
+        Raises ``InferenceError`` (HTTP 422) when ONNX Runtime rejects values that passed validation, and what
+        ``run_raw`` raises for ``timeout`` and ``cancel``.
         """
-        names, values = self.run_raw(sha256, load_bytes, feed, model_name)
+        names, values = self.run_raw(sha256, load_bytes, feed, model_name, timeout, cancel)
         return {name: json_safe(v) for name, v in zip(names, values)}
 
     def run_raw(
-        self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = ""
+        self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = "",
+        timeout: float = 0.0, cancel: Cancellation | None = None,
     ) -> tuple[list[str], list[Any]]:
-        """Run the model and return (output names, ONNX Runtime's values: ndarrays, or lists for sequences)."""
+        """Run the model and return (output names, ONNX Runtime's values: ndarrays, or lists for sequences).
+
+        ``timeout`` (s, 0 = none) bounds the run: past it the ``deadline.watchdog()`` sets the run's
+        ``RunOptions.terminate`` and this raises ``InferenceTimeoutError`` (504). ``cancel.cancel()`` from another
+        thread stops it the same way, raising ``RequestCancelledError`` (499); a cancelled request does not start.
+        ONNX Runtime checks the flag between nodes and loop iterations, so one long node finishes first.
+        Raises ``InferenceError`` (422) when ONNX Runtime rejects the values.
+        """
         loaded = self.session(sha256, load_bytes)
+        if not timeout and cancel is None:
+            try:
+                return loaded.output_names, loaded.session.run(loaded.output_names, feed)
+            except Exception as err:
+                raise _inference_error(err, model_name or sha256[:12]) from None
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # a stopped run is not an error to log on stderr: the caller gets the error
+        name = model_name or sha256[:12]
+        if cancel is not None:
+            cancel.attach(options, name)
+        dog = watchdog()
+        run = dog.start(options, timeout) if timeout else None
         try:
-            return loaded.output_names, loaded.session.run(loaded.output_names, feed)
+            return loaded.output_names, loaded.session.run(loaded.output_names, feed, options)
         except Exception as err:
-            msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise InferenceError(f"model '{model_name or sha256[:12]}' failed on this input: {msg}") from None
+            if run is not None and run.expired:
+                raise InferenceTimeoutError(
+                    f"model {name!r} did not finish within {format_seconds(timeout)} and was stopped (the limit is "
+                    "predict's timeout, else the inference_timeout setting, env MODELFORGE_INFERENCE_TIMEOUT)"
+                ) from None
+            if cancel is not None and cancel.cancelled:
+                raise cancel.error(name) from None
+            raise _inference_error(err, name) from None
+        finally:
+            if run is not None:
+                dog.finish(run)
+            if cancel is not None:
+                cancel.detach()
 
     def unload(self, sha256: str) -> bool:
         """Drop the session for ``sha256``; True if one was loaded."""
@@ -159,3 +193,13 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
+
+
+def _inference_error(err: Exception, model_name: str) -> InferenceError:
+    msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return InferenceError(f"model '{model_name}' failed on this input: {msg}")
+
+
+def format_seconds(seconds: float) -> str:
+    """A limit as people read it: ``500 ms`` below 1 s, else ``30 s``."""
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"

@@ -45,3 +45,17 @@ class InferenceError(ModelForgeError):
     """ONNX Runtime rejected input values that passed validation, e.g. an index out of range (HTTP 422)."""
 
     status = 422
+
+
+class InferenceTimeoutError(ModelForgeError):
+    """A run took longer than its limit (``inference_timeout``, or predict's ``timeout=``) and was stopped: its
+    ONNX Runtime run was terminated, nothing was cached (HTTP 504). The message names the model and the limit."""
+
+    status = 504
+
+
+class RequestCancelledError(ModelForgeError):
+    """The caller cancelled the request (an HTTP client closed its connection): its run was stopped, or never
+    started (HTTP 499, nginx's "client closed request": only the server's log sees it)."""
+
+    status = 499

@@ -36,6 +36,21 @@ def _env_bool(name: str, fallback: bool) -> bool:
     raise ValueError(f"{name}={raw!r} is not a boolean; use true or false")
 
 
+def _env_float(name: str, fallback: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return fallback if raw in (None, "") else float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def check_timeout(value: Any, where: str = "inference_timeout") -> float:
+    """``value`` as a timeout in seconds (a number >= 0, finite; 0 = none); else ``ValueError`` naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{where} must be a number of seconds >= 0 (0 = no limit), got {value!r}")
+    return float(value)
+
+
 def _env_int(name: str, fallback: int) -> int:
     raw = os.environ.get(name)
     try:
@@ -87,6 +102,7 @@ class Settings(Configurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_batching({key: getattr(self, key) for key in BATCHING_LIMITS})
+        check_timeout(self.inference_timeout)
         for model, own in self.model_batching.items():
             if not isinstance(own, Mapping):
                 raise ValueError(f"model_batching[{model!r}] must map setting names to values, got {own!r}")
@@ -146,6 +162,12 @@ class Settings(Configurable):
         config=True,
         help="Comma-separated ONNX Runtime execution providers, in priority order "
         "(env MODELFORGE_EXECUTION_PROVIDERS, default CPUExecutionProvider).",
+    )
+    inference_timeout = Float(
+        config=True,
+        help="Longest time in seconds one model run may take (env MODELFORGE_INFERENCE_TIMEOUT, default 30; 0 = no "
+        "limit). Past it the run is stopped (ONNX Runtime's RunOptions.terminate, checked between nodes and loop "
+        "iterations) and predict raises InferenceTimeoutError (HTTP 504); predict's timeout= overrides it per call.",
     )
 
     dynamic_batching = Bool(
@@ -230,6 +252,10 @@ class Settings(Configurable):
     @default("execution_providers")
     def _default_execution_providers(self) -> str:
         return os.environ.get("MODELFORGE_EXECUTION_PROVIDERS") or "CPUExecutionProvider"
+
+    @default("inference_timeout")
+    def _default_inference_timeout(self) -> float:
+        return _env_float("MODELFORGE_INFERENCE_TIMEOUT", 30.0)
 
     @default("dynamic_batching")
     def _default_dynamic_batching(self) -> bool:

@@ -27,6 +27,7 @@ import orjson
 
 from ..errors import (
     InferenceError,
+    InferenceTimeoutError,
     ModelExistsError,
     ModelForgeError,
     ModelNotFoundError,
@@ -35,7 +36,8 @@ from ..errors import (
 from ..records import PredictionResult
 
 ENV_URL, ENV_TOKEN = "MODELFORGE_URL", "MODELFORGE_TOKEN"
-ERRORS = {404: ModelNotFoundError, 409: ModelExistsError, 422: InferenceError, 503: ServiceUnavailableError}
+ERRORS = {404: ModelNotFoundError, 409: ModelExistsError, 422: InferenceError, 503: ServiceUnavailableError,
+          504: InferenceTimeoutError}
 RETRIED = (http.client.RemoteDisconnected, http.client.CannotSendRequest, ConnectionResetError, BrokenPipeError)
 
 

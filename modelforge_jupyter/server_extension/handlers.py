@@ -21,6 +21,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from ..deadline import Cancellation
 from ..errors import ModelForgeError, ServiceUnavailableError
 
 AUTH_RESOURCE = "modelforge"
@@ -148,16 +149,31 @@ class HealthHandler(ModelForgeHandler):
 
 
 class PredictHandler(ModelForgeHandler):
-    """Run a model on ``{"model_id", "input_data", "use_cache"?, "version"?}``; a batch goes along axis 0."""
+    """Run a model on ``{"model_id", "input_data", "use_cache"?, "version"?}``; a batch goes along axis 0.
+
+    A run past ``inference_timeout`` answers 504 (``InferenceTimeoutError``). A client that closes its connection
+    cancels its request: the run in progress is stopped; a request still queued for the executor never runs the
+    model.
+    """
+
+    async def prepare(self) -> None:
+        self.cancellation = Cancellation()  # before anything awaits: the client may leave at any point
+        await super().prepare()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        cancellation = getattr(self, "cancellation", None)
+        if cancellation is not None:
+            cancellation.cancel()
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        self.write_json(await self.run_blocking(functools.partial(self._predict, self.body)))
+        self.write_json(await self.run_blocking(functools.partial(self._predict, self.body, self.cancellation)))
 
-    def _predict(self, body: bytes) -> bytes:
+    def _predict(self, body: bytes, cancel: Cancellation) -> bytes:
         """Decode, predict and encode in one executor call: a large batch's JSON never blocks the IOLoop either."""
-        return predict_json(self.extensionapp.get_forge(), body)
+        return predict_json(self.extensionapp.get_forge(), body, cancel)
 
 
 class ModelsHandler(ModelForgeHandler):
@@ -220,10 +236,11 @@ class NotFoundHandler(ModelForgeHandler):
     patch = web.authenticated(authorized(_not_found))
 
 
-def predict_json(forge: Any, body: bytes) -> bytes:
+def predict_json(forge: Any, body: bytes, cancel: Cancellation | None = None) -> bytes:
     """The answer (JSON bytes) of ``POST modelforge/predict`` with ``body``, HTTP aside: decode the request
-    (orjson), check its fields, ``forge.predict``, encode the ``PredictionResult``. The benchmark's ``json_floor``
-    times this very function. Raises ``HTTPError(400)`` for a malformed request, ``ModelForgeError`` from predict.
+    (orjson), check its fields, ``forge.predict`` (``cancel``: the request's ``Cancellation``), encode the
+    ``PredictionResult``. The benchmark's ``json_floor`` times this very function. Raises ``HTTPError(400)`` for a
+    malformed request, ``ModelForgeError`` from predict.
     """
     request = json_object(body)
     model = request.get("model_id")
@@ -232,7 +249,8 @@ def predict_json(forge: Any, body: bytes) -> bytes:
     if "input_data" not in request:
         raise web.HTTPError(400, "%s", "missing 'input_data': {input name: nested list}, or a bare nested list")
     result = forge.predict(  # the core checks use_cache and version (400)
-        model, request["input_data"], use_cache=request.get("use_cache", True), version=request.get("version")
+        model, request["input_data"], use_cache=request.get("use_cache", True), version=request.get("version"),
+        cancel=cancel,
     )
     return orjson.dumps(result.to_dict())
 
