@@ -116,32 +116,46 @@ class Block:
         return f"L{self.line}-{re.sub(r'[^A-Za-z0-9_.%-]+', '_', first)[:40]}"
 
 
+def marker_before(lines: list[str], i: int) -> tuple[int, str] | None:
+    """(first line index, text) of the ``readme-test`` comment that ends on the line before line ``i``, if any."""
+    j = i - 1
+    if j < 0 or not lines[j].rstrip().endswith("-->"):
+        return None
+    while j > 0 and "<!--" not in lines[j]:
+        j -= 1
+    found = MARK.match(" ".join(line.strip() for line in lines[j:i]))
+    return (j, found.group(1)) if found else None
+
+
 def readme_blocks(text: str) -> list[Block | str]:
     """The README's runnable blocks, in order, with a ``"heading"`` marker where a heading (outside code) is."""
     items: list[Block | str] = []
     lines = text.splitlines()
+    marks = {i for i, line in enumerate(lines) if line.startswith("<!-- readme-test")}
     i = 0
     while i < len(lines):
         fence = FENCE.match(lines[i])
-        if HEADING.match(lines[i]):
-            items.append("heading")
         if not fence:
-            if MARK.match(lines[i]) and not (i + 1 < len(lines) and FENCE.match(lines[i + 1])):
-                raise ValueError(f"README line {i + 1}: a readme-test comment must be the line right before a fence")
+            if HEADING.match(lines[i]):
+                items.append("heading")
             i += 1
             continue
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-        mark = MARK.match(lines[i - 1]) if i else None
+        mark = marker_before(lines, i)
         lang = RUN_LANGS.get(fence.group(1).lower())
         if lang is not None or mark:
-            block = Block(i + 1, lang or fence.group(1), "\n".join(lines[i + 1:end]) + "\n",
-                          mark.group(1) if mark else "")
+            block = Block(i + 1, lang or fence.group(1), "\n".join(lines[i + 1:end]) + "\n", mark[1] if mark else "")
             if block.mark and not (block.background or block.not_run):
                 raise ValueError(f"README line {block.line}: unknown readme-test comment {block.mark!r}")
             if block.background:
                 block.ready  # noqa: B018 (raises on a malformed one)
             items.append(block)
+        if mark:
+            marks.discard(mark[0])
         i = end + 1
+    if marks:
+        raise ValueError(f"README lines {sorted(m + 1 for m in marks)}: a readme-test comment must end on the line "
+                         "right before a fence")
     return items
 
 
