@@ -4,9 +4,9 @@ start a Jupyter server with the extension and print its URL, token and a working
 Run: ``modelforge-demo`` (or ``python -m modelforge_jupyter.demo``; options ``--no-server``, ``--smoke``,
 ``--port``). The port is checked first: when another server holds it, the demo says so and stops before printing or
 registering anything. The models are registered as ``demo_iris``, ``demo_breast_cancer_rf`` and ``demo_diabetes``
-(not the names the README's examples register), and a second run changes nothing. Uses whatever the environment configures (``DATABASE_URL``, ``REDIS_URL``...); with nothing set, a
-SQLite registry and a disk cache under the Jupyter data directory. Each prediction is printed beside raw
-onnxruntime's answer on the same input.
+(not the names the README's examples register), and a second run changes nothing. Uses whatever the environment
+configures (``DATABASE_URL``, ``REDIS_URL``...); with nothing set, a SQLite registry and a disk cache under the
+Jupyter data directory. Each prediction is printed beside raw onnxruntime's answer on the same input.
 
 ``start_server`` is also how a notebook run outside a Jupyter server (``jupyter nbconvert --execute``) gets one on
 its own registry.

@@ -75,8 +75,8 @@ EXPECT = {
         r"^ 204$",
         r"^ 204$",
     ],
-    "%mf_register iris": [r"registered iris v1", r"updated iris to v2", r"deleted iris \(v1,", r"deleted iris \(all versions",
-                          r"p50_ms"],
+    "%mf_register iris": [r"registered iris v1", r"updated iris to v2", r"deleted iris \(v1,",
+                          r"deleted iris \(all versions", r"p50_ms"],
 }
 
 
