@@ -11,6 +11,10 @@ nbval's cells are not pytest Functions, so no fixture runs for them. Instead, ri
   ``MODELFORGE_DATA_DIR``, ``MODELFORGE_CACHE_DIR`` (and an empty ``CELERY_BROKER_URL``) into ``os.environ``: the
   notebook kernels nbval starts inherit them, so kernel and server share one registry and one prediction cache.
 
+Run outside a Jupyter server (``jupyter nbconvert --execute``, which ``tests/test_readme.py`` runs as the README
+shows), the notebooks start a server of their own for their HTTP cells; here they find this plugin's through
+``MODELFORGE_URL``, and the quickstart's checked output (``... (env MODELFORGE_URL)>``) fails the run if they did not.
+
 After the last notebook cell of a run of them (and in ``pytest_unconfigure`` at the latest) the plugin stops the
 server, drops the database, deletes the Redis keys, restores the environment and removes the directory, so tests
 collected after the notebooks see the environment they would have seen without them. When the services are missing the notebook cells fail (never skip): the notebooks are how
