@@ -56,7 +56,8 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         async def head(self: ModelForgeHandler, *args: Any, **kwargs: Any) -> None:
             await self.get(*args, **kwargs)
 
-        cls.head = allow_unauthenticated(head) if getattr(get, "__allow_unauthenticated", False) else head
+        # decorated as jupyter_server wants every extension method to be (it checks); get() authorizes the call
+        cls.head = allow_unauthenticated(head) if getattr(get, "__allow_unauthenticated", False) else web.authenticated(head)
 
     async def prepare(self) -> None:
         self._chunks: list[bytes] = []
