@@ -15,6 +15,7 @@ import subprocess
 import numpy as np
 
 from .samples import sample_path
+from .settings import mask_url
 
 SAMPLE_MODELS = {
     "iris": ("iris.onnx", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]),
@@ -34,8 +35,8 @@ def register_samples(mf) -> None:
     """Register (or update) the sample models, predict with each beside raw onnxruntime, show a cache hit."""
     import onnxruntime as ort
 
-    print(f"registry: {mf.settings.database_url}")
-    print(f"cache:    {mf.settings.redis_url or mf.settings.cache_dir} ({mf.cache.backend})")
+    print(f"registry: {mask_url(mf.settings.database_url)}")
+    print(f"cache:    {mask_url(mf.settings.redis_url) or mf.settings.cache_dir} ({mf.cache.backend})")
     for name, (filename, example) in SAMPLE_MODELS.items():
         record, changed = mf.save(name, sample_path(filename))
         X = np.asarray(example, np.float32) if example else sample_input(record)
