@@ -699,6 +699,10 @@ async def test_error_answers_carry_the_same_cors_headers_as_jupyters_api(jp_fetc
         assert r.headers.get("Access-Control-Allow-Origin") == ORIGIN, (method, path, code)
         assert r.headers.get("Access-Control-Allow-Credentials") == "true", (method, path, code)
         assert r.headers["Content-Type"] == "application/json"
+    # a CORS preflight is answered whatever the query of the request it asks about
+    r = await jp_fetch("modelforge/models/nope", method="OPTIONS", params={"versoin": "1"}, raise_error=False,
+                       headers={**origin, "Access-Control-Request-Method": "DELETE", "Authorization": ""})
+    assert (r.code, r.headers.get("Access-Control-Allow-Origin")) == (200, ORIGIN)
 
 
 # -- compressed request bodies --------------------------------------------------------------------------------------

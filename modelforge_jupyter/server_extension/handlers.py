@@ -67,7 +67,8 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         method = getattr(self, self.request.method.lower(), None)
         if self.current_user is None and not getattr(method, "__allow_unauthenticated", False):
             raise web.HTTPError(403)  # refuse before reading a body that @web.authenticated would refuse after
-        self.check_query()
+        if self.request.method != "OPTIONS":  # a CORS preflight is answered whatever the query; its request is not
+            self.check_query()
         encoding = self.request.headers.get("Content-Encoding", "identity").strip().lower()
         limit = self.extensionapp.max_body_size
         if encoding in BODY_ENCODINGS:
