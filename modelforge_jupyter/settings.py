@@ -169,7 +169,7 @@ class Settings(Configurable):
     max_sessions = Int(
         config=True,
         help="How many ONNX Runtime sessions the engine keeps loaded, least recently used evicted first "
-        "(env MODELFORGE_MAX_SESSIONS, default 32).",
+        "(env MODELFORGE_MAX_SESSIONS, default 32; at least 1).",
     )
     intra_op_num_threads = Int(
         config=True,
@@ -179,7 +179,8 @@ class Settings(Configurable):
     execution_providers = Unicode(
         config=True,
         help="Comma-separated ONNX Runtime execution providers, in priority order "
-        "(env MODELFORGE_EXECUTION_PROVIDERS, default CPUExecutionProvider).",
+        "(env MODELFORGE_EXECUTION_PROVIDERS, default CPUExecutionProvider). One this onnxruntime build does not "
+        "have is refused (check_providers).",
     )
 
     dynamic_batching = Bool(
