@@ -802,7 +802,8 @@ def test_settings_refuse_an_unavailable_execution_provider_naming_the_available_
     ("text", "masked"),
     [
         ("postgresql+psycopg://u:s3cret@db:5432/mf", "postgresql+psycopg://u:***@db:5432/mf"),
-        ("redis://:s3cret@cache:6379/0 and amqp://guest:s3cret@mq//", "redis://:***@cache:6379/0 and amqp://guest:***@mq//"),
+        ("redis://:s3cret@cache:6379/0 and amqp://guest:s3cret@mq//",
+         "redis://:***@cache:6379/0 and amqp://guest:***@mq//"),
         ("'postgresql://u:pa@ss/w@db/mf'", "'postgresql://u:***@db/mf'"),
         ("redis://cache:6379/0", "redis://cache:6379/0"),
     ],

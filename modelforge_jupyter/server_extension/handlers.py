@@ -57,7 +57,8 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
             await self.get(*args, **kwargs)
 
         # decorated as jupyter_server wants every extension method to be (it checks); get() authorizes the call
-        cls.head = allow_unauthenticated(head) if getattr(get, "__allow_unauthenticated", False) else web.authenticated(head)
+        open_get = getattr(get, "__allow_unauthenticated", False)
+        cls.head = allow_unauthenticated(head) if open_get else web.authenticated(head)
 
     async def prepare(self) -> None:
         self._chunks: list[bytes] = []
