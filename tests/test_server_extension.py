@@ -158,10 +158,13 @@ async def test_health_is_unhealthy_503_when_the_database_is_gone(jp_fetch, mf_se
 
     code, health = await mf_call(jp_fetch, "GET", "health", token=False)
     mcode, body = await mf_call(jp_fetch, "GET", "models")
+    rcode, ready = await mf_call(jp_fetch, "GET", "health", "ready", token=False)
 
-    # Then health says so with 503, and the API answers 503 JSON
+    # Then health says so with 503, and the API answers 503 JSON; the server is live but not ready
     assert (code, health["status"], health["database"]) == (503, "unhealthy", "disconnected")
     assert mcode == 503 and body["message"].startswith("model registry database unavailable")
+    assert rcode == 503 and ready["message"].startswith("model registry database unavailable")
+    assert await mf_call(jp_fetch, "GET", "health", "live", token=False) == (200, {"status": "alive"})
 
 
 @pytest.fixture
@@ -190,6 +193,8 @@ async def test_server_started_before_its_database_answers_503_then_heals(mf_miss
     assert set(health) == {"status", "database", "redis", "celery", "version", "environment", "timestamp"}
     code, err = await mf_call(jp_fetch, "GET", "models")
     assert code == 503 and err["message"].startswith("model registry database unavailable: ")
+    code, err = await mf_call(jp_fetch, "GET", "health", "ready", token=False)
+    assert code == 503 and err["message"].startswith("model registry database unavailable: ")
 
     # When the database appears
     url, name = mf_missing_database
@@ -202,6 +207,7 @@ async def test_server_started_before_its_database_answers_503_then_heals(mf_miss
     # Then the next requests build the ModelForge and are served
     code, health = await mf_call(jp_fetch, "GET", "health", token=False)
     assert (code, health["status"], health["database"]) == (200, "healthy", "connected")
+    assert await mf_call(jp_fetch, "GET", "health", "ready", token=False) == (200, {"status": "ready"})
     assert (await mf_put(jp_fetch, "iris", IRIS))[0] == 201
 
 
