@@ -35,6 +35,7 @@ TOKEN_NEEDED = (
 JUPYTER_QUERY_PARAMS = frozenset({"token", "_xsrf", "no_track_activity"})  # read by jupyter_server itself
 # Content-Encoding of a request body -> zlib wbits of its decompressor (tritonclient sends gzip or deflate, i.e. zlib)
 BODY_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+INFLATE_STEP = 1 << 20  # bytes decompressed per zlib call: the memory a compressed body may take beyond its own size
 T = TypeVar("T")
 
 
@@ -99,27 +100,41 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
-        limit = self.extensionapp.max_body_size
-        if self._inflate is not None:
-            if self._inflate.eof:  # tornado may end the body with an empty chunk
-                if chunk:
-                    self._refuse(400, "request body has data after the end of its compressed stream")
-                return
-            try:  # never more than limit + 1 bytes out, however much a small input expands (a zip bomb)
-                chunk = self._inflate.decompress(chunk, limit - self._body_size + 1)
+        if self._inflate is None:
+            self._take(chunk)
+            return
+        if self._inflate.eof:  # tornado may end the body with an empty chunk
+            if chunk:
+                self._refuse(400, "request body has data after the end of its compressed stream")
+            return
+        # Decompressed INFLATE_STEP bytes at a time, and never past limit + 1 bytes in all: however far a small input
+        # would expand (a zip bomb), memory holds at most the body limit plus one step.
+        data = chunk
+        while True:
+            step = min(self.extensionapp.max_body_size - self._body_size + 1, INFLATE_STEP)
+            try:
+                out = self._inflate.decompress(data, step)
             except zlib.error as err:
                 encoding = self.request.headers["Content-Encoding"].strip().lower()
                 self._refuse(400, f"request body is not valid {encoding} data: {err}")
                 return
-            if self._inflate.eof and self._inflate.unused_data:
-                self._refuse(400, "request body has data after the end of its compressed stream")
+            if not self._take(out):
                 return
-        self._body_size += len(chunk)
-        if self._body_size > limit:  # chunked or compressed: no Content-Length to check first
+            data = self._inflate.unconsumed_tail
+            if not data and len(out) < step:  # input used up and no output left pending in zlib
+                break
+        if self._inflate.unused_data:
+            self._refuse(400, "request body has data after the end of its compressed stream")
+
+    def _take(self, data: bytes) -> bool:
+        """Keep ``data`` of the body; False (413 sent) once the body passes the limit."""
+        self._body_size += len(data)
+        if self._body_size > self.extensionapp.max_body_size:  # chunked or compressed: no Content-Length to check
             decompressed = " decompressed" if self._inflate is not None else ""
             self._refuse(413, self._too_large(self._body_size, "at least ", decompressed))
-        else:
-            self._chunks.append(chunk)
+            return False
+        self._chunks.append(data)
+        return True
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer ``status`` while the body streams in, dropping what was read of it."""
