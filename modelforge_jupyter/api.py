@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 import uuid
@@ -356,6 +357,19 @@ def check_version(version: Any) -> int | None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ModelForgeError(f"version must be a whole number >= 1, got {version!r}")
     return version
+
+
+VERSION_TEXT = re.compile(r"[0-9]+")
+
+
+def version_from_text(raw: str) -> int:
+    """The version a door was given as text (``?version=N`` in a URL, ``--version N`` of a magic): ASCII digits
+    naming a whole number >= 1. Raises ``ModelForgeError`` (400) naming what was given otherwise, so an empty value,
+    blanks, a sign or ``1.0`` never reads as "no version" (every version) or as another number.
+    """
+    if not isinstance(raw, str) or not VERSION_TEXT.fullmatch(raw) or int(raw) < 1:
+        raise ModelForgeError(f"version must be a whole number >= 1, got {raw!r}")
+    return int(raw)
 
 
 def _read_model(model: ModelSource) -> tuple[bytes, str]:

@@ -41,6 +41,7 @@ import numpy as np
 import orjson
 
 from .samples import sample_path
+from .settings import mask_url
 
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
 BATCH_SIZES = (1, 10, 100, 1000)
@@ -652,7 +653,7 @@ def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], s
         }
         with ModelForge(**settings) as mf:
             if args.redis_url and not mf.cache.ping():  # found now, not after every figure was measured
-                raise ServiceUnavailableError(f"cannot reach Redis at {args.redis_url}")
+                raise ServiceUnavailableError(f"cannot reach Redis at {mask_url(args.redis_url)}")
             try:
                 rows: list[Row] = []
                 for name in names:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .samples import sample_path
+from .settings import mask_url
 
 # Registered under names of their own, so the README's examples (which register "iris") run after the demo.
 SAMPLE_MODELS = {
@@ -51,8 +52,8 @@ def register_samples(mf) -> None:
 
     from .errors import ModelNotFoundError
 
-    print(f"registry: {mf.settings.database_url}")
-    print(f"cache:    {mf.settings.redis_url or mf.settings.cache_dir} ({mf.cache.backend})")
+    print(f"registry: {mask_url(mf.settings.database_url)}")
+    print(f"cache:    {mask_url(mf.settings.redis_url) or mf.settings.cache_dir} ({mf.cache.backend})")
     update_name, update_file = UPDATED
     final_sha256 = hashlib.sha256(sample_path(update_file).read_bytes()).hexdigest()
     for name, (filename, example) in SAMPLE_MODELS.items():

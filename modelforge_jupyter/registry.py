@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, Operational
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError
 from .records import ModelRecord, TensorSpec
 from .schema import blobs, model_versions, models, registry_state
+from .settings import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,22 @@ class Registry:
     """Models, versions and ONNX bytes in one database. Raises ``ServiceUnavailableError`` when it is unreachable."""
 
     def __init__(self, database_url: str) -> None:
-        """Connect lazily to ``database_url``; ``ValueError`` naming it when SQLAlchemy cannot use it."""
+        """Connect lazily to ``database_url``; ``ValueError`` naming DATABASE_URL (its password masked) when
+        SQLAlchemy cannot parse it, knows no such dialect, or its driver is not installed."""
         try:
             url = make_url(database_url)
-            url.get_dialect()  # loads the driver: an unknown scheme or a missing driver fails here
+        except ArgumentError:  # unparseable: no part of it can be shown safely, it may be all password
+            raise ValueError(
+                "DATABASE_URL is not a URL SQLAlchemy can parse (dialect+driver://user:password@host:port/database); "
+                "its value is not shown as it may hold a password"
+            ) from None
+        shown = url.render_as_string(hide_password=True)
+        try:
+            url.get_dialect().import_dbapi()  # an unknown scheme or a driver that is not installed fails here
         except (ArgumentError, ImportError) as err:
-            raise ValueError(f"DATABASE_URL {database_url!r} is not a database URL SQLAlchemy can use: {err}") from None
+            raise ValueError(
+                f"DATABASE_URL {shown!r} is not a database URL SQLAlchemy can use: {mask_url(str(err))}"
+            ) from None
         self.dialect = url.get_backend_name()
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if self.dialect == "sqlite" and url.database and url.database != ":memory:":

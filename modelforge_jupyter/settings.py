@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,35 @@ def check_batching(values: Mapping[str, Any], where: str = "") -> None:
             raise ValueError(f"{where}{key} must be a whole number from {low} to {high}, got {value!r}")
 
 
+# scheme://user:password@...: the password runs to the last "@" of the token, so one containing "@" or "/" is masked
+# whole (over-masking a query that holds an "@" rather than leaking part of a password).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):\S*@")
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it (``scheme://user:password@host``, as in ``DATABASE_URL``,
+    ``REDIS_URL`` and ``CELERY_BROKER_URL``) replaced by ``***``, as SQLAlchemy's
+    ``URL.render_as_string(hide_password=True)`` does. Every message or log line that may quote a URL goes through
+    it, including text that is not a valid URL (an unparseable ``DATABASE_URL`` is quoted in its error)."""
+    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
+
+
+def check_providers(providers: list[str]) -> list[str]:
+    """Refuse (``ValueError`` naming ``execution_providers``, what was given and what this onnxruntime build
+    offers) an empty list or a provider ``onnxruntime.get_available_providers()`` does not list: ONNX Runtime
+    itself only warns and falls back to the CPU."""
+    from onnxruntime import get_available_providers
+
+    available = get_available_providers()
+    unknown = [p for p in providers if p not in available]
+    if unknown or not providers:
+        given = ", ".join(unknown) if unknown else "none"
+        raise ValueError(
+            f"execution_providers: {given} not available in this onnxruntime; available: {', '.join(available)}"
+        )
+    return providers
+
+
 def data_dir() -> Path:
     """Where the embedded registry and cache live: ``$MODELFORGE_DATA_DIR`` or ``jupyter_data_dir()/modelforge``."""
     explicit = os.environ.get("MODELFORGE_DATA_DIR")
@@ -95,8 +125,9 @@ def data_dir() -> Path:
 class Settings(Configurable):
     """Every ModelForge setting, with its environment variable and default (see each trait's help).
 
-    Raises ``ValueError`` naming the setting when an environment variable cannot be read or a batching setting is
-    out of range (``check_batching``).
+    Raises ``ValueError`` naming the setting when an environment variable cannot be read, a batching setting is
+    out of range (``check_batching``), ``max_sessions`` < 1 or an execution provider is not available in this
+    onnxruntime (``check_providers``).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -107,6 +138,9 @@ class Settings(Configurable):
             if not isinstance(own, Mapping):
                 raise ValueError(f"model_batching[{model!r}] must map setting names to values, got {own!r}")
             check_batching(own, f"model_batching[{model!r}].")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        check_providers(self.providers)
 
     database_url = Unicode(
         config=True,
@@ -151,7 +185,7 @@ class Settings(Configurable):
     max_sessions = Int(
         config=True,
         help="How many ONNX Runtime sessions the engine keeps loaded, least recently used evicted first "
-        "(env MODELFORGE_MAX_SESSIONS, default 32).",
+        "(env MODELFORGE_MAX_SESSIONS, default 32; at least 1).",
     )
     intra_op_num_threads = Int(
         config=True,
@@ -161,7 +195,8 @@ class Settings(Configurable):
     execution_providers = Unicode(
         config=True,
         help="Comma-separated ONNX Runtime execution providers, in priority order "
-        "(env MODELFORGE_EXECUTION_PROVIDERS, default CPUExecutionProvider).",
+        "(env MODELFORGE_EXECUTION_PROVIDERS, default CPUExecutionProvider). One this onnxruntime build does not "
+        "have is refused (check_providers).",
     )
     inference_timeout = Float(
         config=True,

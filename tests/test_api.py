@@ -368,3 +368,26 @@ def test_concurrent_saves_of_a_new_name_all_succeed(mf_forge):
     assert [changed for _, changed in results].count(True) == len(record.versions)
     assert record.versions == list(range(1, len(record.versions) + 1)) and len(record.versions) >= 1
     assert {r.id for r, _ in results} == {record.id}
+
+
+@pytest.mark.parametrize("version", ["", " ", "1", 0, -1, 1.0, True])
+def test_delete_with_a_version_that_is_not_one_is_400_and_deletes_nothing(mf_forge, version):
+    mf_forge.register("iris", IRIS)
+    mf_forge.update("iris", IRIS_V2)
+
+    with pytest.raises(ModelForgeError, match="^version must be a whole number >= 1, got ") as err:
+        mf_forge.delete("iris", version)
+
+    assert err.value.status == 400
+    with mf_forge.registry.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM mf_model_versions ORDER BY version")).scalars().all() == [1, 2]
+
+
+@pytest.mark.parametrize("raw", ["", " ", " 1", "1 ", "+1", "-1", "0", "00", "1.0", "1e3", "١", "1_0", "0x1"])
+def test_version_from_text_takes_only_ascii_digits_of_a_number_from_one(raw):
+    from modelforge_jupyter.api import version_from_text
+
+    with pytest.raises(ModelForgeError) as err:
+        version_from_text(raw)
+    assert (err.value.status, str(err.value)) == (400, f"version must be a whole number >= 1, got {raw!r}")
+    assert (version_from_text("1"), version_from_text("007"), version_from_text("12")) == (1, 7, 12)

@@ -65,12 +65,16 @@ EXPECT = {
     "ONNXService().run_inference": [r"^Inference time: \d+\.\d\dms$"],
     "modelforge/models/iris/unload": [
         r'^\{"status":\s*"healthy".* 200$',  # health
+        r'^\{"status":\s*"alive"\} 200$',  # health/live
+        r'^\{"status":\s*"ready"\} 200$',  # health/ready
         r'^\{.*"name":\s*"iris".*"version":\s*1\b.* 201$',  # first PUT: created, version 1
         r'^\{.*"name":\s*"iris".*"version":\s*2\b.* 200$',  # second PUT: version 2
         r'^\[.*"iris".* 200$',  # the list
         r'^\{.*"version":\s*1\b.* 200$',  # ?version=1
         r'^\{"prediction_id".*"model_version":\s*2\b.*"output_label":\s*\[0,\s*2\].* 200$',
         r'^\{"prediction_id".*"model_version":\s*1\b.*"cached":\s*false\} 200$',
+        r'^\{"prediction_id".*"model_version":\s*2\b.*"output_label":\s*\[0\].* 200$',  # the gzip body
+        r'^\{"message":\s*"unknown query parameter \'versoin\'.* 400$',  # nothing deleted
         r'^\{"name":\s*"iris",\s*"unloaded":\s*true\} 200$',
         r"^ 204$",
         r"^ 204$",

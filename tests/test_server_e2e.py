@@ -164,3 +164,36 @@ def test_installed_json_enables_the_extension_under_its_name():
     assert config == {"ServerApp": {"jpserver_extensions": {"modelforge_jupyter": True}}}
     installed = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "modelforge_jupyter.json"
     assert json.loads(installed.read_text()) == config  # pip install put it in the environment
+
+
+def test_a_bad_database_url_is_logged_masked_and_answered_503_while_live(tmp_path):
+    from .mf_server import http as plain_http
+    from .mf_server import isolated_env, start_server
+
+    # Given a server whose DATABASE_URL names a driver that is not installed, with a password in it
+    env = isolated_env(tmp_path, DATABASE_URL="postgresql+psycopg2://modelforge:s3cret-pw@127.0.0.1:5432/mf",
+                       MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"))
+    server = start_server(tmp_path / "server", env, wait=False)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the extension loads: liveness answers 200 although ModelForge cannot be built
+            assert server.proc.poll() is None, server.log
+            try:
+                if plain_http("GET", server.url + "modelforge/health/live")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+
+        # Then every endpoint answers 503 JSON naming the setting, its password masked, and so does the log
+        expected = ("ModelForge is misconfigured: DATABASE_URL 'postgresql+psycopg2://modelforge:***@127.0.0.1:5432/mf'"
+                    " is not a database URL SQLAlchemy can use: No module named 'psycopg2'")
+        for path, token in [("health", None), ("health/ready", None), ("models", server.token)]:
+            code, body = plain_http("GET", server.url + "modelforge/" + path, token=token)
+            assert (code, json.loads(body)) == (503, {"message": expected}), path
+        log = server.log
+        assert f"{expected}; its endpoints answer 503 until the server is restarted with it fixed" in log
+        assert "s3cret" not in log and "extension failed loading" not in log
+    finally:
+        server.stop()

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import uuid
+from urllib.parse import parse_qsl
 
 import numpy as np
 import orjson
@@ -37,6 +38,12 @@ def mf_server_overrides() -> dict:
 
 
 @pytest.fixture
+def mf_serverapp_overrides() -> dict:
+    """Extra ``ServerApp`` config for one test (parametrize it to override)."""
+    return {}
+
+
+@pytest.fixture
 def mf_env() -> dict:
     """Environment variables set before the server starts (parametrize it to override)."""
     return {}
@@ -58,7 +65,9 @@ def mf_environ():
 
 
 @pytest.fixture
-def jp_server_config(mf_environ, mf_settings, mf_server_overrides, mf_env, mf_config_py, jp_config_dir):
+def jp_server_config(
+    mf_environ, mf_settings, mf_server_overrides, mf_serverapp_overrides, mf_env, mf_config_py, jp_config_dir
+):
     os.environ.update(mf_env)
     if mf_config_py:
         (jp_config_dir / "jupyter_server_config.py").write_text(mf_config_py)
@@ -66,6 +75,7 @@ def jp_server_config(mf_environ, mf_settings, mf_server_overrides, mf_env, mf_co
         "ServerApp": {
             "jpserver_extensions": {"modelforge_jupyter": True, "jupyter_server_terminals": False},
             "allow_unauthenticated_access": False,
+            **mf_serverapp_overrides,
         },
         "ModelForgeApp": {**mf_settings, "max_workers": 2, **mf_server_overrides},
     }
@@ -148,10 +158,13 @@ async def test_health_is_unhealthy_503_when_the_database_is_gone(jp_fetch, mf_se
 
     code, health = await mf_call(jp_fetch, "GET", "health", token=False)
     mcode, body = await mf_call(jp_fetch, "GET", "models")
+    rcode, ready = await mf_call(jp_fetch, "GET", "health", "ready", token=False)
 
-    # Then health says so with 503, and the API answers 503 JSON
+    # Then health says so with 503, and the API answers 503 JSON; the server is live but not ready
     assert (code, health["status"], health["database"]) == (503, "unhealthy", "disconnected")
     assert mcode == 503 and body["message"].startswith("model registry database unavailable")
+    assert rcode == 503 and ready["message"].startswith("model registry database unavailable")
+    assert await mf_call(jp_fetch, "GET", "health", "live", token=False) == (200, {"status": "alive"})
 
 
 @pytest.fixture
@@ -180,6 +193,8 @@ async def test_server_started_before_its_database_answers_503_then_heals(mf_miss
     assert set(health) == {"status", "database", "redis", "celery", "version", "environment", "timestamp"}
     code, err = await mf_call(jp_fetch, "GET", "models")
     assert code == 503 and err["message"].startswith("model registry database unavailable: ")
+    code, err = await mf_call(jp_fetch, "GET", "health", "ready", token=False)
+    assert code == 503 and err["message"].startswith("model registry database unavailable: ")
 
     # When the database appears
     url, name = mf_missing_database
@@ -192,6 +207,7 @@ async def test_server_started_before_its_database_answers_503_then_heals(mf_miss
     # Then the next requests build the ModelForge and are served
     code, health = await mf_call(jp_fetch, "GET", "health", token=False)
     assert (code, health["status"], health["database"]) == (200, "healthy", "connected")
+    assert await mf_call(jp_fetch, "GET", "health", "ready", token=False) == (200, {"status": "ready"})
     assert (await mf_put(jp_fetch, "iris", IRIS))[0] == 201
 
 
@@ -390,6 +406,8 @@ async def test_bad_requests_are_400_json_naming_the_problem(jp_fetch):
     assert code == 404 and "9" in err["message"]
     code, err = await mf_call(jp_fetch, "GET", "models", "iris", params={"version": "two"})
     assert (code, err) == (400, {"message": "version must be a whole number >= 1, got 'two'"})
+    code, err = await mf_call(jp_fetch, "GET", "models", "iris", params={"version": ""})
+    assert (code, err) == (400, {"message": "version must be a whole number >= 1, got ''"})
 
 
 async def test_invalid_onnx_upload_is_400_and_leaves_the_registry_unchanged(jp_fetch):
@@ -411,7 +429,7 @@ async def test_wrong_method_is_405_json_and_unknown_path_404_json(jp_fetch):
     assert (r.code, r.headers["Allow"]) == (405, "POST")
     assert orjson.loads(r.body) == {"message": "GET is not allowed here; allowed: POST"}
     assert await mf_call(jp_fetch, "PATCH", "models", "iris", body=b"{}") == (
-        405, {"message": "PATCH is not allowed here; allowed: GET, DELETE, PUT"}
+        405, {"message": "PATCH is not allowed here; allowed: GET, HEAD, DELETE, PUT"}
     )
     assert (await mf_call(jp_fetch, "DELETE", "health"))[0] == 405
     code, err = await mf_call(jp_fetch, "GET", "nope")
@@ -564,3 +582,240 @@ async def test_stop_extension_shuts_the_executor_and_closes_the_forge(mf_app):
     assert (mf_app.executor, mf_app.forge) == (None, None)
     with pytest.raises(RuntimeError, match="shutdown"):
         executor.submit(print)
+
+
+# -- query parameters: a version given must be one; an unknown parameter is refused ----------------------------------
+def mf_versions_in_db(database_url: str) -> list[int]:
+    """Every stored version number, read from the registry's own table."""
+    from modelforge_jupyter.schema import model_versions
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return sorted(conn.scalars(sa.select(model_versions.c.version)))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("version=", "version must be a whole number >= 1, got ''"),
+        ("version=%20", "version must be a whole number >= 1, got ' '"),
+        ("version=0", "version must be a whole number >= 1, got '0'"),
+        ("version=-1", "version must be a whole number >= 1, got '-1'"),
+        ("version=1.0", "version must be a whole number >= 1, got '1.0'"),
+        ("version=%201", "version must be a whole number >= 1, got ' 1'"),
+        ("versoin=1", "unknown query parameter 'versoin' for this endpoint; it takes version"),
+        ("version=1&version=2", "query parameter 'version' given 2 times; give it once"),
+    ],
+)
+async def test_delete_with_a_bad_version_parameter_is_400_and_deletes_nothing(jp_fetch, mf_settings, query, message):
+    # Given a model with two versions
+    await mf_put(jp_fetch, "iris", IRIS)
+    await mf_put(jp_fetch, "iris", IRIS_V2)
+
+    # When a DELETE carries an empty, blank, malformed, misspelt or repeated version parameter
+    r = await jp_fetch("modelforge/models/iris", method="DELETE", params=parse_qsl(query, keep_blank_values=True),
+                       raise_error=False)
+
+    # Then it is refused naming the problem, and both versions remain in the database
+    assert (r.code, orjson.loads(r.body)) == (400, {"message": message})
+    assert mf_versions_in_db(mf_settings["database_url"]) == [1, 2]
+    assert (await mf_call(jp_fetch, "GET", "models", "iris"))[1]["versions"] == [1, 2]
+
+
+async def test_unknown_query_parameters_are_400_on_every_endpoint_and_jupyters_own_still_work(
+    jp_fetch, jp_serverapp
+):
+    await mf_put(jp_fetch, "iris", IRIS)
+    predict = orjson.dumps({"model_id": "iris", "input_data": [[1, 2, 3, 4]]})
+
+    for method, path, body, param in [
+        ("GET", "health", None, "verbose"), ("GET", "health/live", None, "x"), ("GET", "health/ready", None, "x"),
+        ("POST", "predict", predict, "version"), ("GET", "models", None, "version"),
+        ("GET", "models/iris", None, "v"), ("PUT", "models/iris", IRIS_V2.read_bytes(), "name"),
+        ("POST", "models/iris/unload", b"", "versions"),
+    ]:
+        r = await jp_fetch(f"modelforge/{path}", method=method, body=body, params={param: "1"}, raise_error=False)
+        assert r.code == 400, (method, path)
+        assert orjson.loads(r.body)["message"].startswith(f"unknown query parameter {param!r} for this endpoint; ")
+    assert mf_versions_in_db_or_none(jp_serverapp) == [1]  # the refused PUT added no version
+
+    # Jupyter's own parameters: ?token= authenticates, _xsrf and no_track_activity are Jupyter's business
+    token = jp_serverapp.identity_provider.token
+    r = await jp_fetch("modelforge/models", params={"token": token, "no_track_activity": "1"},
+                       headers={"Authorization": ""}, raise_error=False)
+    assert r.code == 200 and [m["name"] for m in orjson.loads(r.body)] == ["iris"]
+    r = await jp_fetch("modelforge/models/iris", params={"version": "1", "_xsrf": "x"}, raise_error=False)
+    assert (r.code, orjson.loads(r.body)["version"]) == (200, 1)
+
+
+def mf_versions_in_db_or_none(serverapp) -> list[int]:
+    return [v for r in mf_app_of(serverapp).forge.models() for v in r.versions]
+
+
+# -- HEAD: as GET without a body --------------------------------------------------------------------------------------
+async def test_head_answers_as_get_without_a_body_and_health_needs_no_token(jp_fetch):
+    await mf_put(jp_fetch, "iris", IRIS)
+
+    for path, token, code in [
+        ("health", False, 200), ("health/live", False, 200), ("health/ready", False, 200),
+        ("models", True, 200), ("models/iris", True, 200), ("models/nope", True, 404), ("nope", True, 404),
+        ("models", False, 403), ("models/iris", False, 403),
+    ]:
+        headers = {} if token else {"Authorization": ""}
+        get = await jp_fetch("modelforge", *path.split("/"), headers=dict(headers), raise_error=False)
+        head = await jp_fetch("modelforge", *path.split("/"), method="HEAD", headers=dict(headers), raise_error=False)
+        assert (head.code, get.code, head.body) == (code, code, b""), path
+        assert head.headers["Content-Type"] == "application/json"
+        if code == 200 and path != "health":  # health's timestamp may tick between the two
+            assert int(head.headers["Content-Length"]) == len(get.body), path
+    r = await jp_fetch("modelforge", "predict", method="HEAD", raise_error=False)
+    assert (r.code, r.headers["Allow"]) == (405, "POST")
+
+
+# -- CORS: every answer carries the server's CORS headers ------------------------------------------------------------
+ORIGIN = "https://notebooks.example.org"
+
+
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+@pytest.mark.parametrize("mf_serverapp_overrides", [{"allow_origin": ORIGIN, "allow_credentials": True}])
+async def test_error_answers_carry_the_same_cors_headers_as_jupyters_api(jp_fetch, mf_app):
+    mf_app.max_body_size = 1024
+    origin = {"Origin": ORIGIN}
+    jupyter_404 = await jp_fetch("api", "contents", "nope", headers=dict(origin), raise_error=False)
+    assert jupyter_404.code == 404 and jupyter_404.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+    for method, path, body, headers, code in [
+        ("GET", "models", None, {}, 200),
+        ("GET", "models/nope", None, {}, 404),
+        ("DELETE", "models/nope", None, {"versoin": "1"}, 400),
+        ("POST", "predict", b"{", {}, 400),
+        ("PUT", "models/x", b"\0" * 2048, {}, 413),
+        ("PUT", "models/x", b"x", {"Content-Encoding": "br"}, 415),
+        ("PATCH", "models/x", b"{}", {}, 405),
+        ("GET", "models", None, {"Authorization": ""}, 403),
+        ("GET", "health", None, {"Authorization": ""}, 200),
+    ]:
+        params = headers.pop("versoin", None) and {"versoin": "1"}
+        r = await jp_fetch(f"modelforge/{path}", method=method, body=body, headers={**origin, **headers},
+                           params=params, raise_error=False, allow_nonstandard_methods=True)
+        assert r.code == code, (method, path, r.body)
+        assert r.headers.get("Access-Control-Allow-Origin") == ORIGIN, (method, path, code)
+        assert r.headers.get("Access-Control-Allow-Credentials") == "true", (method, path, code)
+        assert r.headers["Content-Type"] == "application/json"
+    # a CORS preflight is answered whatever the query of the request it asks about
+    r = await jp_fetch("modelforge/models/nope", method="OPTIONS", params={"versoin": "1"}, raise_error=False,
+                       headers={**origin, "Access-Control-Request-Method": "DELETE", "Authorization": ""})
+    assert (r.code, r.headers.get("Access-Control-Allow-Origin")) == (200, ORIGIN)
+
+
+# -- compressed request bodies --------------------------------------------------------------------------------------
+def compress(data: bytes, encoding: str) -> bytes:
+    import gzip
+    import zlib
+
+    return gzip.compress(data) if encoding == "gzip" else zlib.compress(data)  # tritonclient's two encodings
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_gzip_and_deflate_bodies_are_decompressed(jp_fetch, encoding):
+    X = np.tile(load_iris().data, (200, 1)).astype(np.float32)  # 30000 rows
+    request = orjson.dumps({"model_id": "iris", "input_data": X.tolist(), "use_cache": False})
+    assert len(request) > 1 << 20  # decompressed over several zlib calls (handlers.INFLATE_STEP)
+    headers = {"Content-Encoding": encoding}
+
+    r = await jp_fetch("modelforge", "models", "iris", method="PUT", body=compress(IRIS.read_bytes(), encoding),
+                       headers=dict(headers), raise_error=False)
+    record = orjson.loads(r.body)
+    assert (r.code, record["sha256"]) == (201, hashlib.sha256(IRIS.read_bytes()).hexdigest())
+    r = await jp_fetch("modelforge", "predict", method="POST", body=compress(request, encoding),
+                       headers=dict(headers), raise_error=False)
+    label, proba = mf_raw_run(IRIS, {"float_input": X})
+    assert r.code == 200, r.body
+    assert orjson.loads(r.body)["output_data"] == {"output_label": label.tolist(), "output_probability": zipmap(proba)}
+
+
+async def test_compressed_bodies_are_limited_decompressed_and_bad_ones_refused(jp_fetch, mf_app):
+    # Given a 1 KiB body limit
+    mf_app.max_body_size = 1024
+    bomb = compress(b"\0" * (64 * 2**20), "gzip")  # 64 MiB of zeros in ~64 KB
+    assert len(bomb) < 100_000
+
+    async def put(body, encoding):
+        r = await jp_fetch("modelforge", "models", "iris", method="PUT", body=body,
+                           headers={"Content-Encoding": encoding}, raise_error=False)
+        return r.code, orjson.loads(r.body).get("message", r.body)
+
+    # When a small compressed body expands past the limit, Then 413 counting decompressed bytes: the first chunk
+    # decompressed stops at limit + 1 bytes, however far the rest would have gone
+    assert await put(bomb, "gzip") == (
+        413, "request body too large: at least 1025 bytes decompressed; the limit is 1024 bytes "
+        "(ModelForgeApp.max_body_size)"
+    )
+    # a body that is no such data, a truncated one, one with trailing bytes, an unknown encoding
+    code, message = await put(b"not gzip at all", "gzip")
+    assert code == 400 and message.startswith("request body is not valid gzip data: ")
+    code, message = await put(compress(IRIS.read_bytes(), "gzip")[:-12], "gzip")
+    assert (code, message) == (400, "request body is truncated gzip data: its stream does not end")
+    code, message = await put(compress(IRIS.read_bytes(), "deflate") + b"junk", "deflate")
+    assert (code, message) == (400, "request body has data after the end of its compressed stream")
+    assert await put(IRIS.read_bytes(), "br") == (
+        415, "Content-Encoding 'br' is not supported; send the body uncompressed, gzip or deflate"
+    )
+    # nothing was registered; a compressed model under the limit once decompressed is taken (690 bytes)
+    assert (await mf_call(jp_fetch, "GET", "models"))[1] == []
+    assert (await put(compress(IRIS.read_bytes(), "gzip"), "gzip"))[0] == 201
+    assert (await put(IRIS.read_bytes(), "identity"))[0] == 200
+
+
+# -- a misconfigured extension: loaded, live, not ready, every endpoint a 503 naming the setting ---------------------
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+@pytest.mark.parametrize(
+    ("mf_server_overrides", "setting"),
+    [
+        ({"database_url": "postgresql+psycopg2://modelforge:s3cret-pw@127.0.0.1:5432/mf"}, "DATABASE_URL "),
+        ({"database_url": "modelforge:s3cret-pw@@127.0.0.1/mf"}, "DATABASE_URL "),
+        ({"max_sessions": 0}, "max_sessions must be >= 1, got 0"),
+        ({"execution_providers": "CPUExecutionProvider,NopeExecutionProvider"}, "execution_providers: "),
+    ],
+)
+async def test_a_setting_modelforge_cannot_use_answers_503_naming_it_and_hides_passwords(jp_fetch, setting):
+    for method, path, body in [("GET", "health", None), ("GET", "models", None), ("GET", "health/ready", None),
+                               ("POST", "predict", {"model_id": "iris", "input_data": [[1, 2, 3, 4]]})]:
+        code, err = await mf_call(jp_fetch, method, path, body=body)
+        assert code == 503 and err["message"].startswith(f"ModelForge is misconfigured: {setting}"), err
+        assert "s3cret" not in err["message"]
+    assert await mf_call(jp_fetch, "GET", "health", "live", token=False) == (200, {"status": "alive"})
+    assert (await mf_call(jp_fetch, "HEAD", "health", token=False))[0] == 503
+
+
+
+def test_settings_refuse_an_unavailable_execution_provider_naming_the_available_ones():
+    import onnxruntime
+
+    with pytest.raises(ValueError) as err:
+        Settings(execution_providers="NopeExecutionProvider")
+    available = ", ".join(onnxruntime.get_available_providers())
+    assert str(err.value) == (
+        f"execution_providers: NopeExecutionProvider not available in this onnxruntime; available: {available}"
+    )
+    with pytest.raises(ValueError, match="^execution_providers: none not available"):
+        Settings(execution_providers=" , ")
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("postgresql+psycopg://u:s3cret@db:5432/mf", "postgresql+psycopg://u:***@db:5432/mf"),
+        ("redis://:s3cret@cache:6379/0 and amqp://guest:s3cret@mq//",
+         "redis://:***@cache:6379/0 and amqp://guest:***@mq//"),
+        ("'postgresql://u:pa@ss/w@db/mf'", "'postgresql://u:***@db/mf'"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+    ],
+)
+def test_mask_url_hides_every_password_in_a_text(text, masked):
+    from modelforge_jupyter.settings import mask_url
+
+    assert mask_url(text) == masked

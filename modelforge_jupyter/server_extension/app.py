@@ -27,7 +27,7 @@ from traitlets import Int, TraitError, TraitType, validate
 from traitlets.config import Configurable
 
 from ..errors import ServiceUnavailableError
-from ..settings import Settings
+from ..settings import Settings, mask_url
 from .handlers import default_handlers
 
 if TYPE_CHECKING:
@@ -113,17 +113,20 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         try:
             self._forge_settings = self.modelforge_settings()
         except ValueError as err:  # a setting out of range: the endpoints say which (503) rather than vanish (404)
-            self._config_error = f"ModelForge is misconfigured: {err}"
+            self._config_error = f"ModelForge is misconfigured: {mask_url(str(err))}"
             self.log.error("%s; its endpoints answer 503 until the server is restarted with it fixed", self._config_error)
             return
         export_environment(self._forge_settings)
         try:
             forge = self.get_forge()
         except ServiceUnavailableError as err:
-            self.log.error("ModelForge: %s; its endpoints answer 503 until the registry is reachable", err)
+            if self._config_error is not None:
+                self.log.error("%s; its endpoints answer 503 until the server is restarted with it fixed", err)
+            else:
+                self.log.error("ModelForge: %s; its endpoints answer 503 until the registry is reachable", err)
             return
         s = self._forge_settings
-        cache = f"redis {s.redis_url}" if s.redis_url else f"disk {s.cache_dir}"
+        cache = f"redis {mask_url(s.redis_url)}" if s.redis_url else f"disk {s.cache_dir}"
         url = forge.registry.url.render_as_string(hide_password=True)
         self.log.info("ModelForge: registry %s, cache %s, %d worker threads", url, cache, self.max_workers)
 
@@ -132,7 +135,8 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
 
         While the registry database is unreachable this raises ``ServiceUnavailableError`` (503), trying again at
         most every ``RETRY_AFTER`` seconds, so a server started before its database still comes up and heals; with a
-        setting out of range (``Settings`` refused it at start) it raises 503 naming the setting.
+        setting out of range (``Settings`` refused it at start) or one ``ModelForge`` cannot use (a bad
+        ``DATABASE_URL``: ``ValueError``) it raises 503 naming the setting, every time.
         """
         forge = self.forge
         if forge is not None:
@@ -152,6 +156,9 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
                 except ServiceUnavailableError as err:
                     self._forge_error = (time.monotonic() + RETRY_AFTER, str(err))
                     raise
+                except ValueError as err:  # a setting ModelForge cannot use: it will not heal by waiting
+                    self._config_error = f"ModelForge is misconfigured: {mask_url(str(err))}"
+                    raise ServiceUnavailableError(self._config_error) from None
             return self.forge
 
     def initialize_handlers(self) -> None:

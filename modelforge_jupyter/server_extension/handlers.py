@@ -1,15 +1,20 @@
 """HTTP handlers: parse the request, call the ``ModelForge`` API in the app's executor, answer JSON.
 
-Routes (relative to the server's base_url): ``GET modelforge/health`` (no token needed), ``POST modelforge/predict``,
-``GET modelforge/models``, ``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``.
-Every error is a JSON body ``{"message": ...}``; a ``ModelForgeError`` answers with its own ``status``.
-Request bodies are streamed: one over ``ModelForgeApp.max_body_size`` gets 413 before it is read.
+Routes (relative to the server's base_url): ``GET modelforge/health``, ``GET modelforge/health/live`` and
+``GET modelforge/health/ready`` (no token needed), ``POST modelforge/predict``, ``GET modelforge/models``,
+``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``. HEAD answers as GET without the
+body, with the same authentication. A query parameter an endpoint does not take is a 400 naming it (Jupyter's
+``token``, ``_xsrf`` and ``no_track_activity`` aside).
+Every error is a JSON body ``{"message": ...}``, with the server's CORS headers; a ``ModelForgeError`` answers with its
+own ``status``. Request bodies are streamed, ``Content-Encoding: gzip`` or ``deflate`` decompressed as they arrive
+(any other encoding: 415): a body over ``ModelForgeApp.max_body_size``, decompressed, gets 413 before it is read whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import zlib
 from collections.abc import Callable
 from http.client import responses
 from typing import Any, TypeVar
@@ -28,6 +33,10 @@ AUTH_RESOURCE = "modelforge"
 TOKEN_NEEDED = (
     "authentication required: send the Jupyter server's token as the header 'Authorization: token <token>'"
 )
+JUPYTER_QUERY_PARAMS = frozenset({"token", "_xsrf", "no_track_activity"})  # read by jupyter_server itself
+# Content-Encoding of a request body -> zlib wbits of its decompressor (tritonclient sends gzip or deflate, i.e. zlib)
+BODY_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+INFLATE_STEP = 1 << 20  # bytes decompressed per zlib call: the memory a compressed body may take beyond its own size
 T = TypeVar("T")
 
 
@@ -36,40 +45,117 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
     """Base handler: body size limit, executor calls, JSON answers and JSON errors for every subclass."""
 
     auth_resource = AUTH_RESOURCE
+    query_params: frozenset[str] = frozenset()  # the query parameters this endpoint takes, besides Jupyter's
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give every handler with a GET a HEAD: the same call through the same authentication, and tornado sends
+        no body for a HEAD request (``RequestHandler.flush``); a GET open without token gives an open HEAD."""
+        super().__init_subclass__(**kwargs)
+        get = cls.__dict__.get("get")
+        if get is None or "head" in cls.__dict__:
+            return
+
+        async def head(self: ModelForgeHandler, *args: Any, **kwargs: Any) -> None:
+            await self.get(*args, **kwargs)
+
+        # decorated as jupyter_server wants every extension method to be (it checks); get() authorizes the call
+        open_get = getattr(get, "__allow_unauthenticated", False)
+        cls.head = allow_unauthenticated(head) if open_get else web.authenticated(head)
 
     async def prepare(self) -> None:
         self._chunks: list[bytes] = []
         self._body_size = 0
+        self._inflate: Any = None  # a zlib decompressobj while a compressed body streams in
         await super().prepare()
         method = getattr(self, self.request.method.lower(), None)
         if self.current_user is None and not getattr(method, "__allow_unauthenticated", False):
             raise web.HTTPError(403)  # refuse before reading a body that @web.authenticated would refuse after
+        if self.request.method != "OPTIONS":  # a CORS preflight is answered whatever the query; its request is not
+            self.check_query()
+        encoding = self.request.headers.get("Content-Encoding", "identity").strip().lower()
         limit = self.extensionapp.max_body_size
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise web.HTTPError(413, "%s", self._too_large(int(length)))
+        if encoding in BODY_ENCODINGS:
+            self._inflate = zlib.decompressobj(BODY_ENCODINGS[encoding])
+        elif encoding != "identity":
+            raise web.HTTPError(415, "%s", f"Content-Encoding {encoding!r} is not supported; send the body "
+                                f"uncompressed, gzip or deflate")
+        else:  # a compressed body's Content-Length says nothing of its decompressed size: checked as it streams
+            length = self.request.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise web.HTTPError(413, "%s", self._too_large(int(length)))
         if limit > self.serverapp.max_body_size:
             self.request.connection.set_max_body_size(limit)
+
+    def check_query(self) -> None:
+        """Refuse (400 naming it) a query parameter this endpoint does not take, or one given more than once: a
+        misspelt ``?versoin=1`` must never read as "no version" (a DELETE of every version)."""
+        for name, values in self.request.query_arguments.items():
+            if name in JUPYTER_QUERY_PARAMS:
+                continue
+            if name not in self.query_params:
+                takes = f"it takes {', '.join(sorted(self.query_params))}" if self.query_params else "it takes none"
+                raise web.HTTPError(400, "%s", f"unknown query parameter {name!r} for this endpoint; {takes}")
+            if len(values) > 1:
+                raise web.HTTPError(400, "%s", f"query parameter {name!r} given {len(values)} times; give it once")
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
-        self._body_size += len(chunk)
-        if self._body_size > self.extensionapp.max_body_size:  # chunked upload: no Content-Length to check first
-            self._chunks.clear()
-            self.send_error(413, message=self._too_large(self._body_size, "at least "))
-        else:
-            self._chunks.append(chunk)
+        if self._inflate is None:
+            self._take(chunk)
+            return
+        if self._inflate.eof:  # tornado may end the body with an empty chunk
+            if chunk:
+                self._refuse(400, "request body has data after the end of its compressed stream")
+            return
+        # Decompressed INFLATE_STEP bytes at a time, and never past limit + 1 bytes in all: however far a small input
+        # would expand (a zip bomb), memory holds at most the body limit plus one step.
+        data = chunk
+        while True:
+            step = min(self.extensionapp.max_body_size - self._body_size + 1, INFLATE_STEP)
+            try:
+                out = self._inflate.decompress(data, step)
+            except zlib.error as err:
+                encoding = self.request.headers["Content-Encoding"].strip().lower()
+                self._refuse(400, f"request body is not valid {encoding} data: {err}")
+                return
+            if not self._take(out):
+                return
+            data = self._inflate.unconsumed_tail
+            if not data and len(out) < step:  # input used up and no output left pending in zlib
+                break
+        if self._inflate.unused_data:
+            self._refuse(400, "request body has data after the end of its compressed stream")
 
-    def _too_large(self, size: int, qualifier: str = "") -> str:
+    def _take(self, data: bytes) -> bool:
+        """Keep ``data`` of the body; False (413 sent) once the body passes the limit."""
+        self._body_size += len(data)
+        if self._body_size > self.extensionapp.max_body_size:  # chunked or compressed: no Content-Length to check
+            decompressed = " decompressed" if self._inflate is not None else ""
+            self._refuse(413, self._too_large(self._body_size, "at least ", decompressed))
+            return False
+        self._chunks.append(data)
+        return True
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` while the body streams in, dropping what was read of it."""
+        self._chunks.clear()
+        self.send_error(status, message=message)
+
+    def _too_large(self, size: int, qualifier: str = "", decompressed: str = "") -> str:
         limit = self.extensionapp.max_body_size
         return (
-            f"request body too large: {qualifier}{size} bytes; the limit is {limit} bytes (ModelForgeApp.max_body_size)"
+            f"request body too large: {qualifier}{size} bytes{decompressed}; the limit is {limit} bytes "
+            f"(ModelForgeApp.max_body_size)"
         )
 
     @property
     def body(self) -> bytes:
-        """The request body, as streamed in."""
+        """The request body, as streamed in (decompressed). Raises ``HTTPError(400)`` when a compressed body ended
+        before its compressed stream did."""
+        if self._inflate is not None and not self._inflate.eof:
+            encoding = self.request.headers["Content-Encoding"].strip().lower()
+            raise web.HTTPError(400, "%s", f"request body is truncated {encoding} data: its stream does not end")
         return b"".join(self._chunks)
 
     async def forge_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -89,14 +175,12 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         self.finish(data if isinstance(data, bytes) else orjson.dumps(data))  # APIHandler: application/json
 
     def query_version(self) -> int | None:
-        """The optional ``?version=N`` query argument."""
-        raw = self.get_query_argument("version", None)
-        if raw is None or raw == "":
-            return None
-        try:
-            return int(raw)  # a query string is text; the core checks the number (>= 1)
-        except ValueError:
-            raise web.HTTPError(400, "%s", f"version must be a whole number >= 1, got {raw!r}") from None
+        """The optional ``?version=N``: absent is None (latest, or every version for DELETE); present, it must be a
+        whole number >= 1 (``version_from_text``: 400 otherwise, an empty ``?version=`` included)."""
+        from ..api import version_from_text  # not at import: ``jupyter server extension list`` imports this module
+
+        values = self.get_query_arguments("version", strip=False)
+        return version_from_text(values[-1]) if values else None
 
     # -- errors: JSON, whatever raised them ------------------------------------------------------------------------
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
@@ -108,6 +192,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Answer ``{"message": ...}``: the ModelForgeError's text, the HTTPError's message, or the status' name."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        self.set_cors_headers()  # send_error's clear() dropped those prepare() set: a browser could not read this
         if "message" in kwargs:
             message = kwargs["message"]
         elif isinstance(exc, ModelForgeError):
@@ -146,6 +231,29 @@ class HealthHandler(ModelForgeHandler):
     async def get(self) -> None:
         health = await self.forge_call("health")
         self.write_json(health, 503 if health["status"] == "unhealthy" else 200)
+
+
+class LivenessHandler(ModelForgeHandler):
+    """``{"status": "alive"}`` (200) whenever the extension is loaded, misconfigured or not. No token needed."""
+
+    @allow_unauthenticated
+    async def get(self) -> None:
+        self.write_json({"status": "alive"})
+
+
+class ReadinessHandler(ModelForgeHandler):
+    """``{"status": "ready"}`` (200) once the ModelForge is built and its registry database answers; else 503 with
+    ``{"message"}`` saying why (a setting it cannot use, the database unreachable, the server stopping). No token."""
+
+    @allow_unauthenticated
+    async def get(self) -> None:
+        await self.run_blocking(self._check)
+        self.write_json({"status": "ready"})
+
+    def _check(self) -> None:
+        forge = self.extensionapp.get_forge()  # 503 naming the setting, or the database error, when not built
+        if not forge.registry.ping():
+            raise ServiceUnavailableError("model registry database unavailable: it does not answer a query")
 
 
 class PredictHandler(ModelForgeHandler):
@@ -189,6 +297,8 @@ class ModelsHandler(ModelForgeHandler):
 class ModelHandler(ModelForgeHandler):
     """One model: its metadata (GET), a new version from raw ONNX bytes (PUT), deletion (DELETE)."""
 
+    query_params = frozenset({"version"})
+
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
@@ -215,6 +325,8 @@ class ModelHandler(ModelForgeHandler):
 class UnloadHandler(ModelForgeHandler):
     """Drop the model's loaded session from this server's engine; the next predict loads it again."""
 
+    query_params = frozenset({"version"})
+
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
@@ -224,6 +336,9 @@ class UnloadHandler(ModelForgeHandler):
 
 class NotFoundHandler(ModelForgeHandler):
     """404 as JSON for any other path under ``modelforge/`` (not the server's HTML page)."""
+
+    def check_query(self) -> None:
+        """Any query: the path is what is wrong (404)."""
 
     def _not_found(self) -> None:
         raise web.HTTPError(404, "%s", f"no ModelForge endpoint at {self.request.path}")
@@ -272,6 +387,8 @@ def json_object(body: bytes) -> dict[str, Any]:
 _name = r"(?P<name>[^/]+)"
 default_handlers = [
     (r"modelforge/health", HealthHandler),
+    (r"modelforge/health/live", LivenessHandler),
+    (r"modelforge/health/ready", ReadinessHandler),
     (r"modelforge/predict", PredictHandler),
     (r"modelforge/models", ModelsHandler),
     (rf"modelforge/models/{_name}", ModelHandler),
