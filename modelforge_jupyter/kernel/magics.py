@@ -66,15 +66,13 @@ def strip_comment(line: str) -> str:
 
 
 def version_arg(text: str) -> int:
-    """argparse type of ``--version``: a whole number >= 1 in ASCII digits (``1_0``, ``+1``, ``1.0`` are refused)."""
-    from ..api import check_version
+    """argparse type of ``--version``: the core's rule for a version given as text (``api.version_from_text``)."""
+    from ..api import version_from_text
 
     try:
-        if not (text.isascii() and text.isdigit()):
-            raise ValueError(text)
-        return check_version(int(text))
-    except (ValueError, ModelForgeError):
-        raise ArgumentTypeError(f"version must be a whole number >= 1, got {text!r}") from None
+        return version_from_text(text)
+    except ModelForgeError as err:
+        raise ArgumentTypeError(str(err)) from None
 
 
 def _unquote(token: str) -> str:
