@@ -210,7 +210,7 @@ class ModelForge:
             rows = next(iter(feed.values())).shape[:1] if feed else ()
             log.debug("predict %s v%d: batch %s, %.3f ms, cached=%s", record.name, record.version,
                       rows[0] if rows else 1, ms, cached)
-        return PredictionResult(str(uuid.uuid4()), record.id, record.version, output_data, ms, cached)
+        return PredictionResult(str(uuid.uuid4()), record.id, record.version, output_data, ms, cached, record.name)
 
     def _runner(self, record: ModelRecord):
         """``engine.run``, or a dynamic batcher's ``run`` when batching is on for this model and it can batch."""

@@ -66,6 +66,8 @@ class PredictionResult:
     ZipMap outputs become lists of ``{str(class): probability}``), identical whether it came from the cache or
     the engine. ``inference_time_ms`` is the wall time ModelForge spent on the call (resolve, validate, cache lookup,
     session run, output conversion), in milliseconds, so a cache hit reports the cache lookup's cost.
+    ``model_name`` is the model's registered name (``""`` when unknown: a result built from an HTTP answer for a
+    model called by id); it is for display and not part of ``to_dict()``, the HTTP answer.
     """
 
     prediction_id: str
@@ -74,6 +76,7 @@ class PredictionResult:
     output_data: dict[str, Any]
     inference_time_ms: float
     cached: bool
+    model_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -266,4 +266,7 @@ class ModelForgeClient:
         ``inference_time_ms`` is the server's own time; the HTTP round trip is not in it.
         """
         answer = self.post_predict(self.predict_body(model, input_data, use_cache=use_cache, version=version))
-        return PredictionResult(**{f.name: answer[f.name] for f in fields(PredictionResult)})
+        values = {f.name: answer[f.name] for f in fields(PredictionResult) if f.name in answer}
+        # the answer names the model by id only: ``model`` is its name unless it was that id (an id resolves first)
+        values.setdefault("model_name", model if model != answer["model_id"] else "")
+        return PredictionResult(**values)

@@ -3,7 +3,8 @@
 Doors only: each magic parses its line (IPython ``magic_arguments``), calls the ``ModelForge`` API and renders the
 answer. Settings come from the environment as everywhere else; ``%config ModelForgeMagics.<trait>`` overrides them.
 A refused request (``ModelForgeError``, bad options, an expression that fails) prints one line to stderr, returns
-None and changes nothing.
+None and changes nothing; that line ends with the next step when there is one (close names of a model that is not
+registered, the ``%mf_update NAME PATH`` line for a name that is). What the magics show is built in ``outputs``.
 
 Every magic line is read the same way: a ``# comment`` (a ``#`` outside a string literal, as Python reads it) is
 dropped, the rest is split as a shell would (quotes group), options must be spelt in full (no argparse abbreviation:
@@ -18,7 +19,7 @@ import io
 import sys
 import tokenize
 from argparse import ArgumentTypeError
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -28,9 +29,9 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, CaselessStrEnum, Unicode, observe
 
-from ..errors import InvalidInputError, ModelForgeError
-from ..records import ModelRecord, PredictionResult
-from . import dashboard
+from ..errors import InvalidInputError, ModelExistsError, ModelForgeError, ModelNotFoundError
+from ..records import PredictionResult
+from . import dashboard, outputs
 
 SETTINGS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix", "cache_prediction_enabled")
 REQUEST_KEYS = {"input_data", "use_cache", "version"}
@@ -40,15 +41,26 @@ class ExpressionError(Exception):
     """The user's expression failed to evaluate; ``str`` is already ``Type: message``."""
 
 
+class Refusal:
+    """What a refusal's hint needs to know: the model name and the path as the user typed them (set once parsed)."""
+
+    model: str | None = None
+    path: str | None = None
+
+
 @contextlib.contextmanager
-def one_line_errors() -> Iterator[None]:
-    """Print a refused request as one line on stderr (no traceback); the magic then returns None."""
+def one_line_errors(hint: Callable[[ModelForgeError, Refusal], str] | None = None) -> Iterator[Refusal]:
+    """Print a refused request as one line on stderr (no traceback), ended by ``hint(err, refusal)`` when that
+    names a next step; the magic then returns None."""
+    refusal = Refusal()
     try:
-        yield
+        yield refusal
     except ExpressionError as err:
         print(err, file=sys.stderr)
     except (ModelForgeError, UsageError) as err:
-        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        line = f"{type(err).__name__}: {err}"
+        extra = hint(err, refusal) if hint is not None and isinstance(err, ModelForgeError) else ""
+        print(f"{line}; {extra}" if extra else line, file=sys.stderr)
 
 
 def strip_comment(line: str) -> str:
@@ -79,20 +91,6 @@ def _unquote(token: str) -> str:
     if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
         return token[1:-1]
     return token
-
-
-def _specs(specs: list) -> str:
-    from ..tensors import shape_str
-
-    return "; ".join(f"{s.name} {s.dtype} {shape_str(s.shape)}" for s in specs)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 @magics_class
@@ -179,6 +177,24 @@ class ModelForgeMagics(Magics):
         if name is not None:
             self.shell.user_ns[name] = value
 
+    def _hint(self, err: ModelForgeError, refusal: Refusal) -> str:
+        """The next step after a refusal, in magic syntax (the HTTP message stays free of it): close names of a
+        model that is not registered, or the exact ``%mf_update`` line for a name that already is."""
+        if isinstance(err, ModelExistsError) and refusal.model and refusal.path:
+            return f"to add this file as its next version: %mf_update {refusal.model} {refusal.path}"
+        if not isinstance(err, ModelNotFoundError) or not refusal.model:
+            return ""
+        try:
+            records = self.forge.models()
+        except ModelForgeError:  # the registry is down: the refusal alone
+            return ""
+        if any(refusal.model in (r.name, r.id) for r in records):
+            return ""  # the model is there (a missing version: the message lists the versions)
+        names = [r.name for r in records]
+        if refusal.path and not outputs.close_names(refusal.model, names):  # %mf_update of a new name
+            return f"to register it: %mf_register {refusal.model} {refusal.path}"
+        return outputs.not_registered_hint(refusal.model, names)
+
     # -- magics --------------------------------------------------------------------------------------------------
     @line_cell_magic
     @needs_local_scope
@@ -196,7 +212,8 @@ class ModelForgeMagics(Magics):
         Line form: EXPR is evaluated in the notebook's namespace: a numpy array, nested lists, a dict
         {input name: value}, or a pandas DataFrame for a single-input model; batches go along axis 0.
         Cell form: the cell is a JSON body as in the HTTP API, ``{"input_data": ..., "use_cache": ...,
-        "version": ...}`` or just the input data. The result shows as a table: outputs, time in ms, cached flag.
+        "version": ...}`` or just the input data. The result shows as ``iris v1 · 21.6 ms · cache miss`` over a
+        table of the outputs (labels first, probabilities with three decimals); the ids are in small print.
         Inside a function, EXPR sees the function's locals. A ``# comment`` ends the line.
 
         Examples::
@@ -207,8 +224,9 @@ class ModelForgeMagics(Magics):
             %%mf_predict iris -o r
             {"input_data": {"float_input": [[5.1, 3.5, 1.4, 0.2]]}, "use_cache": false}
         """
-        with one_line_errors():
+        with one_line_errors(self._hint) as refusal:
             args = self._parse(self.mf_predict, line)
+            refusal.model = args.model
             if args.output is not None and not args.output.isidentifier():
                 raise UsageError(f"-o takes a variable name, got {args.output!r}")
             use_cache, version = not args.no_cache, args.version
@@ -266,8 +284,9 @@ class ModelForgeMagics(Magics):
         """
         from ..bench import HTTP_PATHS, MAGIC_PATHS, check_served, plan_bench, run_bench
 
-        with one_line_errors(), contextlib.ExitStack() as stack:
+        with one_line_errors(self._hint) as refusal, contextlib.ExitStack() as stack:
             args = self._parse(self.mf_bench, line)
+            refusal.model = args.model
             budget = bench_budget(args)
             batch_sizes = parse_batch_sizes(args.batch_sizes)
             input_data = self._eval(" ".join(args.expr), local_ns) if args.expr else None
@@ -296,17 +315,20 @@ class ModelForgeMagics(Magics):
             return result
 
     @line_magic
-    def mf_models(self, line: str) -> dashboard.Table | None:
-        """Show the registry: name, version, id, inputs, outputs, size and updated_at of every model.
+    def mf_models(self, line: str) -> outputs.ModelsTable | None:
+        """Show the registry: name, versions, inputs, outputs (name and kind), size, when updated, short id.
+
+        Hover a cell for the full id, the input names and the exact time; ``.to_df()`` gives every field in full.
 
         Example::
 
             %mf_models
+            %mf_models.to_df()   # or: t = %mf_models; t.to_df()
         """
         with one_line_errors():
             if strip_comment(line).strip():
                 raise UsageError("%mf_models takes no arguments")
-            return models_table(self.forge.models())
+            return outputs.ModelsTable(self.forge.models())
 
     @line_magic
     @magic_arguments()
@@ -319,11 +341,11 @@ class ModelForgeMagics(Magics):
 
             %mf_register iris modelforge_jupyter/sample_models/iris.onnx
         """
-        with one_line_errors():
+        with one_line_errors(self._hint) as refusal:
             args = self._parse(self.mf_register, line)
+            refusal.model, refusal.path = args.name, args.path
             rec = self.forge.register(args.name, _unquote(args.path))
-            print(f"registered {rec.name} v{rec.version} (id {rec.id}): inputs {_specs(rec.inputs)}; "
-                  f"outputs {_specs(rec.outputs)}")
+            print("\n".join([f"✓ registered {rec.name} v{rec.version}", *outputs.signature_lines(rec)]))
 
     @line_magic
     @magic_arguments()
@@ -336,14 +358,17 @@ class ModelForgeMagics(Magics):
 
             %mf_update iris modelforge_jupyter/sample_models/iris_v2.onnx
         """
-        with one_line_errors():
+        with one_line_errors(self._hint) as refusal:
             args = self._parse(self.mf_update, line)
+            refusal.model, refusal.path = args.name, args.path
             before = self.forge.get(args.name)
             rec = self.forge.update(args.name, _unquote(args.path))
             if rec.version == before.version:
                 print(f"{rec.name} unchanged: v{rec.version} already has these bytes")
             else:
-                print(f"updated {rec.name} to v{rec.version} (versions {rec.versions})")
+                versions = ", ".join(map(str, rec.versions))
+                print("\n".join([f"✓ updated {rec.name} to v{rec.version} (versions {versions})",
+                                 *outputs.signature_lines(rec)]))
 
     @line_magic
     @magic_arguments()
@@ -358,11 +383,12 @@ class ModelForgeMagics(Magics):
 
             %mf_delete iris --version 1
         """
-        with one_line_errors():
+        with one_line_errors(self._hint) as refusal:
             args = self._parse(self.mf_delete, line)
+            refusal.model = args.name
             rec = self.forge.delete(args.name, args.version)
             what = "all versions" if args.version is None else f"v{args.version}"
-            print(f"deleted {rec.name} ({what}, id {rec.id})")
+            print(f"✓ deleted {rec.name} ({what}, id {rec.id})")
 
 
 def parse_request(body: str, use_cache: bool, version: int | None) -> tuple[Any, bool, int | None]:
@@ -412,22 +438,15 @@ def bench_budget(args: Any):
                   warmup=defaults.warmup if args.warmup is None else args.warmup)
 
 
-def models_table(records: list[ModelRecord]) -> dashboard.Table:
-    columns = ["name", "version", "id", "inputs", "outputs", "size", "updated_at"]
-    rows = [[r.name, r.version, r.id, _specs(r.inputs), _specs(r.outputs), _size(r.size_bytes),
-             r.updated_at.strftime("%Y-%m-%d %H:%M:%SZ")] for r in records]
-    return dashboard.Table(columns, rows, empty="no models registered")
-
-
 def _pretty_prediction(result: PredictionResult, p: Any, cycle: bool) -> None:
-    p.text(dashboard.prediction_text(result))
+    p.text(outputs.prediction_text(result))
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics and the ``PredictionResult`` display formatters (HTML table, text table)."""
     ipython.register_magics(ModelForgeMagics)
     formatters = ipython.display_formatter.formatters
-    formatters["text/html"].for_type(PredictionResult, dashboard.prediction_html)
+    formatters["text/html"].for_type(PredictionResult, outputs.prediction_html)
     formatters["text/plain"].for_type(PredictionResult, _pretty_prediction)
 
 

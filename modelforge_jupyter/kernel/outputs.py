@@ -1,0 +1,344 @@
+"""How the kernel door shows its answers: predictions, the model list, register/update lines, refusal hints.
+
+Every rich output has a ``text/plain`` form with the same facts (terminal IPython, ``nbconvert --to markdown``). The
+HTML fits a 1,000 px output area: no fixed widths, left-aligned, ``max-width: 100%``, a wide table scrolls inside its
+own ``overflow-x: auto`` div. Colours are JupyterLab's CSS variables with fallbacks (``var(--jp-ui-font-color1,
+inherit)``) and semi-transparent badge backgrounds, so both the light and the dark theme read them. Records stay
+free of IPython: the rendering lives here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+MUTED = "var(--jp-ui-font-color2, #888)"
+BORDER = "var(--jp-border-color2, rgba(128, 128, 128, 0.35))"
+BADGES = {  # semi-transparent backgrounds: readable under the theme's own text colour, light or dark
+    "cache hit": "rgba(46, 160, 67, 0.22)",
+    "cache miss": "rgba(210, 153, 34, 0.22)",
+}
+# Selectors outrank JupyterLab's ``.jp-RenderedHTMLCommon td`` (right-aligned, centred tables).
+CSS = ("<style>"
+       ".mf-out table.mf-table {margin: 0; border-collapse: collapse; table-layout: auto; width: auto}"
+       f" .mf-out table.mf-table th, .mf-out table.mf-table td {{padding: 2px 8px; white-space: nowrap;"
+       f" text-align: left; border-bottom: 1px solid {BORDER}; color: var(--jp-ui-font-color1, inherit)}}"
+       " .mf-out table.mf-right th, .mf-out table.mf-right td {text-align: right}"
+       " .mf-out table.mf-table td {font-family: var(--jp-code-font-family, monospace)}"
+       "</style>")
+OUTER = "max-width: 100%; text-align: left; color: var(--jp-ui-font-color1, inherit)"
+SCROLL = "max-width: 100%; overflow-x: auto"
+MAX_ROWS = 20  # prediction rows shown; the PredictionResult keeps them all
+
+
+class Markup(str):
+    """A table cell that is already HTML (``html_table`` does not escape it); its text is ``plain``."""
+
+    plain: str
+
+    def __new__(cls, markup: str, plain: str) -> Markup:
+        obj = super().__new__(cls, markup)
+        obj.plain = plain
+        return obj
+
+
+def plain(cell: Any) -> str:
+    return cell.plain if isinstance(cell, Markup) else str(cell)
+
+
+def with_title(text: str, title: str, tag: str = "span") -> Markup:
+    """``text`` that shows ``title`` on hover."""
+    return Markup(f'<{tag} title="{html.escape(title)}">{html.escape(text)}</{tag}>', text)
+
+
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], groups: Sequence[tuple[str, int]] = (),
+               caption: str = "", right: bool = False) -> str:
+    """An HTML table in its own horizontally scrolling div; ``groups`` adds a header row of (label, colspan) above
+    ``columns``; cells are escaped unless ``Markup``; ``caption`` is HTML; ``right`` right-aligns every cell."""
+    head = ""
+    if groups:
+        head += "<tr>" + "".join(f'<th colspan="{n}">{html.escape(g)}</th>' for g, n in groups) + "</tr>"
+    head += "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{cell_html(v)}</td>" for v in row) + "</tr>" for row in rows)
+    cap = f'<caption style="text-align: left">{caption}</caption>' if caption else ""
+    cls = "mf-table mf-right" if right else "mf-table"
+    return (f'<div class="mf-out" style="{SCROLL}">{CSS}<table class="{cls}">{cap}<thead>{head}</thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def cell_html(v: Any) -> str:
+    return v if isinstance(v, Markup) else html.escape(str(v))
+
+
+def text_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table: columns padded to their widest cell, a rule under the header."""
+    cells = [[str(c) for c in columns]] + [[plain(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def block(*parts: str) -> str:
+    """The outer div of a rich output: left-aligned, never wider than the output area, the theme's text colour."""
+    return f'<div class="mf-out" style="{OUTER}">{"".join(parts)}</div>'
+
+
+def small(text_html: str) -> str:
+    return f'<div style="font-size: smaller; color: {MUTED}">{text_html}</div>'
+
+
+# -- predictions -------------------------------------------------------------------------------------------------
+def fmt_ms(ms: float) -> str:
+    """Milliseconds for a glance: one decimal from 1 ms (``21.6``), two below (``0.25``)."""
+    return f"{ms:,.1f}" if ms >= 1 else f"{ms:.2f}"
+
+
+def fmt_probability(p: Any) -> str:
+    """A probability with three fixed decimals; ``<0.001`` and ``>0.999`` for values that would round to 0 or 1."""
+    if not isinstance(p, (int, float)) or isinstance(p, bool):
+        return "null" if p is None else str(p)
+    if 0 < p < 0.001:
+        return "<0.001"
+    if 0.999 < p < 1:
+        return ">0.999"
+    return f"{p:.3f}"
+
+
+def float_column(values: Sequence[Any]) -> list[str]:
+    """Floats of one column with the same format: three fixed decimals, or three-digit scientific when a value
+    is tiny or huge (so ``1.4e-08`` and ``0.018`` never share a column in two styles)."""
+    nums = [abs(v) for v in values if isinstance(v, float)]
+    sci = any(n != 0 and not 1e-3 <= n < 1e9 for n in nums)
+    return [("null" if v is None else str(v)) if not isinstance(v, float) else (f"{v:.3e}" if sci else f"{v:,.3f}")
+            for v in values]
+
+
+def fmt_other(v: Any) -> str:
+    text = "null" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_label(v: list) -> bool:
+    """Whether an output's rows are single class labels (ints, strings, bools; not floats)."""
+    first = v[0]
+    if isinstance(first, list) and len(first) == 1:
+        first = first[0]
+    return isinstance(first, (int, str, bool))
+
+
+def prediction_table(output_data: dict[str, Any]) -> tuple[list[str], list[list[Any]], int, dict[str, str]]:
+    """(columns, first ``MAX_ROWS`` rows, batch size, other outputs) of ``PredictionResult.output_data``.
+
+    The batch is the length of the first list output; each output of that length becomes columns, one row per
+    sample, labels (rows of one int or string) first and emphasised in HTML: ZipMap maps one column per class
+    (``P(class)`` for a single map output, else ``name[class]``), vectors of up to 8 values one per element
+    (``name[j]``; ``name`` alone for width 1). Map values and outputs named ``*prob*`` show as probabilities (three
+    fixed decimals, ``<0.001``), other floats with one format per column. Outputs without that batch axis are
+    returned apart, abbreviated.
+    """
+    lists = [v for v in output_data.values() if isinstance(v, list)]
+    n = len(lists[0]) if lists else 0
+    batched = {k: v for k, v in output_data.items() if isinstance(v, list) and n and len(v) == n}
+    other = {k: fmt_other(v) for k, v in output_data.items() if k not in batched}
+    order = sorted(batched, key=lambda k: not _is_label(batched[k]))
+    maps = [k for k in order if isinstance(batched[k][0], dict)]
+    columns, cols = ["row"], [[str(i) for i in range(n)]]
+    for name in order:
+        v = batched[name]
+        first, label = v[0], _is_label(v)
+        if isinstance(first, dict):
+            for k in first:
+                columns.append(f"P({k})" if len(maps) == 1 else f"{name}[{k}]")
+                cols.append([fmt_probability(m.get(k) if isinstance(m, dict) else None) for m in v])
+            continue
+        if isinstance(first, list) and 0 < len(first) <= 8 and not any(isinstance(x, list) for x in first):
+            parts = [(name if len(first) == 1 else f"{name}[{j}]",
+                      [r[j] if isinstance(r, list) and j < len(r) else None for r in v]) for j in range(len(first))]
+        else:
+            parts = [(name, v)]
+        for col, values in parts:
+            columns.append(col)
+            if "prob" in name.lower():
+                texts = [fmt_probability(x) for x in values]
+            elif any(isinstance(x, float) for x in values):
+                texts = float_column(values)
+            else:
+                texts = [fmt_other(x) for x in values]
+            cols.append([Markup(f"<b>{html.escape(t)}</b>", t) for t in texts] if label else texts)
+    rows = [[c[i] for c in cols] for i in range(min(n, MAX_ROWS))]
+    return columns, rows, n, other
+
+
+def cache_status(result: Any) -> str:
+    return "cache hit" if result.cached else "cache miss"
+
+
+def model_label(result: Any) -> str:
+    """The name the model was called by, else (a result built from an answer without it) its short id."""
+    return getattr(result, "model_name", "") or result.model_id[:8]
+
+
+def prediction_summary(result: Any) -> str:
+    """One line: ``iris v1 · 21.6 ms · cache miss`` (ModelForge's time for the call; whether the cache answered)."""
+    return f"{model_label(result)} v{result.model_version} · {fmt_ms(result.inference_time_ms)} ms · {cache_status(result)}"
+
+
+def prediction_html(result: Any) -> str:
+    """``text/html`` of a ``PredictionResult``: name, version, time and a cache badge; the outputs table (labels
+    first); other outputs; the model and prediction ids in small print (the exact time on hover)."""
+    columns, rows, n, other = prediction_table(result.output_data)
+    status = cache_status(result)
+    badge = (f'<span title="cached={result.cached}" style="background: {BADGES[status]}; border-radius: 3px;'
+             f' padding: 0 6px">{status}</span>')
+    head = (f'<div style="margin-bottom: 4px"><b title="model id {html.escape(result.model_id)}">'
+            f"{html.escape(model_label(result))}</b> v{result.model_version} · "
+            f'<span title="{result.inference_time_ms:.3f} ms">{fmt_ms(result.inference_time_ms)} ms</span> · {badge}'
+            "</div>")
+    parts = [head]
+    if n:
+        parts.append(html_table(columns, rows, right=True))
+    if n > MAX_ROWS:
+        parts.append(f"<div><i>{n - MAX_ROWS} more rows in .output_data</i></div>")
+    parts += [f"<div><code>{html.escape(k)}</code>: {html.escape(v)}</div>" for k, v in other.items()]
+    parts.append(small(html.escape(ids_line(result))))
+    return block(*parts)
+
+
+def ids_line(result: Any) -> str:
+    return f"model id {result.model_id} · prediction id {result.prediction_id}"
+
+
+def prediction_text(result: Any) -> str:
+    """``text/plain`` of a ``PredictionResult``: the same facts as ``prediction_html``, as a text table."""
+    columns, rows, n, other = prediction_table(result.output_data)
+    parts = [prediction_summary(result)]
+    if n:
+        parts.append(text_table(columns, rows))
+    if n > MAX_ROWS:
+        parts.append(f"... {n - MAX_ROWS} more rows in .output_data")
+    parts += [f"{k}: {v}" for k, v in other.items()]
+    parts.append(ids_line(result))
+    return "\n".join(parts)
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+def spec_kind(spec: Any) -> str:
+    """A declared input/output for a glance: ``float32 [?, 4]`` for a tensor, ``map per row`` for a ZipMap-style
+    ``seq(map(...))``, ``sequence`` / ``map`` for other non-tensor values."""
+    from ..tensors import shape_str
+
+    if spec.dtype.startswith("seq(map("):
+        return "map per row"
+    if spec.dtype.startswith("seq("):
+        return "sequence"
+    if spec.dtype.startswith("map("):
+        return "map"
+    return f"{spec.dtype} {shape_str(spec.shape)}"
+
+
+def inputs_text(specs: Sequence[Any]) -> str:
+    """``float32 [?, 4]`` for a single input; ``name dtype shape, ...`` when the model takes several."""
+    if len(specs) == 1:
+        return spec_kind(specs[0])
+    return ", ".join(f"{s.name} {spec_kind(s)}" for s in specs)
+
+
+def outputs_text(specs: Sequence[Any]) -> str:
+    """``output_label int64 [?], output_probability map per row``: each output's name and kind."""
+    return ", ".join(f"{s.name} {spec_kind(s)}" for s in specs)
+
+
+def fmt_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def ago(when: datetime, now: datetime | None = None) -> str:
+    """``just now``, ``42 s ago``, ``3 min ago``, ``5 h ago``, ``2 days ago``; the date after 30 days."""
+    s = max(0.0, ((now or datetime.now(UTC)) - when).total_seconds())
+    if s < 5:
+        return "just now"
+    for limit, unit, size in ((60, "s", 1), (3600, "min", 60), (86400, "h", 3600), (30 * 86400, "days", 86400)):
+        if s < limit:
+            k = int(s // size)
+            return f"{k} {'day' if unit == 'days' and k == 1 else unit} ago"
+    return when.strftime("%Y-%m-%d")
+
+
+class ModelsTable:
+    """The registry at a glance (``%mf_models``): name, versions, inputs, outputs, size, updated, short id.
+
+    HTML in a notebook (full id, input names, exact time on hover), text in a terminal; ``.to_df()`` has every
+    field in full; ``.records`` the ``ModelRecord`` of each model's latest version.
+    """
+
+    columns = ["name", "versions", "inputs", "outputs", "size", "updated", "id"]
+    empty = "no models registered: %mf_register NAME PATH adds one"
+
+    def __init__(self, records: Sequence[Any], now: datetime | None = None) -> None:
+        self.records = list(records)
+        now = now or datetime.now(UTC)
+        self.rows = [[
+            with_title(r.name, f"latest v{r.version}"),
+            ", ".join(map(str, r.versions or [r.version])),
+            with_title(inputs_text(r.inputs), "; ".join(f"{s.name} {s.dtype}" for s in r.inputs)),
+            Markup("<br>".join(html.escape(f"{s.name} {spec_kind(s)}") for s in r.outputs), outputs_text(r.outputs)),
+            fmt_size(r.size_bytes),
+            with_title(ago(r.updated_at, now), r.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            with_title(r.id[:8], r.id, "code"),
+        ] for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to_df(self):
+        """A pandas DataFrame, one row per model: every ``ModelRecord`` field in full (id, sha256, declared
+        inputs and outputs as ``name dtype shape``, size in bytes, timestamps as UTC datetimes)."""
+        import pandas as pd
+
+        from ..tensors import shape_str
+
+        def specs(ss: Sequence[Any]) -> str:
+            return "; ".join(f"{s.name} {s.dtype} {shape_str(s.shape)}" for s in ss)
+
+        fields = ["name", "version", "versions", "id", "sha256", "size_bytes", "created_at", "updated_at"]
+        return pd.DataFrame([{**{f: getattr(r, f) for f in fields}, "inputs": specs(r.inputs),
+                              "outputs": specs(r.outputs)} for r in self.records],
+                            columns=[*fields, "inputs", "outputs"])
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            return block(f"<i>{html.escape(self.empty)}</i>")
+        return block(html_table(self.columns, self.rows), small("hover a cell for the full id, input names, exact "
+                                                                "time; <code>.to_df()</code> for every field"))
+
+    def __repr__(self) -> str:
+        return text_table(self.columns, self.rows) if self.rows else self.empty
+
+
+def signature_lines(rec: Any) -> list[str]:
+    """The compact signature under a register/update line."""
+    return [f"  inputs   {inputs_text(rec.inputs)}", f"  outputs  {outputs_text(rec.outputs)}"]
+
+
+# -- refusal hints (magic syntax: the kernel door only) ---------------------------------------------------------
+def close_names(typed: str, names: Sequence[str]) -> list[str]:
+    """Up to 3 registered names like ``typed`` (``difflib.get_close_matches``, similarity >= 0.6), best first."""
+    return difflib.get_close_matches(typed, names, n=3, cutoff=0.6)
+
+
+def not_registered_hint(typed: str, names: Sequence[str]) -> str:
+    """The next step after ``model 'X' is not registered``: close names, then where the list is."""
+    close = close_names(typed, names)
+    if close:
+        return f"did you mean {' or '.join(close)}? %mf_models lists the registered models"
+    if names:
+        return "%mf_models lists the registered models"
+    return "no model is registered yet: %mf_register NAME PATH adds one"
