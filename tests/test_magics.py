@@ -25,6 +25,11 @@ BAD_VERSION = "UsageError: argument --version: version must be a whole number >=
 TRAITS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix")
 
 
+def shown_ms(ms: float) -> str:
+    """A time as the prediction's head shows it: one decimal from 1 ms, two below."""
+    return f"{ms:,.1f}" if ms >= 1 else f"{ms:.2f}"
+
+
 def zipmap(raw_seq) -> list[dict]:
     return [{str(k): v for k, v in m.items()} for m in raw_seq]
 
@@ -78,11 +83,10 @@ def test_predict_line_form_equals_raw_onnxruntime_and_displays_a_table(ip, mf_fo
     assert (r.cached, second.cached, third.cached) == (False, False, True)
     assert third.output_data == r.output_data
     data, _ = ip.display_formatter.format(r)
-    assert "<table" in data["text/html"] and "output_probability[2]" in data["text/html"]
-    assert f"{r.inference_time_ms:.3f} ms, cached=False" in data["text/html"]
-    assert data["text/plain"].splitlines()[0] == (
-        f"PredictionResult: model {r.model_id} v1, {r.inference_time_ms:.3f} ms, cached=False")
-    assert len(data["text/plain"].splitlines()) == 2 + 1 + 5  # summary, header, rule, one line per sample
+    assert "<table" in data["text/html"] and "<th>P(2)</th>" in data["text/html"]
+    assert f'<span title="{r.inference_time_ms:.3f} ms">{shown_ms(r.inference_time_ms)} ms</span>' in data["text/html"]
+    assert data["text/plain"].splitlines()[0] == f"iris v1 · {shown_ms(r.inference_time_ms)} ms · cache miss"
+    assert len(data["text/plain"].splitlines()) == 2 + 1 + 5 + 1  # summary, header, rule, one line per sample, ids
 
 
 def test_predict_version_and_dataframe(ip):
@@ -218,7 +222,7 @@ def test_a_comment_after_a_magic_is_ignored(ip, mf_forge, tmp_path, capsys):
 
     out, err = capsys.readouterr()
     assert err == ""
-    assert [row[0] for row in table.rows] == ["iris"] and table.rows[0][1] == 2
+    assert [r.name for r in table.records] == ["iris"] and table.rows[0][1] == "1, 2"
     assert r.model_version == 2 and r.output_data["output_label"] == mf_raw_run(
         IRIS_V2, {"float_input": X5()})[0].tolist()
     assert keyed.model_version == 2 and keyed.output_data["output_label"] == mf_raw_run(
@@ -227,7 +231,7 @@ def test_a_comment_after_a_magic_is_ignored(ip, mf_forge, tmp_path, capsys):
     assert mf_forge.get("rf").size_bytes == RF.stat().st_size
     assert bench is not None and bench.batch_sizes == (5,)
     assert mf_forge.get("iris").versions == [2]
-    assert "deleted iris (v1, " in out
+    assert "✓ deleted iris (v1, " in out
 
 
 def X5() -> np.ndarray:
@@ -276,17 +280,20 @@ def test_register_update_delete_and_models_table(ip, mf_forge, capsys):
 
     table, iris, diabetes = ip.user_ns["table"], mf_forge.get("iris"), mf_forge.get("diabetes")
     assert capsys.readouterr().out.splitlines() == [
-        f"registered iris v1 (id {iris.id}): inputs float_input float32 [?, 4]; outputs output_label int64 [?]; "
-        "output_probability seq(map(int64,tensor(float))) []",
-        f"registered diabetes v1 (id {diabetes.id}): inputs float_input float32 [?, 10]; "
-        "outputs variable float32 [?, 1]",
+        "✓ registered iris v1",
+        "  inputs   float32 [?, 4]",
+        "  outputs  output_label int64 [?], output_probability map per row",
+        "✓ registered diabetes v1",
+        "  inputs   float32 [?, 10]",
+        "  outputs  variable float32 [?, 1]",
     ]
-    assert table.columns == ["name", "version", "id", "inputs", "outputs", "size", "updated_at"]
-    assert [r[:4] for r in table.rows] == [["diabetes", 1, diabetes.id, "float_input float32 [?, 10]"],
-                                           ["iris", 1, iris.id, "float_input float32 [?, 4]"]]
-    assert table.rows[1][5] == f"{IRIS.stat().st_size} B"
-    assert table.rows[1][6] == iris.updated_at.strftime("%Y-%m-%d %H:%M:%SZ")
-    assert "<td>diabetes</td>" in table._repr_html_() and repr(table).splitlines()[0].startswith("name ")
+    assert table.columns == ["name", "versions", "inputs", "outputs", "size", "updated", "id"]
+    text = repr(table).splitlines()
+    assert text[0].split() == table.columns and [line.split()[:4] for line in text[2:]] == [
+        ["diabetes", "1", "float32", "[?,"], ["iris", "1", "float32", "[?,"]]
+    assert text[3].split("  ")[-1] == iris.id[:8] and f"{IRIS.stat().st_size} B" in text[3]
+    assert f'<code title="{diabetes.id}">{diabetes.id[:8]}</code>' in table._repr_html_()
+    assert list(table.to_df()["id"]) == [diabetes.id, iris.id]
 
     run(ip, f"%mf_update iris {IRIS_V2}")
     run(ip, f"%mf_update iris {IRIS_V2}")
@@ -295,14 +302,16 @@ def test_register_update_delete_and_models_table(ip, mf_forge, capsys):
     run(ip, "%mf_delete iris")
 
     assert capsys.readouterr().out.splitlines() == [
-        "updated iris to v2 (versions [1, 2])",
+        "✓ updated iris to v2 (versions 1, 2)",
+        "  inputs   float32 [?, 4]",
+        "  outputs  output_label int64 [?], output_probability map per row",
         "iris unchanged: v2 already has these bytes",
-        f"deleted iris (v1, id {iris.id})",
-        f"deleted iris (all versions, id {iris.id})",
+        f"✓ deleted iris (v1, id {iris.id})",
+        f"✓ deleted iris (all versions, id {iris.id})",
     ]
     assert [m.name for m in mf_forge.models()] == ["diabetes"]
     run(ip, "%mf_delete diabetes")
-    assert repr(run(ip, "%mf_models")) == "no models registered"
+    assert repr(run(ip, "%mf_models")) == "no models registered: %mf_register NAME PATH adds one"
 
 
 def test_config_overrides_the_environment_and_rebuilds(tmp_path, monkeypatch):
