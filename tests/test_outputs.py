@@ -246,3 +246,23 @@ def test_bench_plot_is_transparent_grey_texted_and_keeps_each_paths_colour():
     # the PNG shown is see-through where nothing is drawn
     png = Image.open(io.BytesIO(dashboard.figure_png(every)))
     assert png.mode == "RGBA" and png.getpixel((2, 2))[3] == 0
+
+
+def test_a_prediction_over_http_shows_the_name_it_was_called_by(mf_live_server, mf_live_settings):
+    # Given iris in the live server's registry
+    from modelforge_jupyter import ModelForge
+    from modelforge_jupyter.kernel.client import connect
+
+    with ModelForge(**mf_live_settings) as forge, connect(mf_live_server.url, mf_live_server.token) as server:
+        rec = forge.register("outputs_http_iris", IRIS)
+        try:
+            # When the client calls it by name, then by id
+            by_name = server.predict("outputs_http_iris", X3)
+            by_id = server.predict(rec.id, X3)
+        finally:
+            forge.delete("outputs_http_iris")
+
+    # Then the answer keeps its documented fields, and the head names the model as it was called
+    assert (by_name.model_name, by_id.model_name, by_id.model_id) == ("outputs_http_iris", "", rec.id)
+    assert outputs.prediction_text(by_name).startswith("outputs_http_iris v1 · ")
+    assert outputs.prediction_summary(by_id).startswith(f"{rec.id[:8]} v1 · ") and by_id.cached
