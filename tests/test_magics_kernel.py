@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import nbformat
 import numpy as np
@@ -65,14 +66,18 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
     assert load == []
     with ModelForge(database_url=url) as mf:
         rec = mf.get("iris")
-    assert register[0]["name"] == "stdout" and register[0]["text"].startswith(f"registered iris v1 (id {rec.id})")
+    assert [(o["name"], o["text"]) for o in register] == [("stdout", "✓ registered iris v1\n  inputs   float32 [?, 4]\n"
+                                                          "  outputs  output_label int64 [?], output_probability "
+                                                          "map per row\n")]
     printed, shown = predict
     label, proba = mf_raw_run(IRIS, {"float_input": np.float32(SAMPLE)})
     assert json.loads(printed["text"]) == {
         "output_label": label.tolist(), "output_probability": [{str(k): v for k, v in m.items()} for m in proba]}
     assert shown["output_type"] == "execute_result" and "<table" in shown["data"]["text/html"]
-    assert shown["data"]["text/plain"].startswith(f"PredictionResult: model {rec.id} v1, ")
-    assert [(o["name"], o["text"]) for o in refused] == [("stderr", "ModelNotFoundError: model 'nope' is not registered\n")]
+    assert re.fullmatch(r"iris v1 · [\d.,]+ ms · cache miss", shown["data"]["text/plain"].splitlines()[0])
+    assert shown["data"]["text/plain"].splitlines()[-1].startswith(f"model id {rec.id} · prediction id ")
+    assert [(o["name"], o["text"]) for o in refused] == [
+        ("stderr", "ModelNotFoundError: model 'nope' is not registered; %mf_models lists the registered models\n")]
     # the dashboard is a widget view (nothing on stdout), its final state stored by nbclient
     assert [o["output_type"] for o in bench] == ["display_data"]
     assert "application/vnd.jupyter.widget-view+json" in bench[0]["data"]
