@@ -186,6 +186,7 @@ def test_refusals_name_the_next_step(ip, mf_forge, tmp_path, capsys):  # noqa: F
         "%mf_delete ris",
         "%mf_predict iris [[1, 2, 3, 4]] --version 7",
     ]
+    see = "%mf_models lists the registered models\n"
     errs = []
     for src in cells:
         assert ip.run_cell(src).result is None
@@ -195,12 +196,12 @@ def test_refusals_name_the_next_step(ip, mf_forge, tmp_path, capsys):  # noqa: F
         "ModelNotFoundError: model 'iris' is not registered; no model is registered yet: %mf_register NAME PATH "
         "adds one\n")
     assert errs == [
-        "ModelNotFoundError: model 'iirs' is not registered; did you mean iris? %mf_models lists the registered models\n",
-        "ModelNotFoundError: model 'zzz' is not registered; %mf_models lists the registered models\n",
+        "ModelNotFoundError: model 'iirs' is not registered; did you mean iris? " + see,
+        "ModelNotFoundError: model 'zzz' is not registered; " + see,
         "ModelExistsError: model 'iris' is already registered (version 1); use update to add a new version; "
         f"to add this file as its next version: %mf_update iris '{spaced}'\n",
         f"ModelNotFoundError: model 'newone' is not registered; to register it: %mf_register newone {IRIS_V2}\n",
-        "ModelNotFoundError: model 'ris' is not registered; did you mean iris? %mf_models lists the registered models\n",
+        "ModelNotFoundError: model 'ris' is not registered; did you mean iris? " + see,
         "ModelNotFoundError: model 'iris' has no version 7; versions: 1\n",
     ]
     # the line it suggests does what it says; the core's message (the HTTP door's) has no magic syntax in it

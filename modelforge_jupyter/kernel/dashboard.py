@@ -1,4 +1,4 @@
-"""What the magics show: HTML/text tables, the ``%mf_bench`` ipywidgets dashboard, its text fallback and its plot.
+"""What ``%mf_bench`` shows: its ipywidgets dashboard, its text fallback and its plot (tables: ``outputs``).
 
 The dashboard is built and displayed before the first measurement, then mutated (``IntProgress.value``,
 ``HTML.value``, ``Output.append_display_data``): each assignment is one comm message the frontend renders while the

@@ -323,7 +323,8 @@ class ModelForgeMagics(Magics):
         Example::
 
             %mf_models
-            %mf_models.to_df()   # or: t = %mf_models; t.to_df()
+            t = %mf_models
+            t.to_df()            # pandas DataFrame: every field in full
         """
         with one_line_errors():
             if strip_comment(line).strip():

@@ -184,7 +184,8 @@ def model_label(result: Any) -> str:
 
 def prediction_summary(result: Any) -> str:
     """One line: ``iris v1 · 21.6 ms · cache miss`` (ModelForge's time for the call; whether the cache answered)."""
-    return f"{model_label(result)} v{result.model_version} · {fmt_ms(result.inference_time_ms)} ms · {cache_status(result)}"
+    ms = fmt_ms(result.inference_time_ms)
+    return f"{model_label(result)} v{result.model_version} · {ms} ms · {cache_status(result)}"
 
 
 def prediction_html(result: Any) -> str:
