@@ -52,7 +52,10 @@ class ModelForge:
         s = self.settings
         self.registry = Registry(s.database_url)
         self.cache = open_cache(s)
-        self.engine = Engine(s.max_sessions, s.intra_op_num_threads, s.providers)
+        self.engine = Engine(
+            s.max_sessions, s.intra_op_num_threads, s.providers, max_session_bytes=s.max_session_bytes,
+            max_constant_bytes=s.max_constant_bytes, max_arena_bytes=s.max_arena_bytes, max_output_bytes=s.max_output_bytes,
+        )
         # Settings read on every predict, copied once: a traitlets attribute read costs about 1 µs. Settings are
         # fixed for the life of a ModelForge (the magics build a new one when a trait changes).
         self._caching = s.cache_prediction_enabled

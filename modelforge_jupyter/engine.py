@@ -5,6 +5,19 @@ versions with identical bytes share one session. Every session gets the same ``S
 optimizations at ``ORT_ENABLE_ALL``, ``intra_op_num_threads`` from settings (default 1, so N loaded models never
 mean N thread pools on a 2-core machine; see shared/notes/serving.md §d), spinning off.
 
+Memory bounds (README, "What is bounded and how"):
+- before a session is built, the constants it would compute are sized from the graph (``footprint``): over
+  ``max_constant_bytes`` the model is refused (400); ONNX Runtime's per-node folding cap keeps the ones inference
+  cannot size within the rest of that budget;
+- each session is charged what its build took (process RSS growth, builds serialised; at least the model's size
+  plus its computed constants) and the LRU unloads past ``max_session_bytes`` as past ``max_sessions``;
+- every session allocates from one CPU arena registered in ONNX Runtime's environment (``session.use_env_allocators``)
+  whose ``max_mem`` is ``max_arena_bytes``: it holds the runs' working memory and the weights sessions re-pack at
+  load. A run needing more fails inside ONNX Runtime before it allocates, and is answered 413
+  (``ResourceLimitError``). The arena returns its free memory to the OS at most once
+  a second (``memory.enable_memory_arena_shrinkage`` on one run), and before a run that did not fit is retried;
+- outputs over ``max_output_bytes`` are refused (413) right after the run, before any JSON is built or cached.
+
 Thread safety: ``InferenceSession.run`` may be called concurrently on one session and releases the GIL
 (onnxruntime#114, PR #1042). The LRU is guarded by a lock; a first use racing from several threads builds one
 session (single flight), the others wait for it.
@@ -12,7 +25,11 @@ session (single flight), the others wait for it.
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -22,59 +39,153 @@ import numpy as np
 import onnxruntime as ort
 
 from .deadline import Cancellation, watchdog
-from .errors import InferenceError, InferenceTimeoutError, InvalidModelError
+from .errors import InferenceError, InferenceTimeoutError, InvalidModelError, ResourceLimitError
+from .footprint import ConstantFootprint, constant_footprint
 from .records import TensorSpec
 from .tensors import NUMPY_DTYPES, json_safe, spec_from_ort
 
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+FOLD_LIMIT = "optimization.constant_folding_max_output_size_in_bytes"  # ONNX Runtime's per-node folding cap
+SHRINK = "memory.enable_memory_arena_shrinkage"
+SHRINK_INTERVAL_S = 1.0  # a run returns the arena's free memory to the OS at most this often (it costs ~1.5 µs)
+_ARENA_FULL = re.compile(r"requested bytes of (\d+)|Failed to allocate memory for requested buffer of size (\d+)")
+_arena_lock = threading.Lock()
+_arena_max: int | None = None  # max_mem of the CPU arena registered in this process's ONNX Runtime environment
+
+
+def shared_arena(max_bytes: int) -> int:
+    """Register, once per process, the CPU arena every session of the process shares, capped at ``max_bytes``
+    (``OrtArenaCfg`` max_mem, growing by what is asked: ``kSameAsRequested``). Returns the cap in force, which is
+    the first caller's: ONNX Runtime cannot replace an environment's allocator."""
+    global _arena_max
+    with _arena_lock:
+        if _arena_max is None:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"max_mem": max_bytes, "arena_extend_strategy": 1}))
+            _arena_max = max_bytes
+        return _arena_max
+
+
+def process_rss() -> int:
+    """This process's resident set size in bytes (Linux ``/proc/self/statm``; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
 
 class LoadedModel:
-    """A loaded session with its output names read once (``get_outputs()`` costs µs per call)."""
+    """A loaded session with its output names read once (``get_outputs()`` costs µs per call) and the bytes of memory
+    it is charged in the LRU (``nbytes``)."""
 
-    __slots__ = ("session", "output_names")
+    __slots__ = ("session", "output_names", "nbytes")
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, nbytes: int = 0) -> None:
         self.session = session
         self.output_names = [node.name for node in session.get_outputs()]
+        self.nbytes = nbytes
 
 
 class Engine:
-    """LRU of ONNX Runtime sessions bounded by ``max_sessions``; the only place that talks to ONNX Runtime."""
+    """LRU of ONNX Runtime sessions bounded by ``max_sessions`` and ``max_session_bytes``; the only place that talks
+    to ONNX Runtime. Byte limits (0: none) are the settings of the same names, described in the module docstring."""
 
     def __init__(
         self,
         max_sessions: int = 32,
         intra_op_num_threads: int = 1,
         providers: list[str] | None = None,
+        *,
+        max_session_bytes: int = 512 * MiB,
+        max_constant_bytes: int = 64 * MiB,
+        max_arena_bytes: int = 1024 * MiB,
+        max_output_bytes: int = 8 * MiB,
     ) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         self.max_sessions = max_sessions
         self.intra_op_num_threads = intra_op_num_threads
         self.providers = providers or ["CPUExecutionProvider"]
+        self.max_session_bytes = max_session_bytes
+        self.max_constant_bytes = max_constant_bytes
+        self.max_output_bytes = max_output_bytes
+        self.arena_bytes = 0  # the shared arena's cap, 0 when sessions keep their own (uncapped) arenas
+        if max_arena_bytes > 0:
+            self.arena_bytes = shared_arena(max_arena_bytes)
+            if self.arena_bytes != max_arena_bytes:
+                log.warning("ONNX Runtime's arena of this process is capped at %d bytes (set by its first engine), "
+                            "not max_arena_bytes = %d; restart the process to change it", self.arena_bytes,
+                            max_arena_bytes)
+        self._shrink_at = 0.0
+        self._shrink_options = ort.RunOptions()
+        self._shrink_options.add_run_config_entry(SHRINK, "cpu:0")
+        self._shrinker: ort.InferenceSession | None = None
         self._sessions: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, Future] = {}
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()  # one build at a time, so its RSS growth is its own
         self.loads = 0  # sessions built since start: cold starts, for tests and statistics
 
-    def session_options(self) -> ort.SessionOptions:
-        """The ``SessionOptions`` every session of this engine uses (benchmarks give raw ORT the same)."""
+    def session_options(self, fold_limit: int = 0) -> ort.SessionOptions:
+        """The ``SessionOptions`` every session of this engine uses (benchmarks give raw ORT the same); ``fold_limit``
+        (bytes, 0: ONNX Runtime's default of 1 GiB) caps each constant-folded node's output."""
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = self.intra_op_num_threads
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.arena_bytes:
+            so.add_session_config_entry("session.use_env_allocators", "1")
+        if fold_limit:
+            so.add_session_config_entry(FOLD_LIMIT, str(fold_limit))
         so.log_severity_level = 3  # errors only: ORT's warnings would go to the notebook's stderr
         return so
 
-    def create_session(self, model_bytes: bytes) -> ort.InferenceSession:
-        """Build a session from ONNX bytes. Raises ``InvalidModelError`` naming ONNX Runtime's complaint."""
+    def footprint(self, model_bytes: bytes) -> ConstantFootprint:
+        """Size the constants a session of ``model_bytes`` would compute (``footprint``), before building one.
+
+        Raises ``InvalidModelError`` (400) when they exceed ``max_constant_bytes``; bytes ``onnx`` cannot parse are
+        left for ONNX Runtime to refuse (an empty footprint).
+        """
+        import onnx
+
+        try:
+            model = onnx.load_from_string(model_bytes)
+        except Exception:
+            return ConstantFootprint()
+        footprint = constant_footprint(model)
+        if self.max_constant_bytes:
+            footprint.check(self.max_constant_bytes)
+        return footprint
+
+    def create_session(self, model_bytes: bytes, footprint: ConstantFootprint | None = None) -> ort.InferenceSession:
+        """Build a session from ONNX bytes. Raises ``InvalidModelError`` naming ONNX Runtime's complaint, or the
+        constants the model would compute over ``max_constant_bytes`` (checked first, unless ``footprint`` is
+        given: ``self.footprint(model_bytes)``)."""
         if not model_bytes:
             raise InvalidModelError("not a valid ONNX model: the file is empty")
+        if footprint is None:
+            footprint = self.footprint(model_bytes)
+        fold_limit = footprint.fold_limit(self.max_constant_bytes) if self.max_constant_bytes else 0
         try:
-            return ort.InferenceSession(model_bytes, sess_options=self.session_options(), providers=self.providers)
+            return ort.InferenceSession(model_bytes, sess_options=self.session_options(fold_limit),
+                                        providers=self.providers)
         except Exception as err:  # ORT raises pybind exceptions (InvalidProtobuf, Fail, InvalidGraph, ...)
             msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise InvalidModelError(f"not a valid ONNX model ({len(model_bytes)} bytes): {msg}") from None
+
+    def load(self, model_bytes: bytes) -> LoadedModel:
+        """Build a session (``create_session``) charged with the memory its build took: the process's RSS growth
+        (builds run one at a time for this), at least the model's size plus the constants it computes."""
+        footprint = self.footprint(model_bytes) if model_bytes else ConstantFootprint()
+        with self._build_lock:
+            before = process_rss()
+            session = self.create_session(model_bytes, footprint)
+            grown = process_rss() - before
+        return LoadedModel(session, max(grown, len(model_bytes) + footprint.computed_bytes))
 
     def inspect(self, sha256: str, model_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """Load ``model_bytes``, keep the session warm under ``sha256`` and return (inputs, outputs) specs.
@@ -82,13 +193,14 @@ class Engine:
         Raises ``InvalidModelError`` for bytes ONNX Runtime cannot load, and for models with an input ModelForge
         cannot feed (a non-tensor input, or a dtype outside float16/32/64, (u)int8-64, bool, string).
         """
-        session = self.create_session(model_bytes)
+        loaded = self.load(model_bytes)
+        session = loaded.session
         inputs = [spec_from_ort(n) for n in session.get_inputs()]
         outputs = [spec_from_ort(n) for n in session.get_outputs()]
         for spec in inputs:
             if spec.dtype not in NUMPY_DTYPES:
                 raise InvalidModelError(f"input '{spec.name}' has type {spec.dtype}, which ModelForge cannot feed")
-        self._install(sha256, session)
+        self._install(sha256, loaded)
         return inputs, outputs
 
     def session(self, sha256: str, load_bytes: Callable[[], bytes]) -> LoadedModel:
@@ -105,7 +217,7 @@ class Engine:
         if not owner:
             return future.result()
         try:
-            loaded = self._install(sha256, self.create_session(load_bytes()))
+            loaded = self._install(sha256, self.load(load_bytes()))
         except BaseException as err:
             with self._lock:
                 del self._loading[sha256]
@@ -116,14 +228,18 @@ class Engine:
         future.set_result(loaded)
         return loaded
 
-    def _install(self, sha256: str, session: ort.InferenceSession) -> LoadedModel:
-        loaded = LoadedModel(session)
+    def _install(self, sha256: str, loaded: LoadedModel) -> LoadedModel:
+        """Keep ``loaded`` as the most recently used; unload the least recently used ones while there are more than
+        ``max_sessions`` or they are charged more than ``max_session_bytes`` (the newest always stays)."""
         with self._lock:
             self._sessions[sha256] = loaded
             self._sessions.move_to_end(sha256)
             self.loads += 1
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            total = sum(m.nbytes for m in self._sessions.values())
+            while len(self._sessions) > 1 and (
+                len(self._sessions) > self.max_sessions or (self.max_session_bytes and total > self.max_session_bytes)
+            ):
+                total -= self._sessions.popitem(last=False)[1].nbytes
         return loaded
 
     def run(
@@ -148,37 +264,110 @@ class Engine:
         ``RunOptions.terminate`` and this raises ``InferenceTimeoutError`` (504). ``cancel.cancel()`` from another
         thread stops it the same way, raising ``RequestCancelledError`` (499); a cancelled request does not start.
         ONNX Runtime checks the flag between nodes and loop iterations, so one long node finishes first.
-        Raises ``InferenceError`` (422) when ONNX Runtime rejects the values.
+        Raises ``ResourceLimitError`` (413) when the run needs more than the arena has left, or its outputs hold more
+        than ``max_output_bytes``; ``InferenceError`` (422) when ONNX Runtime rejects the values.
         """
         loaded = self.session(sha256, load_bytes)
+        name = model_name or sha256[:12]
         if not timeout and cancel is None:
             try:
-                return loaded.output_names, loaded.session.run(loaded.output_names, feed)
+                values = self._run(loaded, feed, name, self._run_options())
+            except ResourceLimitError:
+                raise
             except Exception as err:
-                raise _inference_error(err, model_name or sha256[:12]) from None
-        options = ort.RunOptions()
-        options.log_severity_level = 4  # a stopped run is not an error to log on stderr: the caller gets the error
-        name = model_name or sha256[:12]
-        if cancel is not None:
-            cancel.attach(options, name)
-        dog = watchdog()
-        run = dog.start(options, timeout) if timeout else None
-        try:
-            return loaded.output_names, loaded.session.run(loaded.output_names, feed, options)
-        except Exception as err:
-            if run is not None and run.expired:
-                raise InferenceTimeoutError(
-                    f"model {name!r} did not finish within {format_seconds(timeout)} and was stopped (the limit is "
-                    "predict's timeout, else the inference_timeout setting, env MODELFORGE_INFERENCE_TIMEOUT)"
-                ) from None
-            if cancel is not None and cancel.cancelled:
-                raise cancel.error(name) from None
-            raise _inference_error(err, name) from None
-        finally:
-            if run is not None:
-                dog.finish(run)
+                raise _inference_error(err, name) from None
+        else:
+            options = ort.RunOptions()
+            options.log_severity_level = 4  # a stopped run is not an error to log on stderr: the caller gets the error
+            if self._run_options() is not None:
+                options.add_run_config_entry(SHRINK, "cpu:0")
             if cancel is not None:
-                cancel.detach()
+                cancel.attach(options, name)
+            dog = watchdog()
+            run = dog.start(options, timeout) if timeout else None
+            try:
+                values = self._run(loaded, feed, name, options)
+            except Exception as err:
+                if run is not None and run.expired:
+                    raise InferenceTimeoutError(
+                        f"model {name!r} did not finish within {format_seconds(timeout)} and was stopped (the limit "
+                        "is predict's timeout, else the inference_timeout setting, env MODELFORGE_INFERENCE_TIMEOUT)"
+                    ) from None
+                if cancel is not None and cancel.cancelled:
+                    raise cancel.error(name) from None
+                if isinstance(err, ResourceLimitError):
+                    raise
+                raise _inference_error(err, name) from None
+            finally:
+                if run is not None:
+                    dog.finish(run)
+                if cancel is not None:
+                    cancel.detach()
+        if self.max_output_bytes:
+            self._check_output(loaded.output_names, values, name)
+        return loaded.output_names, values
+
+    def _run_options(self) -> ort.RunOptions | None:
+        """None, or at most once every ``SHRINK_INTERVAL_S`` the options that make the run return the arena's free
+        memory to the OS when it ends (so memory a large run took goes back, while each run does not pay for it)."""
+        if not self.arena_bytes:
+            return None
+        now = time.monotonic()
+        if now < self._shrink_at:
+            return None
+        self._shrink_at = now + SHRINK_INTERVAL_S
+        return self._shrink_options
+
+    def _run(self, loaded: LoadedModel, feed: dict[str, np.ndarray], name: str, options: Any) -> list[Any]:
+        """``session.run``; a run the shared arena could not hold is retried once its free regions are released (they
+        may be too small, apart): ``ResourceLimitError`` (413) if it still does not fit. Raises what ORT raises."""
+        try:
+            return loaded.session.run(loaded.output_names, feed, options)
+        except Exception as err:
+            if not self.arena_bytes or not _ARENA_FULL.search(str(err)):
+                raise
+        self._shrink()
+        try:
+            return loaded.session.run(loaded.output_names, feed, options)
+        except Exception as err:
+            found = _ARENA_FULL.search(str(err))
+            if found is None:
+                raise
+        asked = found.group(1) or found.group(2)
+        raise ResourceLimitError(
+            f"model '{name}' needs more memory on this input than ONNX Runtime may use: {asked} bytes at once did not "
+            f"fit in its arena of {self.arena_bytes} bytes, shared by the runs in flight and the loaded models "
+            "(max_arena_bytes, env MODELFORGE_MAX_ARENA_BYTES); send fewer rows at once"
+        )
+
+    def _shrink(self) -> None:
+        """Return the shared arena's free regions to the OS now: one run of a one-node model with shrinkage on."""
+        if self._shrinker is None:
+            from onnx import TensorProto, helper
+
+            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+            graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "shrink", [x],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+            self._shrinker = self.create_session(model.SerializeToString())
+        self._shrinker.run(None, {"x": np.zeros(1, np.float32)}, self._shrink_options)
+
+    def _check_output(self, names: list[str], values: list[Any], name: str) -> None:
+        """Refuse (``ResourceLimitError``, 413) outputs holding more than ``max_output_bytes``, before any JSON."""
+        total = sum(map(_nbytes, values))
+        if total > self.max_output_bytes:
+            shapes = ", ".join(f"'{n}' {v.dtype} {list(v.shape)}" for n, v in zip(names, values)
+                               if isinstance(v, np.ndarray))
+            raise ResourceLimitError(
+                f"the answer of model '{name}' would hold {total} bytes of outputs ({shapes or 'sequences'}); the "
+                f"limit is {self.max_output_bytes} bytes (max_output_bytes, env MODELFORGE_MAX_OUTPUT_BYTES): "
+                "send fewer rows at once"
+            )
+
+    def session_bytes(self) -> int:
+        """Bytes the loaded sessions are charged in the LRU (``LoadedModel.nbytes``)."""
+        with self._lock:
+            return sum(m.nbytes for m in self._sessions.values())
 
     def unload(self, sha256: str) -> bool:
         """Drop the session for ``sha256``; True if one was loaded."""
@@ -203,3 +392,15 @@ def _inference_error(err: Exception, model_name: str) -> InferenceError:
 def format_seconds(seconds: float) -> str:
     """A limit as people read it: ``500 ms`` below 1 s, else ``30 s``."""
     return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes of one output: an array's ``nbytes``; a sequence (skl2onnx's ZipMap: one map a row, all alike) sized
+    from its first item, 16 bytes a map entry (key and value)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (list, tuple)):
+        return len(value) * _nbytes(value[0]) if value else 0
+    if isinstance(value, dict):
+        return 16 * len(value)
+    return 8

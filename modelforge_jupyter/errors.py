@@ -59,3 +59,11 @@ class RequestCancelledError(ModelForgeError):
     started (HTTP 499, nginx's "client closed request": only the server's log sees it)."""
 
     status = 499
+
+
+class ResourceLimitError(ModelForgeError):
+    """A request needs more memory than a configured limit allows (HTTP 413): its answer is larger than
+    ``max_output_bytes``, or its run needs more than ONNX Runtime's capped arena (``max_arena_bytes``) has left. The
+    message names the size and the limit; nothing is cached."""
+
+    status = 413

@@ -112,6 +112,11 @@ def check_providers(providers: list[str]) -> list[str]:
     return providers
 
 
+# Memory bounds, in bytes; 0 turns one off (see the README's "What is bounded and how").
+MEMORY_LIMITS = ("max_session_bytes", "max_constant_bytes", "max_arena_bytes", "max_output_bytes")
+MiB = 1 << 20
+
+
 def data_dir() -> Path:
     """Where the embedded registry and cache live: ``$MODELFORGE_DATA_DIR`` or ``jupyter_data_dir()/modelforge``."""
     explicit = os.environ.get("MODELFORGE_DATA_DIR")
@@ -141,6 +146,10 @@ class Settings(Configurable):
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
         check_providers(self.providers)
+        for key in MEMORY_LIMITS:
+            value = getattr(self, key)
+            if value < 0:
+                raise ValueError(f"{key} must be a number of bytes >= 0 (0: no limit), got {value}")
 
     database_url = Unicode(
         config=True,
@@ -186,6 +195,34 @@ class Settings(Configurable):
         config=True,
         help="How many ONNX Runtime sessions the engine keeps loaded, least recently used evicted first "
         "(env MODELFORGE_MAX_SESSIONS, default 32; at least 1).",
+    )
+    max_session_bytes = Int(
+        config=True,
+        help="Memory in bytes the loaded ONNX Runtime sessions may take together, each measured when it is built "
+        "(its process RSS growth, at least the model's size plus the constants it computes); past it the least "
+        "recently used are unloaded, as past max_sessions (env MODELFORGE_MAX_SESSION_BYTES, default 512 MiB; 0: "
+        "count only).",
+    )
+    max_constant_bytes = Int(
+        config=True,
+        help="Bytes of constants a model may compute when a session is built: what ONNX Runtime's constant folding "
+        "makes of ConstantOfShape, Expand, Tile, Range... of constant inputs, and sparse constants made dense. "
+        "Sized from the graph before any session exists; a model over it is refused with 400 "
+        "(env MODELFORGE_MAX_CONSTANT_BYTES, default 64 MiB; 0: no check).",
+    )
+    max_arena_bytes = Int(
+        config=True,
+        help="Cap in bytes of the CPU memory arena every ONNX Runtime session of the process shares (OrtArenaCfg "
+        "max_mem): the working memory of all runs in flight, and the weights ONNX Runtime re-packs when it loads a "
+        "model (MatMul, Gemm, Conv), so keep max_session_bytes well under it. A run that would need more fails with "
+        "413 before it allocates. Process-wide: the first engine of a process sets it "
+        "(env MODELFORGE_MAX_ARENA_BYTES, default 1 GiB; 0: no cap, each session its own arena).",
+    )
+    max_output_bytes = Int(
+        config=True,
+        help="Largest answer in bytes of output tensors (a float32 value is 4 bytes; its JSON takes up to ~10 times "
+        "that in Python lists and text): a larger one is refused with 413 before any JSON is built, and never cached "
+        "(env MODELFORGE_MAX_OUTPUT_BYTES, default 8 MiB; 0: no limit).",
     )
     intra_op_num_threads = Int(
         config=True,
@@ -279,6 +316,22 @@ class Settings(Configurable):
     @default("max_sessions")
     def _default_max_sessions(self) -> int:
         return _env_int("MODELFORGE_MAX_SESSIONS", 32)
+
+    @default("max_session_bytes")
+    def _default_max_session_bytes(self) -> int:
+        return _env_int("MODELFORGE_MAX_SESSION_BYTES", 512 * MiB)
+
+    @default("max_constant_bytes")
+    def _default_max_constant_bytes(self) -> int:
+        return _env_int("MODELFORGE_MAX_CONSTANT_BYTES", 64 * MiB)
+
+    @default("max_arena_bytes")
+    def _default_max_arena_bytes(self) -> int:
+        return _env_int("MODELFORGE_MAX_ARENA_BYTES", 1024 * MiB)
+
+    @default("max_output_bytes")
+    def _default_max_output_bytes(self) -> int:
+        return _env_int("MODELFORGE_MAX_OUTPUT_BYTES", 8 * MiB)
 
     @default("intra_op_num_threads")
     def _default_intra_op_num_threads(self) -> int:

@@ -1,0 +1,232 @@
+"""Memory bounds: constants a model computes (refused before any session), the LRU's bytes, the shared capped arena
+of runs and the output size, on tiny models whose sizes are set by a constant or an input value. Budgets are small
+(MiB) so no test allocates more than a few tens of MB even on code without the bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import orjson
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from modelforge_jupyter import ModelForge
+from modelforge_jupyter.engine import Engine
+from modelforge_jupyter.errors import InvalidModelError, ResourceLimitError
+from modelforge_jupyter.settings import Settings
+
+from .mf_plugin import mf_raw_run
+from .mf_server import http, isolated_env, start_server
+
+MiB = 1 << 20
+N = 4_000_000  # float32 elements: 16 MB, over the 1 MiB budgets below
+
+
+def _model(nodes: list, inputs: list, outputs: list, initializers: list = (), sparse: list = ()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "memory", inputs, outputs, list(initializers), sparse_initializer=list(sparse))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _const(name: str, values: list[int]):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(values, np.int64), name))
+
+
+def _summed(nodes: list, big: str) -> onnx.ModelProto:
+    """``y = x + sum(big)``: the large constant is reduced to one number, so only the build holds it."""
+    nodes = [*nodes, helper.make_node("ReduceSum", [big], ["r"], keepdims=0),
+             helper.make_node("Add", ["x", "r"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+
+
+def constant_of_shape() -> onnx.ModelProto:
+    """The issue's upload: ``ConstantOfShape`` of a constant shape; the model's output is the whole constant."""
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    return _model([_const("shape", [N]), helper.make_node("ConstantOfShape", ["shape"], ["y"], value=fill)],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])])
+
+
+def reduced_constant_of_shape(n: int = N) -> onnx.ModelProto:
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    return _summed([_const("shape", [n]), helper.make_node("ConstantOfShape", ["shape"], ["big"], value=fill)], "big")
+
+
+def tiled() -> onnx.ModelProto:
+    one = helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.ones(1, np.float32), "one"))
+    return _summed([one, _const("repeats", [N]), helper.make_node("Tile", ["one", "repeats"], ["big"])], "big")
+
+
+def sparse_constant() -> onnx.ModelProto:
+    """A ``Constant`` with a sparse value of one non-zero: ONNX Runtime makes it dense when it loads the model."""
+    values = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    indices = helper.make_tensor("i", TensorProto.INT64, [1], [0])
+    sparse = helper.make_sparse_tensor(values, indices, [N])
+    return _summed([helper.make_node("Constant", [], ["big"], sparse_value=sparse)], "big")
+
+
+def shape_from_input() -> onnx.ModelProto:
+    """``y = ConstantOfShape(shape)``, the shape a request's input value: the issue's ``cos`` model."""
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    return _model([helper.make_node("ConstantOfShape", ["shape"], ["y"], value=fill)],
+                  [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+
+
+def weights(seed: int, megabytes: int) -> bytes:
+    """``y = x + W`` with W of ``megabytes`` MB (distinct per seed, so distinct sha256s)."""
+    w = np.random.default_rng(seed).standard_normal(megabytes * MiB // 4).astype(np.float32)
+    return _model([helper.make_node("Add", ["x", "W"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [w.size])],
+                  [numpy_helper.from_array(w, "W")]).SerializeToString()
+
+
+def _status(key: str, pid: int | str = "self") -> int:
+    """``VmHWM`` (peak) or ``VmRSS`` of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{key}:"))
+
+
+def _peak_growth(fn) -> int:
+    """How far ``fn()`` raises this process's peak RSS above its RSS before (bytes): the peak is reset first."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    before = _status("VmRSS")
+    fn()
+    return _status("VmHWM") - before
+
+
+@pytest.fixture
+def warm_engine():
+    """Build a first session in this process (of a model with a constant to size), so ONNX Runtime's thread pools and
+    kernel registry and ONNX's operator schemas, built once per process, are not charged to a test."""
+    Engine().inspect("warm", reduced_constant_of_shape(10).SerializeToString())
+
+
+@pytest.mark.parametrize("build, node", [
+    (constant_of_shape, "ConstantOfShape"), (reduced_constant_of_shape, "ConstantOfShape"), (tiled, "Tile"),
+    (sparse_constant, "Constant"),
+])
+def test_constants_over_budget_are_refused_before_any_session(build, node, warm_engine):
+    engine = Engine(max_constant_bytes=MiB)
+    data = build().SerializeToString()
+
+    def load() -> None:
+        with pytest.raises(InvalidModelError) as refused:
+            engine.inspect("bomb", data)
+        errors.append(refused.value)
+
+    errors: list = []
+    assert _peak_growth(load) < 4 * MiB  # the 16 MB constant was never built
+    refused = errors[0]
+
+    message = str(refused)
+    assert refused.status == 400 and len(data) < 400
+    assert node in message and str(N * 4) in message and str(MiB) in message
+    assert "MODELFORGE_MAX_CONSTANT_BYTES" in message
+    assert engine.loads == 0 and engine.loaded() == []
+
+
+def test_constants_inference_cannot_size_are_not_folded_past_the_budget(warm_engine):
+    # Given a 32 MB constant whose shape ONNX shape inference cannot read without data propagation (a Concat)
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    model = _summed([_const("a", [2 * N // 1000]), _const("b", [1000]),
+                     helper.make_node("Concat", ["a", "b"], ["s"], axis=0),
+                     helper.make_node("ConstantOfShape", ["s"], ["big"], value=fill)], "big")
+    engine = Engine(max_constant_bytes=MiB)
+
+    # When it is loaded: accepted, but ONNX Runtime's per-node folding cap (what the budget leaves) keeps it unfolded
+    grown = _peak_growth(lambda: engine.inspect("concat", model.SerializeToString()))
+
+    assert grown < 16 * MiB  # folding it takes over 64 MB at peak
+    y = engine.run("concat", lambda: b"", {"x": np.zeros(1, np.float32)})["y"]
+    assert y == [float(2 * N)]  # computed at run time instead
+
+
+def test_sessions_are_evicted_by_bytes_as_well_as_count():
+    engine = Engine(max_sessions=32, max_session_bytes=7 * MiB)
+    models = {f"m{i}": weights(i, 3) for i in range(3)}  # each charged at least its 3 MB
+
+    for sha, data in models.items():
+        engine.inspect(sha, data)
+
+    loaded = engine.loaded()
+    assert loaded[-1] == "m2" and "m0" not in loaded
+    assert engine.session_bytes() <= 7 * MiB or loaded == ["m2"]
+    x = np.ones(1, np.float32)
+    y = engine.run("m0", lambda: models["m0"], {"x": x})["y"]  # evicted: built again from its bytes
+    assert y == mf_raw_run(models["m0"], {"x": x})[0].tolist()
+    assert engine.loaded()[-1] == "m0" and "m1" not in engine.loaded()
+
+
+def test_output_over_the_limit_is_413_and_never_cached(mf_settings):
+    with ModelForge(**mf_settings, max_output_bytes=64 * 1024) as forge:
+        forge.register("cos", shape_from_input())
+        small = forge.predict("cos", [100])
+        assert small.output_data == {"y": [1.0] * 100}
+
+        for _ in range(2):  # a second ask is refused again: nothing was cached
+            with pytest.raises(ResourceLimitError) as refused:
+                forge.predict("cos", [100_000])
+            assert refused.value.status == 413
+            assert "400000 bytes" in str(refused.value) and "65536 bytes" in str(refused.value)
+            assert "MODELFORGE_MAX_OUTPUT_BYTES" in str(refused.value)
+
+        assert _cached_predictions(forge) == 1  # the small answer only
+
+
+def _cached_predictions(forge: ModelForge) -> int:
+    if forge.cache.backend == "redis":
+        return len(list(forge.cache.client.scan_iter(match=f"{forge.settings.cache_key_prefix}:prediction:*")))
+    return len(forge.cache.cache)
+
+
+def test_server_memory_stays_within_budgets(tmp_path):
+    # Given a server whose ONNX Runtime arena holds 8 MiB and whose answers hold at most 1 MiB
+    env = isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),
+                       MODELFORGE_MAX_ARENA_BYTES=str(8 * MiB), MODELFORGE_MAX_SESSION_BYTES=str(4 * MiB),
+                       MODELFORGE_MAX_OUTPUT_BYTES=str(MiB), MODELFORGE_MAX_CONSTANT_BYTES=str(MiB))
+    server = start_server(tmp_path / "server", env)
+    try:
+        def call(method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
+            status, answer = http(method, server.url + path, body, server.token)
+            return status, orjson.loads(answer) if answer else {}
+
+        def predict(n: int) -> tuple[int, dict]:
+            return call("POST", "modelforge/predict", orjson.dumps({"model_id": "cos", "input_data": [n]}))
+
+        assert call("PUT", "modelforge/models/cos", shape_from_input().SerializeToString())[0] == 201
+        status, body = predict(1000)
+        assert status == 200 and body["output_data"]["y"] == [1.0] * 1000
+        start = _status("VmHWM", server.pid)
+
+        def refused_round() -> None:
+            status, body = call("PUT", "modelforge/models/bomb", reduced_constant_of_shape().SerializeToString())
+            assert status == 400 and "ConstantOfShape" in body["message"]
+            assert "MODELFORGE_MAX_CONSTANT_BYTES" in body["message"]
+            status, body = predict(N // 4)  # a 4 MB answer: over the output limit, within the arena
+            assert status == 413 and f"{N} bytes" in body["message"] and f"{MiB} bytes" in body["message"]
+            status, body = predict(N)  # 16 MB: more than the arena holds
+            assert status == 413 and f"{N * 4} bytes" in body["message"]
+            assert "MODELFORGE_MAX_ARENA_BYTES" in body["message"]
+
+        # When: a model computing a 16 MB constant is uploaded, then answers of 4 MB and runs of 16 MB are asked
+        refused_round()  # the first also loads ONNX's operator schemas and the arena's 4 MB region: kept after
+        warm = _status("VmHWM", server.pid)
+        for _ in range(2):
+            refused_round()
+
+        # Then the server grew by less than one of those answers' JSON, then not at all, and still serves
+        assert warm - start < 24 * MiB
+        assert _status("VmHWM", server.pid) - warm < 8 * MiB
+        assert predict(200_000)[0] == 200
+        assert call("GET", "modelforge/models/bomb")[0] == 404
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", ["max_session_bytes", "max_constant_bytes", "max_arena_bytes", "max_output_bytes"])
+def test_negative_memory_limits_are_refused_naming_the_setting(name):
+    with pytest.raises(ValueError, match=f"{name} must be a number of bytes >= 0"):
+        Settings(**{name: -1})
