@@ -67,3 +67,18 @@ class ResourceLimitError(ModelForgeError):
     message names the size and the limit; nothing is cached."""
 
     status = 413
+
+
+def error_for_status(status: int) -> type[ModelForgeError]:
+    """The error class a client raises for an HTTP ``status`` answered by a ModelForge server: the one subclass with
+    that status (404 -> ``ModelNotFoundError``, 413 -> ``ResourceLimitError``...), else ``ModelForgeError`` (400 is
+    shared by several classes, so it maps to the base). Only this module's classes count: a door's own errors
+    (the kernel client's ``ServerUnreachableError``) are not answers a server sends."""
+    matches = [
+        cls for cls in _subclasses(ModelForgeError) if cls.__module__ == __name__ and cls.__dict__["status"] == status
+    ]
+    return matches[0] if len(matches) == 1 else ModelForgeError
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]

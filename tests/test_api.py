@@ -391,3 +391,15 @@ def test_version_from_text_takes_only_ascii_digits_of_a_number_from_one(raw):
         version_from_text(raw)
     assert (err.value.status, str(err.value)) == (400, f"version must be a whole number >= 1, got {raw!r}")
     assert (version_from_text("1"), version_from_text("007"), version_from_text("12")) == (1, 7, 12)
+
+
+def test_each_status_a_server_answers_maps_back_to_its_error_class():
+    from modelforge_jupyter import errors
+    from modelforge_jupyter.kernel import client  # noqa: F401  (its own 503 errors must not make 503 ambiguous)
+
+    # Given every status the error family answers with, When a client maps it back, Then it gets the one class
+    expected = {404: errors.ModelNotFoundError, 409: errors.ModelExistsError, 413: errors.ResourceLimitError,
+                422: errors.InferenceError, 503: errors.ServiceUnavailableError, 504: errors.InferenceTimeoutError}
+    assert {status: errors.error_for_status(status) for status in expected} == expected
+    assert errors.error_for_status(400) is errors.ModelForgeError  # shared by invalid model / input / request
+    assert errors.error_for_status(500) is errors.ModelForgeError

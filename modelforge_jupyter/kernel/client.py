@@ -25,19 +25,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import (
-    InferenceError,
-    InferenceTimeoutError,
-    ModelExistsError,
-    ModelForgeError,
-    ModelNotFoundError,
-    ServiceUnavailableError,
-)
+from ..errors import ModelForgeError, error_for_status
 from ..records import PredictionResult
 
 ENV_URL, ENV_TOKEN = "MODELFORGE_URL", "MODELFORGE_TOKEN"
-ERRORS = {404: ModelNotFoundError, 409: ModelExistsError, 422: InferenceError, 503: ServiceUnavailableError,
-          504: InferenceTimeoutError}
 RETRIED = (http.client.RemoteDisconnected, http.client.CannotSendRequest, ConnectionResetError, BrokenPipeError)
 
 
@@ -206,7 +197,7 @@ class ModelForgeClient:
             message = orjson.loads(data)["message"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             message = data[:200].decode(errors="replace") or http.client.responses.get(status, "error")
-        err = ERRORS.get(status, ModelForgeError)(f"{message} (HTTP {status}, {method} {self.url}modelforge/{path})")
+        err = error_for_status(status)(f"{message} (HTTP {status}, {method} {self.url}modelforge/{path})")
         err.status = status
         return err
 
