@@ -312,10 +312,11 @@ class ModelForge:
             log.warning("eviction listener not restarted (%s)", err)
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child: a new lock, and no resolved metadata, so that the first lookup asks the registry
-        (on the child's own connection) and restarts the eviction listener, whose thread the child lacks."""
+        """In a forked child: a new lock; with an eviction listener (whose thread the child lacks), no resolved
+        metadata, so that the child's first lookup asks the registry and restarts the listener there."""
         self._resolve_lock = threading.Lock()
-        self._resolved = (None, {})
+        if self.listener is not None:
+            self._resolved = (None, {})
 
     # -- operations ------------------------------------------------------------------------------------------------
     def unload(self, name: str, version: int | None = None) -> bool:
