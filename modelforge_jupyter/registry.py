@@ -379,10 +379,12 @@ class Registry:
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: drop the pool and the clock connection, which share their sockets with the parent,
-        without closing them (``forksafe``), and the locks another thread may have held; reconnect on first use."""
-        park(self.engine.pool, self._clock)
-        self.engine.dispose(close=False)  # a new, empty pool (SQLAlchemy's documented recipe for os.fork)
-        self._clock = None
+        without closing them (``forksafe``), and the locks another thread may have held; reconnect on first use.
+        An in-memory SQLite database lives in its connection: the child keeps its own copy of it."""
+        if not (self.dialect == "sqlite" and self.url.database in (None, "", ":memory:")):
+            park(self.engine.pool, self._clock)
+            self.engine.dispose(close=False)  # a new, empty pool (SQLAlchemy's documented recipe for os.fork)
+            self._clock = None
         self._clock_lock = threading.Lock()
         self._schema_lock = threading.Lock()
 
