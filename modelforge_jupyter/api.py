@@ -27,6 +27,7 @@ from .cache import open_cache, prediction_key
 from .deadline import Cancellation
 from .engine import Engine
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
+from .forksafe import at_fork_in_child
 from .freshness import RedisStamp
 from .invalidation import EvictionListener, Invalidator
 from .records import ModelRecord, PredictionResult
@@ -71,6 +72,9 @@ class ModelForge:
         self.listener = self._listen(s)
         self._resolved: tuple[int | None, dict[tuple[str, int | None], tuple[ModelRecord, float]]] = (None, {})
         self._resolve_lock = threading.Lock()
+        # Fork safety (``forksafe``): each part drops in a forked child what it shares with the parent (database and
+        # broker connections, the listener's thread, locks); the child reconnects on first use. No cost per predict.
+        at_fork_in_child(self._after_fork_in_child)
 
     # -- registry --------------------------------------------------------------------------------------------------
     def register(self, name: str, model: ModelSource) -> ModelRecord:
@@ -246,6 +250,8 @@ class ModelForge:
             with self._resolve_lock:
                 state = self._resolved = (generation, {})
             self._prune_sessions()
+            if self.listener is not None and not self.listener.running:
+                self._relisten()
         now = time.monotonic()
         entry = state[1].get((model, version))
         if entry is None or entry[1] <= now:
@@ -301,6 +307,20 @@ class ModelForge:
         except Exception as err:  # Redis down at start: sessions are still pruned on registry changes
             log.warning("eviction listener not started (%s)", err)
             return None
+
+    def _relisten(self) -> None:
+        """Restart the eviction listener (in a forked child, on its first registry lookup)."""
+        try:
+            self.listener.restart()
+        except Exception as err:  # Redis down: sessions are still pruned on registry changes; retried next change
+            log.warning("eviction listener not restarted (%s)", err)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a new lock; with an eviction listener (whose thread the child lacks), no resolved
+        metadata, so that the child's first lookup asks the registry and restarts the listener there."""
+        self._resolve_lock = threading.Lock()
+        if self.listener is not None:
+            self._resolved = (None, {})
 
     # -- operations ------------------------------------------------------------------------------------------------
     def unload(self, name: str, version: int | None = None) -> bool:

@@ -37,6 +37,7 @@ import numpy as np
 from .deadline import Cancellation
 from .engine import Engine
 from .errors import InferenceTimeoutError
+from .forksafe import at_fork_in_child
 from .records import TensorSpec
 from .tensors import json_safe
 
@@ -99,6 +100,13 @@ class DynamicBatcher:
         self.requests = 0
         self.waits = 0  # times a leader waited for more requests
         self.peak_running = 0  # most batches of one model seen running at once (<= instances)
+        at_fork_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: new locks and empty queues. The requests queued or running at the fork belong to the
+        parent's other threads, which the child does not have: a leader there would never run nor hand on."""
+        self._lock = threading.Lock()
+        self._queues = {}
 
     def run(
         self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = "",

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any, Protocol
 
+from .forksafe import at_fork_in_child
+
 log = logging.getLogger(__name__)
 
 
@@ -42,6 +44,10 @@ class _Breaker:
         self._down_until = 0.0
         self._outage = False
         self._lock = threading.Lock()
+        at_fork_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at the fork
 
     def open(self) -> bool:
         return self._down_until > time.monotonic()
@@ -61,7 +67,11 @@ class _Breaker:
 
 
 class RedisCache:
-    """Prediction cache in Redis (redis-py with hiredis); one client and connection pool per process."""
+    """Prediction cache in Redis (redis-py with hiredis); one client and connection pool per process.
+
+    Fork-safe by redis-py itself: its ``ConnectionPool`` compares ``os.getpid()`` on every checkout and starts an
+    empty pool in a forked child, without shutting down the parent's sockets.
+    """
 
     backend = "redis"
 
@@ -121,6 +131,7 @@ class DiskCache:
     """Prediction cache on local disk (diskcache, SQLite-backed): shared by every process using ``directory``.
 
     Values are stored as raw bytes (diskcache stores ``bytes`` as-is, never pickled), tagged with the model id.
+    Fork-safe by diskcache itself: its SQLite connection is per thread and per process (a pid check reopens it).
     """
 
     backend = "disk"

@@ -41,6 +41,7 @@ import onnxruntime as ort
 from .deadline import Cancellation, watchdog
 from .errors import InferenceError, InferenceTimeoutError, InvalidModelError, ResourceLimitError
 from .footprint import ConstantFootprint, constant_footprint
+from .forksafe import at_fork_in_child
 from .records import TensorSpec
 from .tensors import NUMPY_DTYPES, json_safe, spec_from_ort
 
@@ -128,6 +129,7 @@ class Engine:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()  # one build at a time, so its RSS growth is its own
         self.loads = 0  # sessions built since start: cold starts, for tests and statistics
+        at_fork_in_child(self._after_fork_in_child)
 
     def session_options(self, fold_limit: int = 0) -> ort.SessionOptions:
         """The ``SessionOptions`` every session of this engine uses (benchmarks give raw ORT the same); ``fold_limit``
@@ -382,6 +384,15 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a new lock (another thread may have held it at the fork) and no loads in flight (their
+        threads are gone: a waiter would wait forever). Loaded sessions are kept, their memory shared copy-on-write:
+        a session built and run before the fork gives the same outputs in the child, with intra_op_num_threads 1, 2
+        and 4 alike (ORT 1.32; its parallel sections let the calling thread run work no pool thread picked up)."""
+        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self._loading = {}
 
 
 def _inference_error(err: Exception, model_name: str) -> InferenceError:

@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from .forksafe import at_fork_in_child, park
+
 log = logging.getLogger(__name__)
 
 TASK_NAME = "modelforge_jupyter.tasks.invalidate_model"
@@ -56,6 +58,7 @@ class Invalidator:
         self.cache = cache
         self.engine = engine
         self._celery: Any = None
+        at_fork_in_child(self._after_fork_in_child)
 
     def model_changed(self, model_id: str, sha256s: Iterable[str]) -> str:
         """Free ``sha256s`` here, then clean up everywhere. Returns ``"sent"``, ``"inline"`` or ``"failed"``."""
@@ -96,19 +99,59 @@ class Invalidator:
         if self._celery is not None:
             self._celery.close()
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: drop the Celery app, whose broker connections are the parent's (Celery resets them
+        only in ``multiprocessing`` children, not after a raw ``os.fork``); the next send builds a new one."""
+        park(self._celery)
+        self._celery = None
+
 
 class EvictionListener:
-    """Background thread: unload the sessions named by eviction events on ``{prefix}:events`` (Redis pub/sub)."""
+    """Background thread: unload the sessions named by eviction events on ``{prefix}:events`` (Redis pub/sub).
+
+    In a forked child the thread does not exist and the subscribed socket is the parent's (reading it would take
+    the parent's events): both are dropped at the fork, and ``restart`` (which ``ModelForge`` calls on the child's
+    first registry lookup) subscribes anew.
+    """
 
     def __init__(self, redis_url: str, prefix: str, engine: Any) -> None:
+        self.engine = engine
+        self.redis_url = redis_url
+        self.channel = events_channel(prefix)
+        self.events = 0
+        self.thread: Any = None
+        self.closed = False
+        self._lock = threading.Lock()
+        self.restart()
+        at_fork_in_child(self._after_fork_in_child)
+
+    @property
+    def running(self) -> bool:
+        """False in a forked child until ``restart``."""
+        return self.thread is not None
+
+    def restart(self) -> None:
+        """Subscribe and start the listening thread, unless it runs. Raises ``redis.RedisError`` if Redis is down."""
         import redis
 
-        self.engine = engine
-        self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, health_check_interval=10)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(**{events_channel(prefix): self._on_event})
-        self.thread = self.pubsub.run_in_thread(sleep_time=0.5, daemon=True, exception_handler=self._on_error)
-        self.events = 0
+        with self._lock:
+            if self.thread is not None or self.closed:
+                return
+            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1.0, health_check_interval=10)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(**{self.channel: self._on_event})
+            except BaseException:
+                pubsub.close()
+                client.close()
+                raise
+            self.client, self.pubsub = client, pubsub
+            self.thread = pubsub.run_in_thread(sleep_time=0.5, daemon=True, exception_handler=self._on_error)
+
+    def _after_fork_in_child(self) -> None:
+        park(self.thread, self.pubsub, self.client)  # never read nor closed here: the socket is the parent's
+        self.thread = self.pubsub = self.client = None
+        self._lock = threading.Lock()
 
     def _on_event(self, message: dict) -> None:
         try:
@@ -124,7 +167,11 @@ class EvictionListener:
         threading.Event().wait(1.0)  # back off; run_in_thread calls get_message again, which reconnects
 
     def close(self) -> None:
+        self.closed = True
+        if self.thread is None:
+            return
         self.thread.stop()
         self.thread.join(timeout=2)
         self.pubsub.close()
         self.client.close()
+        self.thread = None

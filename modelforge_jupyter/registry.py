@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError
+from .forksafe import at_fork_in_child, park
 from .records import ModelRecord, TensorSpec
 from .schema import blobs, model_versions, models, registry_state
 from .settings import mask_url
@@ -124,6 +125,7 @@ class Registry:
         self._clock: Any = None
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        at_fork_in_child(self._after_fork_in_child)
         try:  # migrate now when the database answers; else on first use, so a process can start (and report
             self._ensure_schema()  # itself unhealthy) while the database is down
         except ServiceUnavailableError as err:
@@ -374,6 +376,17 @@ class Registry:
         with self._clock_lock:
             self._close_clock()
         self.engine.dispose()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: drop the pool and the clock connection, which share their sockets with the parent,
+        without closing them (``forksafe``), and the locks another thread may have held; reconnect on first use.
+        An in-memory SQLite database lives in its connection: the child keeps its own copy of it."""
+        if not (self.dialect == "sqlite" and self.url.database in (None, "", ":memory:")):
+            park(self.engine.pool, self._clock)
+            self.engine.dispose(close=False)  # a new, empty pool (SQLAlchemy's documented recipe for os.fork)
+            self._clock = None
+        self._clock_lock = threading.Lock()
+        self._schema_lock = threading.Lock()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
