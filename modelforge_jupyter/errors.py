@@ -2,7 +2,13 @@
 
 The server extension maps a ``ModelForgeError`` to ``{"message": str(err)}`` with ``err.status``; the magics print
 ``str(err)`` as one line. Messages name the problem: which model or input, what was expected, what was given.
+Names read from a model file (inputs, outputs, tensors) are quoted with ``repr`` (escapes, no raw newline), and
+text from ONNX Runtime or other libraries goes through ``first_line``.
 """
+
+from __future__ import annotations
+
+import re
 
 
 class ModelForgeError(Exception):
@@ -82,3 +88,53 @@ def error_for_status(status: int) -> type[ModelForgeError]:
 
 def _subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
+# An ONNX Runtime source location, e.g. ``/onnxruntime_src/onnxruntime/core/graph/model.cc:256 `` or
+# ``tensorprotoutils.cc:619 ``, which ORT puts before the function that threw and its message.
+_SOURCE_LOCATION = re.compile(r"(?:[\w.+-]*/)*[\w.+-]+\.(?:cc|cpp|cxx|c|h|hpp|hxx):\d+\s+")
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_QUOTED_PATH = re.compile(r'"(?:[A-Za-z]:)?[/\\][^"]*"')  # a filesystem path, which ORT puts in double quotes
+
+
+def first_line(err: BaseException | str) -> str:
+    """The first meaningful line of an exception's text, fit for a message or a log line.
+
+    Drops ONNX Runtime's ``[ONNXRuntimeError] : 1 : FAIL :`` prefix, its source locations with the C++ function or
+    signature after them (``model.cc:256 onnxruntime::Model::Model(...)``), and double-quoted absolute file paths
+    (``"/tmp/x/README.md"`` becomes ``"<path>"``): a message never shows the server's files. Control characters left
+    (an escape sequence in a name read from a model file) are written as escapes. The exception's type name when no
+    text is left.
+    """
+    text = str(err)
+    for line in text.strip().splitlines():
+        line = _ORT_PREFIX.sub("", line.strip())
+        line = _strip_source_locations(line)
+        line = _QUOTED_PATH.sub('"<path>"', line).strip()
+        if line:
+            return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+    return type(err).__name__ if isinstance(err, BaseException) else "error"
+
+
+def _strip_source_locations(line: str) -> str:
+    """Remove each ``file.cc:NNN function`` of ORT's (a plain name, or a full C++ signature with its parameters)."""
+    while (found := _SOURCE_LOCATION.search(line)) is not None:
+        rest = line[found.end():]
+        head = re.match(r"[^\s(]+", rest)
+        if head is None:
+            line = line[: found.start()] + rest
+            continue
+        paren = rest.find("(")
+        # a pretty signature: "void ns::f(...) const" or "ns::C::C(...)": '::' before its first '('
+        if paren > 0 and "::" in rest[:paren] and " " not in rest[:paren].split("::")[-1]:
+            depth, end = 0, len(rest)
+            for i in range(paren, len(rest)):
+                depth += {"(": 1, ")": -1}.get(rest[i], 0)
+                if depth == 0:
+                    end = i + 1
+                    break
+            rest = re.sub(r"^\s*const\b", "", rest[end:])
+        elif re.fullmatch(r"[A-Za-z_]\w*", head.group()):  # __FUNCTION__: one identifier
+            rest = rest[head.end():]
+        line = line[: found.start()] + rest.lstrip()
+    return line
