@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import Any
 
-from .errors import InvalidModelError, first_line
+from .errors import InvalidModelError
 
 SAVE_INLINE = (
     "save the model with its tensors inline, e.g. onnx.save_model(model, path, save_as_external_data=False), "
@@ -56,11 +56,11 @@ def read_model_file(path: Path) -> bytes:
     base = path.resolve().parent
     for tensor in _tensors(model):
         if _is_external(tensor):
-            _check_location(tensor, base)
+            location = _check_location(tensor, base)
             try:
                 load_external_data_for_tensor(tensor, str(base))
-            except (OSError, ValueError, RuntimeError) as err:
-                reason = "file not found" if isinstance(err, FileNotFoundError) else first_line(err)
+            except Exception:  # OSError, ValueError, onnx's ValidationError: their texts name paths
+                reason = "no such file" if not location.is_file() else "not a regular file holding its bytes"
                 raise InvalidModelError(
                     f"tensor {tensor.name!r} keeps its data in an external file that could not be read next to the "
                     f"model file ({reason}); {SAVE_INLINE}"
@@ -102,17 +102,18 @@ def _refuse_external(model: Any) -> None:
         )
 
 
-def _check_location(tensor: Any, base: Path) -> None:
-    """An external data file must be a relative path that stays in the model's directory (symlinks resolved)."""
+def _check_location(tensor: Any, base: Path) -> Path:
+    """The external data file of ``tensor``: a relative path that stays in the model's directory (symlinks
+    resolved), else ``InvalidModelError``."""
     location = next((e.value for e in tensor.external_data if e.key == "location"), "")
     inside = bool(location) and not PurePath(location).is_absolute() and ".." not in PurePath(location).parts
     if inside:
-        inside = os.path.commonpath([base, (base / location).resolve()]) == str(base)
-    if not inside:
-        raise InvalidModelError(
-            f"tensor {tensor.name!r} keeps its data in an external file outside the model file's directory; "
-            f"{SAVE_INLINE}"
-        )
+        resolved = (base / location).resolve()
+        if os.path.commonpath([base, resolved]) == str(base):
+            return resolved
+    raise InvalidModelError(
+        f"tensor {tensor.name!r} keeps its data in an external file outside the model file's directory; {SAVE_INLINE}"
+    )
 
 
 def _is_external(tensor: Any) -> bool:
