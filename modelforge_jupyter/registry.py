@@ -195,7 +195,8 @@ class Registry:
     def resolve(self, model: str, version: int | None = None) -> ModelRecord:
         """Return the record of ``model`` (name or id) at ``version`` (default: the latest).
 
-        A uuid-shaped ``model`` is an id (any case), anything else a name (``is_model_id``). Raises ``ModelNotFoundError`` naming the model (and version) when there is none.
+        A uuid-shaped ``model`` is an id (any case), anything else a name (``is_model_id``).
+        Raises ``ModelNotFoundError`` naming the model (and version) when there is none.
         """
         self._ensure_schema()
         with self._unavailable_as_503(), self.engine.connect() as conn:
@@ -379,7 +380,8 @@ class Registry:
         try:
             yield
         except OperationalError as err:
-            raise ServiceUnavailableError(f"model registry database unavailable: {first_line(err.orig or err)}") from None
+            msg = first_line(err.orig or err)
+            raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
         except DataError as err:  # a value the database cannot store or compare: the request's fault
             msg = first_line(err.orig or err)
             raise ModelForgeError(f"the model registry refused a value of this request: {msg}") from None
