@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -158,6 +159,9 @@ def test_first_line_strips_paths_and_escapes_control_characters():
     )
     assert first_line(RuntimeError("\n  \nname \x1b[2J here\x00")) == "name \\x1b[2J here\\x00"
     assert first_line(ValueError()) == "ValueError"
+    start = time.perf_counter()  # a long name in ORT's message costs linear time, and is cut
+    assert len(first_line("a." * 50_000)) == len(first_line("x" * 100_000)) == 2000
+    assert time.perf_counter() - start < 2.0
 
 
 def test_an_unfeedable_input_is_named_with_escapes():
