@@ -46,7 +46,8 @@ from .tensors import NUMPY_DTYPES, json_safe, spec_from_ort
 
 log = logging.getLogger(__name__)
 
-# ORT's folder for a model's external data files when the model is given as bytes (default: the working directory)
+# ORT's folder for a model's external data files when the model is given as bytes (default: the working directory);
+# ONNX Runtime 1.21 and later (microsoft/onnxruntime#23557), hence the floor in pyproject.toml
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 MiB = 1 << 20
