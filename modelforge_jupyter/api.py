@@ -30,6 +30,7 @@ from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .forksafe import at_fork_in_child
 from .freshness import RedisStamp
 from .invalidation import EvictionListener, Invalidator
+from .modelfile import check_self_contained, read_model_file
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
 from .settings import Settings, check_timeout
@@ -113,8 +114,6 @@ class ModelForge:
                     return self.registry.register(name, data, sha256, inputs, outputs), True
             except ModelExistsError:  # registered meanwhile by another request: add a version to it
                 latest = self.registry.resolve(name)
-        if latest.name != name:
-            raise ModelForgeError(f"{name!r} is the id of model {latest.name!r}; name the model to update it")
         with self._writing():
             record, changed = self.registry.update(name, data, sha256, inputs, outputs)
         if changed:
@@ -397,15 +396,21 @@ def version_from_text(raw: str) -> int:
 
 
 def _read_model(model: ModelSource) -> tuple[bytes, str]:
-    """(bytes, sha256 hex) of a model given as a path, bytes or an ``onnx.ModelProto``."""
+    """(bytes, sha256 hex) of a model given as a path, bytes or an ``onnx.ModelProto``: self-contained bytes.
+
+    A file's external data (tensors kept in other files beside it) is packed in; bytes or a ``ModelProto`` with
+    external data raise ``InvalidModelError`` (400) saying how to save the model inline (``modelfile``).
+    """
     if hasattr(model, "SerializeToString"):
         data = model.SerializeToString()
+        check_self_contained(data)
     elif isinstance(model, (bytes, bytearray, memoryview)):
         data = bytes(model)
+        check_self_contained(data)
     elif isinstance(model, (str, PathLike)):
         path = Path(model).expanduser()
         try:
-            data = path.read_bytes()
+            data = read_model_file(path)
         except FileNotFoundError:
             raise ModelForgeError(f"no model file at {str(path)!r}") from None
         except IsADirectoryError:

@@ -177,12 +177,15 @@ def summarize(model: str, batch: int, path: str, ms: list[float], raw_p50: float
 
 def sample_feed(specs: list, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A valid input for ``specs`` (``ModelRecord.inputs``): axis 0 = ``batch`` where it is symbolic, other symbolic
-    dims 1. Floats uniform in [0, 5); integers and bools 0 or 1 (valid indices for any embedding); strings 'a'/'b'."""
+    dims 1. Floats uniform in [0, 5); integers and bools 0 or 1 (valid indices for any embedding); strings 'a'/'b'.
+    Optional inputs are left out: the model's defaults are what it normally runs with."""
     from .tensors import NUMPY_DTYPES
 
     rng = np.random.default_rng(seed)
     feed = {}
     for spec in specs:
+        if spec.optional:
+            continue
         shape = [d if d is not None else (batch if axis == 0 else 1) for axis, d in enumerate(spec.shape)]
         dtype = NUMPY_DTYPES[spec.dtype]
         if dtype.kind == "f":
@@ -199,26 +202,27 @@ def resize_batch(specs: list, feed: dict[str, np.ndarray], batch: int) -> dict[s
     """``feed`` with ``batch`` rows on axis 0 of every input whose axis 0 is symbolic (rows repeated cyclically)."""
     out = dict(feed)
     for spec in specs:
-        arr = feed[spec.name]
-        if spec.shape and spec.shape[0] is None and arr.shape[0] != batch:
+        arr = feed.get(spec.name)
+        if arr is not None and spec.shape and spec.shape[0] is None and arr.shape[0] != batch:
             out[spec.name] = np.ascontiguousarray(np.take(arr, np.arange(batch) % arr.shape[0], axis=0))
     return out
 
 
 def batch_of(specs: list, feed: dict[str, np.ndarray]) -> int:
     """The rows ``feed`` gives the model in one run: axis 0 of the first input whose axis 0 is symbolic, else of the
-    first input of rank >= 1 (its fixed batch), else 1 (scalar inputs only)."""
-    ranked = [s for s in specs if s.shape]
+    first input of rank >= 1 (its fixed batch), else 1 (scalar inputs only). Optional inputs left out do not count."""
+    ranked = [s for s in specs if s.shape and s.name in feed]
     spec = next((s for s in ranked if s.shape[0] is None), ranked[0] if ranked else None)
     return 1 if spec is None else int(np.shape(feed[spec.name])[0])
 
 
 def fixed_batch(specs: list) -> tuple[int, str] | None:
     """``(batch, why)`` when the model takes one batch size only (no input has a symbolic axis 0): axis 0 of its
-    first input of rank >= 1, or 1 for scalar inputs; None when it takes any batch."""
+    first input of rank >= 1, or 1 for scalar inputs; None when it takes any batch. Optional inputs (the bench
+    leaves them at their defaults) do not count."""
     from .tensors import shape_str
 
-    ranked = [s for s in specs if s.shape]
+    ranked = [s for s in specs if s.shape and not s.optional]
     if any(s.shape[0] is None for s in ranked):
         return None
     if not ranked:

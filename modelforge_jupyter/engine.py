@@ -39,13 +39,17 @@ import numpy as np
 import onnxruntime as ort
 
 from .deadline import Cancellation, watchdog
-from .errors import InferenceError, InferenceTimeoutError, InvalidModelError, ResourceLimitError
+from .errors import InferenceError, InferenceTimeoutError, InvalidModelError, ResourceLimitError, first_line
 from .footprint import ConstantFootprint, constant_footprint
 from .forksafe import at_fork_in_child
 from .records import TensorSpec
 from .tensors import NUMPY_DTYPES, json_safe, spec_from_ort
 
 log = logging.getLogger(__name__)
+
+# ORT's folder for a model's external data files when the model is given as bytes (default: the working directory);
+# ONNX Runtime 1.21 and later (microsoft/onnxruntime#23557), hence the floor in pyproject.toml
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 MiB = 1 << 20
 FOLD_LIMIT = "optimization.constant_folding_max_output_size_in_bytes"  # ONNX Runtime's per-node folding cap
@@ -166,18 +170,23 @@ class Engine:
     def create_session(self, model_bytes: bytes, footprint: ConstantFootprint | None = None) -> ort.InferenceSession:
         """Build a session from ONNX bytes. Raises ``InvalidModelError`` naming ONNX Runtime's complaint, or the
         constants the model would compute over ``max_constant_bytes`` (checked first, unless ``footprint`` is
-        given: ``self.footprint(model_bytes)``)."""
+        given: ``self.footprint(model_bytes)``).
+
+        The bytes are all a session reads: external data (tensors kept in other files, which ORT would look for
+        relative to the working directory) resolves under ``os.devnull``, where no file can be, so it fails to load.
+        The registry refuses such models anyway (``modelfile``); this covers bytes stored before it did.
+        """
         if not model_bytes:
             raise InvalidModelError("not a valid ONNX model: the file is empty")
         if footprint is None:
             footprint = self.footprint(model_bytes)
         fold_limit = footprint.fold_limit(self.max_constant_bytes) if self.max_constant_bytes else 0
+        so = self.session_options(fold_limit)
+        so.add_session_config_entry(EXTERNAL_DATA_FOLDER, os.devnull)
         try:
-            return ort.InferenceSession(model_bytes, sess_options=self.session_options(fold_limit),
-                                        providers=self.providers)
+            return ort.InferenceSession(model_bytes, sess_options=so, providers=self.providers)
         except Exception as err:  # ORT raises pybind exceptions (InvalidProtobuf, Fail, InvalidGraph, ...)
-            msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise InvalidModelError(f"not a valid ONNX model ({len(model_bytes)} bytes): {msg}") from None
+            raise InvalidModelError(f"not a valid ONNX model ({len(model_bytes)} bytes): {first_line(err)}") from None
 
     def load(self, model_bytes: bytes) -> LoadedModel:
         """Build a session (``create_session``) charged with the memory its build took: the process's RSS growth
@@ -192,8 +201,11 @@ class Engine:
     def inspect(self, sha256: str, model_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """Load ``model_bytes``, keep the session warm under ``sha256`` and return (inputs, outputs) specs.
 
-        Raises ``InvalidModelError`` for bytes ONNX Runtime cannot load, and for models with an input ModelForge
-        cannot feed (a non-tensor input, or a dtype outside float16/32/64, (u)int8-64, bool, string).
+        Inputs are the required ones (``session.get_inputs()``), then the optional ones: initializers that are also
+        graph inputs (``get_overridable_initializers()``), which a request may override; an optional input of a
+        dtype ModelForge cannot feed is left out (it keeps its default).
+        Raises ``InvalidModelError`` for bytes ONNX Runtime cannot load, and for models with a required input
+        ModelForge cannot feed (a non-tensor input, or a dtype outside float16/32/64, (u)int8-64, bool, string).
         """
         loaded = self.load(model_bytes)
         session = loaded.session
@@ -201,7 +213,9 @@ class Engine:
         outputs = [spec_from_ort(n) for n in session.get_outputs()]
         for spec in inputs:
             if spec.dtype not in NUMPY_DTYPES:
-                raise InvalidModelError(f"input '{spec.name}' has type {spec.dtype}, which ModelForge cannot feed")
+                raise InvalidModelError(f"input {spec.name!r} has type {spec.dtype}, which ModelForge cannot feed")
+        optional = [spec_from_ort(n, optional=True) for n in session.get_overridable_initializers()]
+        inputs += [spec for spec in optional if spec.dtype in NUMPY_DTYPES]
         self._install(sha256, loaded)
         return inputs, outputs
 
@@ -337,7 +351,7 @@ class Engine:
                 raise
         asked = found.group(1) or found.group(2)
         raise ResourceLimitError(
-            f"model '{name}' needs more memory on this input than ONNX Runtime may use: {asked} bytes at once did not "
+            f"model {name!r} needs more memory on this input than ONNX Runtime may use: {asked} bytes at once did not "
             f"fit in its arena of {self.arena_bytes} bytes, shared by the runs in flight and the loaded models "
             "(max_arena_bytes, env MODELFORGE_MAX_ARENA_BYTES); send fewer rows at once"
         )
@@ -358,10 +372,10 @@ class Engine:
         """Refuse (``ResourceLimitError``, 413) outputs holding more than ``max_output_bytes``, before any JSON."""
         total = sum(map(_nbytes, values))
         if total > self.max_output_bytes:
-            shapes = ", ".join(f"'{n}' {v.dtype} {list(v.shape)}" for n, v in zip(names, values)
+            shapes = ", ".join(f"{n!r} {v.dtype} {list(v.shape)}" for n, v in zip(names, values)
                                if isinstance(v, np.ndarray))
             raise ResourceLimitError(
-                f"the answer of model '{name}' would hold {total} bytes of outputs ({shapes or 'sequences'}); the "
+                f"the answer of model {name!r} would hold {total} bytes of outputs ({shapes or 'sequences'}); the "
                 f"limit is {self.max_output_bytes} bytes (max_output_bytes, env MODELFORGE_MAX_OUTPUT_BYTES): "
                 "send fewer rows at once"
             )
@@ -396,8 +410,7 @@ class Engine:
 
 
 def _inference_error(err: Exception, model_name: str) -> InferenceError:
-    msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return InferenceError(f"model '{model_name}' failed on this input: {msg}")
+    return InferenceError(f"model {model_name!r} failed on this input: {first_line(err)}")
 
 
 def format_seconds(seconds: float) -> str:

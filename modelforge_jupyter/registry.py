@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 
-from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError
+from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError, first_line
 from .forksafe import at_fork_in_child, park
 from .records import ModelRecord, TensorSpec
 from .schema import blobs, model_versions, models, registry_state
@@ -35,15 +35,29 @@ from .settings import mask_url
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Whole-string patterns: always used with ``fullmatch`` (``match`` with ``$`` lets a trailing newline through).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 MIGRATION_LOCK_ID = 0x6D66_6A75  # "mfju": pg_advisory_xact_lock key for concurrent first use
 
 
+def is_model_id(model: str) -> bool:
+    """True when ``model`` has the form of a model id (a uuid, any case): it is then looked up as an id only, and
+    anything else as a name only, so a name and an id can never be confused."""
+    return isinstance(model, str) and ID_RE.fullmatch(model) is not None
+
+
 def check_name(name: str) -> str:
-    """Model names: 1-128 of letters, digits, '.', '_', '-', starting with a letter or digit (they go in URLs)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    """Model names: 1-128 of letters, digits, '.', '_', '-', starting with a letter or digit (they go in URLs), and
+    not of a model id's form (a uuid). Raises ``ModelForgeError`` (400) naming the rule."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ModelForgeError(
             f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    if is_model_id(name):
+        raise ModelForgeError(
+            f"invalid model name {name!r}: it has the form of a model id (a uuid), and a name must never be taken for "
+            "an id; choose another name"
         )
     return name
 
@@ -155,8 +169,7 @@ class Registry:
                 raise
             except Exception as err:  # sqlite3 / psycopg / SQLAlchemy errors alike: reconnect on the next call
                 self._close_clock()
-                msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
+                raise ServiceUnavailableError(f"model registry database unavailable: {first_line(err)}") from None
 
     def _open_clock(self) -> Any:
         if self.dialect == "sqlite" and self.url.database not in (None, "", ":memory:"):
@@ -184,6 +197,7 @@ class Registry:
     def resolve(self, model: str, version: int | None = None) -> ModelRecord:
         """Return the record of ``model`` (name or id) at ``version`` (default: the latest).
 
+        A uuid-shaped ``model`` is an id (any case), anything else a name (``is_model_id``).
         Raises ``ModelNotFoundError`` naming the model (and version) when there is none.
         """
         self._ensure_schema()
@@ -194,8 +208,8 @@ class Registry:
         """The latest version of every model, by name."""
         self._ensure_schema()
         with self._unavailable_as_503(), self.engine.connect() as conn:
-            names = conn.execute(select(models.c.name).order_by(models.c.name)).scalars().all()
-            return [self._resolve(conn, name, None) for name in names]
+            ids = conn.execute(select(models.c.id).order_by(models.c.name)).scalars().all()
+            return [self._resolve(conn, model_id, None) for model_id in ids]
 
     def blob(self, sha256: str) -> bytes:
         """The ONNX bytes stored under ``sha256``. Raises ``ModelNotFoundError`` if no version references them."""
@@ -260,8 +274,10 @@ class Registry:
             raise ModelForgeError(f"a model name or id is needed, got {model!r}")
         if "\x00" in model:  # no name or id has one (check_name); PostgreSQL text cannot even hold it
             return None
-        rows = conn.execute(select(models).where((models.c.id == model) | (models.c.name == model))).all()
-        return next((r for r in rows if r.id == model), rows[0] if rows else None)
+        # ids are lowercase uuids (uuid4); a name cannot look like one (check_name), and a name written by an older
+        # version that does is reachable by its id only
+        where = models.c.id == model.lower() if is_model_id(model) else models.c.name == model
+        return conn.execute(select(models).where(where)).first()
 
     # -- writes ----------------------------------------------------------------------------------------------------
     def register(
@@ -273,7 +289,7 @@ class Registry:
         try:
             with self._write() as conn:
                 existing = self._model_row(conn, name)
-                if existing is not None and existing.name == name:
+                if existing is not None:
                     raise ModelExistsError(
                         f"model {name!r} is already registered (version {existing.last_version}); "
                         "use update to add a new version"
@@ -286,7 +302,7 @@ class Registry:
                 record = self._resolve(conn, model_id, 1)
         except IntegrityError:  # a concurrent register of the same name won the unique constraint
             raise ModelExistsError(f"model {name!r} is already registered; use update to add a new version") from None
-        log.info("registered model %s v1 (id %s, sha256 %s, %d bytes)", name, record.id, sha256[:12], len(data))
+        log.info("registered model %r v1 (id %s, sha256 %s, %d bytes)", name, record.id, sha256[:12], len(data))
         return record
 
     def update(
@@ -305,7 +321,7 @@ class Registry:
             conn.execute(update(models).where(models.c.id == row.id).values(last_version=version, updated_at=now))
             self._add_version(conn, row.id, version, data, sha256, inputs, outputs, now)
             record = self._resolve(conn, row.id, version)
-        log.info("updated model %s to v%d (sha256 %s, %d bytes)", record.name, version, sha256[:12], len(data))
+        log.info("updated model %r to v%d (sha256 %s, %d bytes)", record.name, version, sha256[:12], len(data))
         return record, True
 
     def delete(self, model: str, version: int | None = None) -> tuple[ModelRecord, list[str]]:
@@ -333,7 +349,7 @@ class Registry:
                 referenced = exists().where(model_versions.c.sha256 == sha)
                 conn.execute(delete(blobs).where(blobs.c.sha256 == sha, ~referenced))
         what = f"v{version}" if version is not None else "all versions"
-        log.info("deleted model %s (%s, id %s)", record.name, what, record.id)
+        log.info("deleted model %r (%s, id %s)", record.name, what, record.id)
         return record, sorted(set(shas))
 
     def _add_version(self, conn, model_id, version, data, sha256, inputs, outputs, now) -> None:
@@ -366,10 +382,10 @@ class Registry:
         try:
             yield
         except OperationalError as err:
-            msg = (str(err.orig or err).strip().splitlines() or ["unreachable"])[0]
+            msg = first_line(err.orig or err)
             raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
         except DataError as err:  # a value the database cannot store or compare: the request's fault
-            msg = (str(err.orig or err).strip().splitlines() or ["invalid value"])[0]
+            msg = first_line(err.orig or err)
             raise ModelForgeError(f"the model registry refused a value of this request: {msg}") from None
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, first_line
 from .records import TensorSpec
 
 # ONNX Runtime tensor type string -> the dtype name ModelForge reports and converts to.
@@ -46,11 +46,12 @@ ORT_TO_DTYPE = {
 NUMPY_DTYPES = {name: np.dtype(object if name == "string" else name) for name in ORT_TO_DTYPE.values()}
 
 
-def spec_from_ort(node: Any) -> TensorSpec:
-    """Build a TensorSpec from an ``onnxruntime.NodeArg`` (``session.get_inputs()[i]``)."""
+def spec_from_ort(node: Any, optional: bool = False) -> TensorSpec:
+    """Build a TensorSpec from an ``onnxruntime.NodeArg`` (``session.get_inputs()[i]``, or ``optional`` for one of
+    ``session.get_overridable_initializers()``)."""
     shape = node.shape if isinstance(node.shape, list) else []
     dims = [d if isinstance(d, int) and d >= 0 else None for d in shape]
-    return TensorSpec(name=node.name, dtype=ORT_TO_DTYPE.get(node.type, node.type), shape=dims)
+    return TensorSpec(name=node.name, dtype=ORT_TO_DTYPE.get(node.type, node.type), shape=dims, optional=optional)
 
 
 def shape_str(shape: list[int | None] | tuple[int, ...]) -> str:
@@ -60,36 +61,41 @@ def shape_str(shape: list[int | None] | tuple[int, ...]) -> str:
 def prepare_feed(specs: list[TensorSpec], input_data: Any) -> dict[str, np.ndarray]:
     """Validate ``input_data`` against the declared inputs and return ``{input name: C-contiguous ndarray}``.
 
-    ``input_data``: ``{name: nested list | ndarray | scalar}``, or for a single-input model the bare value.
+    ``input_data``: ``{name: nested list | ndarray | scalar}``, or for a model with one required input the bare
+    value. Optional inputs (``TensorSpec.optional``: a default in the model) may be left out, which keeps the
+    model's default, or given by name to override it.
     Raises ``InvalidInputError`` (HTTP 400) naming the input, the expected dtype and shape, and what was given.
     """
     if isinstance(input_data, Mapping):
         names = {s.name for s in specs}
         unknown = [k for k in input_data if k not in names]
-        missing = [s.name for s in specs if s.name not in input_data]
+        missing = [s.name for s in specs if not s.optional and s.name not in input_data]
         if unknown or missing:
             raise InvalidInputError(
                 f"input names do not match the model: expected {_describe(specs)}"
                 + (f"; unknown: {', '.join(map(repr, unknown))}" if unknown else "")
                 + (f"; missing: {', '.join(map(repr, missing))}" if missing else "")
             )
-        return {s.name: convert(s, input_data[s.name]) for s in specs}
-    if len(specs) != 1:
+        return {s.name: convert(s, input_data[s.name]) for s in specs if s.name in input_data}
+    required = [s for s in specs if not s.optional]
+    if len(required) != 1:
         raise InvalidInputError(
             f"the model has {len(specs)} inputs ({_describe(specs)}); pass a dict {{input name: value}}"
         )
-    return {specs[0].name: convert(specs[0], input_data)}
+    return {required[0].name: convert(required[0], input_data)}
 
 
 def _describe(specs: list[TensorSpec]) -> str:
-    return ", ".join(f"'{s.name}' {s.dtype} {shape_str(s.shape)}" for s in specs)
+    return ", ".join(
+        f"{s.name!r} {s.dtype} {shape_str(s.shape)}" + (" (optional)" if s.optional else "") for s in specs
+    ) or "no inputs"
 
 
 def convert(spec: TensorSpec, value: Any) -> np.ndarray:
     """Convert one input value to ``spec``'s dtype and check its shape; see the module docstring for the rules."""
     target = NUMPY_DTYPES.get(spec.dtype)
     if target is None:  # register refuses such models; kept as a guard for records written by other versions
-        raise InvalidInputError(f"input '{spec.name}': dtype {spec.dtype} cannot be fed by ModelForge")
+        raise InvalidInputError(f"input {spec.name!r}: dtype {spec.dtype} cannot be fed by ModelForge")
     if isinstance(value, np.ndarray) and value.dtype == target:
         arr = value
     else:
@@ -105,14 +111,14 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError) as err:
         raise InvalidInputError(
-            f"input '{spec.name}': expected {spec.dtype} {shape_str(spec.shape)}, got ragged or mixed nested lists "
-            f"({_first_line(err)})"
+            f"input {spec.name!r}: expected {spec.dtype} {shape_str(spec.shape)}, got ragged or mixed nested lists "
+            f"({first_line(err)})"
         ) from None
 
 
 def _cast(spec: TensorSpec, arr: np.ndarray, target: np.dtype) -> np.ndarray:
     kind = arr.dtype.kind
-    want = f"input '{spec.name}': expected {spec.dtype} {shape_str(spec.shape)}"
+    want = f"input {spec.name!r}: expected {spec.dtype} {shape_str(spec.shape)}"
     if target.kind == "O":  # string tensor
         if kind in "US" or (kind == "O" and all(isinstance(v, str) for v in arr.flat)):
             return arr.astype(object)
@@ -167,7 +173,7 @@ def _given(arr: np.ndarray) -> str:
 
 
 def _check_shape(spec: TensorSpec, arr: np.ndarray) -> None:
-    want = f"input '{spec.name}': expected {spec.dtype} {shape_str(spec.shape)}"
+    want = f"input {spec.name!r}: expected {spec.dtype} {shape_str(spec.shape)}"
     if arr.ndim != len(spec.shape):
         hint = ""
         if arr.ndim + 1 == len(spec.shape):
@@ -231,6 +237,3 @@ def _maps_json_safe(maps: list[dict]) -> list[dict]:
         return list(map(dict, map(zip, repeat(keys), map(dict.values, maps))))
     return [{str(k): json_safe(v) for k, v in m.items()} for m in maps]
 
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -403,3 +403,167 @@ def test_each_status_a_server_answers_maps_back_to_its_error_class():
     assert {status: errors.error_for_status(status) for status in expected} == expected
     assert errors.error_for_status(400) is errors.ModelForgeError  # shared by invalid model / input / request
     assert errors.error_for_status(500) is errors.ModelForgeError
+
+
+# -- names and ids never confused -------------------------------------------------------------------------------------
+def test_a_name_shaped_like_an_id_is_refused_and_an_id_resolves_only_as_an_id(mf_forge):
+    rec = mf_forge.register("iris", IRIS)
+
+    for name in (rec.id, rec.id.upper(), str(__import__("uuid").uuid4())):
+        for call in (lambda: mf_forge.register(name, IRIS_V2), lambda: mf_forge.save(name, IRIS_V2)):
+            with pytest.raises(ModelForgeError, match="has the form of a model id") as err:
+                call()
+            assert err.value.status == 400
+
+    assert [(m.name, m.id, m.version) for m in mf_forge.models()] == [("iris", rec.id, 1)]
+    assert mf_forge.get(rec.id.upper()).id == rec.id  # an id in any case is the id
+    assert mf_forge.delete(rec.id).name == "iris" and mf_forge.models() == []
+
+
+def test_a_uuid_shaped_name_already_stored_is_reached_by_its_id_only(mf_forge):
+    # Given a registry written before names were checked: model "legacy" renamed to the id of model "iris"
+    iris = mf_forge.register("iris", IRIS)
+    legacy = mf_forge.register("legacy", IRIS_V2)
+    with mf_forge.registry.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE mf_models SET name = :n WHERE id = :i"), {"n": iris.id, "i": legacy.id})
+
+    # Then every model is listed once, and the id-shaped string means the model with that id, never the name
+    listed = mf_forge.models()
+    assert sorted((m.id, m.sha256) for m in listed) == sorted([(iris.id, iris.sha256), (legacy.id, legacy.sha256)])
+    assert mf_forge.get(iris.id).sha256 == iris.sha256
+    assert mf_forge.get(legacy.id).sha256 == legacy.sha256
+    assert mf_forge.predict(iris.id, [[5.1, 3.5, 1.4, 0.2]], use_cache=False).model_id == iris.id
+    assert mf_forge.delete(iris.id).id == iris.id
+    assert [m.id for m in mf_forge.models()] == [legacy.id]
+
+
+@pytest.mark.parametrize("name", ["iris\n", "iris\r\n", "\niris", "ir is", "iris/1", "", "x" * 129])
+def test_names_are_validated_as_a_whole_string(mf_forge, name):
+    for call in (lambda: mf_forge.register(name, IRIS), lambda: mf_forge.save(name, IRIS)):
+        with pytest.raises(ModelForgeError, match="invalid model name") as err:
+            call()
+        assert err.value.status == 400
+
+    assert mf_forge.models() == []
+    with mf_forge.registry.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM mf_blobs")).scalar() == 0
+
+
+# -- external data: the registry keeps self-contained bytes -----------------------------------------------------------
+SECRET = b"SECRET-bytes-outside-the-registry"
+
+
+def external_model(where: str, location: str = "README.md", length: int = 8):
+    """A model whose output ``y`` (uint8 [length]) is a tensor kept as external data at ``location``, placed
+    ``where``: a main-graph initializer, an If branch's initializer, a Constant's attribute, a sparse initializer."""
+    from onnx import TensorProto, helper
+
+    def external(name: str) -> TensorProto:
+        tensor = helper.make_tensor(name, TensorProto.UINT8, [length], vals=b"\0" * length, raw=True)
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        return tensor
+
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [length])
+    inputs, initializers, sparse = [], [], []
+    if where == "initializer":
+        nodes, initializers = [helper.make_node("Identity", ["W"], ["y"])], [external("W")]
+    elif where == "constant":
+        nodes = [helper.make_node("Constant", [], ["y"], value=external("W"))]
+    elif where == "sparse":
+        values = external("values")
+        indices = helper.make_tensor("indices", TensorProto.INT64, [length], list(range(length)))
+        sparse = [helper.make_sparse_tensor(values, indices, [length])]
+        nodes = [helper.make_node("Identity", ["values"], ["y"])]
+    else:  # an If whose branches read W from their own initializers
+        def branch(name):
+            return helper.make_graph([helper.make_node("Identity", [f"W{name}"], ["y"])], name, [], [y],
+                                     [external(f"W{name}")])
+
+        inputs = [helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
+        nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))]
+    graph = helper.make_graph(nodes, f"external_{where}", inputs, [y], initializers, sparse_initializer=sparse)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("where", ["initializer", "subgraph", "constant", "sparse"])
+def test_external_data_in_bytes_is_refused_with_how_to_save_inline(mf_forge, tmp_path, monkeypatch, where):
+    # Given a working directory whose README.md is what the model points at
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_bytes(SECRET)
+    model = external_model(where)
+    mf_forge.register("iris", IRIS)
+    before = mf_forge.models()
+
+    for call in (lambda: mf_forge.register("ext", model.SerializeToString()), lambda: mf_forge.register("ext", model),
+                 lambda: mf_forge.save("iris", model.SerializeToString())):
+        with pytest.raises(InvalidModelError) as err:
+            call()
+        message = str(err.value)
+        assert "external" in message and "save_as_external_data=False" in message and err.value.status == 400
+        assert str(tmp_path) not in message and "README" not in message
+
+    assert mf_forge.models() == before
+
+
+def test_a_model_file_with_external_data_is_stored_with_it_packed_in(mf_forge, tmp_path, monkeypatch):
+    import onnx
+
+    from modelforge_jupyter.modelfile import external_tensors
+
+    # Given a model file whose initializer lives in weights.bin beside it, and another weights.bin in the cwd
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = bytes(range(10, 18))
+    (folder / "weights.bin").write_bytes(weights)
+    onnx.save_model(external_model("initializer", location="weights.bin"), folder / "model.onnx")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "weights.bin").write_bytes(SECRET[:8])
+    monkeypatch.chdir(cwd)
+
+    rec = mf_forge.register("packed", folder / "model.onnx")
+    assert mf_forge.predict("packed", {}, use_cache=False).output_data == {"y": list(weights)}
+
+    # Then the stored bytes are self-contained: the sidecar gone, a cold load answers the same
+    stored = onnx.load_model_from_string(mf_forge.registry.blob(rec.sha256))
+    assert external_tensors(stored) == []
+    (folder / "weights.bin").unlink()
+    mf_forge.unload("packed")
+    assert mf_forge.predict("packed", {}, use_cache=False).output_data == {"y": list(weights)}
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "missing.bin", "link.bin"])
+def test_a_model_file_whose_external_data_is_outside_its_folder_or_missing_is_refused(mf_forge, tmp_path, location):
+    import onnx
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(SECRET)
+    (folder / "link.bin").symlink_to(tmp_path / "outside.bin")
+    onnx.save_model(external_model("initializer", location=location), folder / "model.onnx")
+
+    with pytest.raises(InvalidModelError) as err:
+        mf_forge.register("ext", folder / "model.onnx")
+
+    assert "save_as_external_data=False" in str(err.value) and str(tmp_path) not in str(err.value)
+    assert mf_forge.models() == []
+
+
+def test_stored_bytes_with_external_data_never_read_a_file(mf_forge, tmp_path, monkeypatch):
+    from modelforge_jupyter.records import TensorSpec as Spec
+
+    # Given bytes with external data stored by an older version (which did not check), and README.md in the cwd
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_bytes(SECRET)
+    data = external_model("initializer").SerializeToString()
+    sha = __import__("hashlib").sha256(data).hexdigest()
+    mf_forge.registry.register("old", data, sha, [], [Spec("y", "uint8", [8])])
+
+    # Then a prediction fails without reading the file, naming no path
+    with pytest.raises(InvalidModelError) as err:
+        mf_forge.predict("old", {}, use_cache=False)
+    assert str(tmp_path) not in str(err.value) and "/" not in str(err.value).replace("<path>", "")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from sklearn.datasets import load_breast_cancer
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.engine import Engine
+from modelforge_jupyter.errors import InferenceError, InvalidModelError
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
@@ -95,3 +98,84 @@ def test_concurrent_predictions_on_one_session_are_each_correct(mf_forge):
     for X, res in zip(batches, results):
         label, proba = mf_raw_run(SAMPLES / "breast_cancer_rf.onnx", {"float_input": X})
         assert res.output_data == {"label": label.tolist(), "probabilities": proba.tolist()}
+
+
+def tiny_model(opset: int = 17, ir_version: int = 8, input_name: str = "x"):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [input_name], ["y"])], "tiny",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def assert_no_internals(message: str) -> None:
+    for internal in ("onnxruntime_src", ".cc:", ".h:", "::", "std::", "[ONNXRuntimeError]", "\n"):
+        assert internal not in message, message
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"opset": 99}, "Opset 99 is under development"),
+    ({"ir_version": 99}, "Unsupported model IR version: 99, max supported IR version:"),
+])
+def test_a_too_new_model_is_refused_with_the_first_meaningful_line_only(kwargs, says):
+    with pytest.raises(InvalidModelError) as err:
+        Engine().inspect("sha", tiny_model(**kwargs).SerializeToString())
+
+    assert says in str(err.value) and str(err.value).startswith("not a valid ONNX model (")
+    assert_no_internals(str(err.value))
+
+
+def test_onnxruntime_failures_at_run_time_show_no_internals(mf_forge):
+    from onnx import TensorProto, helper
+
+    # Given a Gather whose index passes validation (int64) but is out of range for ONNX Runtime
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["data", "i"], ["y"])], "gather",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+        [helper.make_tensor("data", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    mf_forge.register("gather", model.SerializeToString())
+
+    with pytest.raises(InferenceError) as err:
+        mf_forge.predict("gather", {"i": [7]}, use_cache=False)
+
+    assert str(err.value).startswith("model 'gather' failed on this input: ") and "out of data bounds" in str(err.value)
+    assert_no_internals(str(err.value))
+
+
+def test_first_line_strips_paths_and_escapes_control_characters():
+    from modelforge_jupyter.errors import first_line
+
+    raw = ('[ONNXRuntimeError] : 1 : FAIL : External data path validation failed for initializer: W. Error: '
+           'tensorprotoutils.cc:619 ValidateExternalDataPathFromDir External data path does not exist: "/srv/x/a.bin"'
+           '\nsecond line')
+    assert first_line(RuntimeError(raw)) == (
+        'External data path validation failed for initializer: W. Error: External data path does not exist: "<path>"'
+    )
+    assert first_line(RuntimeError("\n  \nname \x1b[2J here\x00")) == "name \\x1b[2J here\\x00"
+    assert first_line(ValueError()) == "ValueError"
+    start = time.perf_counter()  # a long name in ORT's message costs linear time, and is cut
+    assert len(first_line("a." * 50_000)) == len(first_line("x" * 100_000)) == 2000
+    assert time.perf_counter() - start < 2.0
+
+
+def test_an_unfeedable_input_is_named_with_escapes():
+    from onnx import TensorProto, helper
+
+    name = "s\nforged"
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], ["y"])], "seq",
+        [helper.make_tensor_sequence_value_info(name, TensorProto.FLOAT, None)],
+        [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    with pytest.raises(InvalidModelError) as err:
+        Engine().inspect("sha", model.SerializeToString())
+
+    assert str(err.value).startswith(f"input {name!r} has type ") and "\n" not in str(err.value)

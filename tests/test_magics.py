@@ -261,6 +261,20 @@ def test_magics_inside_a_function_see_its_locals(ip, mf_forge, capsys):
     assert res.batch_sizes == (3,)  # the local's 3 rows, not the global's 1
 
 
+def test_mf_register_refuses_a_name_that_is_another_models_id(ip, mf_forge, capsys):
+    rec = mf_forge.register("iris", IRIS)
+    before = registry_state(mf_forge)
+    capsys.readouterr()
+
+    ip.run_cell(f"%mf_register {rec.id} {IRIS_V2}")
+
+    assert capsys.readouterr().err == (
+        f"ModelForgeError: invalid model name {rec.id!r}: it has the form of a model id (a uuid), and a name must "
+        "never be taken for an id; choose another name\n"
+    )
+    assert registry_state(mf_forge) == before
+
+
 @pytest.mark.parametrize("mf_backend", ["embedded"])
 def test_a_setting_out_of_range_in_the_environment_is_one_line(ip, monkeypatch, capsys):
     monkeypatch.setenv("MODELFORGE_MODEL_INSTANCES", "0")

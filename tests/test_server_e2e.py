@@ -130,7 +130,7 @@ def test_installed_server_serves_modelforge_under_its_base_url(mf_jupyter_server
 
     log = (tmp_path / "server.log").read_text()
     assert "modelforge_jupyter | extension was successfully loaded." in log
-    assert "registered model breast_cancer_rf v1" in log  # the core's INFO log reaches the server's log
+    assert "registered model 'breast_cancer_rf' v1" in log  # the core's INFO log reaches the server's log
 
 
 def test_extension_list_shows_modelforge_enabled_and_ok(mf_jupyter_env):

@@ -231,7 +231,7 @@ async def test_put_creates_201_then_updates_200_and_equal_bytes_add_no_version(j
 
     assert r.code == 201 and r.headers["Location"] == f"{jp_base_url}modelforge/models/iris"
     assert (created["name"], created["version"], created["versions"]) == ("iris", 1, [1])
-    assert created["inputs"] == [{"name": "float_input", "dtype": "float32", "shape": [None, 4]}]
+    assert created["inputs"] == [{"name": "float_input", "dtype": "float32", "shape": [None, 4], "optional": False}]
     assert [o["name"] for o in created["outputs"]] == ["output_label", "output_probability"]
     assert created["sha256"] == hashlib.sha256(IRIS.read_bytes()).hexdigest()
     assert (code2, updated["version"], updated["versions"], updated["id"]) == (200, 2, [1, 2], created["id"])
@@ -370,7 +370,7 @@ async def test_predict_is_logged_at_debug_with_batch_and_model_changes_at_info(j
 
     changes = [r for r in caplog.records if r.name == "modelforge_jupyter.registry" and r.levelno == logging.INFO]
     predictions = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "batch" in r.getMessage()]
-    assert any(r.getMessage().startswith("registered model iris v1") for r in changes)
+    assert any(r.getMessage().startswith("registered model 'iris' v1") for r in changes)
     assert len(predictions) == 1 and predictions[0].startswith("predict iris v1: batch 3, ")
     assert predictions[0].endswith("cached=False")
 
@@ -422,6 +422,59 @@ async def test_invalid_onnx_upload_is_400_and_leaves_the_registry_unchanged(jp_f
     assert (code, err) == (400, {"message": "not a valid ONNX model: the file is empty"})
 
     assert await mf_call(jp_fetch, "GET", "models") == (200, before)
+
+
+async def test_put_of_a_bad_name_is_400_and_changes_nothing(jp_fetch):
+    _, iris = await mf_put(jp_fetch, "iris", IRIS)
+
+    # jp_fetch escapes the path: "iris\n" is sent as PUT modelforge/models/iris%0A
+    for name in ("iris\n", "iris\r\n", "\niris", iris["id"], str(uuid.uuid4()), iris["id"].upper()):
+        code, err = await mf_put(jp_fetch, name, IRIS_V2)
+        assert code == 400 and err["message"].startswith("invalid model name "), (name, code, err)
+
+    assert await mf_call(jp_fetch, "GET", "models") == (200, [iris])
+
+
+async def test_put_of_a_model_with_external_data_is_400_naming_no_path(jp_fetch, tmp_path, monkeypatch):
+    from .test_api import SECRET, external_model
+
+    # Given README.md in the server's working directory, which the model's initializer points at
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_bytes(SECRET)
+
+    code, err = await mf_put(jp_fetch, "ext", external_model("initializer").SerializeToString())
+
+    assert code == 400 and "external" in err["message"] and "save_as_external_data=False" in err["message"]
+    assert str(tmp_path) not in err["message"] and "README" not in err["message"]
+    assert await mf_call(jp_fetch, "GET", "models") == (200, [])
+    code, _ = await mf_call(jp_fetch, "POST", "predict", body={"model_id": "ext", "input_data": {}})
+    assert code == 404
+
+
+async def test_an_optional_input_is_in_the_metadata_and_can_be_overridden(jp_fetch):
+    from .test_tensors import scale_model
+
+    _, rec = await mf_put(jp_fetch, "scaled", scale_model().SerializeToString())
+    body = {"model_id": "scaled", "input_data": {"x": [[1.5, -2.0]], "scale": 3}}
+    code, result = await mf_call(jp_fetch, "POST", "predict", body=body)
+
+    assert rec["inputs"] == [{"name": "x", "dtype": "float32", "shape": [None, 2], "optional": False},
+                             {"name": "scale", "dtype": "float32", "shape": [], "optional": True}]
+    assert code == 200 and result["output_data"] == {"y": [[4.5, -6.0]]}
+
+
+async def test_names_from_a_model_file_are_escaped_in_the_answer_and_the_log(jp_fetch, mf_app, caplog):
+    name = "x\nWARNING forged"
+    await mf_put(jp_fetch, "m", mf_identity_model("float32", [None, 3], name=name).SerializeToString())
+    mf_app.log.addHandler(caplog.handler)
+    try:
+        code, err = await mf_call(jp_fetch, "POST", "predict", body={"model_id": "m", "input_data": [[1, 2]]})
+    finally:
+        mf_app.log.removeHandler(caplog.handler)
+
+    assert code == 400 and repr(name) in err["message"]
+    logged = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert logged and all("\n" not in line for line in logged)
 
 
 async def test_wrong_method_is_405_json_and_unknown_path_404_json(jp_fetch):

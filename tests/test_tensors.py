@@ -163,3 +163,65 @@ def test_values_at_the_edges_of_the_range_convert_exactly(forge, dtype, value):
     np_dtype = {"int64": np.int64, "uint8": np.uint8, "float32": np.float32}[dtype]
     (raw,) = mf_raw_run(model, {"x": np.array(value, dtype=np.float64 if dtype == "float32" else None).astype(np_dtype)})
     assert res.output_data["y"] == raw.tolist()
+
+
+def scale_model():
+    """y = x * scale, where ``scale`` (float32 scalar) is a graph input with an initializer: 2.0 unless given."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])],
+        "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2]),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [2.0])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_an_input_with_a_default_is_optional_and_can_be_overridden(mf_forge):
+    from modelforge_jupyter.records import TensorSpec
+
+    data = scale_model().SerializeToString()
+    rec = mf_forge.register("scaled", data)
+    X = np.array([[1.5, -2.0]], np.float32)
+
+    default = mf_forge.predict("scaled", {"x": X}).output_data
+    bare = mf_forge.predict("scaled", X).output_data  # one required input: a bare value feeds it
+    overridden = mf_forge.predict("scaled", {"x": X, "scale": 3}).output_data
+    again = mf_forge.predict("scaled", {"x": X, "scale": 3})
+
+    assert mf_forge.get("scaled").inputs == rec.inputs == [
+        TensorSpec("x", "float32", [None, 2]), TensorSpec("scale", "float32", [], optional=True)
+    ]
+    assert default == bare == {"y": mf_raw_run(data, {"x": X})[0].tolist()} == {"y": [[3.0, -4.0]]}
+    raw = mf_raw_run(data, {"x": X, "scale": np.array(3, np.float32)})[0]
+    assert overridden == {"y": raw.tolist()} == {"y": [[4.5, -6.0]]}
+    assert again.cached is True and again.output_data == overridden
+    with pytest.raises(InvalidInputError, match=r"missing: 'x'") as err:
+        mf_forge.predict("scaled", {"scale": 3})
+    assert "'scale' float32 [] (optional)" in str(err.value)
+    with pytest.raises(InvalidInputError, match=r"input 'scale': expected float32 \[\] \(rank 0\), got shape \[2\]"):
+        mf_forge.predict("scaled", {"x": X, "scale": [1, 2]})
+
+
+def test_tensor_specs_stored_before_optional_existed_still_load():
+    from modelforge_jupyter.records import TensorSpec
+
+    old = {"name": "x", "dtype": "float32", "shape": [None, 4]}
+
+    assert TensorSpec.from_dict(old) == TensorSpec("x", "float32", [None, 4], optional=False)
+    spec = TensorSpec("scale", "float32", [], optional=True)
+    assert TensorSpec.from_dict(orjson.loads(orjson.dumps(spec.to_dict()))) == spec
+
+
+def test_names_read_from_a_model_file_are_escaped_in_messages(forge):
+    name = "x\nERROR forged log line \x1b[31m"
+    forge.register("m", mf_identity_model("float32", [None, 3], name=name).SerializeToString())
+
+    for bad in ({name: [[1, 2]]}, {"z": [[1, 2, 3]]}, [[1, 2]]):
+        with pytest.raises(InvalidInputError) as err:
+            forge.predict("m", bad)
+        message = str(err.value)
+        assert repr(name) in message and "\n" not in message and "\x1b" not in message

@@ -242,10 +242,11 @@ def spec_kind(spec: Any) -> str:
 
 
 def inputs_text(specs: Sequence[Any]) -> str:
-    """``float32 [?, 4]`` for a single input; ``name dtype shape, ...`` when the model takes several."""
-    if len(specs) == 1:
+    """``float32 [?, 4]`` for a single input; ``name dtype shape, ...`` when the model takes several, an input with a
+    default in the model marked ``(optional)``."""
+    if len(specs) == 1 and not specs[0].optional:
         return spec_kind(specs[0])
-    return ", ".join(f"{s.name} {spec_kind(s)}" for s in specs)
+    return ", ".join(f"{s.name} {spec_kind(s)}" + (" (optional)" if s.optional else "") for s in specs)
 
 
 def outputs_text(specs: Sequence[Any]) -> str:

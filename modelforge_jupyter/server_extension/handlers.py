@@ -25,6 +25,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import url_path_join
 from tornado import web
+from tornado.escape import url_escape
 
 from ..deadline import Cancellation
 from ..errors import ModelForgeError, ServiceUnavailableError
@@ -310,8 +311,9 @@ class ModelHandler(ModelForgeHandler):
     async def put(self, name: str) -> None:
         record, changed = await self.forge_call("save", name, self.body)
         created = changed and record.version == 1
-        if created:
-            self.set_header("Location", url_path_join(self.base_url, "modelforge", "models", record.name))
+        if created:  # escaped: a header value with a newline would raise after the model was written
+            location = url_path_join(self.base_url, "modelforge", "models", url_escape(record.name, plus=False))
+            self.set_header("Location", location)
         self.write_json(record.to_dict(), 201 if created else 200)
 
     @web.authenticated

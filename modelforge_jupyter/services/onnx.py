@@ -21,6 +21,7 @@ from typing import Any
 
 from ..engine import Engine
 from ..errors import ModelForgeError
+from ..modelfile import read_model_file
 from ..records import TensorSpec
 from ..settings import Settings
 from ..tensors import prepare_feed
@@ -53,7 +54,7 @@ class ONNXService:
         start = time.perf_counter()
         sha256, inputs = self._load(Path(model_path))
         feed = prepare_feed(inputs, input_data)
-        output_data = self.engine.run(sha256, lambda: Path(model_path).read_bytes(), feed, Path(model_path).name)
+        output_data = self.engine.run(sha256, lambda: read_model_file(Path(model_path)), feed, Path(model_path).name)
         return InferenceResult(output_data, (time.perf_counter() - start) * 1000.0, sha256)
 
     def _load(self, path: Path) -> tuple[str, list[TensorSpec]]:
@@ -65,7 +66,7 @@ class ONNXService:
         with self._lock:
             known = self._files.get(key)
         if known is None:
-            data = path.read_bytes()
+            data = read_model_file(path)  # external data beside it packed in: sessions read only bytes
             sha256 = hashlib.sha256(data).hexdigest()
             inputs, _outputs = self.engine.inspect(sha256, data)
             known = (sha256, inputs)
