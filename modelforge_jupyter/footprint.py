@@ -92,7 +92,7 @@ class _Walk:
             constants.add(sparse.values.name)
             self.add(f"sparse initializer {sparse.values.name!r}", _sparse_bytes(sparse))
         for index, node in enumerate(graph.node):
-            where = f"{node.op_type} node {node.name!r}" if node.name else f"{node.op_type} node #{index}"
+            where = f"{node.op_type!r} node {node.name!r}" if node.name else f"{node.op_type!r} node #{index}"
             for attr in node.attribute:  # If/Loop/Scan bodies fold too; they see the outer constants
                 for sub in [attr.g, *attr.graphs] if attr.type in (5, 10) else ():  # GRAPH, GRAPHS
                     self.graph(sub, frozenset(constants))
