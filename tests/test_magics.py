@@ -13,7 +13,7 @@ from sklearn.datasets import load_iris
 from traitlets.config import Config
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.bench import MAGIC_PATHS, BenchResult, Row, format_row
+from modelforge_jupyter.bench import LABELS, MAGIC_PATHS, BenchResult, Row, format_row
 from modelforge_jupyter.errors import ModelForgeError
 from modelforge_jupyter.kernel import dashboard
 from modelforge_jupyter.records import PredictionResult
@@ -395,8 +395,8 @@ def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
 
     def watch(view):  # the dashboard is displayed before the first measurement
         shown.append(view)
-        _, progress, table, _ = view.box.children
-        progress.observe(lambda ch: steps.append((ch.new, table.value.count("…"))), "value")
+        view.progress.observe(lambda ch: steps.append((ch.new, view.table.value.count("…"), view.phase.value)),
+                              "value")
         show(view)
 
     monkeypatch.setattr(dashboard.BenchDashboard, "show", watch)
@@ -409,31 +409,39 @@ def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
     check_bench_result(res, (1, 10, 100), MAGIC_PATHS, 2)
     (view,) = shown
     box = view.box
-    # one display, then one update of it when the run ended: the widget view beside text/plain and text/html
-    first, last = captured.outputs
+    # the dashboard's display, its update when the run ended, then the plot and every figure as ordinary outputs
+    first, last, plot, table = captured.outputs
     assert (first.update, last.update) == (False, True) and first.transient == last.transient
     for out in (first, last):
         assert out.data["application/vnd.jupyter.widget-view+json"]["model_id"] == box.model_id
+        assert "text/html" not in out.data  # the figures are in the outputs below it: never twice
     assert first.data["text/plain"].splitlines()[0] == (
         "%mf_bench iris: ModelForge beside raw ONNX Runtime, 0/15 cells, running")
-    text, page = last.data["text/plain"], last.data["text/html"]
-    assert text.splitlines()[0] == "%mf_bench iris: ModelForge beside raw ONNX Runtime, 15/15 cells, done"
-    assert text.splitlines()[3:-1] == [format_row(r) for r in res.rows] and text.splitlines()[-1] == res.backend
-    for r in res.rows:
-        assert f"{r.p50_ms:.3f} / {r.p95_ms:.3f} / {r.p99_ms:.3f}" in page
-        assert f"{r.predictions_per_s:,.0f}" in page
-    title, progress, table, plot = box.children
-    assert "%mf_bench iris" in title.value
-    assert (progress.value, progress.max, progress.bar_style) == (15, 15, "success")
+    assert last.data["text/plain"].splitlines()[0] == (
+        "%mf_bench iris: ModelForge beside raw ONNX Runtime, 15/15 cells, done")
+    assert base64.b64decode(plot.data["image/png"])[:8] == b"\x89PNG\r\n\x1a\n" and "plot" in plot.data["text/plain"]
+    assert (table.data["text/plain"], table.data["text/html"]) == (repr(res), dashboard.bench_result_html(res))
+    assert not any("widget-view" in k for o in (plot, table) for k in o.data)
+    # the progress bar named each cell before it ran, with the elapsed time and (after the first) an ETA
+    assert (view.progress.value, view.progress.max, view.progress.bar_style) == (15, 15, "success")
     assert [s[0] for s in steps] == list(range(1, 16))
-    pending = [s[1] for s in steps]  # 13 cells per row (3 per path, 2 per raw path), "…" until measured
+    assert "3/15 · measuring batch 1 · warm (cache off)" in steps[2][2] and "left" in steps[2][2]
+    assert "measuring batch 100 · cache hit" in steps[-2][2] and "15/15 · done in" in view.phase.value
+    pending = [s[1] for s in steps]  # "…" until measured
     assert pending == sorted(pending, reverse=True) and pending[0] > 0 and pending[-1] == 0
-    body = table.value.split("<tbody>")[1]
-    assert body.count("<tr>") == 3 and res.backend in table.value
+    # one row per path, one column per batch size, p50 by default; the switch shows p95, p99, predictions/s
+    body = view.table.value.split("<tbody>")[1]
+    assert body.count("<tr>") == 5 and view.table.value.count("<th>") == 4
+    assert (view.metric.options, view.metric.value) == (("p50", "p95", "p99", "pred/s"), "p50")
+    for metric, field in (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("pred/s", "predictions_per_s")):
+        view.metric.value = metric
+        for r in res.rows:
+            assert f"<td>{dashboard.fmt_value(getattr(r, field), field)}" in view.table.value
+    raw = {r.batch: r for r in res.rows if r.path == "raw_ort"}
     for r in res.rows:
-        assert f"{r.p50_ms:.3f} / {r.p95_ms:.3f} / {r.p99_ms:.3f}" in body
-    (image,) = plot.outputs
-    assert base64.b64decode(image["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+        if r.path == "api_cache_off":  # the ratio to raw as a coloured suffix
+            assert dashboard.fmt_ratio(raw[r.batch].predictions_per_s / r.predictions_per_s) in view.table.value
+    assert res.backend in view.foot.value and len(box.children) == 5
 
 
 def test_bench_result_shows_its_figures_as_text_and_html(ip):
@@ -446,10 +454,37 @@ def test_bench_result_shows_its_figures_as_text_and_html(ip):
     assert lines[0] == (f"BenchResult iris v1: 10 rows over batch sizes [1, 4] ({res.backend}); .table, .to_dict()")
     assert lines[3:] == [format_row(r) for r in res.rows]  # the backend is in the first line; no notes here
     assert repr(res) == data["text/plain"]
-    body = data["text/html"].split("<tbody>")[1]
-    assert body.count("<tr>") == 2 and res.backend in data["text/html"]
+    page = data["text/html"]
+    body = page.split("<tbody>")[1]
+    # every figure: one row per path and batch size (the path named once), p50/p95/p99, pred/s, × raw p50
+    assert body.count("<tr>") == 10 and res.backend in page
+    assert page.count("<th>") == len(dashboard.FULL_COLUMNS) and "colspan" not in page
     for r in res.rows:
-        assert f"{r.p50_ms:.3f} / {r.p95_ms:.3f} / {r.p99_ms:.3f}" in body and f"{r.predictions_per_s:,.0f}" in body
+        cells = [dashboard.fmt_value(getattr(r, f), f) for f in ("p50_ms", "p95_ms", "p99_ms", "predictions_per_s")]
+        assert f"<td>{r.batch}</td>" + "".join(f"<td>{c}</td>" for c in cells) in body
+        if r.path in ("cold", "api_cache_off", "api_hit"):
+            assert f">{dashboard.fmt_ratio(r.ratio_p50)}</small>" in body
+    assert body.count(f"<td>{LABELS['cold']}</td>") == 1
+
+
+def test_a_bare_bench_shows_its_figures_once_and_the_result_again_later(ip):
+    # Given the widget dashboard
+    run(ip, "%config ModelForgeMagics.widgets = 'on'")
+    run(ip, f"%mf_register iris {IRIS}")
+
+    # When a cell is just the magic (its value goes to the display hook), then a later cell shows the result
+    with capture_output() as bare:
+        res = run(ip, "%mf_bench iris --batch-sizes 1 --iterations 2 --warmup 0 --no-cache")
+    with capture_output() as later:
+        run(ip, "_")
+
+    # Then the cell showed the dashboard, the plot and the table once, and no Out[] repr of the BenchResult
+    assert isinstance(res, BenchResult) and ip.user_ns["_"] is res
+    assert len(bare.outputs) == 4 and "BenchResult" not in bare.stdout
+    assert sum("text/html" in o.data for o in bare.outputs) == 1
+    # and the later cell shows it as any value: nothing left of the first cell's suppression
+    assert later.stdout.startswith("Out[") and "BenchResult iris v1: 4 rows" in later.stdout
+    assert id(res) not in ip.display_formatter.ipython_display_formatter.singleton_printers
 
 
 def test_bench_of_a_fixed_batch_model_measures_only_its_batch(ip, mf_forge, capsys):

@@ -262,10 +262,11 @@ class ModelForgeMagics(Magics):
 
         For each batch size: cold (the first predict after the session is unloaded, model load included), warm
         (cache off) and cache-hit latency (p50/p95/p99 ms) and throughput (predictions/s), each beside raw
-        onnxruntime on the same model, input and SessionOptions, with its p50 ratio to raw. Shows a dashboard
-        (progress bar, the table filling in, then a latency/throughput plot) in a widget frontend, a text table
-        elsewhere; the dashboard's output also holds the table as text and HTML for renderers without widgets
-        (nbconvert, GitHub). The same code as ``python -m modelforge_jupyter.bench``.
+        onnxruntime on the same model, input and SessionOptions, with its ratio to raw. In a widget frontend it
+        shows a dashboard (a progress bar naming the cell measured, elapsed time and ETA; a table of one row per path
+        and one column per batch size, p50 by default, p95, p99 or predictions/s at a click), then leaves the plot and
+        a table of every figure as ordinary outputs (what a saved or exported notebook shows); elsewhere a text
+        table. The returned result is not shown a second time. The same code as ``python -m modelforge_jupyter.bench``.
 
         A model whose inputs fix axis 0 (``[1, 4]``) takes that batch only: other batch sizes are skipped with a
         note saying why, and by default its own batch is measured. Inside a function, EXPR sees its locals.
@@ -304,7 +305,11 @@ class ModelForgeMagics(Magics):
             in_kernel = type(self.shell).__name__ == "ZMQInteractiveShell"
             widgets = not args.text and (self.widgets == "on" or (self.widgets == "auto" and in_kernel))
             view_args = (plan.record.name, plan.batch_sizes, plan.paths, plan.total)
-            view = dashboard.BenchDashboard(*view_args) if widgets else dashboard.TextReport(*view_args, in_kernel)
+            if widgets:
+                view = dashboard.BenchDashboard(*view_args, notes=plan.notes,
+                                                skipped=skipped_sizes(plan, batch_sizes, input_data is None))
+            else:
+                view = dashboard.TextReport(*view_args, in_kernel)
             view.show()
             try:
                 result = run_bench(mf, plan, budget, view.update, server=server)
@@ -312,6 +317,8 @@ class ModelForgeMagics(Magics):
                 view.fail()
                 raise
             view.finish(result)
+            if widgets:  # the dashboard and the outputs it left are the result's one display
+                dashboard.mark_shown(self.shell, result)
             return result
 
     @line_magic
@@ -421,6 +428,18 @@ def parse_batch_sizes(text: str | None) -> list[int] | None:
     if not sizes or min(sizes) < 1:
         raise UsageError(f"--batch-sizes must be >= 1, got {text!r}")
     return sizes
+
+
+def skipped_sizes(plan: Any, asked: list[int] | None, default: bool) -> dict[int, str]:
+    """``{batch size: why}`` of the sizes asked for (or the default ones) that the model cannot take."""
+    from ..bench import BATCH_SIZES, fixed_batch
+
+    fixed = fixed_batch(plan.record.inputs)
+    sizes = asked if asked is not None else (BATCH_SIZES if default else ())
+    if fixed is None:
+        return {}
+    why = f"{plan.record.name} v{plan.record.version} takes batch {fixed[0]} only ({fixed[1]})"
+    return {b: why for b in sizes if b not in plan.batch_sizes}
 
 
 def bench_budget(args: Any):

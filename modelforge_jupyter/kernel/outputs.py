@@ -2,9 +2,9 @@
 
 Every rich output has a ``text/plain`` form with the same facts (terminal IPython, ``nbconvert --to markdown``). The
 HTML fits a 1,000 px output area: no fixed widths, left-aligned, ``max-width: 100%``, a wide table scrolls inside its
-own ``overflow-x: auto`` div. Colours are JupyterLab's CSS variables with fallbacks (``var(--jp-ui-font-color1,
-inherit)``) and semi-transparent badge backgrounds, so both the light and the dark theme read them. Records stay
-free of IPython: the rendering lives here.
+own ``overflow-x: auto`` div with its first column fixed (``position: sticky``). Colours are JupyterLab's CSS
+variables with fallbacks (``var(--jp-ui-font-color1, inherit)``) and semi-transparent badge backgrounds, so both the
+light and the dark theme read them. Records stay free of IPython: the rendering lives here.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ CSS = ("<style>"
        f" text-align: left; border-bottom: 1px solid {BORDER}; color: var(--jp-ui-font-color1, inherit)}}"
        " .mf-out table.mf-right th, .mf-out table.mf-right td {text-align: right}"
        " .mf-out table.mf-table td {font-family: var(--jp-code-font-family, monospace)}"
+       # the first column stays in view while the rest of a wide table scrolls under it
+       " .mf-out table.mf-table tr > :first-child {position: sticky; left: 0; z-index: 1; text-align: left;"
+       " background: var(--jp-layout-color0, Canvas)}"
        "</style>")
 OUTER = "max-width: 100%; text-align: left; color: var(--jp-ui-font-color1, inherit)"
 SCROLL = "max-width: 100%; overflow-x: auto"
