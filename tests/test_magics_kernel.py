@@ -10,10 +10,11 @@ import nbformat
 import numpy as np
 import onnx
 from nbclient import NotebookClient
-from nbconvert import MarkdownExporter
+from nbconvert import HTMLExporter, MarkdownExporter
 from nbformat.v4 import new_code_cell, new_notebook
 
 from modelforge_jupyter import ModelForge
+from modelforge_jupyter.kernel import dashboard
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
@@ -53,8 +54,8 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
         new_code_cell(f"%mf_register iris {IRIS}"),
         new_code_cell(f"import json\nX = {SAMPLE}\nr = %mf_predict iris X\nprint(json.dumps(r.output_data))\nr"),
         new_code_cell("%mf_predict nope X"),
-        new_code_cell("res = %mf_bench iris X --batch-sizes 1,10 --iterations 3 --warmup 1"),
-        new_code_cell("print(len(res.rows), res.batch_sizes, res.backend)"),
+        new_code_cell("%mf_bench iris X --batch-sizes 1,10 --iterations 3 --warmup 1"),
+        new_code_cell("res = _\nprint(len(res.rows), res.batch_sizes, res.backend)"),
         new_code_cell("%mf_bench iris --batch-sizes 2 --iterations 2 --no-cache --text;"),
     ])
 
@@ -78,16 +79,22 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
     assert shown["data"]["text/plain"].splitlines()[-1].startswith(f"model id {rec.id} · prediction id ")
     assert [(o["name"], o["text"]) for o in refused] == [
         ("stderr", "ModelNotFoundError: model 'nope' is not registered; %mf_models lists the registered models\n")]
-    # the dashboard is a widget view (nothing on stdout), its final state stored by nbclient
-    assert [o["output_type"] for o in bench] == ["display_data"]
-    assert "application/vnd.jupyter.widget-view+json" in bench[0]["data"]
-    states = widget_states(nb)
-    ((progress,), (output,)) = states["IntProgressModel"], states["OutputModel"]
+    # a bare %mf_bench: the dashboard (a widget view, nothing on stdout), then the plot and the table of every
+    # figure as ordinary outputs; no execute_result (the returned BenchResult is not shown a second time)
+    dash, plot, table = bench
+    assert [o["output_type"] for o in bench] == ["display_data"] * 3
+    assert "application/vnd.jupyter.widget-view+json" in dash["data"] and "text/html" not in dash["data"]
+    assert dash["data"]["text/plain"].splitlines()[0].endswith("10/10 cells, done")
+    assert base64.b64decode(plot["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert table["data"]["text/plain"].startswith("BenchResult iris v1: 10 rows")
+    assert table["data"]["text/html"].split("<tbody>")[1].count("<tr>") == 10
+    states = widget_states(nb)  # the dashboard's final state, stored by nbclient
+    ((progress,), (switch,)) = states["IntProgressModel"], states["ToggleButtonsModel"]
     assert (progress["value"], progress["max"], progress["bar_style"]) == (10, 10, "success")
-    (table,) = [s["value"] for s in states["HTMLModel"] if "<tbody>" in s["value"]]
-    assert table.split("<tbody>")[1].count("<tr>") == 2 and "…" not in table
-    (plot,) = output["outputs"]
-    assert "image/png" in plot["data"]
+    assert (switch["_options_labels"], switch["index"]) == (["p50", "p95", "p99", "pred/s"], 0)
+    (compact,) = [s["value"] for s in states["HTMLModel"] if "<tbody>" in s["value"]]
+    assert compact.split("<tbody>")[1].count("<tr>") == 5 and "…" not in compact
+    assert "OutputModel" not in states  # the plot is an ordinary output, not inside the widget
     assert summary[0]["text"] == "10 (1, 10) registry sqlite, cache disk\n"
     # --text in a kernel: the rows on stdout as they are measured, then the plot as a plain image output
     *rows, plot, returned = text
@@ -95,7 +102,7 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
     assert [line.split()[:3] for line in "".join(o["text"] for o in rows).splitlines()[3:7]] == [
         ["iris", "2", p] for p in ("raw_cold", "cold", "raw_ort", "api_cache_off")]
     assert base64.b64decode(plot["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert plot["data"]["text/plain"].startswith("[plot: iris v1, latency p50/p95/p99")
+    assert plot["data"]["text/plain"].startswith("[plot: iris v1, p50 latency (ms, band to p95)")
     assert returned["data"]["text/plain"].startswith("BenchResult iris v1: 4 rows")
 
 
@@ -130,15 +137,21 @@ def test_comments_function_locals_and_a_fixed_batch_bench_in_a_kernel_render_wit
     assert result["batch_sizes"] == [1] and {r["batch"] for r in rows} == {1} and len(rows) == 5
     note = "batch sizes 10, 100, 1000 not measured: one v1 takes batch 1 only (input 'x' is float32 [1, 4])"
     assert result["notes"] == [note]
-    # the dashboard's display (updated when the run ended) carries the figures beside the widget view
-    (display,) = bench
-    assert "application/vnd.jupyter.widget-view+json" in display["data"]
-    text, page = display["data"]["text/plain"], display["data"]["text/html"]
+    # the dashboard (its text/plain: the p50 table, the batch sizes the model cannot take empty), then the plot and
+    # the table of every figure as ordinary outputs; `res` in a later cell shows the result as any value
+    dash, plot, table = bench
+    assert "application/vnd.jupyter.widget-view+json" in dash["data"]
+    header, _, *lines = dash["data"]["text/plain"].splitlines()[1:]
+    assert header.split()[-4:] == ["1", "10", "100", "1000"] and lines[-2:] == [note, "registry sqlite, cache disk"]
+    assert [line.split()[-3:] for line in lines[:-2]] == [["—"] * 3] * 5
+    assert "image/png" in plot["data"] and table["data"] == shown[0]["data"]
     assert (shown[0]["output_type"], "<table" in shown[0]["data"]["text/html"]) == ("execute_result", True)
+    # what nbconvert renders without widget state (markdown, HTML): every figure of the bench cell, then of `res`
+    nb.metadata.pop("widgets", None)
+    page, _ = HTMLExporter().from_notebook_node(nb)
     for r in rows:
-        assert f"{r['p50_ms']:.4f}" in text and f"{r['p50_ms']:.3f} / {r['p95_ms']:.3f} / {r['p99_ms']:.3f}" in page
         assert f"{r['p50_ms']:.4f}" in shown[0]["data"]["text/plain"]
-        # what nbconvert renders: the dashboard's table, then the returned BenchResult's
-        assert markdown.count(f"{r['p50_ms']:.3f} / {r['p95_ms']:.3f} / {r['p99_ms']:.3f}") == 2
-        assert markdown.count(f"<td>{r['predictions_per_s']:,.0f}</td>") >= 2
-    assert "VBox(" not in markdown and note.replace("'", "&#x27;") in markdown
+        cells = "".join(f"<td>{dashboard.fmt_value(r[f], f)}</td>" for f in ("p50_ms", "p95_ms", "p99_ms"))
+        assert markdown.count(cells) == 2 and page.count(cells) == 2
+    assert markdown.count(note.replace("'", "&#x27;")) == 2  # under the two tables of every figure
+    assert "VBox(" not in markdown + page, (markdown + page)[(markdown + page).find("VBox(") - 300:][:600]
