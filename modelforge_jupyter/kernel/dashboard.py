@@ -30,7 +30,7 @@ from .outputs import Markup, block, html_table, small, text_table
 # ModelForge paths first (each with its ratio to raw), then the raw ONNX Runtime paths they are compared with.
 DISPLAY_ORDER = ("cold", "api_cache_off", "api_miss", "api_hit", "http_miss", "http_hit", "raw_ort", "raw_cold")
 PENDING = "…"
-# A fixed colour per path, the same in every run; raw ONNX Runtime a neutral grey (its cold path: square markers).
+# A fixed colour per path, the same in every run; raw ONNX Runtime a neutral grey (its cold path: squares, dashed).
 GREY = "#8c8c8c"
 PATH_STYLES = {
     "cold": ("#9467bd", "o"), "api_cache_off": ("#1f77b4", "o"), "api_miss": ("#17becf", "o"),
@@ -77,7 +77,7 @@ def fmt_ratio(r: float) -> str:
 def ratio_color(r: float) -> str:
     """Green at ×1 (or better), yellow near ×3, orange near ×10, red from ×100: hue on log10 of the ratio."""
     hue = 120 * (1 - min(max(math.log10(r), 0.0), 2.0) / 2)
-    return f"hsl({hue:.0f}, 75%, 45%)"
+    return f"hsl({hue:.0f}, 75%, 50%)"
 
 
 def ratio_html(r: float, what: str) -> str:
@@ -170,10 +170,11 @@ def bench_figure(result: BenchResult):
             rows = sorted((r for r in result.rows if r.path == path), key=lambda r: r.batch)
             x = [r.batch for r in rows]
             color, marker = PATH_STYLES[path]
-            lat.plot(x, [r.p50_ms for r in rows], marker=marker, color=color, label=LABELS[path])
-            lat.fill_between(x, [r.p50_ms for r in rows], [r.p95_ms for r in rows], color=color, alpha=0.15,
+            style = {"marker": marker, "color": color, "label": LABELS[path], "linestyle": "--" if marker == "s" else "-"}
+            lat.plot(x, [r.p50_ms for r in rows], **style)
+            lat.fill_between(x, [r.p50_ms for r in rows], [r.p95_ms for r in rows], color=color, alpha=0.1,
                              linewidth=0)
-            thr.plot(x, [r.predictions_per_s for r in rows], marker=marker, color=color, label=LABELS[path])
+            thr.plot(x, [r.predictions_per_s for r in rows], **style)
         for ax, ylabel in ((lat, "latency, ms (p50; band to p95)"), (thr, "throughput, predictions/s")):
             ax.set_facecolor("none")
             ax.set_xscale("log")
