@@ -1,21 +1,30 @@
-"""The ``%mf_bench`` dashboards as a person sees them: notebooks/benchmark.ipynb run in JupyterLab in headless
-Chromium by scripts/check_dashboard.py (Debian's chromium driven by Playwright)."""
+"""What a person sees: the notebooks run in JupyterLab in headless Chromium by scripts/check_dashboard.py (Debian's
+chromium driven by Playwright) in the light and the dark theme, and the stored benchmark.ipynb opened without
+running it."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
+from nbconvert import HTMLExporter
+
+from modelforge_jupyter.bench import LABELS
+from modelforge_jupyter.kernel import dashboard
 
 from .mf_plugin import mf_skip_unless_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 MODELS = ("bench_iris", "bench_breast_cancer_rf", "bench_diabetes")
+PATHS = ("cold", "api_cache_off", "api_hit", "http_miss", "http_hit", "raw_ort", "raw_cold")
 
 
 @pytest.fixture
@@ -26,8 +35,18 @@ def chromium() -> Path:
     return CHROMIUM
 
 
+def text_of(markup: str) -> str:
+    """``markup``'s text with each tag as ``|`` (nbconvert's sanitizer reorders attributes, not text or tags)."""
+    return re.sub(r"<[^>]*>", "|", markup)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", png[16:24])
+
+
 @pytest.mark.timeout(300)
-def test_benchmark_notebook_dashboards_render_in_jupyterlab(chromium, tmp_path):
+def test_notebooks_render_in_jupyterlab_within_the_output_area_in_both_themes(chromium, tmp_path):
     shot = tmp_path / "dashboard.png"
 
     out = subprocess.run(
@@ -35,17 +54,60 @@ def test_benchmark_notebook_dashboards_render_in_jupyterlab(chromium, tmp_path):
         capture_output=True, text=True, timeout=280,
     )
 
-    # Then the script saw every dashboard complete: progress bar full, table filled in, plot drawn, no widget error
+    # Then, in both themes, no output was wider than its area, no widget error, every dashboard complete
     assert out.returncode == 0, out.stderr[-4000:]
-    dashboards = json.loads(out.stdout)["dashboards"]
-    assert [d["title"] for d in dashboards] == [f"%mf_bench {m}: ModelForge beside raw ONNX Runtime" for m in MODELS]
-    for d in dashboards:
-        done, total = map(int, d["progress"].split("/"))
-        assert done == total == 4 * 7  # batch sizes x (raw cold, cold, raw ORT, warm, cache hit, HTTP off, HTTP hit)
-        assert [row[0] for row in d["rows"]] == ["1", "10", "100", "1000"]
-        assert d["header"][0][1:4] == ["cold", "warm (cache off)", "cache hit"]
-        assert d["caption"] == "registry sqlite, cache disk"
-    png = shot.read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    assert width > 1000 and height > 400
+    summary = json.loads(out.stdout)
+    for theme in ("light", "dark"):
+        seen = summary[theme]
+        assert list(seen) == ["benchmark.ipynb", "quickstart.ipynb", "scratch.ipynb"]
+        for name, nb in seen.items():
+            assert nb["outputs"] >= 10 and 0 < nb["widest_output"] <= nb["area"] < 1100, (theme, name, nb)
+        assert seen["quickstart.ipynb"]["stderr"] == seen["benchmark.ipynb"]["stderr"] == []
+        bench = seen["benchmark.ipynb"]["dashboards"] + seen["scratch.ipynb"]["dashboards"]
+        assert [d["title"] for d in bench] == [
+            f"%mf_bench {m}: ModelForge beside raw ONNX Runtime" for m in (*MODELS, "scratch_iris")]
+        for d in bench:
+            assert d["status"].startswith("28/28 · done in ")  # 4 batch sizes x 7 paths
+            assert d["switch"] == ["p50", "p95", "p99", "pred/s"]
+            assert d["header"] == ["p50 ms · batch", "1", "10", "100", "1000"]
+            assert [row[0] for row in d["rows"]] == [LABELS[p] for p in PATHS]
+            assert all("×" in cell for row in d["rows"][:5] for cell in row[1:])  # ModelForge's beside raw ORT
+            assert d["static_rows"] == 28 and 600 < d["plot_width"] <= 1000
+            # the plot is see-through: the theme's own background shows at its corner
+            corner = d["plot_corner"]
+            assert (sum(corner[:3]) > 3 * 200) if theme == "light" else (sum(corner[:3]) < 3 * 100), corner
+    # the screenshots the README shows, small enough to keep in the repository
+    assert set(summary["screenshots"]) == {str(shot), str(shot.with_name("dashboard-dark.png"))}
+    for path, size in summary["screenshots"].items():
+        png = Path(path).read_bytes()
+        assert len(png) == size < 300_000
+        width, height = png_size(png)
+        assert 900 < width <= 1440 and 500 < height
+    assert summary["seconds"] < 150
+
+
+def test_the_stored_benchmark_notebook_shows_its_results_without_running_or_widgets():
+    # Given benchmark.ipynb as stored in the repository, its widget state removed (GitHub, nbviewer, a fresh Lab)
+    nb = nbformat.read(ROOT / "notebooks" / "benchmark.ipynb", as_version=4)
+    nb.metadata.pop("widgets", None)
+
+    # When nbconvert renders it to HTML
+    page, _ = HTMLExporter().from_notebook_node(nb)
+
+    # Then each %mf_bench cell left its plot and its table of every figure as ordinary outputs, and HTML shows them
+    bench = [c for c in nb.cells if c.cell_type == "code" and "= %mf_bench" in c.source]
+    assert len(bench) == 3
+    for cell, model in zip(bench, MODELS):
+        dash, plot, table = cell.outputs
+        assert "application/vnd.jupyter.widget-view+json" in dash.data and "text/html" not in dash.data
+        assert dash.data["text/plain"].startswith(f"%mf_bench {model}: ModelForge beside raw ONNX Runtime, 28/28")
+        assert png_size(base64.b64decode(plot.data["image/png"]))[0] == 940
+        assert table.data["text/plain"].startswith(f"BenchResult {model} v1: 28 rows")
+        html = table.data["text/html"]
+        body = html.split("<tbody>")[1].split("</tbody>")[0]
+        assert body.count("<tr>") == 28 and text_of(body) in text_of(page)  # every figure, in the same cells
+        for label in (LABELS[p] for p in PATHS):
+            assert f"<td>{label}</td>" in html
+        assert f"{model} v1</b>: every figure" in page
+    assert "VBox(" not in page and page.count("<img") >= 3
+    assert dashboard.FULL_COLUMNS == ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "pred/s", "× raw p50"]
