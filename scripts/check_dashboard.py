@@ -248,7 +248,8 @@ def plot_corner(plot) -> list[int]:
 
 def set_theme(page, label: str, light: bool) -> None:
     page.get_by_role("menuitem", name="Settings", exact=True).click()
-    page.locator(".lm-Menu .lm-Menu-item").filter(has=page.locator(".lm-Menu-itemLabel", has_text="Theme")).first.hover()
+    theme = page.locator(".lm-Menu-itemLabel", has_text="Theme")
+    page.locator(".lm-Menu .lm-Menu-item").filter(has=theme).first.hover()
     page.locator(".lm-Menu .lm-Menu-item").filter(has=page.get_by_text(label, exact=True)).first.click()
     page.wait_for_selector(f"body[data-jp-theme-light='{str(light).lower()}']", state="attached", timeout=30_000)
     page.wait_for_timeout(1000)  # the theme's CSS applied
@@ -267,7 +268,8 @@ def screenshot(page, path: Path) -> int:
         page.wait_for_timeout(300)
         box = cell.bounding_box()
         plot = cell.locator(".jp-OutputArea-output img").first.bounding_box()
-        png = Image.open(io.BytesIO(page.screenshot(clip={**box, "height": plot["y"] + plot["height"] + 12 - box["y"]})))
+        clip = {**box, "height": plot["y"] + plot["height"] + 12 - box["y"]}
+        png = Image.open(io.BytesIO(page.screenshot(clip=clip)))
         if os.environ.get("MF_CHECK_PAGE_SHOTS"):  # the whole window too, to look at while changing outputs
             page.set_viewport_size(VIEWPORT)
             page.screenshot(path=str(path.with_suffix(".page.png")))

@@ -267,3 +267,43 @@ def test_a_prediction_over_http_shows_the_name_it_was_called_by(mf_live_server, 
     assert (by_name.model_name, by_id.model_name, by_id.model_id) == ("outputs_http_iris", "", rec.id)
     assert outputs.prediction_text(by_name).startswith("outputs_http_iris v1 · ")
     assert outputs.prediction_summary(by_id).startswith(f"{rec.id[:8]} v1 · ") and by_id.cached
+
+
+def test_bench_plot_has_p50_lines_p95_bands_one_legend_outside_and_fits_the_output_area():
+    # Given a run of every path the magic measures with --http
+    paths = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit", "http_miss", "http_hit")
+    fig = dashboard.bench_figure(bench_result(paths))
+
+    # Then the latency panel has one p50 line and one p50-p95 band per path (no p95/p99 lines)
+    lat, thr = fig.axes
+    assert [line.get_label() for line in lat.get_lines()] == [LABELS[p] for p in dashboard.paths_in_order(paths)]
+    assert len(lat.collections) == len(paths)
+    # one legend, the figure's, outside both panels; none over the data
+    assert len(fig.legends) == 1 and lat.get_legend() is None and thr.get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [LABELS[p] for p in dashboard.paths_in_order(paths)]
+    png = Image.open(io.BytesIO(dashboard.figure_png(fig)))  # drawn: the layout is done
+    legend = fig.legends[0].get_window_extent()
+    assert all(legend.x0 >= ax.get_window_extent().x1 for ax in fig.axes)
+    # 940 x 350 px: inside a 1,000 px output area
+    assert png.size == (940, 350)
+
+
+def test_bench_tables_ratio_colours_and_sizes_the_model_cannot_take():
+    # Given ratios to raw ONNX Runtime of ×1, ×1.2, ×10 and ×190
+    hues = [int(dashboard.ratio_color(r).split("(")[1].split(",")[0]) for r in (0.5, 1.0, 1.2, 10, 190)]
+
+    # Then the colour scale runs from green (×1 or better) to red (×100 and over): ×190 never looks like ×1.2
+    assert hues[0] == hues[1] == 120 and hues[-1] == 0 and hues == sorted(hues, reverse=True)
+    assert hues[2] - hues[4] > 100 and [dashboard.fmt_ratio(r) for r in (1.2, 190)] == ["×1.20", "×190"]
+    # and the compact table: one row per path, one column per batch size, a size the model cannot take empty
+    res = bench_result(("raw_ort", "api_cache_off"))
+    columns, rows = dashboard.compact_table(res.rows, (1, 10), ("raw_ort", "api_cache_off"), "p95",
+                                            {100: "one v1 takes batch 1 only"})
+    assert columns == ["p95 ms · batch", "1", "10", "100"]
+    assert [[outputs.plain(c) for c in row] for row in rows] == [
+        ["warm (cache off)", "0.4 ×2.00", "4 ×2.00", "—"], ["raw ORT", "0.2", "2", "—"]]
+    assert 'title="one v1 takes batch 1 only"' in rows[0][3] and "hsl(" in rows[0][1]
+    _, thr = dashboard.compact_table(res.rows, (1, 10), ("raw_ort", "api_cache_off"), "pred/s")
+    assert [outputs.plain(c) for c in thr[0]] == ["warm (cache off)", "500 ×2.00", "500 ×2.00"]  # raw does 2x
+    # every scrolling table keeps its first column in view
+    assert "tr > :first-child {position: sticky; left: 0" in outputs.html_table(["a"], [["1"]])

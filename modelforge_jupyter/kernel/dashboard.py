@@ -170,7 +170,8 @@ def bench_figure(result: BenchResult):
             rows = sorted((r for r in result.rows if r.path == path), key=lambda r: r.batch)
             x = [r.batch for r in rows]
             color, marker = PATH_STYLES[path]
-            style = {"marker": marker, "color": color, "label": LABELS[path], "linestyle": "--" if marker == "s" else "-"}
+            style = {"marker": marker, "color": color, "label": LABELS[path],
+                     "linestyle": "--" if marker == "s" else "-"}
             lat.plot(x, [r.p50_ms for r in rows], **style)
             lat.fill_between(x, [r.p50_ms for r in rows], [r.p95_ms for r in rows], color=color, alpha=0.1,
                              linewidth=0)
