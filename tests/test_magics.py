@@ -487,6 +487,32 @@ def test_a_bare_bench_shows_its_figures_once_and_the_result_again_later(ip):
     assert id(res) not in ip.display_formatter.ipython_display_formatter.singleton_printers
 
 
+def test_a_stopped_bench_says_so_and_leaves_what_it_measured(ip, monkeypatch):
+    # Given a run interrupted (Ctrl-C) after its third cell
+    update = dashboard.BenchDashboard.update
+
+    def interrupted(view, done, total, row):
+        update(view, done, total, row)
+        if done == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dashboard.BenchDashboard, "update", interrupted)
+    run(ip, "%config ModelForgeMagics.widgets = 'on'")
+    run(ip, f"%mf_register iris {IRIS}")
+
+    with capture_output() as captured:
+        stopped = ip.run_cell("%mf_bench iris --batch-sizes 1,10 --iterations 2 --warmup 0")
+
+    # Then the dashboard says where it stopped, and the three figures measured stay as an ordinary output
+    assert isinstance(stopped.error_in_exec, KeyboardInterrupt)
+    first, last, partial = captured.outputs
+    assert last.data["text/plain"].splitlines()[0].endswith("3/10 cells, stopped")
+    head = "%mf_bench iris stopped after 3/10 cells: the figures measured"
+    text = partial.data["text/plain"].splitlines()
+    assert text[0] == head and [line.split()[2] for line in text[3:]] == ["raw_cold", "cold", "raw_ort"]
+    assert partial.data["text/html"].split("<tbody>")[1].count("<tr>") == 3
+
+
 def test_bench_of_a_fixed_batch_model_measures_only_its_batch(ip, mf_forge, capsys):
     # Given a model whose input is float32 [1, 4]: one row per run
     mf_forge.register("one", mf_identity_model("float32", [1, 4]))

@@ -24,7 +24,7 @@ from typing import Any
 
 from IPython.display import display
 
-from ..bench import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row
+from ..bench import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row, format_table
 from .outputs import Markup, block, html_table, small, text_table
 
 # ModelForge paths first (each with its ratio to raw), then the raw ONNX Runtime paths they are compared with.
@@ -119,13 +119,13 @@ def compact_table(rows: Sequence[Row], batch_sizes: Sequence[int], paths: Sequen
 FULL_COLUMNS = ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "pred/s", "× raw p50"]
 
 
-def full_table(result: BenchResult) -> list[list[Any]]:
-    """Every figure of ``result``: one row per path and batch size (the path named on its first row)."""
-    by = {(r.batch, r.path): r for r in result.rows}
+def full_table(rows: Sequence[Row], batch_sizes: Sequence[int]) -> list[list[Any]]:
+    """Every figure of ``rows``: one row per path and batch size (the path named on its first row)."""
+    by = {(r.batch, r.path): r for r in rows}
     out: list[list[Any]] = []
-    for path in paths_in_order({r.path for r in result.rows}):
+    for path in paths_in_order({r.path for r in rows}):
         first = True
-        for b in result.batch_sizes:
+        for b in batch_sizes:
             r = by.get((b, path))
             if r is None:
                 continue
@@ -147,7 +147,7 @@ def bench_result_html(result: BenchResult) -> str:
     to raw ONNX Runtime), the backend and the notes."""
     head = (f"<div><b>{html.escape(result.model)} v{result.version}</b>: every figure, ModelForge beside raw "
             f"ONNX Runtime</div>")
-    return block(head, html_table(FULL_COLUMNS, full_table(result), right=True),
+    return block(head, html_table(FULL_COLUMNS, full_table(result.rows, result.batch_sizes), right=True),
                  notes_html([result.summary(), *result.notes]))
 
 
@@ -317,10 +317,16 @@ class BenchDashboard:
         show_results(result)
 
     def fail(self) -> None:
+        """The run stopped (an error, Ctrl-C): say so, and leave what was measured as an ordinary output."""
         self.status = "stopped"
         self.progress.bar_style = "danger"
         self.phase.value = self._phase()
         self._redisplay()
+        if self.rows:
+            head = f"%mf_bench {self.model} stopped after {self.done}/{self.total} cells: the figures measured"
+            display({"text/html": block(f"<div><b>{html.escape(head)}</b></div>",
+                                        html_table(FULL_COLUMNS, full_table(self.rows, self.batch_sizes), right=True)),
+                     "text/plain": "\n".join([head, format_table(self.rows)])}, raw=True)
 
 
 class TextReport:
