@@ -52,7 +52,7 @@ class ModelForge:
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         self.settings = settings if settings is not None else Settings(**overrides)
         s = self.settings
-        self.registry = Registry(s.database_url)
+        self.registry = Registry(s.database_url, s.database_timeout)
         self.cache = open_cache(s)
         self.engine = Engine(
             s.max_sessions, s.intra_op_num_threads, s.providers, max_session_bytes=s.max_session_bytes,
@@ -332,15 +332,24 @@ class ModelForge:
         database ``connected``/``disconnected``; redis ``connected``/``disconnected``/``not_configured`` (embedded
         cache); celery ``connected``/``eager``/``disconnected``. status ``unhealthy`` when the database is down,
         ``degraded`` when Redis or Celery is, else ``healthy``. timestamp: ISO 8601 UTC.
-        """
-        from .tasks import celery_status
 
+        Costs a database and a Redis round trip, each bounded by its deadline (``database_timeout``,
+        ``redis_timeout``). The Celery status is the background probe's (``tasks.celery_probe``), at most
+        ``celery_probe_ttl`` s old: health never waits for the broker, but for the first probe of the process
+        (at most ``broker_timeout`` s).
+        """
+        from .tasks import celery_probe
+
+        s = self.settings
         database = "connected" if self.registry.ping() else "disconnected"
-        if self.settings.redis_url:
+        if s.redis_url:
             redis = "connected" if self.cache.ping() else "disconnected"
         else:
             redis = "not_configured"
-        celery = celery_status(self.settings.celery_broker_url)
+        if s.celery_broker_url:
+            celery = celery_probe(s.celery_broker_url, s.celery_probe_ttl, s.broker_timeout).status()
+        else:
+            celery = "eager"
         if database != "connected":
             status = "unhealthy"
         elif "disconnected" in (redis, celery):
@@ -353,7 +362,7 @@ class ModelForge:
             "redis": redis,
             "celery": celery,
             "version": __version__,
-            "environment": self.settings.environment,
+            "environment": s.environment,
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 

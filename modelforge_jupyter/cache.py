@@ -36,11 +36,12 @@ def prediction_key(prefix: str, model_id: str, input_hash: str) -> str:
 
 
 class _Breaker:
-    """Bypass a failing cache for ``retry_after`` seconds; log the first failure of each outage only."""
+    """Bypass a failing service for ``retry_after`` seconds; log the first failure of each outage only."""
 
-    def __init__(self, name: str, retry_after: float) -> None:
+    def __init__(self, name: str, retry_after: float, fallback: str = "serving without it") -> None:
         self.name = name
         self.retry_after = retry_after
+        self.fallback = fallback
         self._down_until = 0.0
         self._outage = False
         self._lock = threading.Lock()
@@ -57,13 +58,13 @@ class _Breaker:
             self._down_until = time.monotonic() + self.retry_after
             if not self._outage:
                 self._outage = True
-                log.warning("%s cache unavailable, serving without it: %s", self.name, err)
+                log.warning("%s unavailable, %s: %s", self.name, self.fallback, err)
 
     def succeeded(self) -> None:
         if self._outage:
             with self._lock:
                 self._outage = False
-                log.warning("%s cache reachable again", self.name)
+                log.warning("%s reachable again", self.name)
 
 
 class RedisCache:
@@ -80,7 +81,7 @@ class RedisCache:
 
         self._errors = (redis.RedisError, OSError)
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self.breaker = _Breaker("redis", retry_after)
+        self.breaker = _Breaker("redis cache", retry_after)
 
     def get(self, key: str) -> bytes | None:
         if self.breaker.open():
@@ -140,7 +141,7 @@ class DiskCache:
         import diskcache
 
         self.cache = diskcache.Cache(directory, tag_index=True, timeout=1.0)
-        self.breaker = _Breaker("disk", retry_after)
+        self.breaker = _Breaker("disk cache", retry_after)
 
     def get(self, key: str) -> bytes | None:
         if self.breaker.open():

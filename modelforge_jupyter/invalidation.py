@@ -8,7 +8,9 @@ Celery worker is stopped or the broker is down. The task only frees memory and k
 Flow: ``ModelForge.update``/``delete`` commit, then ``Invalidator.model_changed``:
 1. this process's engine unloads the superseded sessions at once;
 2. the ``modelforge_jupyter.tasks.invalidate_model`` task is sent to the broker (``CELERY_BROKER_URL``); without a
-   broker, or when sending fails (broker down), the same cleanup runs inline;
+   broker, or when sending fails (broker down or silent: each send is bounded by ``broker_timeout``), the same
+   cleanup runs inline, and the sends after a failure skip the broker for ``cache_retry_after`` s (a circuit
+   breaker), so a dead broker costs a model change no broker call at all;
 3. the task deletes the model's keys (Redis: SCAN + UNLINK in batches; disk cache: evict by tag) and publishes an
    eviction event on the Redis channel ``{CACHE_KEY_PREFIX}:events``; every process's ``EvictionListener`` unloads
    those sessions from its engine.
@@ -59,6 +61,9 @@ class Invalidator:
         self.engine = engine
         self._celery: Any = None
         at_fork_in_child(self._after_fork_in_child)
+        from .cache import _Breaker
+
+        self.breaker = _Breaker("celery broker", settings.cache_retry_after, "cleaning up model changes inline")
 
     def model_changed(self, model_id: str, sha256s: Iterable[str]) -> str:
         """Free ``sha256s`` here, then clean up everywhere. Returns ``"sent"``, ``"inline"`` or ``"failed"``."""
@@ -75,6 +80,10 @@ class Invalidator:
             return "failed"
 
     def _send(self, model_id: str, shas: list[str]) -> bool:
+        """Send the task within ``broker_timeout`` s; False (clean up inline) when it failed now or within the last
+        ``cache_retry_after`` s."""
+        if self.breaker.open():
+            return False
         try:
             self.celery.send_task(
                 TASK_NAME,
@@ -82,17 +91,18 @@ class Invalidator:
                 queue=self.settings.celery_queue,
                 retry=False,
             )
-            return True
-        except Exception as err:  # kombu OperationalError / OSError: broker unreachable
-            log.warning("broker unreachable, cleaning up model %s inline: %s", model_id, err)
+        except Exception as err:  # kombu OperationalError / OSError / socket timeout: broker unreachable or silent
+            self.breaker.failed(err)
             return False
+        self.breaker.succeeded()
+        return True
 
     @property
     def celery(self) -> Any:
         if self._celery is None:
             from .tasks import make_app
 
-            self._celery = make_app(self.settings.celery_broker_url)
+            self._celery = make_app(self.settings.celery_broker_url, self.settings.broker_timeout)
         return self._celery
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ dedicated autocommit connection otherwise (one round trip).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -107,9 +108,15 @@ def _utc(value: datetime) -> datetime:
 class Registry:
     """Models, versions and ONNX bytes in one database. Raises ``ServiceUnavailableError`` when it is unreachable."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, timeout: float = 5.0) -> None:
         """Connect lazily to ``database_url``; ``ValueError`` naming DATABASE_URL (its password masked) when
-        SQLAlchemy cannot parse it, knows no such dialect, or its driver is not installed."""
+        SQLAlchemy cannot parse it, knows no such dialect, or its driver is not installed.
+
+        ``timeout`` (s), PostgreSQL: the connect deadline (libpq ``connect_timeout``, whole seconds, at least 2; it
+        covers the startup handshake too) and the deadline of unacknowledged writes (``tcp_user_timeout``), with TCP
+        keepalives on idle connections, so a database that is down or unreachable fails a call within about
+        ``timeout`` s instead of hanging it.
+        """
         try:
             url = make_url(database_url)
         except ArgumentError:  # unparseable: no part of it can be shown safely, it may be all password
@@ -130,7 +137,14 @@ class Registry:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         elif self.dialect == "postgresql":
-            kwargs["connect_args"] = {"connect_timeout": 5}  # a host that drops packets must not hang a request
+            kwargs["connect_args"] = {  # a host that drops packets or never answers must not hang a request
+                "connect_timeout": max(2, math.ceil(timeout)),
+                "tcp_user_timeout": max(1, int(timeout * 1000)),
+                "keepalives": 1,
+                "keepalives_idle": max(1, int(timeout)),
+                "keepalives_interval": 1,
+                "keepalives_count": 3,
+            }
         self.url = url
         self.engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":

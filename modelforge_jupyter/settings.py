@@ -139,6 +139,9 @@ class Settings(Configurable):
         super().__init__(**kwargs)
         check_batching({key: getattr(self, key) for key in BATCHING_LIMITS})
         check_timeout(self.inference_timeout)
+        for name in ("database_timeout", "broker_timeout", "celery_probe_ttl"):  # deadlines: 0 would mean none
+            if not 0 < check_timeout(getattr(self, name), name):
+                raise ValueError(f"{name} must be a number of seconds > 0, got {getattr(self, name)!r}")
         for model, own in self.model_batching.items():
             if not isinstance(own, Mapping):
                 raise ValueError(f"model_batching[{model!r}] must map setting names to values, got {own!r}")
@@ -189,7 +192,27 @@ class Settings(Configurable):
         help="Socket timeout in seconds for each cache command (env MODELFORGE_REDIS_TIMEOUT, default 0.25). Past it "
         "the cache is bypassed for cache_retry_after seconds and the prediction is served from the engine.",
     )
-    cache_retry_after = Float(5.0, config=True, help="Seconds to bypass an unreachable cache before trying it again.")
+    cache_retry_after = Float(
+        5.0, config=True,
+        help="Seconds to bypass an unreachable cache, or an unreachable Celery broker (model changes then clean up "
+        "inline), before trying it again.",
+    )
+    database_timeout = Float(
+        config=True,
+        help="Deadline in seconds of the PostgreSQL registry's connection (connect_timeout, whole seconds, at least "
+        "2) and of unacknowledged writes to it (tcp_user_timeout), with TCP keepalives probing an idle connection "
+        "(env MODELFORGE_DATABASE_TIMEOUT, default 5).",
+    )
+    broker_timeout = Float(
+        config=True,
+        help="Deadline in seconds of each call to the Celery broker, connect and every socket read and write: "
+        "sending an invalidation task, the health probe (env MODELFORGE_BROKER_TIMEOUT, default 1).",
+    )
+    celery_probe_ttl = Float(
+        config=True,
+        help="Seconds health reuses the Celery probe's answer (is a worker answering?); the probe runs on a "
+        "background thread, never on a request (env MODELFORGE_CELERY_PROBE_TTL, default 5).",
+    )
     environment = Unicode(config=True, help="Deployment name reported by health (env ENVIRONMENT, default development).")
     max_sessions = Int(
         config=True,
@@ -308,6 +331,18 @@ class Settings(Configurable):
     @default("redis_timeout")
     def _default_redis_timeout(self) -> float:
         return float(os.environ.get("MODELFORGE_REDIS_TIMEOUT") or 0.25)
+
+    @default("database_timeout")
+    def _default_database_timeout(self) -> float:
+        return _env_float("MODELFORGE_DATABASE_TIMEOUT", 5.0)
+
+    @default("broker_timeout")
+    def _default_broker_timeout(self) -> float:
+        return _env_float("MODELFORGE_BROKER_TIMEOUT", 1.0)
+
+    @default("celery_probe_ttl")
+    def _default_celery_probe_ttl(self) -> float:
+        return _env_float("MODELFORGE_CELERY_PROBE_TTL", 5.0)
 
     @default("environment")
     def _default_environment(self) -> str:

@@ -609,7 +609,7 @@ def test_app_has_a_trait_for_every_core_setting_and_knows_its_environment_variab
 async def test_config_overrides_environment_and_is_exported_for_kernels(jp_fetch, mf_app, mf_settings):
     settings = mf_app.forge.settings
 
-    assert (settings.max_sessions, mf_app.max_workers, mf_app.executor._max_workers) == (3, 3, 3)  # command line
+    assert (settings.max_sessions, mf_app.max_workers, mf_app.executor.max_workers) == (3, 3, 3)  # command line
     assert settings.cache_ttl == 1234  # jupyter_server_config.py
     assert (settings.cache_key_prefix, settings.cache_prediction_enabled) == ("fromconfig", False)  # config beats env
     assert (settings.cache_prediction_ttl, settings.environment) == (17, "staging")  # environment, not configured

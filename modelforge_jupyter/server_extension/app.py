@@ -19,16 +19,16 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Int, TraitError, TraitType, validate
+from traitlets import Float, Int, TraitError, TraitType, validate
 from traitlets.config import Configurable
 
 from ..errors import ServiceUnavailableError
 from ..settings import Settings, mask_url
 from .handlers import default_handlers
+from .pools import ThreadPool
 
 if TYPE_CHECKING:
     from ..api import ModelForge
@@ -72,8 +72,20 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
     max_workers = Int(
         4,
         config=True,
-        help="Threads of the executor that runs every ModelForge call (inference, model loading, registry and cache "
-        "I/O) off the IOLoop. With intra_op_num_threads=1, the number of predictions that run in parallel.",
+        help="Threads of the data plane: the executor that runs predictions (inference, model loading, cache I/O) "
+        "off the IOLoop. With intra_op_num_threads=1, the number of predictions that run in parallel.",
+    )
+    control_workers = Int(
+        2,
+        config=True,
+        help="Threads of the control plane: the executor of model list/get/put/delete/unload, so that model changes "
+        "never wait behind long predictions. Health has a thread of its own.",
+    )
+    shutdown_timeout = Float(
+        3.0,
+        config=True,
+        help="Seconds the server's shutdown waits for running ModelForge calls; calls still stuck after it (e.g. in a "
+        "socket) are abandoned with their daemon threads, so SIGTERM stops the server within that time.",
     )
     max_body_size = Int(
         64 * 1024 * 1024,
@@ -83,9 +95,11 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
     )
 
     forge: ModelForge | None = None
-    executor: ThreadPoolExecutor | None = None
+    executor: ThreadPool | None = None  # the data plane (predict)
+    control_executor: ThreadPool | None = None  # model list/get/put/delete/unload
+    health_executor: ThreadPool | None = None  # health alone: never queued behind anything else
 
-    @validate("max_workers", "max_body_size")
+    @validate("max_workers", "max_body_size", "control_workers")
     def _positive(self, proposal: dict[str, Any]) -> int:
         if proposal["value"] < 1:
             raise TraitError(f"ModelForgeApp.{proposal['trait'].name} must be >= 1, got {proposal['value']}")
@@ -109,7 +123,10 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         self._forge_error: tuple[float, str] | None = None
         self._config_error: str | None = None
         self._stopped = False
-        self.executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="modelforge")
+        self._health: asyncio.Future | None = None
+        self.executor = ThreadPool(self.max_workers, "modelforge")
+        self.control_executor = ThreadPool(self.control_workers, "modelforge-control")
+        self.health_executor = ThreadPool(1, "modelforge-health")
         try:
             self._forge_settings = self.modelforge_settings()
         except ValueError as err:  # a setting out of range: the endpoints say which (503) rather than vanish (404)
@@ -125,10 +142,12 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
             else:
                 self.log.error("ModelForge: %s; its endpoints answer 503 until the registry is reachable", err)
             return
+        self.health_executor.submit(forge.health)  # warm up: the first Celery probe starts now, not on a request
         s = self._forge_settings
         cache = f"redis {mask_url(s.redis_url)}" if s.redis_url else f"disk {s.cache_dir}"
         url = forge.registry.url.render_as_string(hide_password=True)
-        self.log.info("ModelForge: registry %s, cache %s, %d worker threads", url, cache, self.max_workers)
+        self.log.info("ModelForge: registry %s, cache %s, %d worker threads (+%d control, 1 health)", url, cache,
+                      self.max_workers, self.control_workers)
 
     def get_forge(self) -> ModelForge:
         """The ``ModelForge``, built on first use. Blocking: call it in the executor.
@@ -161,18 +180,48 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
                     raise ServiceUnavailableError(self._config_error) from None
             return self.forge
 
+    def pool(self, plane: str) -> ThreadPool:
+        """The executor of ``plane``: "data" (predict), "control" (model CRUD, unload) or "health". Raises
+        ``ServiceUnavailableError`` once the server is stopping."""
+        executor = {"data": self.executor, "control": self.control_executor, "health": self.health_executor}[plane]
+        if executor is None:
+            raise ServiceUnavailableError("ModelForge is stopped: the Jupyter server is shutting down")
+        return executor
+
+    async def health(self) -> dict[str, str]:
+        """``ModelForge.health()`` on the health thread; concurrent callers share the check in flight (single
+        flight), so pollers never queue checks behind each other."""
+        check = self._health
+        if check is None or check.done():
+            executor = self.pool("health")
+            check = self._health = asyncio.get_running_loop().run_in_executor(
+                executor, lambda: self.get_forge().health()
+            )
+        return await asyncio.shield(check)
+
     def initialize_handlers(self) -> None:
         self.handlers.extend(default_handlers)
 
     async def stop_extension(self) -> None:
-        """Wait for running calls (queued ones are cancelled), then close the ModelForge. Idempotent."""
+        """Cancel queued calls, wait for running ones at most ``shutdown_timeout`` s (all planes together), then
+        close the ModelForge. Idempotent."""
         self._stopped = True
-        executor, self.executor = self.executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        pools = [p for p in (self.executor, self.control_executor, self.health_executor) if p is not None]
+        self.executor = self.control_executor = self.health_executor = None
+        for p in pools:
+            p.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + self.shutdown_timeout
+        stuck = 0
+        for p in pools:
+            stuck += await asyncio.to_thread(p.shutdown, timeout=max(0.0, deadline - time.monotonic()))
+        if stuck:
+            self.log.warning("ModelForge: %d calls still running after %.1f s; not waiting for them", stuck,
+                             self.shutdown_timeout)
         forge, self.forge = self.forge, None
-        if forge is not None:
-            forge.close()
+        if forge is not None:  # on a daemon thread too: a stuck call may hold a lock that close() takes
+            closer = threading.Thread(target=forge.close, name="modelforge-close", daemon=True)
+            closer.start()
+            await asyncio.to_thread(closer.join, max(1.0, deadline - time.monotonic()))
         logging.getLogger("modelforge_jupyter").parent = logging.getLogger()
 
 

@@ -47,6 +47,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
 
     auth_resource = AUTH_RESOURCE
     query_params: frozenset[str] = frozenset()  # the query parameters this endpoint takes, besides Jupyter's
+    plane = "control"  # which of the app's executors runs this handler's calls: "data", "control" or "health"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give every handler with a GET a HEAD: the same call through the same authentication, and tornado sends
@@ -160,16 +161,14 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         return b"".join(self._chunks)
 
     async def forge_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run ``ModelForge.<method>(*args, **kwargs)`` in the app's bounded executor."""
+        """Run ``ModelForge.<method>(*args, **kwargs)`` in the executor of this handler's ``plane``."""
         app = self.extensionapp
         return await self.run_blocking(lambda: getattr(app.get_forge(), method)(*args, **kwargs))
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
-        """Run ``fn()`` in the app's bounded executor, so the IOLoop keeps serving meanwhile."""
-        executor = self.extensionapp.executor
-        if executor is None:
-            raise ServiceUnavailableError("ModelForge is stopped: the Jupyter server is shutting down")
-        return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        """Run ``fn()`` in the bounded executor of this handler's ``plane``, so the IOLoop keeps serving meanwhile
+        and a plane's queue (long predictions) never delays another's calls (model changes, health)."""
+        return await asyncio.get_running_loop().run_in_executor(self.extensionapp.pool(self.plane), fn)
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -228,9 +227,11 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
 class HealthHandler(ModelForgeHandler):
     """``{status, database, redis, celery, version, environment, timestamp}``; 503 when unhealthy. No token needed."""
 
+    plane = "health"
+
     @allow_unauthenticated
     async def get(self) -> None:
-        health = await self.forge_call("health")
+        health = await self.extensionapp.health()
         self.write_json(health, 503 if health["status"] == "unhealthy" else 200)
 
 
@@ -245,6 +246,8 @@ class LivenessHandler(ModelForgeHandler):
 class ReadinessHandler(ModelForgeHandler):
     """``{"status": "ready"}`` (200) once the ModelForge is built and its registry database answers; else 503 with
     ``{"message"}`` saying why (a setting it cannot use, the database unreachable, the server stopping). No token."""
+
+    plane = "health"  # a probe: never queued behind predictions or model changes
 
     @allow_unauthenticated
     async def get(self) -> None:
@@ -264,6 +267,8 @@ class PredictHandler(ModelForgeHandler):
     cancels its request: the run in progress is stopped; a request still queued for the executor never runs the
     model.
     """
+
+    plane = "data"
 
     async def prepare(self) -> None:
         self.cancellation = Cancellation()  # before anything awaits: the client may leave at any point
