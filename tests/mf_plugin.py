@@ -73,6 +73,36 @@ def mf_redis():
     client.close()
 
 
+@pytest.fixture
+def mf_silent_listener():
+    """Port of a TCP listener on 127.0.0.1 that accepts every connection and never sends a byte: a broker, database
+    or Redis that hangs. Its connections are closed after the test (a call still blocked on one then returns)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:  # closed at teardown
+                return
+
+    thread = threading.Thread(target=accept, name="mf-silent-listener", daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    try:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (close alone does not, on Linux)
+    except OSError:
+        pass
+    server.close()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+
+
 @pytest.fixture(params=["embedded", "services"])
 def mf_backend(request) -> str:
     return request.param

@@ -183,7 +183,7 @@ def mf_stack(mf_postgres_url, mf_redis, mf_broker, tmp_path):
     _client, prefix = mf_redis
     queue = f"mftest-{uuid.uuid4().hex[:10]}"
     settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
-                "celery_broker_url": mf_broker, "celery_queue": queue}
+                "celery_broker_url": mf_broker, "celery_queue": queue, "celery_probe_ttl": 1.0}
     worker = Worker(mf_broker, queue, {"CELERY_BROKER_URL": mf_broker, "REDIS_URL": REDIS_URL,
                                        "MODELFORGE_CELERY_QUEUE": queue, "DATABASE_URL": mf_postgres_url},
                     tmp_path / "worker.log")
@@ -329,6 +329,121 @@ def test_broker_down_update_succeeds_and_cleans_up_inline(mf_postgres_url, mf_re
         res = forge.predict("iris", X)
         assert (res.model_version, res.cached) == (2, False)
         assert forge.health()["status"] == "degraded"
+
+
+def bounded(fn, seconds: float):
+    """(fn(), seconds it took), failing the test when fn has not returned within ``seconds`` (a hang)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        t0 = time.perf_counter()
+        result = pool.submit(fn).result(timeout=seconds)
+        return result, time.perf_counter() - t0
+    finally:
+        pool.shutdown(wait=False)
+
+
+@pytest.mark.parametrize("scheme", ["amqp", "redis"])
+def test_a_broker_that_never_answers_costs_health_and_model_changes_only_its_deadline(
+    mf_postgres_url, mf_redis, mf_silent_listener, scheme
+):
+    from modelforge_jupyter.tasks import celery_probe
+
+    from .mf_plugin import REDIS_URL
+
+    # Given a broker that accepts connections and never answers, a 0.5 s broker deadline and a 1 s probe TTL
+    _client, prefix = mf_redis
+    broker = f"{scheme}://guest:guest@127.0.0.1:{mf_silent_listener}//" if scheme == "amqp" else \
+        f"redis://127.0.0.1:{mf_silent_listener}/0"
+    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
+                "celery_broker_url": broker, "broker_timeout": 0.5, "celery_probe_ttl": 1.0}
+    with ModelForge(**settings) as forge:
+        forge.register("iris", IRIS[0])
+
+        # When health is asked ten times: the first waits for the process's first probe (the broker deadline)
+        first, first_s = bounded(forge.health, 10)
+        later = [bounded(forge.health, 10) for _ in range(10)]
+
+        # Then it answers degraded at once from the background probe, which ran once or twice, not per call
+        assert (first["status"], first["celery"], first["database"]) == ("degraded", "disconnected", "connected")
+        assert first_s < 2.5 and max(s for _, s in later) < 0.2, (first_s, [s for _, s in later])
+        assert {h["celery"] for h, _ in later} == {"disconnected"}
+        assert celery_probe(broker, 1.0, 0.5).probes <= 3
+
+        # When the model changes three times
+        changes = []
+        for path in (IRIS[1], IRIS[0], IRIS[1]):
+            forge.predict("iris", X)
+            assert len(model_keys(forge)) == 1
+            changes.append(bounded(lambda p=path: forge.update("iris", p), 10)[1])
+            # Then the cleanup ran inline: the old answers are gone now, not at their TTL
+            assert model_keys(forge) == []
+
+        # and only the first change paid the broker's deadline: the breaker skips it for cache_retry_after s
+        assert changes[0] < 2.5 and max(changes[1:]) < 0.3, changes
+        assert forge.predict("iris", X).model_version == 4
+
+    # A Redis that never answers costs a cache call its redis_timeout (0.25 s), as it costs the broker's its own
+    from modelforge_jupyter.cache import RedisCache
+
+    silent_cache = RedisCache(f"redis://127.0.0.1:{mf_silent_listener}/0", timeout=0.25)
+    try:
+        value, took = bounded(lambda: silent_cache.get("k"), 5)
+        pong, ping_took = bounded(silent_cache.ping, 5)
+        assert value is None and pong is False and took < 1.0 and ping_took < 1.0, (took, ping_took)
+    finally:
+        silent_cache.close()
+
+
+def test_a_dead_broker_costs_a_model_change_no_broker_wait(mf_postgres_url, mf_redis):
+    from .mf_plugin import REDIS_URL
+
+    _client, prefix = mf_redis
+    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
+                "celery_broker_url": "amqp://guest:guest@127.0.0.1:1//"}  # connection refused
+    with ModelForge(**settings) as forge:
+        forge.register("iris", IRIS[0])
+        changes = []
+        for path in (IRIS[1], IRIS[0], IRIS[1], IRIS[0]):
+            forge.predict("iris", X)
+            t0 = time.perf_counter()
+            forge.update("iris", path)
+            changes.append(time.perf_counter() - t0)
+            assert model_keys(forge) == []
+        health, took = bounded(forge.health, 10)
+
+    # the old client retried the refused connection for 2 s on every change
+    assert max(changes[1:]) < 0.3 and changes[0] < 1.5, changes
+    assert (health["celery"], health["status"]) == ("disconnected", "degraded") and took < 2.5
+
+
+def test_the_celery_probe_is_per_process_and_a_forked_child_runs_its_own(mf_silent_listener):
+    from modelforge_jupyter.tasks import celery_probe
+
+    broker = f"redis://127.0.0.1:{mf_silent_listener}/0"
+    probe = celery_probe(broker, 0.2, 0.3)
+    assert probe.status() == "disconnected"  # at most its 0.3 s deadline: the probe of a silent broker takes longer
+    assert wait_until(lambda: probe.probes == 1, 5)  # the parent's thread probed once
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's probe thread does not exist here
+        try:
+            child = celery_probe(broker, 0.2, 0.3)
+            time.sleep(0.3)  # past the TTL: a status() asks for a new probe
+            answers = [child.status() for _ in range(3)]
+            deadline = time.monotonic() + 5
+            while child.probes == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.write(write, json.dumps([child is not probe, child.probes, answers]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        fresh, probes, answers = json.loads(pipe.read() or "[false, 0, []]")
+    os.waitpid(pid, 0)
+
+    assert fresh and probes >= 1 and answers == ["disconnected"] * 3
 
 
 def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(mf_postgres_url, mf_redis):

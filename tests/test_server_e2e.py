@@ -197,3 +197,49 @@ def test_a_bad_database_url_is_logged_masked_and_answered_503_while_live(tmp_pat
         assert "s3cret" not in log and "extension failed loading" not in log
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_sigterm_stops_the_server_within_seconds_while_its_broker_never_answers(tmp_path, mf_silent_listener, scheme):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .mf_server import http as plain_http
+    from .mf_server import isolated_env, start_server
+
+    # Given a server whose Celery broker accepts connections and never answers
+    broker = f"redis://127.0.0.1:{mf_silent_listener}/0" if scheme == "redis" else \
+        f"amqp://guest:guest@127.0.0.1:{mf_silent_listener}//"
+    root = tmp_path / "server"
+    server = start_server(root, isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"),
+                                             CELERY_BROKER_URL=broker))  # ready: health answered 200
+    iris = (SAMPLES / "iris.onnx").read_bytes()
+    v2 = (SAMPLES / "iris_v2.onnx").read_bytes()
+    try:
+        # When health is polled four at a time and the model changes: each answers (degraded), none hangs
+        assert plain_http("PUT", server.url + "modelforge/models/iris", iris, server.token)[0] == 201
+        with ThreadPoolExecutor(5) as pool:
+            polls = [pool.submit(plain_http, "GET", server.url + "modelforge/health") for _ in range(4)]
+            change = pool.submit(plain_http, "PUT", server.url + "modelforge/models/iris", v2, server.token)
+            answers = [json.loads(p.result(timeout=20)[1]) for p in polls]
+            assert change.result(timeout=20)[0] == 200
+        assert {(a["status"], a["celery"]) for a in answers} == {("degraded", "disconnected")}
+
+        # and SIGTERM arrives while more calls are in flight
+        pool = ThreadPoolExecutor(6)
+        for _ in range(4):
+            pool.submit(plain_http, "GET", server.url + "modelforge/health")
+        pool.submit(plain_http, "PUT", server.url + "modelforge/models/iris", iris, server.token)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        server.proc.terminate()
+        try:
+            server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        took = time.monotonic() - t0
+        pool.shutdown(wait=False, cancel_futures=True)
+
+        # Then the server stopped within a few seconds (the old one never did: its threads waited for the broker)
+        assert server.proc.returncode is not None and took < 10, (took, server.log[-3000:])
+    finally:
+        server.stop()

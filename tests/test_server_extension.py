@@ -10,6 +10,8 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
+import threading
 import time
 import uuid
 from urllib.parse import parse_qsl
@@ -582,6 +584,113 @@ async def test_slow_prediction_does_not_block_the_ioloop(jp_fetch, mf_app):
     )
 
 
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+async def test_health_and_model_changes_never_wait_behind_slow_predictions(jp_fetch, mf_app):
+    # Given four predictions of a slow model on the data plane's two threads (two rounds of runs)
+    model = slow_model(matmuls=30)  # ~0.25 s a run on an idle 2-core machine
+    await mf_put(jp_fetch, "slow", model)
+    request = {"model_id": "slow", "input_data": [[0.5]], "use_cache": False}
+    t0 = time.perf_counter()
+    assert (await mf_call(jp_fetch, "POST", "predict", body=request))[0] == 200  # loaded: the runs below only run
+    one_run = time.perf_counter() - t0
+    predictions = [asyncio.ensure_future(mf_call(jp_fetch, "POST", "predict", body=request)) for _ in range(4)]
+    await asyncio.sleep(0.1)
+
+    # When health is polled, a model is uploaded and the models are listed meanwhile
+    health = []
+    for _ in range(5):
+        t = time.perf_counter()
+        code, body = await mf_call(jp_fetch, "GET", "health", token=False)
+        health.append(time.perf_counter() - t)
+        assert (code, body["status"]) == (200, "healthy")
+    t = time.perf_counter()
+    put_code, record = await mf_put(jp_fetch, "iris", IRIS)
+    change = time.perf_counter() - t
+    list_code, listed = await mf_call(jp_fetch, "GET", "models")
+    still_running = sum(not p.done() for p in predictions)
+    answers = await asyncio.gather(*predictions)
+
+    # Then each answered at once (the old shared executor made them wait for two runs), while predictions still ran
+    assert still_running >= 1, (one_run, health, change)
+    assert max(health) < max(0.25, one_run / 2) and change < max(0.5, one_run), (one_run, health, change)
+    assert (put_code, record["version"], list_code, [m["name"] for m in listed]) == (201, 1, 200, ["iris", "slow"])
+    want = mf_raw_run(model, {"x": np.array([[0.5]], np.float32)})[0]
+    for code, result in answers:
+        assert code == 200
+        np.testing.assert_array_equal(np.asarray(result["output_data"]["y"], np.float32), want)
+
+
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+@pytest.mark.parametrize("mf_server_overrides", [{"shutdown_timeout": 0.5}])
+async def test_stop_extension_does_not_wait_for_a_call_stuck_in_a_socket(mf_app, mf_silent_listener):
+    # Given a ModelForge call blocked on a server that accepted its connection and never answers (no read deadline)
+    conn = socket.create_connection(("127.0.0.1", mf_silent_listener))
+    try:
+        stuck = mf_app.executor.submit(conn.recv, 1)
+        await asyncio.sleep(0.2)
+
+        # When the server stops its extensions
+        t0 = time.perf_counter()
+        await asyncio.wait_for(mf_app.stop_extension(), 10)
+        took = time.perf_counter() - t0
+
+        # Then it waited shutdown_timeout, not for the stuck call, whose daemon thread cannot hold the process
+        assert took < 3.0 and not stuck.done(), took
+        alive = [t for t in threading.enumerate() if t.name.startswith("modelforge")]
+        assert alive and all(t.daemon for t in alive), alive
+        assert mf_app.forge is None
+    finally:
+        conn.shutdown(socket.SHUT_RDWR)  # the stuck call returns; nothing outlives the test
+        conn.close()
+    assert stuck.result(timeout=5) == b""
+
+
+class TestServicesThatAcceptAndNeverAnswer:
+    @pytest.fixture
+    def mf_server_overrides(self, mf_silent_listener) -> dict:
+        silent = f"127.0.0.1:{mf_silent_listener}"
+        return {"database_url": f"postgresql+psycopg://postgres@{silent}/mf", "database_timeout": 2.0,
+                "celery_broker_url": f"redis://{silent}/0", "broker_timeout": 0.5}
+
+    @pytest.mark.parametrize("mf_backend", ["embedded"])
+    async def test_health_and_requests_answer_within_their_deadlines(self, jp_fetch, mf_app):
+        # Given a registry database and a broker that accept connections and never answer (the server started
+        # anyway: its first connect timed out after database_timeout)
+        async def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            answer = await asyncio.wait_for(mf_call(jp_fetch, *args, **kwargs), 30)
+            return answer, time.perf_counter() - t0
+
+        # When health and the model list are asked, several at once
+        answers = await asyncio.gather(*[timed("GET", "health", token=False) for _ in range(4)],
+                                       timed("GET", "models"))
+
+        # Then each answers 503 naming the database within its deadline (the old server's health never answered)
+        for (code, health), took in answers[:4]:
+            assert (code, health["status"], health["database"], health["celery"]) == (
+                503, "unhealthy", "disconnected", "disconnected")
+            assert took < 8, took
+        (code, error), took = answers[4]
+        assert code == 503 and error["message"].startswith("model registry database unavailable") and took < 8
+
+
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+async def test_health_checks_of_concurrent_pollers_share_one_check(jp_fetch, mf_app):
+    calls = 0
+    health = mf_app.forge.health
+
+    def counted():
+        nonlocal calls
+        calls += 1
+        time.sleep(0.3)  # a slow check (a database far away)
+        return health()
+
+    mf_app.forge.health = counted
+    answers = await asyncio.gather(*(mf_call(jp_fetch, "GET", "health", token=False) for _ in range(8)))
+
+    assert [a[0] for a in answers] == [200] * 8 and calls <= 2, calls
+
+
 # -- app: settings, environment, lifecycle ---------------------------------------------------------------------------
 def test_app_has_a_trait_for_every_core_setting_and_knows_its_environment_variable():
     app_traits, unconfigured = ModelForgeApp.class_traits(config=True), ModelForgeApp()
@@ -598,7 +707,10 @@ def test_app_has_a_trait_for_every_core_setting_and_knows_its_environment_variab
         "environment": "ENVIRONMENT", "max_sessions": "MODELFORGE_MAX_SESSIONS",
     }.items() <= ENV_VARS.items()
     assert (app_traits["max_workers"].default_value, app_traits["max_body_size"].default_value) == (4, 64 * 2**20)
-    assert app_traits["max_workers"].help and app_traits["max_body_size"].help
+    assert (app_traits["control_workers"].default_value, app_traits["shutdown_timeout"].default_value) == (2, 3.0)
+    assert all(app_traits[n].help for n in ("max_workers", "max_body_size", "control_workers", "shutdown_timeout"))
+    assert {"database_timeout": "MODELFORGE_DATABASE_TIMEOUT", "broker_timeout": "MODELFORGE_BROKER_TIMEOUT",
+            "celery_probe_ttl": "MODELFORGE_CELERY_PROBE_TTL"}.items() <= ENV_VARS.items()
 
 
 @pytest.mark.parametrize("mf_backend", ["embedded"])
@@ -632,7 +744,7 @@ async def test_stop_extension_shuts_the_executor_and_closes_the_forge(mf_app):
     await mf_app.stop_extension()
     await mf_app.stop_extension()  # idempotent: the server's cleanup calls it again
 
-    assert (mf_app.executor, mf_app.forge) == (None, None)
+    assert (mf_app.executor, mf_app.control_executor, mf_app.health_executor, mf_app.forge) == (None,) * 4
     with pytest.raises(RuntimeError, match="shutdown"):
         executor.submit(print)
 
