@@ -35,7 +35,7 @@ def prediction_key(prefix: str, model_id: str, input_hash: str) -> str:
     return f"{prefix}:prediction:{model_id}:{input_hash}"
 
 
-class _Breaker:
+class Breaker:
     """Bypass a failing service for ``retry_after`` seconds; log the first failure of each outage only."""
 
     def __init__(self, name: str, retry_after: float, fallback: str = "serving without it") -> None:
@@ -81,7 +81,7 @@ class RedisCache:
 
         self._errors = (redis.RedisError, OSError)
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self.breaker = _Breaker("redis cache", retry_after)
+        self.breaker = Breaker("redis cache", retry_after)
 
     def get(self, key: str) -> bytes | None:
         if self.breaker.open():
@@ -141,7 +141,7 @@ class DiskCache:
         import diskcache
 
         self.cache = diskcache.Cache(directory, tag_index=True, timeout=1.0)
-        self.breaker = _Breaker("disk cache", retry_after)
+        self.breaker = Breaker("disk cache", retry_after)
 
     def get(self, key: str) -> bytes | None:
         if self.breaker.open():

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from .cache import Breaker
 from .forksafe import at_fork_in_child, park
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,7 @@ class Invalidator:
         self.engine = engine
         self._celery: Any = None
         at_fork_in_child(self._after_fork_in_child)
-        from .cache import _Breaker
-
-        self.breaker = _Breaker("celery broker", settings.cache_retry_after, "cleaning up model changes inline")
+        self.breaker = Breaker("celery broker", settings.cache_retry_after, "cleaning up model changes inline")
 
     def model_changed(self, model_id: str, sha256s: Iterable[str]) -> str:
         """Free ``sha256s`` here, then clean up everywhere. Returns ``"sent"``, ``"inline"`` or ``"failed"``."""

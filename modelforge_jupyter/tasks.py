@@ -26,7 +26,7 @@ def deadlines(broker_url: str, timeout: float) -> dict:
     (``redis://``), and one connect attempt (kombu otherwise retries for the whole connect timeout)."""
     scheme = broker_url.split("://", 1)[0].lower()
     options: dict = {"max_retries": 0}
-    if scheme.startswith(("redis", "rediss", "sentinel")):
+    if scheme.startswith(("redis", "sentinel")):  # redis, rediss, sentinel
         options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     elif scheme in ("amqp", "amqps", "pyamqp"):
         options |= {"read_timeout": timeout, "write_timeout": timeout}

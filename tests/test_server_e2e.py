@@ -199,16 +199,14 @@ def test_a_bad_database_url_is_logged_masked_and_answered_503_while_live(tmp_pat
         server.stop()
 
 
-@pytest.mark.parametrize("scheme", ["redis"])  # amqp://: test_invalidation's silent broker test
-def test_sigterm_stops_the_server_within_seconds_while_its_broker_never_answers(tmp_path, mf_silent_listener, scheme):
+def test_sigterm_stops_the_server_within_seconds_while_its_broker_never_answers(tmp_path, mf_silent_listener):
     from concurrent.futures import ThreadPoolExecutor
 
     from .mf_server import http as plain_http
     from .mf_server import isolated_env, start_server
 
-    # Given a server whose Celery broker accepts connections and never answers
-    broker = f"redis://127.0.0.1:{mf_silent_listener}/0" if scheme == "redis" else \
-        f"amqp://guest:guest@127.0.0.1:{mf_silent_listener}//"
+    # Given a server whose Celery broker accepts connections and never answers (amqp://: test_invalidation)
+    broker = f"redis://127.0.0.1:{mf_silent_listener}/0"
     root = tmp_path / "server"
     server = start_server(root, isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"),
                                              CELERY_BROKER_URL=broker))  # ready: health answered 200
