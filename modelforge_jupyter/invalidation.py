@@ -146,7 +146,9 @@ class EvictionListener:
         with self._lock:
             if self.thread is not None or self.closed:
                 return
-            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1.0, health_check_interval=10)
+            client = redis.Redis.from_url(  # hard deadlines: a Redis that accepts and never answers costs 1 s
+                self.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=10
+            )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(**{self.channel: self._on_event})

@@ -482,3 +482,23 @@ def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(m
                 assert json.loads(value)["output_probability"][0] == {str(k): v for k, v in raw.items()}
                 checked += 1
         assert checked > 0
+
+
+def test_a_redis_that_accepts_and_never_answers_costs_its_deadlines_not_a_hang(tmp_path, mf_silent_listener):
+    # Given a REDIS_URL whose server accepts connections and never sends a byte
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "redis_url": f"redis://127.0.0.1:{mf_silent_listener}/0",
+                "celery_broker_url": ""}
+
+    # When a ModelForge starts on it (the eviction listener subscribes) and serves a prediction
+    t0 = time.perf_counter()
+    with ModelForge(**settings) as forge:
+        started = time.perf_counter() - t0
+        forge.register("iris", SAMPLES / "iris.onnx")
+        t1 = time.perf_counter()
+        result = forge.predict("iris", [[5.1, 3.5, 1.4, 0.2]])
+        predicted = time.perf_counter() - t1
+
+    # Then the listener gave up after its 1 s read deadline (it took 5.4 s before) and the prediction was served
+    # from the engine, bypassing the cache after its own 0.25 s deadline
+    assert forge.listener is None and started < 3.5, started
+    assert result.output_data["output_label"] == [0] and not result.cached and predicted < 2, predicted
