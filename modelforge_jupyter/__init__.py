@@ -3,7 +3,7 @@
 Entry points only; heavy modules (onnxruntime, SQLAlchemy, redis) load lazily on first use.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["ModelForge", "__version__"]
 
