@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from .forksafe import at_fork_in_child
 from .freshness import RedisStamp
 from .invalidation import EvictionListener, Invalidator
 from .modelfile import check_self_contained, read_model_file
+from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
 from .settings import Settings, check_timeout
@@ -158,8 +158,7 @@ class ModelForge:
         ``InferenceError`` (422), ``ServiceUnavailableError`` (503, registry down). A cache outage never raises.
         """
         start = time.perf_counter()
-        if use_cache is not True and use_cache is not False:
-            raise ModelForgeError(f"use_cache must be true or false, got {use_cache!r}")
+        check_use_cache(use_cache)
         check_version(version)
         if timeout is None:
             timeout = self._timeout
@@ -380,28 +379,6 @@ class ModelForge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def check_version(version: Any) -> int | None:
-    """``version`` is None (latest) or a whole number >= 1; else ``ModelForgeError`` (400) naming what was given."""
-    if version is None:
-        return None
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ModelForgeError(f"version must be a whole number >= 1, got {version!r}")
-    return version
-
-
-VERSION_TEXT = re.compile(r"[0-9]+")
-
-
-def version_from_text(raw: str) -> int:
-    """The version a door was given as text (``?version=N`` in a URL, ``--version N`` of a magic): ASCII digits
-    naming a whole number >= 1. Raises ``ModelForgeError`` (400) naming what was given otherwise, so an empty value,
-    blanks, a sign or ``1.0`` never reads as "no version" (every version) or as another number.
-    """
-    if not isinstance(raw, str) or not VERSION_TEXT.fullmatch(raw) or int(raw) < 1:
-        raise ModelForgeError(f"version must be a whole number >= 1, got {raw!r}")
-    return int(raw)
 
 
 def _read_model(model: ModelSource) -> tuple[bytes, str]:

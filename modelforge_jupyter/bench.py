@@ -21,7 +21,7 @@ The CLI then adds a cache hit beside a raw GET of the same key from the cache ba
 check alone (``ModelForge.registry_generation``: what every predict pays to prove its metadata current), and checks
 each line of the performance budget (``budget``) on the figures; ``--json PATH`` writes all of it as JSON. By default it runs on a fresh embedded registry and disk cache in a temporary directory;
 ``--database-url`` and ``--redis-url`` measure real services (use a scratch database). ``--http [URL]`` also measures
-the server found as ``kernel.client.find_server`` does (URL, env ``MODELFORGE_URL``/``MODELFORGE_TOKEN``, the parent
+the server found as ``client.find_server`` does (URL, env ``MODELFORGE_URL``/``MODELFORGE_TOKEN``, the parent
 server); the CLI uploads each sample model it lacks (``PUT``) and deletes those afterwards.
 """
 
@@ -300,7 +300,7 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
     """Measure every path of ``plan`` on each of its batch sizes, in order; raw paths first, so ratios exist.
 
     ``on_cell(done, total, row)`` runs after each cell (``row`` None when a cache path could not be measured: the
-    cache did not answer, or no float input to vary for a miss). ``server`` (a ``kernel.client.ModelForgeClient``)
+    cache did not answer, or no float input to vary for a miss). ``server`` (a ``client.ModelForgeClient``)
     is needed for the ``http_*`` paths, and must serve the same bytes under the model's name. Raises
     ``ModelForgeError`` if a batch size's input is refused or the server serves another model.
     """
@@ -350,9 +350,9 @@ def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> li
         default = ort.InferenceSession(model_bytes, providers=mf.engine.providers)
         return budget.timed(lambda i: default.run(None, feed))
     if path == "json_floor":
-        body = orjson.dumps({"model_id": name, "input_data": {k: v.tolist() for k, v in feed.items()},
-                             "use_cache": False})
-        from .server_extension.handlers import predict_json  # the server's own work, HTTP aside
+        from .protocol import encode_predict, predict_json  # the server's own work, HTTP aside
+
+        body = encode_predict(name, {k: v.tolist() for k, v in feed.items()}, use_cache=False)
 
         return budget.timed(lambda i: predict_json(mf, body))
     if path == "raw_cold":
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     server, uploaded = None, []
     try:
         if args.http is not None:
-            from .kernel.client import connect
+            from .client import connect
 
             server = connect(args.http or None, args.token)
             served_samples(server, names, uploaded)

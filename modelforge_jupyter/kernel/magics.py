@@ -30,11 +30,12 @@ from IPython.utils.process import arg_split
 from traitlets import Bool, CaselessStrEnum, Unicode, observe
 
 from ..errors import InvalidInputError, ModelExistsError, ModelForgeError, ModelNotFoundError
+from ..protocol import INPUT_DATA, USE_CACHE, VERSION, request_options, version_from_text
 from ..records import PredictionResult
 from . import dashboard, outputs
 
 SETTINGS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix", "cache_prediction_enabled")
-REQUEST_KEYS = {"input_data", "use_cache", "version"}
+REQUEST_KEYS = {INPUT_DATA, USE_CACHE, VERSION}  # a cell with other keys is the bare input data
 
 
 class ExpressionError(Exception):
@@ -78,9 +79,7 @@ def strip_comment(line: str) -> str:
 
 
 def version_arg(text: str) -> int:
-    """argparse type of ``--version``: the core's rule for a version given as text (``api.version_from_text``)."""
-    from ..api import version_from_text
-
+    """argparse type of ``--version``: the core's rule for a version given as text (``protocol.version_from_text``)."""
     try:
         return version_from_text(text)
     except ModelForgeError as err:
@@ -295,7 +294,7 @@ class ModelForgeMagics(Magics):
                      if not (args.no_cache and p in ("api_hit", "http_hit"))]
             server = None
             if args.http:
-                from .client import connect
+                from ..client import connect
 
                 server = stack.enter_context(connect(self.server_url, self.server_token))
             mf = self.forge
@@ -407,15 +406,10 @@ def parse_request(body: str, use_cache: bool, version: int | None) -> tuple[Any,
         data = orjson.loads(body)
     except orjson.JSONDecodeError as err:
         raise InvalidInputError(f"the cell is not valid JSON: {err}") from None
-    if not (isinstance(data, dict) and "input_data" in data and set(data) <= REQUEST_KEYS):
+    if not (isinstance(data, dict) and INPUT_DATA in data and set(data) <= REQUEST_KEYS):
         return data, use_cache, version
-    use_cache = data.get("use_cache", use_cache)
-    version = data.get("version", version)
-    if not isinstance(use_cache, bool):
-        raise InvalidInputError(f"use_cache must be true or false, got {use_cache!r}")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-        raise InvalidInputError(f"version must be a whole number or null, got {version!r}")
-    return data["input_data"], use_cache, version
+    use_cache, version = request_options(data, use_cache, version)  # the wire format's rules (InvalidInputError)
+    return data[INPUT_DATA], use_cache, version
 
 
 def parse_batch_sizes(text: str | None) -> list[int] | None:

@@ -29,6 +29,7 @@ from tornado.escape import url_escape
 
 from ..deadline import Cancellation
 from ..errors import ModelForgeError, ServiceUnavailableError
+from ..protocol import json_object, predict_json  # noqa: F401  (the wire format lives in core)
 
 AUTH_RESOURCE = "modelforge"
 TOKEN_NEEDED = (
@@ -356,38 +357,6 @@ class NotFoundHandler(ModelForgeHandler):
     put = web.authenticated(authorized(_not_found))
     delete = web.authenticated(authorized(_not_found))
     patch = web.authenticated(authorized(_not_found))
-
-
-def predict_json(forge: Any, body: bytes, cancel: Cancellation | None = None) -> bytes:
-    """The answer (JSON bytes) of ``POST modelforge/predict`` with ``body``, HTTP aside: decode the request
-    (orjson), check its fields, ``forge.predict`` (``cancel``: the request's ``Cancellation``), encode the
-    ``PredictionResult``. The benchmark's ``json_floor`` times this very function. Raises ``HTTPError(400)`` for a
-    malformed request, ``ModelForgeError`` from predict.
-    """
-    request = json_object(body)
-    model = request.get("model_id")
-    if not isinstance(model, str) or not model:
-        raise web.HTTPError(400, "%s", "missing 'model_id': the model's name or id, a string")
-    if "input_data" not in request:
-        raise web.HTTPError(400, "%s", "missing 'input_data': {input name: nested list}, or a bare nested list")
-    result = forge.predict(  # the core checks use_cache and version (400)
-        model, request["input_data"], use_cache=request.get("use_cache", True), version=request.get("version"),
-        cancel=cancel,
-    )
-    return orjson.dumps(result.to_dict())
-
-
-def json_object(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object (orjson); 400 naming the problem otherwise."""
-    if not body.strip():
-        raise web.HTTPError(400, "%s", "empty request body: send a JSON object")
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise web.HTTPError(400, "%s", f"malformed JSON body: {err}") from None
-    if not isinstance(value, dict):
-        raise web.HTTPError(400, "%s", f"the body must be a JSON object, got a JSON {type(value).__name__}")
-    return value
 
 
 # -- URL to handler mappings (ExtensionApp prepends the server's base_url) ------------------------------------------

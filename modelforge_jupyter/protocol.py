@@ -1,0 +1,149 @@
+"""The wire format of ``POST modelforge/predict``, in one place for every door (no HTTP framework, no IPython).
+
+A predict request is a JSON object ``{"model_id": str, "input_data": ..., "use_cache"?: bool, "version"?: int}``;
+its answer is ``PredictionResult.to_dict()`` as JSON. The server's handler, the ``%%mf_predict`` cell, the kernel's
+HTTP client and the benchmark's JSON floor all parse and encode through these functions, and the request rules they
+share (``use_cache`` a bool, ``version`` a whole number >= 1) are checked here once; ``ModelForge.predict`` calls
+the same checks. Every refusal is an ``InvalidInputError`` (400) naming the field, what was expected and what was
+given (``ModelForgeError``, 400, for a version given as text); the status of each error class lives in ``errors.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+import orjson
+
+from .errors import InvalidInputError, ModelForgeError
+from .records import PredictionResult
+
+MODEL_ID, INPUT_DATA, USE_CACHE, VERSION = "model_id", "input_data", "use_cache", "version"
+VERSION_TEXT = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """A parsed predict request: the model's name or id, its input as decoded JSON, the cache flag and the version
+    (None: the latest)."""
+
+    model: str
+    input_data: Any
+    use_cache: bool = True
+    version: int | None = None
+
+
+# -- the request rules ---------------------------------------------------------------------------------------------
+def check_use_cache(use_cache: Any) -> bool:
+    """``use_cache`` is ``True`` or ``False``; else ``InvalidInputError`` (400) naming what was given."""
+    if use_cache is not True and use_cache is not False:
+        raise InvalidInputError(f"use_cache must be true or false, got {use_cache!r}")
+    return use_cache
+
+
+def check_version(version: Any) -> int | None:
+    """``version`` is None (latest) or a whole number >= 1; else ``InvalidInputError`` (400) naming what was given."""
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInputError(f"version must be a whole number >= 1, got {version!r}")
+    return version
+
+
+def version_from_text(raw: str) -> int:
+    """The version a door was given as text (``?version=N`` in a URL, ``--version N`` of a magic): ASCII digits
+    naming a whole number >= 1. Raises ``ModelForgeError`` (400) naming what was given otherwise, so an empty value,
+    blanks, a sign or ``1.0`` never reads as "no version" (every version) or as another number.
+    """
+    if not isinstance(raw, str) or not VERSION_TEXT.fullmatch(raw) or int(raw) < 1:
+        raise ModelForgeError(f"version must be a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+# -- decoding a request ----------------------------------------------------------------------------------------------
+def json_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
+    """The request body as a JSON object (orjson; a dict already decoded is taken as it is). Raises
+    ``InvalidInputError`` (400) for an empty body, malformed JSON, or JSON that is not an object."""
+    if isinstance(body, dict):
+        return body
+    if not body.strip():
+        raise InvalidInputError("empty request body: send a JSON object")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise InvalidInputError(f"malformed JSON body: {err}") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"the body must be a JSON object, got a JSON {type(value).__name__}")
+    return value
+
+
+def parse_predict(body: bytes | dict[str, Any]) -> PredictRequest:
+    """The ``PredictRequest`` of a ``POST modelforge/predict`` body (JSON bytes, or the decoded object).
+
+    Raises ``InvalidInputError`` (400): a body that is not a JSON object (``json_object``), ``model_id`` missing or not
+    a non-empty string, ``input_data`` missing, ``use_cache`` not a bool, ``version`` not a whole number >= 1.
+    """
+    request = json_object(body)
+    model = request.get(MODEL_ID)
+    if not isinstance(model, str) or not model:
+        raise InvalidInputError("missing 'model_id': the model's name or id, a string")
+    if INPUT_DATA not in request:
+        raise InvalidInputError("missing 'input_data': {input name: nested list}, or a bare nested list")
+    return PredictRequest(model, request[INPUT_DATA], check_use_cache(request.get(USE_CACHE, True)),
+                          check_version(request.get(VERSION)))
+
+
+def request_options(request: dict[str, Any], use_cache: bool = True,
+                    version: int | None = None) -> tuple[bool, int | None]:
+    """``(use_cache, version)`` of a decoded request, each defaulting to the value given; checked as
+    ``parse_predict`` checks them (``InvalidInputError``, 400)."""
+    return check_use_cache(request.get(USE_CACHE, use_cache)), check_version(request.get(VERSION, version))
+
+
+# -- encoding --------------------------------------------------------------------------------------------------------
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_numpy"):  # pandas DataFrame / Series
+        return obj.to_numpy().tolist()
+    if hasattr(obj, "tolist"):  # numpy arrays orjson does not take (non-contiguous, object dtype), numpy scalars
+        return obj.tolist()
+    raise TypeError(f"cannot send a {type(obj).__name__} as JSON")
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes of ``value`` (orjson; numpy arrays and DataFrames as nested lists)."""
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_predict(model: str, input_data: Any, *, use_cache: bool = True, version: int | None = None) -> bytes:
+    """The JSON body of ``POST modelforge/predict``: ``{"model_id", "input_data", "use_cache", "version"?}``
+    (``input_data``: nested lists, numpy arrays or DataFrames, or a dict of them)."""
+    request: dict[str, Any] = {MODEL_ID: model, INPUT_DATA: input_data, USE_CACHE: use_cache}
+    if version is not None:
+        request[VERSION] = version
+    return dumps(request)
+
+
+def encode_result(result: PredictionResult) -> bytes:
+    """The JSON answer of a predict: ``PredictionResult.to_dict()`` (orjson)."""
+    return orjson.dumps(result.to_dict())
+
+
+def decode_result(answer: dict[str, Any], model: str) -> PredictionResult:
+    """The ``PredictionResult`` of a decoded predict answer, asked for as ``model`` (name or id): the answer names
+    the model by id only, so ``model_name`` is ``model`` unless it was that id (an id resolves first)."""
+    values = {f.name: answer[f.name] for f in fields(PredictionResult) if f.name in answer}
+    values.setdefault("model_name", model if model != answer["model_id"] else "")
+    return PredictionResult(**values)
+
+
+def predict_json(forge: Any, body: bytes | dict[str, Any], cancel: Any = None) -> bytes:
+    """The answer (JSON bytes) of ``POST modelforge/predict`` with ``body``, HTTP aside: ``parse_predict``,
+    ``forge.predict`` (``cancel``: the request's ``deadline.Cancellation``), ``encode_result``. The benchmark's
+    ``json_floor`` times this very function. Raises ``InvalidInputError`` (400) for a malformed request, and whatever
+    ``ModelForge.predict`` raises.
+    """
+    request = parse_predict(body)
+    result = forge.predict(request.model, request.input_data, use_cache=request.use_cache, version=request.version,
+                           cancel=cancel)
+    return encode_result(result)
