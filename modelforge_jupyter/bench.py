@@ -1,4 +1,7 @@
-"""Benchmark ModelForge against raw ONNX Runtime in one run: ``python -m modelforge_jupyter.bench`` and ``%mf_bench``.
+"""``python -m modelforge_jupyter.bench``: benchmark ModelForge against raw ONNX Runtime in one run (the CLI door).
+
+The measuring is ``benchmark`` (shared with ``%mf_bench``), the budget lines ``verdicts``; this module parses the
+command line, runs them on the sample models and prints the figures. What follows is what it measures.
 
 Both doors call ``plan_bench`` then ``run_bench``: for each batch size they measure, on the same input arrays and
 with the same ``SessionOptions`` (``mf.engine.session_options()``), ModelForge beside raw ``InferenceSession.run``:
@@ -32,379 +35,41 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import orjson
 
+from .benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter.bench`` names them in notebooks and scripts)
+    BATCH_SIZES,
+    CLI_PATHS,
+    HEADER,
+    HTTP_PATHS,
+    LABELS,
+    MAGIC_PATHS,
+    RAW_OF,
+    BenchPlan,
+    BenchResult,
+    Budget,
+    Row,
+    batch_of,
+    check_served,
+    fixed_batch,
+    format_row,
+    format_table,
+    plan_bench,
+    resize_batch,
+    run_bench,
+    sample_feed,
+    summarize,
+    timed,
+)
 from .samples import sample_path
 from .settings import mask_url
+from .verdicts import Verdict, budget, format_budget  # noqa: F401
 
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
-BATCH_SIZES = (1, 10, 100, 1000)
-MAGIC_PATHS = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")
-CLI_PATHS = ("raw_ort", "raw_ort_default", "api_cache_off", "api_miss", "api_hit", "json_floor")
-HTTP_PATHS = ("http_miss", "http_hit")  # after raw_ort in a plan: their ratio is to it
-RAW_OF = {"cold": "raw_cold", "raw_ort_default": "raw_ort", "api_cache_off": "raw_ort", "api_miss": "raw_ort",
-          "api_hit": "raw_ort", "json_floor": "raw_ort", "http_miss": "raw_ort", "http_hit": "raw_ort"}
-LABELS = {
-    "raw_cold": "raw ORT cold", "cold": "cold", "raw_ort": "raw ORT", "raw_ort_default": "raw ORT, ORT defaults",
-    "api_cache_off": "warm (cache off)", "api_miss": "cache miss", "api_hit": "cache hit",
-    "json_floor": "JSON floor (no HTTP)", "raw_cache_get": "raw cache GET", "consistency_check": "consistency check",
-    "http_miss": "HTTP cache off", "http_hit": "HTTP cache hit",
-}
-
-
-@dataclass(frozen=True)
-class Row:
-    """One measured cell: latency percentiles in ms, predictions/s, p50 ratio to the raw path (1.0 for raw rows)."""
-
-    model: str
-    batch: int
-    path: str  # a key of LABELS
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    predictions_per_s: float
-    ratio_p50: float | None = None  # p50 / raw p50 of the same model and batch
-    iterations: int = 0
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long each cell runs: about ``seconds`` (at least 5 calls), or exactly ``iterations`` calls when set."""
-
-    seconds: float = 0.5
-    iterations: int | None = None
-    warmup: int = 20
-    max_iterations: int = 20000
-    cold_max: int = 20  # a cold call builds a session: cap the repeats when timing by seconds
-
-    def timed(self, fn: Callable[[int], object], *, cold: bool = False, limit: int | None = None,
-              setup: Callable[[int], object] | None = None) -> list[float]:
-        """Latencies (ms) of ``fn`` under this budget; ``cold`` cells take 2 warmups and 3 to ``cold_max`` calls,
-        ``limit`` caps the calls (a finite supply of cache-miss inputs)."""
-        warmup = min(self.warmup, 2) if cold else self.warmup
-        if self.iterations is not None:
-            return timed(fn, float("inf"), min(self.iterations, limit or self.iterations), warmup, setup, 1)
-        cap = self.cold_max if cold else (limit or self.max_iterations)
-        return timed(fn, self.seconds, cap, warmup, setup, 3 if cold else 5)
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    """What ``%mf_bench`` returns: every measured ``Row`` of one model, plus how it was measured.
-
-    ``table`` is a pandas DataFrame (one row per batch size and path) when pandas is installed, else a list of dicts;
-    ``to_dict()`` is JSON-safe.
-    """
-
-    model: str
-    version: int
-    backend: str
-    batch_sizes: tuple[int, ...]
-    budget: Budget
-    rows: tuple[Row, ...]
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def table(self) -> Any:
-        records = [asdict(r) for r in self.rows]
-        try:
-            import pandas as pd
-        except ImportError:
-            return records
-        return pd.DataFrame.from_records(records, columns=list(Row.__dataclass_fields__))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "version": self.version, "backend": self.backend,
-            "batch_sizes": list(self.batch_sizes), "budget": asdict(self.budget),
-            "notes": list(self.notes), "rows": [asdict(r) for r in self.rows],
-        }
-
-    def row(self, batch: int, path: str) -> Row | None:
-        return next((r for r in self.rows if r.batch == batch and r.path == path), None)
-
-    def summary(self) -> str:
-        return (f"BenchResult {self.model} v{self.version}: {len(self.rows)} rows over batch sizes "
-                f"{list(self.batch_sizes)} ({self.backend}); .table, .to_dict()")
-
-    def __repr__(self) -> str:
-        """The summary line, the table of every row (latency ms, predictions/s, ratio to raw), the notes."""
-        return "\n".join([self.summary(), format_table(self.rows), *self.notes])
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(repr(self))
-
-    def _repr_html_(self) -> str:
-        from .kernel.dashboard import bench_result_html
-
-        return bench_result_html(self)
-
-
-def timed(fn: Callable[[int], object], seconds: float, max_iterations: int, warmup: int = 20,
-          setup: Callable[[int], object] | None = None, min_iterations: int = 5) -> list[float]:
-    """Call ``fn(i)`` for about ``seconds`` (at least ``min_iterations``, at most ``max_iterations`` calls) after
-    ``warmup`` untimed calls; ``setup(i)`` runs untimed before each call. Returns each call's latency in ms."""
-    for i in range(warmup):
-        if setup is not None:
-            setup(i)
-        fn(i)
-    out: list[float] = []
-    deadline = time.perf_counter() + seconds
-    i = warmup
-    while len(out) < max_iterations and (len(out) < min_iterations or time.perf_counter() < deadline):
-        if setup is not None:
-            setup(i)
-        t = time.perf_counter()
-        fn(i)
-        out.append((time.perf_counter() - t) * 1000.0)
-        i += 1
-    return out
-
-
-def summarize(model: str, batch: int, path: str, ms: list[float], raw_p50: float | None) -> Row:
-    """Percentiles (linear interpolation) of ``ms``; throughput = batch rows x calls / total timed seconds."""
-    p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
-    total_s = sum(ms) / 1000.0
-    return Row(model, batch, path, p50, p95, p99, batch * len(ms) / total_s if total_s else 0.0,
-               p50 / raw_p50 if raw_p50 else None, len(ms))
-
-
-def sample_feed(specs: list, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A valid input for ``specs`` (``ModelRecord.inputs``): axis 0 = ``batch`` where it is symbolic, other symbolic
-    dims 1. Floats uniform in [0, 5); integers and bools 0 or 1 (valid indices for any embedding); strings 'a'/'b'.
-    Optional inputs are left out: the model's defaults are what it normally runs with."""
-    from .tensors import NUMPY_DTYPES
-
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in specs:
-        if spec.optional:
-            continue
-        shape = [d if d is not None else (batch if axis == 0 else 1) for axis, d in enumerate(spec.shape)]
-        dtype = NUMPY_DTYPES[spec.dtype]
-        if dtype.kind == "f":
-            arr = rng.uniform(0, 5, shape).astype(dtype)
-        elif dtype.kind == "O":
-            arr = rng.choice(np.array(["a", "b"], dtype=object), shape)
-        else:
-            arr = rng.integers(0, 2, shape).astype(dtype)
-        feed[spec.name] = np.asarray(arr, dtype)
-    return feed
-
-
-def resize_batch(specs: list, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    """``feed`` with ``batch`` rows on axis 0 of every input whose axis 0 is symbolic (rows repeated cyclically)."""
-    out = dict(feed)
-    for spec in specs:
-        arr = feed.get(spec.name)
-        if arr is not None and spec.shape and spec.shape[0] is None and arr.shape[0] != batch:
-            out[spec.name] = np.ascontiguousarray(np.take(arr, np.arange(batch) % arr.shape[0], axis=0))
-    return out
-
-
-def batch_of(specs: list, feed: dict[str, np.ndarray]) -> int:
-    """The rows ``feed`` gives the model in one run: axis 0 of the first input whose axis 0 is symbolic, else of the
-    first input of rank >= 1 (its fixed batch), else 1 (scalar inputs only). Optional inputs left out do not count."""
-    ranked = [s for s in specs if s.shape and s.name in feed]
-    spec = next((s for s in ranked if s.shape[0] is None), ranked[0] if ranked else None)
-    return 1 if spec is None else int(np.shape(feed[spec.name])[0])
-
-
-def fixed_batch(specs: list) -> tuple[int, str] | None:
-    """``(batch, why)`` when the model takes one batch size only (no input has a symbolic axis 0): axis 0 of its
-    first input of rank >= 1, or 1 for scalar inputs; None when it takes any batch. Optional inputs (the bench
-    leaves them at their defaults) do not count."""
-    from .tensors import shape_str
-
-    ranked = [s for s in specs if s.shape and not s.optional]
-    if any(s.shape[0] is None for s in ranked):
-        return None
-    if not ranked:
-        return 1, "its inputs are scalars"
-    return ranked[0].shape[0], f"input {ranked[0].name!r} is {ranked[0].dtype} {shape_str(ranked[0].shape)}"
-
-
-@dataclass(frozen=True)
-class BenchPlan:
-    """What ``run_bench`` will measure: the record, the batch sizes, the paths, and the validated input (if given)."""
-
-    name: str
-    record: Any  # ModelRecord
-    batch_sizes: tuple[int, ...]
-    paths: tuple[str, ...]
-    base: dict[str, np.ndarray] | None
-    notes: tuple[str, ...] = ()
-
-    @property
-    def total(self) -> int:
-        """How many cells (batch size x path) the run measures."""
-        return len(self.batch_sizes) * len(self.paths)
-
-    def feed(self, batch: int) -> dict[str, np.ndarray]:
-        if self.base is None:
-            return sample_feed(self.record.inputs, batch, seed=batch)
-        return resize_batch(self.record.inputs, self.base, batch)
-
-
-def plan_bench(mf, name: str, batch_sizes: Iterable[int] | None = None, input_data: Any = None,
-               paths: Iterable[str] = MAGIC_PATHS) -> BenchPlan:
-    """Resolve model ``name`` (latest version) and check the input, before anything is timed or displayed.
-
-    ``input_data`` (anything ``predict`` takes) is validated and converted once; without it ``sample_feed`` builds
-    one. ``batch_sizes`` defaults to 1, 10, 100, 1000, or to the batch of ``input_data`` when that is given; the input
-    is resized along axis 0 to each. A model whose inputs fix axis 0 (``[1, 4]``, ``[8, 4]``) takes that batch only:
-    other batch sizes are dropped with a note saying why (by default its own batch is measured instead). Cache paths
-    are dropped (with a note) when the prediction cache is disabled. Raises ``ModelForgeError``: unknown model,
-    invalid input, none of the asked batch sizes runnable (``InvalidInputError``), or ONNX Runtime refusing the input
-    at the first batch size.
-    """
-    from .errors import InvalidInputError
-    from .tensors import prepare_feed
-
-    record = mf.get(name)
-    base = prepare_feed(record.inputs, input_data) if input_data is not None else None
-    given = batch_sizes is not None
-    if not given:
-        batch_sizes = [batch_of(record.inputs, base)] if base is not None else BATCH_SIZES
-    batch_sizes, paths, notes = tuple(batch_sizes), tuple(paths), []
-    unknown = [p for p in paths if p not in RAW_OF and p not in RAW_OF.values()]
-    if unknown or not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError(f"bad plan: paths {paths}, batch sizes {batch_sizes}")
-    fixed = fixed_batch(record.inputs)
-    if fixed is not None and set(batch_sizes) != {fixed[0]}:
-        only, why = fixed
-        takes = f"{record.name} v{record.version} takes batch {only} only ({why})"
-        skipped = [str(b) for b in batch_sizes if b != only]
-        what = f"batch {skipped[0]}" if len(skipped) == 1 else f"batch sizes {', '.join(skipped)}"
-        batch_sizes = tuple(b for b in batch_sizes if b == only)
-        if not batch_sizes and given:
-            raise InvalidInputError(f"{what} cannot run: {takes}")
-        notes.append(f"{what} not measured: {takes}")
-        batch_sizes = batch_sizes or (only,)
-    if not mf.settings.cache_prediction_enabled and any(p in ("api_hit", "api_miss") for p in paths):
-        paths = tuple(p for p in paths if p not in ("api_hit", "api_miss"))
-        notes.append("cache paths not measured: the prediction cache is disabled (CACHE_PREDICTION_ENABLED=false)")
-    plan = BenchPlan(name, record, batch_sizes, paths, base, tuple(notes))
-    mf.predict(name, plan.feed(batch_sizes[0]), use_cache=False)
-    return plan
-
-
-def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
-              on_cell: Callable[[int, int, Row | None], None] | None = None, server=None) -> BenchResult:
-    """Measure every path of ``plan`` on each of its batch sizes, in order; raw paths first, so ratios exist.
-
-    ``on_cell(done, total, row)`` runs after each cell (``row`` None when a cache path could not be measured: the
-    cache did not answer, or no float input to vary for a miss). ``server`` (a ``client.ModelForgeClient``)
-    is needed for the ``http_*`` paths, and must serve the same bytes under the model's name. Raises
-    ``ModelForgeError`` if a batch size's input is refused or the server serves another model.
-    """
-    import onnxruntime as ort
-
-    record, name = plan.record, plan.name
-    if any(p in HTTP_PATHS for p in plan.paths):
-        if server is None:
-            raise ValueError(f"paths {HTTP_PATHS} need a server (kernel.client.connect())")
-        check_served(server, record)
-    model_bytes = mf.registry.blob(record.sha256)
-    raw = ort.InferenceSession(model_bytes, mf.engine.session_options(), providers=mf.engine.providers)
-    notes, rows, done = list(plan.notes), [], 0
-    for batch in plan.batch_sizes:
-        feed = plan.feed(batch)
-        fed = batch_of(record.inputs, feed)
-        if fed != batch:  # every figure below counts `batch` rows per call: they must be the rows fed
-            raise AssertionError(f"batch {batch} planned but the input of {name!r} has {fed} rows per run")
-        mf.predict(name, feed, use_cache=False)  # refuses a bad input before anything is timed
-        raw_p50: dict[str, float] = {}
-        for path in plan.paths:
-            if path in HTTP_PATHS:
-                ms = _measure_http(server, name, path, feed, budget, notes, batch)
-            else:
-                ms = _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch)
-            row = None
-            if ms is not None:
-                row = summarize(record.name, batch, path, ms, raw_p50.get(RAW_OF.get(path, "")))
-                if path in RAW_OF.values():
-                    raw_p50[path] = row.p50_ms
-                    row = replace(row, ratio_p50=1.0)
-                rows.append(row)
-            done += 1
-            if on_cell is not None:
-                on_cell(done, plan.total, row)
-    backend = f"registry {mf.registry.dialect}, cache {mf.cache.backend}"
-    return BenchResult(record.name, record.version, backend, plan.batch_sizes, budget, tuple(rows), tuple(notes))
-
-
-def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> list[float] | None:
-    """Latencies (ms) of one path on ``feed``; None when a cache path cannot be measured (a note says why)."""
-    import onnxruntime as ort
-
-    if path == "raw_ort":
-        return budget.timed(lambda i: raw.run(None, feed))
-    if path == "raw_ort_default":
-        default = ort.InferenceSession(model_bytes, providers=mf.engine.providers)
-        return budget.timed(lambda i: default.run(None, feed))
-    if path == "json_floor":
-        from .protocol import encode_predict, predict_json  # the server's own work, HTTP aside
-
-        body = encode_predict(name, {k: v.tolist() for k, v in feed.items()}, use_cache=False)
-
-        return budget.timed(lambda i: predict_json(mf, body))
-    if path == "raw_cold":
-        options, providers = mf.engine.session_options(), mf.engine.providers
-        return budget.timed(lambda i: ort.InferenceSession(model_bytes, options, providers=providers).run(None, feed),
-                            cold=True)
-    if path == "cold":
-        return budget.timed(lambda i: mf.predict(name, feed, use_cache=False), cold=True,
-                            setup=lambda i: mf.unload(name))
-    if path == "api_cache_off":
-        return budget.timed(lambda i: mf.predict(name, feed, use_cache=False))
-    mf.predict(name, feed)
-    if not mf.predict(name, feed).cached:
-        notes.append(f"batch {batch}: {LABELS[path]} not measured: the prediction cache did not answer")
-        return None
-    if path == "api_hit":
-        return budget.timed(lambda i: mf.predict(name, feed))
-    floats = [k for k, v in feed.items() if v.dtype.kind == "f"]
-    if not floats:
-        notes.append(f"batch {batch}: {LABELS[path]} not measured: no float input to vary")
-        return None
-    n = 2000 if batch <= 10 else 300
-    misses = [{k: (v + v.dtype.type(i * 1e-3) if k in floats else v) for k, v in feed.items()}
-              for i in range(1, n + budget.warmup + 1)]
-    return budget.timed(lambda i: mf.predict(name, misses[i % len(misses)]), limit=n)
-
-
-def check_served(server, record) -> None:
-    """Refuse (``ModelForgeError``) unless ``server``'s latest ``record.name`` has ``record``'s bytes (sha256)."""
-    from .errors import ModelForgeError, ModelNotFoundError
-
-    try:
-        served = server.model(record.name)
-    except ModelNotFoundError:
-        served = None
-    if served is None or served["sha256"] != record.sha256:
-        what = "no model" if served is None else f"another {record.name!r} (v{served['version']}, other bytes)"
-        raise ModelForgeError(
-            f"the server at {server.url} has {what} under {record.name!r}, not the bytes of v{record.version} "
-            "measured here: this process and the server do not share a registry (DATABASE_URL, MODELFORGE_DATA_DIR)"
-        )
-
-
-def _measure_http(server, name, path, feed, budget, notes, batch) -> list[float] | None:
-    """Latencies (ms) of ``POST modelforge/predict`` with ``feed``: cache off, or an input the server has cached."""
-    use_cache = path == "http_hit"
-    body = server.predict_body(name, feed, use_cache=use_cache)
-    server.post_predict(body)  # session loaded on the server, and the answer cached for a hit
-    if use_cache and not server.post_predict(body)["cached"]:
-        notes.append(f"batch {batch}: {LABELS[path]} not measured: the server's prediction cache did not answer")
-        return None
-    return budget.timed(lambda i: server.post_predict(body))
 
 
 def served_samples(server, names: Iterable[str], uploaded: list[str]) -> None:
@@ -468,94 +133,6 @@ def iter_keys(mf):
         pattern = f"{mf.settings.cache_key_prefix}:prediction:*"
         return (k.decode() for k in mf.cache.client.scan_iter(match=pattern))
     return mf.cache.cache.iterkeys()
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One line of the performance budget (issue 6) checked on measured rows: ``holds`` and the figures behind it."""
-
-    line: str
-    model: str
-    measured: str
-    holds: bool
-
-
-def budget(rows: list[Row], cache_backend: str = "redis") -> list[Verdict]:
-    """Check the performance budget on one run's rows (each figure against the raw path of the same run):
-
-    - cache off, batch 1: p50 <= raw ORT p50 + 25 µs, the consistency check's p50 (its own line) not counted;
-    - cache off, largest batch: predictions/s >= 0.8x raw ORT's;
-    - cold: p50 <= 1.5x raw session creation + first run, + 2 ms;
-    - cache hit (``cache_backend`` redis): p50 <= 2x a raw Redis GET of the same key;
-    - HTTP, batch 1: p50 <= 0.5 ms, cache off and cache hit;
-    - HTTP, largest batch: predictions/s >= 0.8x the in-process JSON floor (``json_floor``).
-
-    Lines whose rows were not measured are left out.
-    """
-    at = {(r.model, r.batch, r.path): r for r in rows}  # api_hit is read below, by position, beside its raw GET
-    check = next((r.p50_ms for r in rows if r.path == "consistency_check"), 0.0)
-    out: list[Verdict] = []
-    for model in dict.fromkeys(r.model for r in rows):
-        batches = sorted({r.batch for r in rows if r.model == model and r.path == "raw_ort"})
-        if not batches:
-            continue
-        small, large = batches[0], batches[-1]
-        raw, off = at.get((model, small, "raw_ort")), at.get((model, small, "api_cache_off"))
-        if raw and off:
-            extra_us = (off.p50_ms - raw.p50_ms - check) * 1000
-            out.append(Verdict(f"cache off, batch {small}: p50 <= raw + 25 µs", model,
-                               f"raw {raw.p50_ms * 1000:.1f} µs + {extra_us:.1f} µs (+ consistency check "
-                               f"{check * 1000:.1f} µs) = {off.p50_ms * 1000:.1f} µs", extra_us <= 25))
-        raw, off = at.get((model, large, "raw_ort")), at.get((model, large, "api_cache_off"))
-        if raw and off and large > small:
-            out.append(_throughput_verdict(f"cache off, batch {large}: >= 0.8x raw predictions/s", off, raw))
-        raw, cold = at.get((model, 1, "raw_cold")), at.get((model, 1, "cold"))
-        if raw and cold:
-            limit = 1.5 * raw.p50_ms + 2.0
-            out.append(Verdict("cold: p50 <= 1.5x raw creation + first run + 2 ms", model,
-                               f"{cold.p50_ms:.2f} ms (limit {limit:.2f} ms; raw {raw.p50_ms:.2f} ms)",
-                               cold.p50_ms <= limit))
-        for path in HTTP_PATHS:
-            r = at.get((model, small, path))
-            if r and small == 1:
-                out.append(Verdict(f"{LABELS[path]}, batch 1: p50 <= 0.5 ms", model, f"{r.p50_ms:.3f} ms",
-                                   r.p50_ms <= 0.5))
-        floor, http = at.get((model, large, "json_floor")), at.get((model, large, "http_miss"))
-        if floor and http and large > small:
-            out.append(_throughput_verdict(f"HTTP cache off, batch {large}: >= 0.8x JSON floor predictions/s",
-                                           http, floor))
-    for i, r in enumerate(rows[:-1]):
-        hit = rows[i + 1]
-        if r.path == "raw_cache_get" and hit.path == "api_hit" and cache_backend == "redis":
-            out.append(Verdict("cache hit: p50 <= 2x raw Redis GET", r.model,
-                               f"{hit.p50_ms * 1000:.1f} µs / {r.p50_ms * 1000:.1f} µs = {hit.ratio_p50:.2f}x",
-                               hit.p50_ms <= 2 * r.p50_ms))
-    return out
-
-
-def _throughput_verdict(line: str, row: Row, reference: Row) -> Verdict:
-    """``row``'s predictions/s >= 0.8x ``reference``'s."""
-    ratio = row.predictions_per_s / reference.predictions_per_s
-    return Verdict(line, row.model, f"{row.predictions_per_s:,.0f} / {reference.predictions_per_s:,.0f} = "
-                   f"{ratio:.2f}x", ratio >= 0.8)
-
-
-def format_budget(verdicts: list[Verdict]) -> str:
-    return "\n".join(f"{'holds' if v.holds else 'FAILS':<6} {v.model:<17} {v.line}: {v.measured}" for v in verdicts)
-
-
-HEADER = (f"{'model':<17}{'batch':>6}  {'path':<18}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'pred/s':>12}"
-          f"{'x raw p50':>11}")
-
-
-def format_row(r: Row) -> str:
-    ratio = f"{r.ratio_p50:.2f}" if r.ratio_p50 is not None else ""
-    return (f"{r.model:<17}{r.batch:>6}  {r.path:<18}{r.p50_ms:>10.4f}{r.p95_ms:>10.4f}{r.p99_ms:>10.4f}"
-            f"{r.predictions_per_s:>12,.0f}{ratio:>11}")
-
-
-def format_table(rows: Iterable[Row]) -> str:
-    return "\n".join([HEADER, "-" * len(HEADER), *map(format_row, rows)])
 
 
 def _sample_models(text: str) -> list[str]:
@@ -645,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], server) -> tuple[list[Row], str]:
     """The CLI's measurements on a fresh registry and cache (temporary unless given): (rows, backend)."""
-    from . import ModelForge
+    from .api import ModelForge
     from .errors import ServiceUnavailableError
 
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
@@ -673,6 +250,7 @@ def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], s
                         mf.cache.client.unlink(*keys[i : i + 500])
             backend = f"registry {mf.registry.dialect}, cache {mf.cache.backend}"
     return rows, backend
+
 
 
 if __name__ == "__main__":

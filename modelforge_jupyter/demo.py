@@ -48,8 +48,7 @@ def register_samples(mf) -> None:
     """
     import hashlib
 
-    import onnxruntime as ort
-
+    from .engine import raw_session
     from .errors import ModelNotFoundError
 
     print(f"registry: {mask_url(mf.settings.database_url)}")
@@ -69,7 +68,7 @@ def register_samples(mf) -> None:
         miss = mf.predict(name, X, use_cache=False)
         mf.predict(name, X)
         hit = mf.predict(name, X)
-        raw = ort.InferenceSession(str(sample_path(filename)), mf.engine.session_options()).run(
+        raw = raw_session(sample_path(filename), mf.engine.session_options()).run(
             None, {record.inputs[0].name: X}
         )
         what = ("registered" if record.version == 1 else "updated") if changed else "unchanged"
@@ -235,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
               "--port N (or --no-server)", file=sys.stderr)
         return 1
 
-    from . import ModelForge
+    from .api import ModelForge
 
     with ModelForge() as mf:
         register_samples(mf)

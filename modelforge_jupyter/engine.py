@@ -428,3 +428,18 @@ def _nbytes(value: Any) -> int:
     if isinstance(value, dict):
         return 16 * len(value)
     return 8
+
+
+def raw_session(model: bytes | str | os.PathLike, options: ort.SessionOptions | None = None,
+                providers: list[str] | None = None) -> ort.InferenceSession:
+    """A bare ``onnxruntime.InferenceSession`` of ``model`` (ONNX bytes or a file path), outside any ``Engine``: no
+    LRU, no memory limits. It is the raw baseline the benchmark and the demo set ModelForge beside, and the one way a
+    module other than this one gets a session. ``options`` None: ONNX Runtime's default ``SessionOptions`` (its own
+    thread pool, spinning on); ``providers`` None: ONNX Runtime's default choice. Raises what ONNX Runtime raises."""
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, sess_options=options, providers=providers)
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers (``onnxruntime.get_available_providers()``)."""
+    return ort.get_available_providers()

@@ -100,9 +100,9 @@ def check_providers(providers: list[str]) -> list[str]:
     """Refuse (``ValueError`` naming ``execution_providers``, what was given and what this onnxruntime build
     offers) an empty list or a provider ``onnxruntime.get_available_providers()`` does not list: ONNX Runtime
     itself only warns and falls back to the CPU."""
-    from onnxruntime import get_available_providers
+    from .engine import available_providers  # onnxruntime is the engine's alone
 
-    available = get_available_providers()
+    available = available_providers()
     unknown = [p for p in providers if p not in available]
     if unknown or not providers:
         given = ", ".join(unknown) if unknown else "none"

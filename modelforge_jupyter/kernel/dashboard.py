@@ -6,9 +6,9 @@ one row per path and one column per batch size, each ModelForge cell with its ra
 coloured suffix. Every update is one comm message (nothing on stdout: nbval compares stdout, not widget state).
 
 When it ends, two ordinary outputs stay below it, so a saved, exported or reopened notebook shows the results with
-no widget state: the plot (``image/png``) and the table of every figure (``text/html``, the same as
-``BenchResult``'s own). The magic then tells IPython that the returned ``BenchResult`` is already shown
-(``mark_shown``): a bare ``%mf_bench iris`` shows its figures once.
+no widget state: the plot (``image/png``) and the table of every figure (``text/html``, the same as the
+``BenchResult`` HTML the magics register with IPython). The magic then tells IPython that the returned
+``BenchResult`` is already shown (``mark_shown``): a bare ``%mf_bench iris`` shows its figures once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 from IPython.display import display
 
-from ..bench import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row, format_table
+from ..benchmark import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row, format_table
 from .outputs import Markup, block, html_table, small, text_table
 
 # ModelForge paths first (each with its ratio to raw), then the raw ONNX Runtime paths they are compared with.

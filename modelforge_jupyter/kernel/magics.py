@@ -31,6 +31,7 @@ from traitlets import Bool, CaselessStrEnum, Unicode, observe
 
 from ..errors import InvalidInputError, ModelExistsError, ModelForgeError, ModelNotFoundError
 from ..protocol import INPUT_DATA, USE_CACHE, VERSION, request_options, version_from_text
+from ..benchmark import BenchResult
 from ..records import PredictionResult
 from . import dashboard, outputs
 
@@ -282,7 +283,7 @@ class ModelForgeMagics(Magics):
             %mf_bench iris --http --seconds 0.2
             res.table          # pandas DataFrame: model, batch, path, p50_ms, p95_ms, p99_ms, ...
         """
-        from ..bench import HTTP_PATHS, MAGIC_PATHS, check_served, plan_bench, run_bench
+        from ..benchmark import HTTP_PATHS, MAGIC_PATHS, check_served, plan_bench, run_bench
 
         with one_line_errors(self._hint) as refusal, contextlib.ExitStack() as stack:
             args = self._parse(self.mf_bench, line)
@@ -426,7 +427,7 @@ def parse_batch_sizes(text: str | None) -> list[int] | None:
 
 def skipped_sizes(plan: Any, asked: list[int] | None, default: bool) -> dict[int, str]:
     """``{batch size: why}`` of the sizes asked for (or the default ones) that the model cannot take."""
-    from ..bench import BATCH_SIZES, fixed_batch
+    from ..benchmark import BATCH_SIZES, fixed_batch
 
     fixed = fixed_batch(plan.record.inputs)
     sizes = asked if asked is not None else (BATCH_SIZES if default else ())
@@ -437,7 +438,7 @@ def skipped_sizes(plan: Any, asked: list[int] | None, default: bool) -> dict[int
 
 
 def bench_budget(args: Any):
-    from ..bench import Budget
+    from ..benchmark import Budget
 
     if args.seconds is not None and args.iterations is not None:
         raise UsageError("give --seconds or --iterations, not both")
@@ -457,11 +458,13 @@ def _pretty_prediction(result: PredictionResult, p: Any, cycle: bool) -> None:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Register the magics and the ``PredictionResult`` display formatters (HTML table, text table)."""
+    """Register the magics, the ``PredictionResult`` display formatters (HTML table, text table) and the
+    ``BenchResult`` one (HTML table of every figure: the core's result does not know its door's rendering)."""
     ipython.register_magics(ModelForgeMagics)
     formatters = ipython.display_formatter.formatters
     formatters["text/html"].for_type(PredictionResult, outputs.prediction_html)
     formatters["text/plain"].for_type(PredictionResult, _pretty_prediction)
+    formatters["text/html"].for_type(BenchResult, dashboard.bench_result_html)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -477,3 +480,4 @@ def unload_ipython_extension(ipython: Any) -> None:
             ipython.configurables.remove(magics)
     for mime in ("text/html", "text/plain"):
         ipython.display_formatter.formatters[mime].pop(PredictionResult, None)
+    ipython.display_formatter.formatters["text/html"].pop(BenchResult, None)

@@ -1,0 +1,210 @@
+"""The import rules of the package's layers, read from the source (AST), lazy imports inside functions included.
+
+Layers: the core (every module with no HTTP and no IPython: api, registry, cache, engine, protocol, client,
+benchmark...), the doors (``server_extension/``, ``kernel/``, the CLI's ``bench.py`` and ``demo.py``) and the entry
+points (the package's ``__init__``: ``jupyter server`` and ``%load_ext`` hooks, which load the doors lazily).
+
+Rules: the core imports no door; a door imports no other door; only ``engine.py`` imports onnxruntime; nothing imports
+the package root (its hooks import the doors); and no import cycle among the package's modules. Tests are exempt.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "modelforge_jupyter"
+ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+DOORS = {  # module-name prefix -> door
+    f"{PACKAGE}.server_extension": "server_extension",
+    f"{PACKAGE}.kernel": "kernel",
+    f"{PACKAGE}.bench": "cli bench",
+    f"{PACKAGE}.demo": "cli demo",
+}
+ENGINE = f"{PACKAGE}.engine"
+# Import edges let stand for now, each (importer, imported) with why. Keep this list small: each entry is a debt of
+# issue 11 ("Architecture: layers you can see in the folders..."), paid off in its later steps.
+ALLOWED: dict[tuple[str, str], str] = {
+    (f"{PACKAGE}.invalidation", f"{PACKAGE}.tasks"):
+        "issue 11: invalidation.Invalidator imports tasks.make_app (lazily) while tasks' cleanup task imports "
+        "invalidation.cleanup: a cycle. The fix (the Celery app built once and handed to the invalidator) lies in "
+        "invalidation.py and tasks.py, which another change was editing when this test was written",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def imports(name: str) -> set[str]:
+    """Absolute names of what module ``name`` imports anywhere in its source (functions and classes included)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:  # `from . import tasks` imports a module; `from .api import X`, the module api
+                found.add(f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source)
+    return found
+
+
+def product_module(imported: str) -> str | None:
+    """The package module an imported name loads (the longest module prefix of it), or None when not ours."""
+    parts = imported.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in MODULES:
+            return candidate
+    return None
+
+
+GRAPH = {name: {t for t in (product_module(i) for i in imports(name)) if t is not None and t != name}
+         for name in MODULES}
+
+
+def door(name: str) -> str | None:
+    return next((d for prefix, d in DOORS.items() if name == prefix or name.startswith(prefix + ".")), None)
+
+
+def layer_faults(graph: dict[str, set[str]]) -> list[str]:
+    faults = []
+    for importer, targets in sorted(graph.items()):
+        if importer == PACKAGE:
+            continue  # the entry points: their hooks load the doors (lazily)
+        for target in sorted(targets):
+            if (importer, target) in ALLOWED:
+                continue
+            if target == PACKAGE:
+                faults.append(f"{importer} imports the package root (its entry points load the doors); import the "
+                              f"module itself")
+            elif door(target) is not None and door(importer) is None:
+                faults.append(f"core module {importer} imports door {target}")
+            elif door(target) is not None and door(importer) != door(target):
+                faults.append(f"door {importer} imports another door, {target}")
+    return faults
+
+
+def onnxruntime_faults(modules: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name} imports onnxruntime: only {ENGINE} may (use engine.raw_session / engine.available_providers)"
+        for name, imported in modules.items()
+        if name != ENGINE and any(i == "onnxruntime" or i.startswith("onnxruntime.") for i in imported)
+    )
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle (one shortest loop per strongly connected component), allowed edges left out."""
+    graph = {a: {b for b in bs if (a, b) not in ALLOWED} for a, bs in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def strongconnect(v: str) -> None:  # Tarjan; the graph is small (~40 modules), recursion is fine
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                strongconnect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            strongconnect(v)
+    return [_loop(graph, min(c), c) for c in components]
+
+
+def _loop(graph: dict[str, set[str]], start: str, within: set[str]) -> list[str]:
+    """A shortest path start -> ... -> start inside one component (breadth first)."""
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        following = []
+        for v in frontier:
+            for w in sorted(graph[v] & within):
+                if w == start:
+                    return paths[v] + [start]
+                if w not in paths:
+                    paths[w] = paths[v] + [w]
+                    following.append(w)
+        frontier = following
+    raise AssertionError(f"no loop through {start}")
+
+
+def test_every_product_module_is_read():
+    assert {f"{PACKAGE}.api", f"{PACKAGE}.protocol", f"{PACKAGE}.server_extension.handlers",
+            f"{PACKAGE}.kernel.magics", f"{PACKAGE}.bench", ENGINE} <= set(GRAPH)
+    # lazy imports count: handlers import the api inside a method only
+    assert f"{PACKAGE}.api" in GRAPH[f"{PACKAGE}.server_extension.handlers"]
+
+
+def test_core_imports_no_door_and_no_door_imports_another():
+    faults = layer_faults(GRAPH)
+    assert not faults, "\n".join(faults)
+
+
+def test_only_the_engine_imports_onnxruntime():
+    faults = onnxruntime_faults({name: imports(name) for name in MODULES})
+    assert not faults, "\n".join(faults)
+
+
+def test_no_import_cycle():
+    loops = [" -> ".join(loop) for loop in cycles(GRAPH)]
+    assert not loops, "import cycles:\n" + "\n".join(loops)
+
+
+def test_the_allow_list_holds_only_edges_that_exist():
+    # an allowed edge that no longer exists must leave the list (so that the list only shrinks)
+    assert [edge for edge in ALLOWED if edge[1] not in GRAPH.get(edge[0], set())] == []
+
+
+@pytest.mark.parametrize(
+    ("graph", "fault"),
+    [
+        ({"modelforge_jupyter.api": {"modelforge_jupyter.kernel.magics"}},
+         "core module modelforge_jupyter.api imports door modelforge_jupyter.kernel.magics"),
+        ({"modelforge_jupyter.bench": {"modelforge_jupyter.server_extension.handlers"}},
+         "door modelforge_jupyter.bench imports another door, modelforge_jupyter.server_extension.handlers"),
+        ({"modelforge_jupyter.api": {"modelforge_jupyter"}},
+         "modelforge_jupyter.api imports the package root (its entry points load the doors); import the module "
+         "itself"),
+    ],
+)
+def test_the_checks_catch_a_broken_rule(graph, fault):
+    assert layer_faults(graph) == [fault]
+
+
+def test_the_cycle_check_names_the_loop():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}
+    assert cycles(graph) == [["a", "b", "c", "a"]]
+    assert onnxruntime_faults({"x": {"onnxruntime"}, ENGINE: {"onnxruntime"}}) == [
+        f"x imports onnxruntime: only {ENGINE} may (use engine.raw_session / engine.available_providers)"]
