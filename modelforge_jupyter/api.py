@@ -337,7 +337,7 @@ class ModelForge:
         ``celery_probe_ttl`` s old: health never waits for the broker, but for the first probe of the process
         (at most ``broker_timeout`` s).
         """
-        from .tasks import celery_probe
+        from .broker import celery_probe
 
         s = self.settings
         database = "connected" if self.registry.ping() else "disconnected"

@@ -99,7 +99,7 @@ class Invalidator:
     @property
     def celery(self) -> Any:
         if self._celery is None:
-            from .tasks import make_app
+            from .broker import make_app
 
             self._celery = make_app(self.settings.celery_broker_url, self.settings.broker_timeout)
         return self._celery

@@ -1,67 +1,20 @@
-"""Celery: the app, the ``invalidate_model`` task and the health probe.
+"""Celery: the worker's app and the ``invalidate_model`` task.
 
 Worker: ``celery -A modelforge_jupyter.tasks worker -Q modelforge`` with the same environment as the server
 (``CELERY_BROKER_URL`` — Redis or RabbitMQ —, ``REDIS_URL``...). JSON serialization only, never pickle. Without
-``CELERY_BROKER_URL`` nothing is sent: the cleanup runs eagerly in the process that changed the model.
-
-Clients (the invalidation send, the health probe) call the broker with a deadline (``broker_timeout``) on connect and
-on every socket read and write, with no connection retry, so a broker that is down or accepts and never answers costs
-a bounded time. The health probe runs on a background thread per process and broker (``CeleryProbe``), never on a
-request.
+``CELERY_BROKER_URL`` nothing is sent: the cleanup runs eagerly in the process that changed the model. How clients
+reach the broker (configuration, deadlines, the health probe) is ``broker``'s.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import redis
-from celery import Celery
 
+from .broker import celery_probe, celery_status, make_app
 
-def deadlines(broker_url: str, timeout: float) -> dict:
-    """kombu transport options bounding every call to ``broker_url`` by ``timeout`` seconds: py-amqp's socket
-    read/write timeouts (``amqp://``; its handshake is bounded by the connect timeout), redis-py's socket timeouts
-    (``redis://``), and one connect attempt (kombu otherwise retries for the whole connect timeout)."""
-    scheme = broker_url.split("://", 1)[0].lower()
-    options: dict = {"max_retries": 0}
-    if scheme.startswith(("redis", "sentinel")):  # redis, rediss, sentinel
-        options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    elif scheme in ("amqp", "amqps", "pyamqp"):
-        options |= {"read_timeout": timeout, "write_timeout": timeout}
-    return options
-
-
-def make_app(broker_url: str, timeout: float | None = None) -> Celery:
-    """A Celery app on ``broker_url`` (empty: in-memory transport, eager) with ModelForge's settings.
-
-    ``timeout``: a client's deadline in seconds on each broker call (``deadlines``); None, as the worker runs it:
-    Celery's own connection handling (a 2 s connect timeout, retries).
-    """
-    app = Celery("modelforge_jupyter", broker=broker_url or "memory://", set_as_current=False)
-    app.conf.update(
-        task_always_eager=not broker_url,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        task_default_queue=os.environ.get("MODELFORGE_CELERY_QUEUE") or "modelforge",
-        broker_connection_timeout=2.0,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-    )
-    if timeout is not None and broker_url:
-        app.conf.update(
-            broker_connection_timeout=timeout,
-            broker_connection_retry=False,
-            broker_connection_max_retries=0,
-            broker_transport_options=deadlines(broker_url, timeout),
-        )
-    return app
-
+__all__ = ["app", "celery_probe", "celery_status", "invalidate_model", "make_app"]
 
 app = make_app(os.environ.get("CELERY_BROKER_URL", ""))
 
@@ -92,82 +45,3 @@ def invalidate_model(model_id: str, key_prefix: str, sha256s: list[str]) -> int:
         cache.close()
 
 
-def celery_status(broker_url: str, timeout: float = 1.0) -> str:
-    """``eager`` without a broker; ``connected`` when a worker answers a ping within ``timeout`` s; else
-    ``disconnected`` (broker unreachable or silent, or no worker). Blocks up to about 3 x ``timeout`` s (connect,
-    publish, wait for a reply): ``ModelForge.health`` reads it through ``celery_probe``, off the request path."""
-    if not broker_url:
-        return "eager"
-    probe = make_app(broker_url, timeout)
-    try:
-        replies = probe.control.ping(timeout=timeout, limit=1)
-    except Exception:  # kombu raises OperationalError, OSError or a transport-specific error
-        return "disconnected"
-    finally:
-        probe.close()
-    return "connected" if replies else "disconnected"
-
-
-class CeleryProbe:
-    """``celery_status`` of one broker, run on a daemon thread and reused for ``ttl`` seconds.
-
-    ``status()`` never waits for the broker, except for this process's very first answer (at most ``timeout`` s,
-    then ``disconnected``): a stale answer is returned at once while the thread refreshes it.
-    """
-
-    def __init__(self, broker_url: str, ttl: float, timeout: float) -> None:
-        self.broker_url, self.ttl, self.timeout = broker_url, ttl, timeout
-        self.probes = 0  # how many probes ran: each is a broker connection and a ping
-        self._cond = threading.Condition()
-        self._status: str | None = None
-        self._at = 0.0
-        self._wanted = self._busy = False
-        self._thread: threading.Thread | None = None
-
-    def status(self) -> str:
-        """``connected`` or ``disconnected``, at most ``ttl`` s (plus one probe) old."""
-        with self._cond:
-            if not self._busy and (self._status is None or time.monotonic() - self._at >= self.ttl):
-                self._wanted = True
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="modelforge-celery-probe", daemon=True)
-                    self._thread.start()
-                self._cond.notify_all()
-            if self._status is None:
-                self._cond.wait_for(lambda: self._status is not None, self.timeout)
-            return self._status or "disconnected"
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._wanted)
-                self._wanted, self._busy = False, True
-            status = celery_status(self.broker_url, self.timeout)
-            with self._cond:
-                self._status, self._at, self._busy = status, time.monotonic(), False
-                self.probes += 1
-                self._cond.notify_all()
-
-
-_probes: dict[tuple[str, float, float], CeleryProbe] = {}
-_probes_lock = threading.Lock()
-
-
-def celery_probe(broker_url: str, ttl: float, timeout: float) -> CeleryProbe:
-    """This process's ``CeleryProbe`` of ``broker_url`` (one per process, broker, ttl and timeout)."""
-    key = (broker_url, ttl, timeout)
-    with _probes_lock:
-        probe = _probes.get(key)
-        if probe is None:
-            probe = _probes[key] = CeleryProbe(broker_url, ttl, timeout)
-        return probe
-
-
-def _forget_probes() -> None:
-    """After a fork: the parent's probe threads do not exist in the child; it starts its own on first use."""
-    global _probes_lock
-    _probes_lock = threading.Lock()
-    _probes.clear()
-
-
-os.register_at_fork(after_in_child=_forget_probes)

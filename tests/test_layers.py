@@ -26,12 +26,7 @@ DOORS = {  # module-name prefix -> door
 ENGINE = f"{PACKAGE}.engine"
 # Import edges let stand for now, each (importer, imported) with why. Keep this list small: each entry is a debt of
 # issue 11 ("Architecture: layers you can see in the folders..."), paid off in its later steps.
-ALLOWED: dict[tuple[str, str], str] = {
-    (f"{PACKAGE}.invalidation", f"{PACKAGE}.tasks"):
-        "issue 11: invalidation.Invalidator imports tasks.make_app (lazily) while tasks' cleanup task imports "
-        "invalidation.cleanup: a cycle. The fix (the Celery app built once and handed to the invalidator) lies in "
-        "invalidation.py and tasks.py, which another change was editing when this test was written",
-}
+ALLOWED: dict[tuple[str, str], str] = {}  # edges exempt from the rules, each with its reason: none left
 
 
 def module_name(path: Path) -> str:
