@@ -78,13 +78,23 @@ def json_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+PREDICT_FIELDS = (MODEL_ID, INPUT_DATA, USE_CACHE, VERSION)
+
+
 def parse_predict(body: bytes | dict[str, Any]) -> PredictRequest:
     """The ``PredictRequest`` of a ``POST modelforge/predict`` body (JSON bytes, or the decoded object).
 
     Raises ``InvalidInputError`` (400): a body that is not a JSON object (``json_object``), ``model_id`` missing or not
-    a non-empty string, ``input_data`` missing, ``use_cache`` not a bool, ``version`` not a whole number >= 1.
+    a non-empty string, ``input_data`` missing, ``use_cache`` not a bool, ``version`` not a whole number >= 1, or a
+    field that is none of these (a misspelt ``versoin`` must not silently mean "the latest version").
     """
     request = json_object(body)
+    unknown = [key for key in request if key not in PREDICT_FIELDS]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in the predict request; "
+            f"it takes {', '.join(PREDICT_FIELDS)}"
+        )
     model = request.get(MODEL_ID)
     if not isinstance(model, str) or not model:
         raise InvalidInputError("missing 'model_id': the model's name or id, a string")

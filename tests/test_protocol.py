@@ -38,6 +38,10 @@ def test_bytes_and_decoded_bodies_parse_alike():
         ({"model_id": "iris", "input_data": 1, "use_cache": "no"}, "use_cache must be true or false, got 'no'"),
         ({"model_id": "iris", "input_data": 1, "version": 0}, "version must be a whole number >= 1, got 0"),
         ({"model_id": "iris", "input_data": 1, "version": True}, "version must be a whole number >= 1, got True"),
+        ({"model_id": "iris", "input_data": 1, "versoin": 1},
+         "unknown field 'versoin' in the predict request; it takes model_id, input_data, use_cache, version"),
+        ({"model_id": "iris", "input_data": 1, "cache": False, "v": 2},
+         "unknown fields 'cache', 'v' in the predict request; it takes model_id, input_data, use_cache, version"),
     ],
 )
 def test_a_malformed_request_is_a_400_naming_the_field(body, message):

@@ -287,6 +287,20 @@ async def test_unload_drops_the_session_and_the_next_predict_reloads_it(jp_fetch
 
 
 # -- predict --------------------------------------------------------------------------------------------------------
+async def test_a_misspelt_predict_field_is_a_400_not_the_latest_version(jp_fetch):
+    # Given iris at versions 1 and 2
+    await mf_put(jp_fetch, "iris", SAMPLES / "iris.onnx")
+    await mf_put(jp_fetch, "iris", SAMPLES / "iris_v2.onnx")
+
+    # When a client misspells "version" (the old server ignored it and answered from v2)
+    body = {"model_id": "iris", "input_data": [[5.1, 3.5, 1.4, 0.2]], "versoin": 1}
+    code, answer = await mf_call(jp_fetch, "POST", "predict", body=body)
+
+    # Then it is refused, naming the field and the fields there are
+    assert (code, answer["message"]) == (
+        400, "unknown field 'versoin' in the predict request; it takes model_id, input_data, use_cache, version")
+
+
 @pytest.mark.parametrize("batch", [1, 1000])
 async def test_predict_equals_raw_onnxruntime_at_batch(jp_fetch, batch):
     rng = np.random.default_rng(batch)
