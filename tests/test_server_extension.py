@@ -998,3 +998,38 @@ def test_mask_url_hides_every_password_in_a_text(text, masked):
     from modelforge_jupyter.settings import mask_url
 
     assert mask_url(text) == masked
+
+
+def _rss(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{key}:"))
+
+
+async def test_a_predict_body_decoding_to_gigabytes_is_413_before_it_is_read(jp_fetch, mf_app):
+    import gzip
+
+    # Given the default limits, and a 64 KB gzip body that decompresses to 9 MiB of nested empty lists: JSON that
+    # orjson would turn into ~300 MB of list objects (2.2 GB at the 63 MiB the old server let through)
+    await mf_put(jp_fetch, "iris", IRIS)
+    nested = b'{"model_id": "iris", "input_data": [' + b"[[]]," * (9 * 2**20 // 5) + b"[]]}"
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak RSS starts again from the current RSS
+    before = _rss("VmRSS")
+
+    # When it is posted
+    code, err = await mf_call(jp_fetch, "POST", "predict", body=gzip.compress(nested),
+                              headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+    # Then it is refused as too large for a predict body before it is decoded, and memory barely moved
+    assert code == 413 and err["message"].endswith(
+        f"the limit is {8 * 2**20} bytes (ModelForgeApp.max_predict_body_size)"), err
+    assert _rss("VmHWM") - before < 64 * 2**20
+    # and the limit is predict's alone: a model upload above it is still taken
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((1536, 1536), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1536])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1536])], [weights])
+    big = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    assert len(big) > 8 * 2**20 and (await mf_put(jp_fetch, "big", big))[0] == 201

@@ -93,13 +93,21 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         help="Largest request body in bytes (a predict request or an uploaded ONNX file); larger ones get 413 "
         "before they are read. Default 64 MiB.",
     )
+    max_predict_body_size = Int(
+        8 * 1024 * 1024,
+        config=True,
+        help="Largest predict request body in bytes, decompressed; larger ones get 413 before they are read. JSON "
+        "decodes to up to 32x its size in Python objects (measured with orjson: nested empty lists, the worst case; "
+        "numbers take 4-10x), so the default 8 MiB bounds a request's decoding to ~256 MiB. Default 8 MiB "
+        "(a batch of ~50,000 rows of 10 float32 features).",
+    )
 
     forge: ModelForge | None = None
     executor: ThreadPool | None = None  # the data plane (predict)
     control_executor: ThreadPool | None = None  # model list/get/put/delete/unload
     health_executor: ThreadPool | None = None  # health alone: never queued behind anything else
 
-    @validate("max_workers", "max_body_size", "control_workers")
+    @validate("max_workers", "max_body_size", "max_predict_body_size", "control_workers")
     def _positive(self, proposal: dict[str, Any]) -> int:
         if proposal["value"] < 1:
             raise TraitError(f"ModelForgeApp.{proposal['trait'].name} must be >= 1, got {proposal['value']}")

@@ -76,7 +76,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         if self.request.method != "OPTIONS":  # a CORS preflight is answered whatever the query; its request is not
             self.check_query()
         encoding = self.request.headers.get("Content-Encoding", "identity").strip().lower()
-        limit = self.extensionapp.max_body_size
+        limit = self.body_limit[0]
         if encoding in BODY_ENCODINGS:
             self._inflate = zlib.decompressobj(BODY_ENCODINGS[encoding])
         elif encoding != "identity":
@@ -115,7 +115,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         # would expand (a zip bomb), memory holds at most the body limit plus one step.
         data = chunk
         while True:
-            step = min(self.extensionapp.max_body_size - self._body_size + 1, INFLATE_STEP)
+            step = min(self.body_limit[0] - self._body_size + 1, INFLATE_STEP)
             try:
                 out = self._inflate.decompress(data, step)
             except zlib.error as err:
@@ -133,7 +133,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
     def _take(self, data: bytes) -> bool:
         """Keep ``data`` of the body; False (413 sent) once the body passes the limit."""
         self._body_size += len(data)
-        if self._body_size > self.extensionapp.max_body_size:  # chunked or compressed: no Content-Length to check
+        if self._body_size > self.body_limit[0]:  # chunked or compressed: no Content-Length to check
             decompressed = " decompressed" if self._inflate is not None else ""
             self._refuse(413, self._too_large(self._body_size, "at least ", decompressed))
             return False
@@ -145,11 +145,16 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         self._chunks.clear()
         self.send_error(status, message=message)
 
+    @property
+    def body_limit(self) -> tuple[int, str]:
+        """(largest body in bytes, decompressed, the setting that says so) for this endpoint."""
+        return self.extensionapp.max_body_size, "max_body_size"
+
     def _too_large(self, size: int, qualifier: str = "", decompressed: str = "") -> str:
-        limit = self.extensionapp.max_body_size
+        limit, setting = self.body_limit
         return (
             f"request body too large: {qualifier}{size} bytes{decompressed}; the limit is {limit} bytes "
-            f"(ModelForgeApp.max_body_size)"
+            f"(ModelForgeApp.{setting})"
         )
 
     @property
@@ -270,6 +275,15 @@ class PredictHandler(ModelForgeHandler):
     """
 
     plane = "data"
+
+    @property
+    def body_limit(self) -> tuple[int, str]:
+        """A JSON body decodes to up to ~32x its size in Python objects, so predict takes at most
+        ``max_predict_body_size`` (and never more than ``max_body_size``)."""
+        app = self.extensionapp
+        if app.max_predict_body_size < app.max_body_size:
+            return app.max_predict_body_size, "max_predict_body_size"
+        return app.max_body_size, "max_body_size"
 
     async def prepare(self) -> None:
         self.cancellation = Cancellation()  # before anything awaits: the client may leave at any point
