@@ -165,6 +165,7 @@ class Engine:
         footprint = constant_footprint(model)
         if self.max_constant_bytes:
             footprint.check(self.max_constant_bytes)
+        footprint.check_strings()
         return footprint
 
     def create_session(self, model_bytes: bytes, footprint: ConstantFootprint | None = None) -> ort.InferenceSession:
@@ -419,9 +420,12 @@ def format_seconds(seconds: float) -> str:
 
 
 def _nbytes(value: Any) -> int:
-    """Bytes of one output: an array's ``nbytes``; a sequence (skl2onnx's ZipMap: one map a row, all alike) sized
-    from its first item, 16 bytes a map entry (key and value)."""
+    """Bytes of one output: an array's ``nbytes``, a string array's UTF-8 text plus 8 bytes an element (its pointer);
+    a sequence (skl2onnx's ZipMap: one map a row, all alike) sized from its first item, 16 bytes a map entry (key and
+    value)."""
     if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            return value.nbytes + sum(len(s) if s.isascii() else len(s.encode()) for s in value.flat)
         return value.nbytes
     if isinstance(value, (list, tuple)):
         return len(value) * _nbytes(value[0]) if value else 0

@@ -17,6 +17,16 @@ The engine refuses a model whose known computed constants exceed ``max_constant_
 ``fold_limit`` as its per-node folding cap (``optimization.constant_folding_max_output_size_in_bytes``), so that
 the constants whose size inference could not tell stay within the rest of the budget: they are computed at each run
 instead, inside the run memory cap.
+
+Model-local functions are inlined first (``onnx.inliner``, as ONNX Runtime does when it loads the model), after their
+expanded node count is checked against ``MAX_INLINED_NODES``: a call node otherwise looks like one small output while
+its body folds gigabytes. String tensors are sized as ONNX Runtime holds them: a ``std::string`` object
+(``STRING_OBJECT`` bytes) per element plus its characters, whose length is bounded from the constant strings they are
+copied from (``StringConcat`` adds its inputs' lengths, ``Cast`` to string gives at most ``CAST_STRING_MAX``).
+
+``string_growth`` finds the nodes a request could make allocate string characters outside ONNX Runtime's arena:
+``Expand``, ``Tile``, ``Gather``... whose element count a run computes (a non-constant shape, repeats or indices) over
+strings that are not constants short enough to be stored inside their ``std::string`` object (``SSO_MAX``).
 """
 
 from __future__ import annotations
@@ -25,10 +35,22 @@ from dataclasses import dataclass
 from math import prod
 from typing import Any
 
-from .errors import InvalidModelError
+from .errors import InvalidModelError, first_line
 
 SHAPE_VALUE_MAX = 1024  # initializers with more elements are not shapes, axes or pads: inference gets their type only
 SIZED_FROM_INPUT = {"Shape", "Size"}  # ORT folds these when their input's shape is static
+MAX_INLINED_NODES = 100_000  # nodes a model's local functions may expand to; more is refused (400)
+STRING_OBJECT = 32  # sizeof(std::string) in libstdc++: what ORT's arena and its folding cap count per string element
+SSO_MAX = 15  # libstdc++ keeps strings of at most this many bytes inside the object: no allocation beside the arena
+CAST_STRING_MAX = 64  # characters of a number cast to a string (ORT prints at most ~25)
+STRING = 8  # onnx.TensorProto.STRING
+# ops whose output element count is set by the VALUES of some inputs (indices listed; None: all), with their data
+# inputs copied to the output: over strings, a request could make them allocate string characters outside the arena
+COUNT_FROM_VALUES: dict[str, tuple[int, ...] | None] = {
+    "Expand": (1,), "Tile": (1,), "Gather": (1,), "GatherElements": (1,), "GatherND": (1,), "Pad": (1, 2, 3),
+    "ArrayFeatureExtractor": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "ConstantOfShape": (0,),
+    "Where": None, "StringConcat": None,  # broadcasting: any input's shape sets the count
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,8 @@ class ConstantFootprint:
     computed_bytes: int = 0
     unknown: int = 0
     largest: tuple[str, int] = ("", 0)
+    unknown_string_chars: int = 0  # the longest string an output of unknown size may hold (characters)
+    string_growth: str = ""  # a node a request could make allocate string characters outside the arena (see module)
 
     def fold_limit(self, budget: int) -> int:
         """ONNX Runtime's per-node constant-folding cap (bytes) that keeps all folded constants within ``budget``.
@@ -50,10 +74,13 @@ class ConstantFootprint:
         Every output of known size fits in the budget (``check`` refused the model otherwise); the outputs of unknown
         size share what is left equally, so their sum cannot pass it either. A node over the cap is not folded: it
         runs at each prediction instead, within the run memory cap.
+        ONNX Runtime counts ``STRING_OBJECT`` bytes per string element, not its characters: when an output of unknown
+        size may hold strings of up to ``unknown_string_chars`` characters, the cap shrinks by that ratio.
         """
         if not self.unknown:
             return budget
-        return max(1, (budget - self.computed_bytes) // self.unknown)
+        share = max(1, (budget - self.computed_bytes) // self.unknown)
+        return max(1, share * STRING_OBJECT // (STRING_OBJECT + self.unknown_string_chars))
 
     def check(self, budget: int, setting: str = "max_constant_bytes, env MODELFORGE_MAX_CONSTANT_BYTES") -> None:
         """Raise ``InvalidModelError`` (400) naming the largest constant, the total and ``budget`` when over it."""
@@ -64,16 +91,67 @@ class ConstantFootprint:
                 f" {size} bytes); the limit is {budget} bytes ({setting})"
             )
 
+    def check_strings(self) -> None:
+        """Raise ``InvalidModelError`` (400) naming the node when a request could make the model allocate string
+        characters outside ONNX Runtime's capped arena (``string_growth``)."""
+        if self.string_growth:
+            raise InvalidModelError(
+                f"the model cannot be served within the memory limits: {self.string_growth} into a number of elements"
+                " a request sets, and characters of strings longer than 15 bytes are held outside ONNX Runtime's"
+                " capped arena (max_arena_bytes); only constant strings of at most 15 bytes may be copied so"
+            )
+
 
 def constant_footprint(model: Any) -> ConstantFootprint:
     """Size the constants a session of ``model`` (an ``onnx.ModelProto``) computes; see the module docstring.
 
     Never allocates a tensor of the model; a graph shape inference cannot read leaves every output unknown. Shape
-    inference runs only if some node is foldable (most converted models have none: no cost but the walk).
+    inference runs only if some node is foldable or copies values a run counts (most converted models have none: no
+    cost but the walk). Raises ``InvalidModelError`` (400) for local functions that call themselves, expand to more
+    than ``MAX_INLINED_NODES`` nodes or cannot be inlined.
     """
+    if model.functions:
+        model = _inlined(model)
     walk = _Walk(model)
     walk.graph(model.graph, frozenset())
-    return ConstantFootprint(walk.total, walk.unknown, walk.largest)
+    return ConstantFootprint(walk.total, walk.unknown, walk.largest, walk.unknown_chars, walk.growth)
+
+
+def _inlined(model: Any) -> Any:
+    """``model`` with its local functions inlined (a copy), once their expanded size is known to be bounded."""
+    from onnx import inliner
+
+    functions = {(f.domain, f.name, f.overload): f for f in model.functions}
+    sizes: dict[tuple, int] = {}
+    calling: set[tuple] = set()
+
+    def count(nodes: Any) -> int:
+        total = 0
+        for node in nodes:
+            key = (node.domain, node.op_type, node.overload)
+            total += function(key) if key in functions else 1
+            for attr in node.attribute:
+                for sub in [attr.g, *attr.graphs] if attr.type in (5, 10) else ():
+                    total += count(sub.node)
+            if total > MAX_INLINED_NODES:
+                break
+        return total
+
+    def function(key: tuple) -> int:
+        if key not in sizes:
+            if key in calling:
+                raise InvalidModelError(f"the model's local function {key[1]!r} calls itself")
+            calling.add(key)
+            sizes[key] = count(functions[key].node)
+            calling.discard(key)
+        return sizes[key]
+
+    if count(model.graph.node) > MAX_INLINED_NODES:
+        raise InvalidModelError(f"the model's local functions expand to more than {MAX_INLINED_NODES} nodes")
+    try:
+        return inliner.inline_local_functions(model)
+    except Exception as err:  # noqa: BLE001 - onnx's C++ errors have no common type
+        raise InvalidModelError(f"the model's local functions cannot be inlined: {first_line(err)}") from None
 
 
 class _Walk:
@@ -84,10 +162,16 @@ class _Walk:
         self._types: dict[str, Any] | None = None
         self.total = 0
         self.unknown = 0
+        self.unknown_chars = 0
         self.largest: tuple[str, int] = ("", 0)
+        self.growth = ""
+        self.chars: dict[str, int] = {}  # constant string tensor: its longest string's length (UTF-8 bytes)
 
     def graph(self, graph: Any, outer: frozenset[str]) -> None:
         constants = set(outer) | {t.name for t in graph.initializer}
+        for tensor in graph.initializer:
+            if tensor.data_type == STRING:
+                self.chars[tensor.name] = max(map(len, tensor.string_data), default=0)
         for sparse in graph.sparse_initializer:
             constants.add(sparse.values.name)
             self.add(f"sparse initializer {sparse.values.name!r}", _sparse_bytes(sparse))
@@ -99,21 +183,59 @@ class _Walk:
             inputs = [name for name in node.input if name]
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 constants.update(node.output)
+                self.chars.update(dict.fromkeys(node.output, _attribute_chars(node)))
                 for attr in node.attribute:
                     if attr.name == "sparse_value":
                         self.add(f"{where}, sparse value", _sparse_bytes(attr.sparse_tensor))
             elif self._foldable(node, inputs, constants):
                 constants.update(node.output)
+                chars = self._chars(node, inputs)
                 for output in node.output:
-                    self.add(f"{where}, output {output!r}", self.size(output))
+                    self.chars[output] = chars
+                    self.add(f"{where}, output {output!r}", self.size(output, chars=chars), chars)
+            elif node.op_type in COUNT_FROM_VALUES and not self.growth:
+                self._check_growth(node, where, constants)
 
     def _foldable(self, node: Any, inputs: list[str], constants: set[str]) -> bool:
         if node.op_type in SIZED_FROM_INPUT and inputs:
             return self.size(inputs[0], shape_only=True) is not None
         return all(name in constants for name in inputs)
 
-    def size(self, name: str, shape_only: bool = False) -> int | None:
-        """Bytes of tensor ``name`` from its inferred type and shape (``shape_only``: its element count), else None."""
+    def _chars(self, node: Any, inputs: list[str]) -> int:
+        """The longest string a constant-folded output of ``node`` can hold (0: none), from its inputs' and
+        attributes' strings: ``StringConcat`` adds its inputs', ``Cast`` to string prints a number, the rest copy."""
+        if node.op_type == "StringConcat":
+            return sum(self.chars.get(name, 0) for name in inputs)
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == STRING for a in node.attribute):
+            return max(CAST_STRING_MAX, *(self.chars.get(name, 0) for name in inputs))
+        return max(_attribute_chars(node), *(self.chars.get(name, 0) for name in inputs))
+
+    def _check_growth(self, node: Any, where: str, constants: set[str]) -> None:
+        """Record ``node`` in ``growth`` if a run sets how many strings it makes (a count input not constant) and the
+        strings it copies may be longer than ``SSO_MAX`` (not constants, or long ones): their characters would be
+        allocated outside ONNX Runtime's arena, unbounded by it."""
+        counts = COUNT_FROM_VALUES[node.op_type]
+        indexed = list(enumerate(node.input))
+        if not any(name and name not in constants and (counts is None or i in counts) for i, name in indexed):
+            return
+        data = [name for i, name in indexed if name and (counts is None or i not in counts)]
+        for name in data:
+            if self.elem(name) == STRING and (name not in constants or self.chars.get(name, 0) > SSO_MAX):
+                self.growth = f"{where} copies the strings of {name!r}"
+                return
+        if _attribute_chars(node) > SSO_MAX:
+            self.growth = f"{where} copies a string of its attributes"
+
+    def elem(self, name: str) -> int | None:
+        """The inferred element type of tensor ``name`` (``onnx.TensorProto`` code), None if unknown."""
+        if self._types is None:
+            self._types = _inferred_types(self.model)
+        kind = self._types.get(name)
+        return kind.tensor_type.elem_type if kind is not None and kind.HasField("tensor_type") else None
+
+    def size(self, name: str, shape_only: bool = False, chars: int = 0) -> int | None:
+        """Bytes of tensor ``name`` from its inferred type and shape (``shape_only``: its element count), else None;
+        a string tensor ``STRING_OBJECT`` bytes an element plus ``chars``."""
         if self._types is None:
             self._types = _inferred_types(self.model)
         kind = self._types.get(name)
@@ -125,16 +247,28 @@ class _Walk:
         count = prod(d.dim_value for d in dims)
         if shape_only:
             return count
+        if kind.tensor_type.elem_type == STRING:
+            return count * (STRING_OBJECT + chars)
         itemsize = _itemsize(kind.tensor_type.elem_type)
         return None if itemsize is None else count * itemsize
 
-    def add(self, where: str, size: int | None) -> None:
+    def add(self, where: str, size: int | None, chars: int = 0) -> None:
         if size is None:
             self.unknown += 1
+            self.unknown_chars = max(self.unknown_chars, chars)
             return
         self.total += size
         if size > self.largest[1]:
             self.largest = (where, size)
+
+
+def _attribute_chars(node: Any) -> int:
+    """The longest string in ``node``'s attributes (a ``Constant``'s value, a ``LabelEncoder``'s labels...)."""
+    longest = 0
+    for attr in node.attribute:
+        longest = max(longest, len(attr.s), *map(len, attr.strings), *map(len, attr.t.string_data),
+                      *(len(s) for t in attr.tensors for s in t.string_data))
+    return longest
 
 
 def _inferred_types(model: Any) -> dict[str, Any]:

@@ -230,3 +230,157 @@ def test_server_memory_stays_within_budgets(tmp_path):
 def test_negative_memory_limits_are_refused_naming_the_setting(name):
     with pytest.raises(ValueError, match=f"{name} must be a number of bytes >= 0"):
         Settings(**{name: -1})
+
+
+def _string(name: str, text: str):
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.STRING, [1],
+                                                                             [text.encode()]))
+
+
+def function_bomb() -> onnx.ModelProto:
+    """The tester's ``m1_func``, smaller: a model-local function whose body folds two 8 MB constants, called as one
+    node that looks like a scalar."""
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    body = [_const("s", [N // 2]), helper.make_node("ConstantOfShape", ["s"], ["a"], value=fill),
+            helper.make_node("ConstantOfShape", ["s"], ["b"], value=fill),
+            helper.make_node("Concat", ["a", "b"], ["big"], axis=0),
+            helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0)]
+    bomb = helper.make_function("loc", "Bomb", [], ["r"], body, [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("Bomb", [], ["k"], domain="loc"),
+                               helper.make_node("Add", ["x", "k"], ["y"])], "memory",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    return helper.make_model(graph, functions=[bomb], ir_version=9,
+                             opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("loc", 1)])
+
+
+def string_constant_bomb(n: int = N // 8) -> onnx.ModelProto:
+    """The tester's ``m2_strconst``: a 300-character constant expanded to ``n`` strings at load (n × 332 bytes; ONNX
+    Runtime's folding cap sees 32 bytes each), reduced to one number."""
+    nodes = [_string("s", "A" * 300), _const("shape", [n]), helper.make_node("Expand", ["s", "shape"], ["big"]),
+             helper.make_node("Size", ["big"], ["count"]), helper.make_node("Cast", ["count"], ["f"], to=1)]
+    return _summed(nodes, "f")
+
+
+def test_constants_inside_local_functions_are_sized(warm_engine):
+    engine = Engine(max_constant_bytes=MiB)
+    data = function_bomb().SerializeToString()
+    errors: list = []
+
+    def load() -> None:
+        with pytest.raises(InvalidModelError) as refused:
+            engine.inspect("func", data)
+        errors.append(refused.value)
+
+    assert _peak_growth(load) < 4 * MiB  # ONNX Runtime inlines the function and folds 16 MB
+    assert len(data) < 1000 and errors[0].status == 400
+    assert "'Concat'" in str(errors[0]) and str(N * 4) in str(errors[0]) and "MODELFORGE_MAX_CONSTANT_BYTES" in str(
+        errors[0])
+
+
+def test_local_functions_that_expand_without_bound_are_refused():
+    # Given functions f0..f17, each calling the previous one twice: 2**17 nodes once inlined, from 35 call nodes
+    functions = [helper.make_function("loc", "f0", ["x"], ["y"], [helper.make_node("Identity", ["x"], ["y"])],
+                                      [helper.make_opsetid("", 17)])]
+    for i in range(1, 18):
+        calls = [helper.make_node(f"f{i - 1}", ["x"], ["t"], domain="loc"),
+                 helper.make_node(f"f{i - 1}", ["t"], ["y"], domain="loc")]
+        functions.append(helper.make_function("loc", f"f{i}", ["x"], ["y"], calls, [helper.make_opsetid("loc", 1)]))
+    graph = helper.make_graph([helper.make_node("f17", ["x"], ["y"], domain="loc")], "memory",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, functions=functions, ir_version=9,
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("loc", 1)])
+
+    with pytest.raises(InvalidModelError, match="expand to more than 100000 nodes"):
+        Engine().inspect("deep", model.SerializeToString())
+
+
+def test_string_constants_are_sized_with_their_characters(warm_engine):
+    engine = Engine(max_constant_bytes=8 * MiB)
+    data = string_constant_bomb().SerializeToString()  # 500000 strings: 16 MB as ONNX Runtime counts, 166 MB held
+    errors: list = []
+
+    def load() -> None:
+        with pytest.raises(InvalidModelError) as refused:
+            engine.inspect("strings", data)
+        errors.append(refused.value)
+
+    assert _peak_growth(load) < 4 * MiB
+    assert "'Expand'" in str(errors[0]) and str(N // 8 * 332) in str(errors[0])
+
+
+def test_string_constants_inference_cannot_size_stay_within_the_budget(warm_engine):
+    # Given a 1000-character constant expanded to 2**15 strings by a shape ONNX shape inference cannot read (Concat):
+    # ONNX Runtime's folding cap counts 1 MB (32 bytes each), the strings hold 34 MB
+    text = "S" * 1000
+    nodes = [_string("s", text), _const("a", [2 ** 8]), _const("b", [2 ** 7]),
+             helper.make_node("Concat", ["a", "b"], ["shape"], axis=0),
+             helper.make_node("Expand", ["s", "shape"], ["big"]),
+             helper.make_node("Size", ["big"], ["count"]), helper.make_node("Cast", ["count"], ["f"], to=1)]
+    model = _summed(nodes, "f")
+    engine = Engine(max_constant_bytes=8 * MiB)
+
+    grown = _peak_growth(lambda: engine.inspect("strings", model.SerializeToString()))
+
+    assert grown < 16 * MiB  # not folded: computed at run time instead
+    assert engine.run("strings", lambda: b"", {"x": np.zeros(1, np.float32)})["y"] == [float(2 ** 15)]
+
+
+@pytest.mark.parametrize("strings", ["input", "long constant"])
+def test_strings_a_request_could_multiply_are_refused_at_registration(strings):
+    # Given Expand(s, shape) with the shape a request's value: one 400-character string asked 2·10⁶ times would
+    # hold 860 MB of characters where the arena sees 64 MB
+    inputs = [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])]
+    nodes = [helper.make_node("Expand", ["s", "shape"], ["big"]),
+             helper.make_node("Gather", ["big", "i"], ["y"], axis=0), _const("i", [0])]
+    if strings == "input":
+        inputs.append(helper.make_tensor_value_info("s", TensorProto.STRING, [1]))
+    else:
+        nodes.insert(0, _string("s", "L" * 16))
+    model = _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.STRING, [1])])
+
+    with pytest.raises(InvalidModelError) as refused:
+        Engine().inspect("strings", model.SerializeToString())
+
+    assert refused.value.status == 400
+    assert "'Expand' node #" in str(refused.value) and "'s'" in str(refused.value)
+    assert "max_arena_bytes" in str(refused.value)
+
+
+def test_short_constant_strings_and_constant_counts_are_served():
+    # skl2onnx's classifiers: ArrayFeatureExtractor(labels, argmax) copies constant labels of at most 15 bytes;
+    # a constant count over any strings is sized by the model
+    labels = helper.make_tensor("labels", TensorProto.STRING, [2], [b"setosa", b"versicolor-long"])
+    nodes = [helper.make_node("ArgMax", ["p"], ["k"], axis=1, keepdims=0),
+             helper.make_node("ArrayFeatureExtractor", ["labels", "k"], ["label"], domain="ai.onnx.ml"),
+             _const("reps", [3]), helper.make_node("Tile", ["s", "reps"], ["tiled"])]
+    graph = helper.make_graph(nodes, "memory", [helper.make_tensor_value_info("p", TensorProto.FLOAT, [None, 2]),
+                                                helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
+                              [helper.make_tensor_value_info("label", TensorProto.STRING, [1, None]),
+                               helper.make_tensor_value_info("tiled", TensorProto.STRING, [3])], [labels])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17),
+                                                                   helper.make_opsetid("ai.onnx.ml", 3)])
+    engine = Engine()
+    engine.inspect("labels", model.SerializeToString())
+
+    out = engine.run("labels", lambda: b"", {"p": np.array([[0.9, 0.1], [0.2, 0.8]], np.float32),
+                                              "s": np.array(["ab"], object)})
+    assert out == {"label": [["setosa", "versicolor-long"]], "tiled": ["ab", "ab", "ab"]}
+
+
+def test_string_outputs_are_counted_with_their_characters(mf_settings):
+    # Given Tile(s, 1000): a 200-character string gives a 200 kB answer, 8 kB as pointers
+    model = _model([_const("reps", [1000]), helper.make_node("Tile", ["s", "reps"], ["y"])],
+                   [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
+                   [helper.make_tensor_value_info("y", TensorProto.STRING, [1000])])
+    with ModelForge(**mf_settings, max_output_bytes=64 * 1024) as forge:
+        forge.register("tile", model)
+        assert forge.predict("tile", {"s": ["c" * 20]}).output_data == {"y": ["c" * 20] * 1000}
+
+        for text in ("C" * 200, "é" * 100):  # UTF-8: 2 bytes a character
+            with pytest.raises(ResourceLimitError) as refused:
+                forge.predict("tile", {"s": [text]})
+            assert refused.value.status == 413 and "208000 bytes" in str(refused.value)
+
+        assert _cached_predictions(forge) == 1
