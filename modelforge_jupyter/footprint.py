@@ -26,7 +26,7 @@ copied from (``StringConcat`` adds its inputs' lengths, ``Cast`` to string gives
 
 ``string_growth`` finds the nodes a request could make allocate string characters outside ONNX Runtime's arena:
 ``Expand``, ``Tile``, ``Gather``... whose element count a run computes (a non-constant shape, repeats or indices) over
-strings that are not constants short enough to be stored inside their ``std::string`` object (``SSO_MAX``).
+strings that are not constants of at most ``COPIED_STRING_MAX`` bytes.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ SHAPE_VALUE_MAX = 1024  # initializers with more elements are not shapes, axes o
 SIZED_FROM_INPUT = {"Shape", "Size"}  # ORT folds these when their input's shape is static
 MAX_INLINED_NODES = 100_000  # nodes a model's local functions may expand to; more is refused (400)
 STRING_OBJECT = 32  # sizeof(std::string) in libstdc++: what ORT's arena and its folding cap count per string element
-SSO_MAX = 15  # libstdc++ keeps strings of at most this many bytes inside the object: no allocation beside the arena
+# the longest string a node whose count a run sets may copy: libstdc++ keeps strings of up to 15 bytes inside the
+# object (in the arena); up to 47 bytes, the block malloc gives the characters (48 + its 16-byte header: 64 bytes) is at
+# most twice the 32 bytes the arena holds for the object, so such copies hold outside the arena at most twice its cap
+COPIED_STRING_MAX = 47
 CAST_STRING_MAX = 64  # characters of a number cast to a string (ORT prints at most ~25)
 STRING = 8  # onnx.TensorProto.STRING
 # ops whose output element count is set by the VALUES of some inputs (indices listed; None: all), with their data
@@ -50,6 +53,7 @@ COUNT_FROM_VALUES: dict[str, tuple[int, ...] | None] = {
     "Expand": (1,), "Tile": (1,), "Gather": (1,), "GatherElements": (1,), "GatherND": (1,), "Pad": (1, 2, 3),
     "ArrayFeatureExtractor": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "ConstantOfShape": (0,),
     "Where": None, "StringConcat": None,  # broadcasting: any input's shape sets the count
+    "LabelEncoder": (0,), "CategoryMapper": (0,),  # ai.onnx.ml: one string of their attributes per input element
 }
 
 
@@ -97,8 +101,8 @@ class ConstantFootprint:
         if self.string_growth:
             raise InvalidModelError(
                 f"the model cannot be served within the memory limits: {self.string_growth} into a number of elements"
-                " a request sets, and characters of strings longer than 15 bytes are held outside ONNX Runtime's"
-                " capped arena (max_arena_bytes); only constant strings of at most 15 bytes may be copied so"
+                " a request sets, and their characters are held outside ONNX Runtime's capped arena"
+                f" (max_arena_bytes); only constant strings of at most {COPIED_STRING_MAX} bytes may be copied so"
             )
 
 
@@ -212,18 +216,20 @@ class _Walk:
 
     def _check_growth(self, node: Any, where: str, constants: set[str]) -> None:
         """Record ``node`` in ``growth`` if a run sets how many strings it makes (a count input not constant) and the
-        strings it copies may be longer than ``SSO_MAX`` (not constants, or long ones): their characters would be
-        allocated outside ONNX Runtime's arena, unbounded by it."""
+        strings it copies may be longer than ``COPIED_STRING_MAX`` (not constants, or long ones): their characters
+        would be allocated outside ONNX Runtime's arena, unbounded by it."""
         counts = COUNT_FROM_VALUES[node.op_type]
         indexed = list(enumerate(node.input))
         if not any(name and name not in constants and (counts is None or i in counts) for i, name in indexed):
             return
+        if not node.output or self.elem(node.output[0]) not in (STRING, None):
+            return
         data = [name for i, name in indexed if name and (counts is None or i not in counts)]
         for name in data:
-            if self.elem(name) == STRING and (name not in constants or self.chars.get(name, 0) > SSO_MAX):
+            if self.elem(name) == STRING and (name not in constants or self.chars.get(name, 0) > COPIED_STRING_MAX):
                 self.growth = f"{where} copies the strings of {name!r}"
                 return
-        if _attribute_chars(node) > SSO_MAX:
+        if _attribute_chars(node) > COPIED_STRING_MAX:
             self.growth = f"{where} copies a string of its attributes"
 
     def elem(self, name: str) -> int | None:

@@ -337,7 +337,7 @@ def test_strings_a_request_could_multiply_are_refused_at_registration(strings):
     if strings == "input":
         inputs.append(helper.make_tensor_value_info("s", TensorProto.STRING, [1]))
     else:
-        nodes.insert(0, _string("s", "L" * 16))
+        nodes.insert(0, _string("s", "L" * 48))
     model = _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.STRING, [1])])
 
     with pytest.raises(InvalidModelError) as refused:
@@ -349,9 +349,9 @@ def test_strings_a_request_could_multiply_are_refused_at_registration(strings):
 
 
 def test_short_constant_strings_and_constant_counts_are_served():
-    # skl2onnx's classifiers: ArrayFeatureExtractor(labels, argmax) copies constant labels of at most 15 bytes;
+    # skl2onnx's classifiers: ArrayFeatureExtractor(labels, argmax) copies constant labels of at most 47 bytes;
     # a constant count over any strings is sized by the model
-    labels = helper.make_tensor("labels", TensorProto.STRING, [2], [b"setosa", b"versicolor-long"])
+    labels = helper.make_tensor("labels", TensorProto.STRING, [2], [b"setosa", b"v" * 47])
     nodes = [helper.make_node("ArgMax", ["p"], ["k"], axis=1, keepdims=0),
              helper.make_node("ArrayFeatureExtractor", ["labels", "k"], ["label"], domain="ai.onnx.ml"),
              _const("reps", [3]), helper.make_node("Tile", ["s", "reps"], ["tiled"])]
@@ -366,7 +366,7 @@ def test_short_constant_strings_and_constant_counts_are_served():
 
     out = engine.run("labels", lambda: b"", {"p": np.array([[0.9, 0.1], [0.2, 0.8]], np.float32),
                                               "s": np.array(["ab"], object)})
-    assert out == {"label": [["setosa", "versicolor-long"]], "tiled": ["ab", "ab", "ab"]}
+    assert out == {"label": [["setosa", "v" * 47]], "tiled": ["ab", "ab", "ab"]}
 
 
 def test_string_outputs_are_counted_with_their_characters(mf_settings):
