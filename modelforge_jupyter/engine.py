@@ -84,14 +84,15 @@ def process_rss() -> int:
 
 class LoadedModel:
     """A loaded session with its output names read once (``get_outputs()`` costs µs per call) and the bytes of memory
-    it is charged in the LRU (``nbytes``)."""
+    it is charged in the LRU (``nbytes``), and how many times at most a run copies a request's strings."""
 
-    __slots__ = ("session", "output_names", "nbytes")
+    __slots__ = ("session", "output_names", "nbytes", "string_copies")
 
-    def __init__(self, session: ort.InferenceSession, nbytes: int = 0) -> None:
+    def __init__(self, session: ort.InferenceSession, nbytes: int = 0, string_copies: int = 0) -> None:
         self.session = session
         self.output_names = [node.name for node in session.get_outputs()]
         self.nbytes = nbytes
+        self.string_copies = string_copies  # at most how many times a run copies a request's strings (footprint)
 
 
 class Engine:
@@ -197,7 +198,7 @@ class Engine:
             before = process_rss()
             session = self.create_session(model_bytes, footprint)
             grown = process_rss() - before
-        return LoadedModel(session, max(grown, len(model_bytes) + footprint.computed_bytes))
+        return LoadedModel(session, max(grown, len(model_bytes) + footprint.computed_bytes), footprint.string_copies)
 
     def inspect(self, sha256: str, model_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """Load ``model_bytes``, keep the session warm under ``sha256`` and return (inputs, outputs) specs.
@@ -337,7 +338,11 @@ class Engine:
 
     def _run(self, loaded: LoadedModel, feed: dict[str, np.ndarray], name: str, options: Any) -> list[Any]:
         """``session.run``; a run the shared arena could not hold is retried once its free regions are released (they
-        may be too small, apart): ``ResourceLimitError`` (413) if it still does not fit. Raises what ORT raises."""
+        may be too small, apart): ``ResourceLimitError`` (413) if it still does not fit, or before it starts when the
+        request's strings, copied as many times as the model may, would hold more than the arena's cap outside it
+        (their characters are not in the arena). Raises what ORT raises."""
+        if loaded.string_copies and self.arena_bytes:
+            self._check_string_copies(loaded.string_copies, feed, name)
         try:
             return loaded.session.run(loaded.output_names, feed, options)
         except Exception as err:
@@ -356,6 +361,16 @@ class Engine:
             f"fit in its arena of {self.arena_bytes} bytes, shared by the runs in flight and the loaded models "
             "(max_arena_bytes, env MODELFORGE_MAX_ARENA_BYTES); send fewer rows at once"
         )
+
+    def _check_string_copies(self, copies: int, feed: dict[str, np.ndarray], name: str) -> None:
+        chars = sum(_nbytes(value) for value in feed.values() if value.dtype == object)
+        if chars * copies > self.arena_bytes:
+            raise ResourceLimitError(
+                f"model {name!r} copies the strings of a request up to {copies} times: this request's {chars} bytes of"
+                f" strings could take {chars * copies} bytes outside ONNX Runtime's arena, more than its cap of"
+                f" {self.arena_bytes} bytes (max_arena_bytes, env MODELFORGE_MAX_ARENA_BYTES); send shorter strings or"
+                " fewer rows at once"
+            )
 
     def _shrink(self) -> None:
         """Return the shared arena's free regions to the OS now: one run of a one-node model with shrinkage on."""

@@ -71,6 +71,7 @@ class ConstantFootprint:
     largest: tuple[str, int] = ("", 0)
     unknown_string_chars: int = 0  # the longest string an output of unknown size may hold (characters)
     string_growth: str = ""  # a node a request could make allocate string characters outside the arena (see module)
+    string_copies: int = 0  # at most how many times the model copies a request's strings (0: it never does)
 
     def fold_limit(self, budget: int) -> int:
         """ONNX Runtime's per-node constant-folding cap (bytes) that keeps all folded constants within ``budget``.
@@ -100,9 +101,9 @@ class ConstantFootprint:
         characters outside ONNX Runtime's capped arena (``string_growth``)."""
         if self.string_growth:
             raise InvalidModelError(
-                f"the model cannot be served within the memory limits: {self.string_growth} into a number of elements"
-                " a request sets, and their characters are held outside ONNX Runtime's capped arena"
-                f" (max_arena_bytes); only constant strings of at most {COPIED_STRING_MAX} bytes may be copied so"
+                f"the model cannot be served within the memory limits: {self.string_growth}, and the characters of"
+                " strings are held outside ONNX Runtime's capped arena (max_arena_bytes); only constant strings of at"
+                f" most {COPIED_STRING_MAX} bytes may be copied a number of times a request sets"
             )
 
 
@@ -118,7 +119,7 @@ def constant_footprint(model: Any) -> ConstantFootprint:
         model = _inlined(model)
     walk = _Walk(model)
     walk.graph(model.graph, frozenset())
-    return ConstantFootprint(walk.total, walk.unknown, walk.largest, walk.unknown_chars, walk.growth)
+    return ConstantFootprint(walk.total, walk.unknown, walk.largest, walk.unknown_chars, walk.growth, walk.copies)
 
 
 def _inlined(model: Any) -> Any:
@@ -169,6 +170,8 @@ class _Walk:
         self.unknown_chars = 0
         self.largest: tuple[str, int] = ("", 0)
         self.growth = ""
+        self.copies = 0
+        self.values: dict[str, list[int]] = {}  # small integer constants: repeats and shapes
         self.chars: dict[str, int] = {}  # constant string tensor: its longest string's length (UTF-8 bytes)
 
     def graph(self, graph: Any, outer: frozenset[str]) -> None:
@@ -176,6 +179,7 @@ class _Walk:
         for tensor in graph.initializer:
             if tensor.data_type == STRING:
                 self.chars[tensor.name] = max(map(len, tensor.string_data), default=0)
+            self._keep_values(tensor.name, tensor)
         for sparse in graph.sparse_initializer:
             constants.add(sparse.values.name)
             self.add(f"sparse initializer {sparse.values.name!r}", _sparse_bytes(sparse))
@@ -188,6 +192,9 @@ class _Walk:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 constants.update(node.output)
                 self.chars.update(dict.fromkeys(node.output, _attribute_chars(node)))
+                for attr in node.attribute:
+                    if attr.name == "value" and node.output:
+                        self._keep_values(node.output[0], attr.t)
                 for attr in node.attribute:
                     if attr.name == "sparse_value":
                         self.add(f"{where}, sparse value", _sparse_bytes(attr.sparse_tensor))
@@ -221,16 +228,43 @@ class _Walk:
         counts = COUNT_FROM_VALUES[node.op_type]
         indexed = list(enumerate(node.input))
         if not any(name and name not in constants and (counts is None or i in counts) for i, name in indexed):
+            self._count_copies(node, where, constants)
             return
         if not node.output or self.elem(node.output[0]) not in (STRING, None):
             return
         data = [name for i, name in indexed if name and (counts is None or i not in counts)]
         for name in data:
             if self.elem(name) == STRING and (name not in constants or self.chars.get(name, 0) > COPIED_STRING_MAX):
-                self.growth = f"{where} copies the strings of {name!r}"
+                self.growth = f"{where} copies the strings of {name!r} into a number of elements a request sets"
                 return
         if _attribute_chars(node) > COPIED_STRING_MAX:
-            self.growth = f"{where} copies a string of its attributes"
+            self.growth = f"{where} copies a string of its attributes into a number of elements a request sets"
+
+    def _count_copies(self, node: Any, where: str, constants: set[str]) -> None:
+        """A node whose count the model fixes over a request's strings (``Tile`` by constant repeats, ``Gather`` of
+        constant indices...) multiplies ``copies`` by how many times it may copy each; where that cannot be told,
+        the model is refused (``growth``)."""
+        if len(node.input) < 2 or node.input[0] in constants or self.elem(node.input[0]) != STRING:
+            return
+        counter = node.input[1]
+        if node.op_type == "Tile" and counter in self.values:
+            factor = prod(self.values[counter])
+        elif node.op_type == "Expand" and counter in self.values:
+            factor = prod(self.values[counter])
+        elif node.op_type in ("Gather", "GatherElements", "GatherND", "ArrayFeatureExtractor"):
+            factor = self.size(counter, shape_only=True)
+        else:
+            factor = None
+        if factor is None:
+            self.growth = f"{where} copies the strings of {node.input[0]!r} a number of times ModelForge cannot tell"
+            return
+        self.copies = max(1, self.copies) * max(1, factor)
+
+    def _keep_values(self, name: str, tensor: Any) -> None:
+        if tensor.data_type == 7 and prod(tensor.dims) <= SHAPE_VALUE_MAX:  # INT64: shapes and repeats
+            from onnx import numpy_helper
+
+            self.values[name] = [int(v) for v in numpy_helper.to_array(tensor).ravel()]
 
     def elem(self, name: str) -> int | None:
         """The inferred element type of tensor ``name`` (``onnx.TensorProto`` code), None if unknown."""

@@ -384,3 +384,32 @@ def test_string_outputs_are_counted_with_their_characters(mf_settings):
             assert refused.value.status == 413 and "208000 bytes" in str(refused.value)
 
         assert _cached_predictions(forge) == 1
+
+
+def test_request_strings_a_model_copies_are_bounded_before_the_run(tmp_path):
+    # Given Tile(s, 100000) behind Gather(·, 0) on a server whose arena holds 8 MiB: a 1000-character string would
+    # hold 100 MB of characters outside the arena, its answer one string
+    model = _model([_const("reps", [100_000]), helper.make_node("Tile", ["s", "reps"], ["big"]), _const("i", [0]),
+                    helper.make_node("Gather", ["big", "i"], ["y"], axis=0)],
+                   [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
+                   [helper.make_tensor_value_info("y", TensorProto.STRING, [1])])
+    env = isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),
+                       MODELFORGE_MAX_ARENA_BYTES=str(8 * MiB))
+    server = start_server(tmp_path / "server", env)
+    try:
+        def predict(text: str) -> tuple[int, dict]:
+            body = orjson.dumps({"model_id": "tile", "input_data": {"s": [text]}})
+            status, answer = http("POST", server.url + "modelforge/predict", body, server.token)
+            return status, orjson.loads(answer)
+
+        assert http("PUT", server.url + "modelforge/models/tile", model.SerializeToString(), server.token)[0] == 201
+        status, body = predict("d" * 40)  # 4 MB of copies: served
+        assert status == 200 and body["output_data"] == {"y": ["d" * 40]}
+        start = _status("VmHWM", server.pid)
+
+        status, body = predict("D" * 1000)
+
+        assert status == 413 and "100000 times" in body["message"] and "MODELFORGE_MAX_ARENA_BYTES" in body["message"]
+        assert _status("VmHWM", server.pid) - start < 16 * MiB  # not run: 100 MB otherwise
+    finally:
+        server.stop()
