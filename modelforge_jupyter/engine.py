@@ -16,7 +16,11 @@ Memory bounds (README, "What is bounded and how"):
   load. A run needing more fails inside ONNX Runtime before it allocates, and is answered 413
   (``ResourceLimitError``). The arena returns its free memory to the OS at most once
   a second (``memory.enable_memory_arena_shrinkage`` on one run), and before a run that did not fit is retried;
-- outputs over ``max_output_bytes`` are refused (413) right after the run, before any JSON is built or cached.
+- outputs over ``max_output_bytes`` are refused (413) right after the run, before any JSON is built or cached; a
+  string output counts its UTF-8 bytes;
+- string characters live outside the arena: a model whose run sets how many strings a node copies is refused at
+  registration (``footprint``), and a request whose strings, times the copies the model fixes, exceed
+  ``max_arena_bytes`` is refused (413) before the run.
 
 Thread safety: ``InferenceSession.run`` may be called concurrently on one session and releases the GIL
 (onnxruntime#114, PR #1042). The LRU is guarded by a lock; a first use racing from several threads builds one

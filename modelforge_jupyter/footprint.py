@@ -26,7 +26,9 @@ copied from (``StringConcat`` adds its inputs' lengths, ``Cast`` to string gives
 
 ``string_growth`` finds the nodes a request could make allocate string characters outside ONNX Runtime's arena:
 ``Expand``, ``Tile``, ``Gather``... whose element count a run computes (a non-constant shape, repeats or indices) over
-strings that are not constants of at most ``COPIED_STRING_MAX`` bytes.
+strings that are not constants of at most ``COPIED_STRING_MAX`` bytes; ``string_copies`` bounds how many times the
+nodes whose count the model fixes (``Tile`` by constant repeats, ``Gather`` of constant indices...) copy a request's
+strings, for the engine to check each request's strings against before the run.
 """
 
 from __future__ import annotations
