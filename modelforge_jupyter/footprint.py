@@ -52,7 +52,7 @@ STRING = 8  # onnx.TensorProto.STRING
 # ops whose output element count is set by the VALUES of some inputs (indices listed; None: all), with their data
 # inputs copied to the output: over strings, a request could make them allocate string characters outside the arena
 COUNT_FROM_VALUES: dict[str, tuple[int, ...] | None] = {
-    "Expand": (1,), "Tile": (1,), "Gather": (1,), "GatherElements": (1,), "GatherND": (1,), "Pad": (1, 2, 3),
+    "Expand": (1,), "Tile": (1,), "Gather": (1,), "GatherElements": (1,), "GatherND": (1,), "Pad": (1, 3),
     "ArrayFeatureExtractor": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "ConstantOfShape": (0,),
     "Where": None, "StringConcat": None,  # broadcasting: any input's shape sets the count
     "LabelEncoder": (0,), "CategoryMapper": (0,),  # ai.onnx.ml: one string of their attributes per input element
