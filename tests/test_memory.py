@@ -413,3 +413,23 @@ def test_request_strings_a_model_copies_are_bounded_before_the_run(tmp_path):
         assert _status("VmHWM", server.pid) - start < 16 * MiB  # not run: 100 MB otherwise
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("body, expected", [("Add", [2.0, 4.0]), ("F", "the model's local function 'F' calls itself")])
+def test_local_functions_are_served_and_recursion_is_refused(body, expected):
+    inner = helper.make_node("Add", ["a", "a"], ["b"]) if body == "Add" else helper.make_node("F", ["a"], ["b"],
+                                                                                            domain="loc")
+    function = helper.make_function("loc", "F", ["a"], ["b"], [inner],
+                                    [helper.make_opsetid("", 17), helper.make_opsetid("loc", 1)])
+    graph = helper.make_graph([helper.make_node("F", ["x"], ["y"], domain="loc")], "memory",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, functions=[function], ir_version=9,
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("loc", 1)])
+    engine = Engine()
+    if isinstance(expected, str):
+        with pytest.raises(InvalidModelError, match=expected):
+            engine.inspect("f", model.SerializeToString())
+        return
+    engine.inspect("f", model.SerializeToString())
+    assert engine.run("f", lambda: b"", {"x": np.array([1, 2], np.float32)}) == {"y": expected}
