@@ -224,7 +224,7 @@ class Settings(Configurable):
     """Every ModelForge setting, with its environment variable and default (see each trait's help).
 
     Every setting is read and checked here, once: raises ``ValueError`` naming the setting when an environment
-    variable cannot be read, a URL cannot be parsed (``check_url``), a TTL is under 1 s, a timeout is negative or not
+    variable cannot be read, a URL cannot be parsed (``check_url``), a TTL is negative (a prediction's under 1 s), a timeout is negative or not
     finite, a batching setting is out of range (``check_batching``), ``max_sessions`` < 1 or an execution provider is not available in this
     onnxruntime (``check_providers``).
     """
@@ -238,9 +238,11 @@ class Settings(Configurable):
                 raise ValueError(str(err)) from None
         for name in URL_SETTINGS:
             check_url(name, getattr(self, name))
-        for name in ("cache_ttl", "cache_prediction_ttl"):  # Redis refuses SET ... EX 0
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a whole number of seconds >= 1, got {getattr(self, name)}")
+        if self.cache_ttl < 0:  # 0: metadata is looked up on every call
+            raise ValueError(f"cache_ttl must be a whole number of seconds >= 0, got {self.cache_ttl}")
+        if self.cache_prediction_ttl < 1:  # Redis refuses SET ... EX 0; to cache nothing, cache_prediction_enabled
+            raise ValueError(f"cache_prediction_ttl must be a whole number of seconds >= 1, got "
+                             f"{self.cache_prediction_ttl}")
         if self.intra_op_num_threads < 0:
             raise ValueError(f"intra_op_num_threads must be >= 0 (0: one per physical core), got "
                              f"{self.intra_op_num_threads}")

@@ -21,7 +21,7 @@ BAD_TEXT = {
 }
 ANY_TEXT = {"celery_queue", "cache_key_prefix", "cache_dir", "environment"}  # names and paths: any text is valid
 # Numbers read fine but out of range
-OUT_OF_RANGE = {"CACHE_TTL": "0", "CACHE_PREDICTION_TTL": "-5", "MODELFORGE_REDIS_TIMEOUT": "0",
+OUT_OF_RANGE = {"CACHE_TTL": "-1", "CACHE_PREDICTION_TTL": "0", "MODELFORGE_REDIS_TIMEOUT": "0",
                 "MODELFORGE_INTRA_OP_NUM_THREADS": "-2", "MODELFORGE_MAX_SESSIONS": "0",
                 "MODELFORGE_MAX_OUTPUT_BYTES": "-5", "MODELFORGE_MAX_BATCH_SIZE": "0",
                 "MODELFORGE_INFERENCE_TIMEOUT": "-1", "MODELFORGE_MODEL_BATCHING": '{"m": {"x": 1}}'}
