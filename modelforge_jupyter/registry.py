@@ -184,7 +184,8 @@ class Registry:
                 raise
             except Exception as err:  # sqlite3 / psycopg / SQLAlchemy errors alike: reconnect on the next call
                 self._close_clock()
-                raise ServiceUnavailableError(f"model registry database unavailable: {mask_url(first_line(err))}") from None
+                msg = mask_url(first_line(err))
+                raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
 
     def _open_clock(self) -> Any:
         if self.dialect == "sqlite" and self.url.database not in (None, "", ":memory:"):

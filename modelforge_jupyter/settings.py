@@ -224,9 +224,9 @@ class Settings(Configurable):
     """Every ModelForge setting, with its environment variable and default (see each trait's help).
 
     Every setting is read and checked here, once: raises ``ValueError`` naming the setting when an environment
-    variable cannot be read, a URL cannot be parsed (``check_url``), a TTL is negative (a prediction's under 1 s), a timeout is negative or not
-    finite, a batching setting is out of range (``check_batching``), ``max_sessions`` < 1 or an execution provider is not available in this
-    onnxruntime (``check_providers``).
+    variable cannot be read, a URL cannot be parsed (``check_url``), a TTL is negative (a prediction's under 1 s), a
+    timeout is negative or not finite, a batching setting is out of range (``check_batching``), ``max_sessions`` < 1
+    or an execution provider is not available in this onnxruntime (``check_providers``).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -249,7 +249,7 @@ class Settings(Configurable):
         check_timeout(self.cache_retry_after, "cache_retry_after")
         check_batching({key: getattr(self, key) for key in BATCHING_LIMITS})
         check_timeout(self.inference_timeout)
-        for name in ("database_timeout", "broker_timeout", "celery_probe_ttl", "redis_timeout"):  # deadlines: 0 would mean none
+        for name in ("database_timeout", "broker_timeout", "celery_probe_ttl", "redis_timeout"):  # 0 would mean none
             if not 0 < check_timeout(getattr(self, name), name):
                 raise ValueError(f"{name} must be a number of seconds > 0, got {getattr(self, name)!r}")
         for model, own in self.model_batching.items():

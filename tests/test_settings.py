@@ -101,7 +101,7 @@ def test_an_unparseable_url_is_named_and_none_of_its_user_info_is_shown(name, ur
     ("text", "masked"),
     [
         ("postgresql+psycopg2://u@127.0.0.1/db?password=QSECRET1", "postgresql+psycopg2://u@127.0.0.1/db?password=***"),
-        ("DATABASE_URL 'postgresql://u@h/db?sslmode=require&password=Q1' is not", 
+        ("DATABASE_URL 'postgresql://u@h/db?sslmode=require&password=Q1' is not",
          "DATABASE_URL 'postgresql://u@h/db?sslmode=require&password=***' is not"),
         ("redis://127.0.0.1:1/0?password=QSECRET1 down", "redis://127.0.0.1:1/0?password=*** down"),
         ("amqp://h//?api_key=K&x=1#f;auth_token=T", "amqp://h//?api_key=***&x=1#f;auth_token=***"),
