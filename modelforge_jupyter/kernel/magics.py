@@ -42,7 +42,7 @@ REQUEST_KEYS = {INPUT_DATA, USE_CACHE, VERSION}  # a cell with other keys is the
 def refuse_repeated_options(parser: Any, argv: list[str]) -> None:
     """Raise ``UsageError`` naming an option given more than once: argparse keeps the last one silently, so
     ``%mf_delete m --version 1 --version 2`` would delete version 2 without a word. No magic option repeats."""
-    given: dict[str, list[str]] = {}  # option dest -> the values given, in order ("" for a flag)
+    given: dict[str, tuple[Any, list[str]]] = {}  # option dest -> (its action, the values given: "" for a flag)
     pending: list[str] | None = None  # the values list awaiting the next token
     for token in argv:
         if pending is not None:  # the value of the option before, even if it looks like an option ("-1")
@@ -52,22 +52,20 @@ def refuse_repeated_options(parser: Any, argv: list[str]) -> None:
         if token == "--":
             break
         name, eq, value = token.partition("=")
-        action = parser._option_string_actions.get(name) if token.startswith("-") else None
+        action = parser._option_string_actions.get(name) if token.startswith("-") else None  # argparse's own table
         if action is None:
             continue
-        values = given.setdefault(action.dest, [])
+        values = given.setdefault(action.dest, (action, []))[1]
         if action.nargs == 0:
             values.append("")
         elif eq:
             values.append(value)
         else:
             pending = values
-    for dest, values in given.items():
+    for action, values in given.values():
         if len(values) > 1:
-            option = parser._get_optional_actions()
-            names = next("/".join(a.option_strings) for a in option if a.dest == dest)
             shown = ", then ".join(repr(v) for v in values) if any(values) else f"{len(values)} times"
-            raise UsageError(f"{names} is given more than once ({shown}): give it once")
+            raise UsageError(f"{'/'.join(action.option_strings)} is given more than once ({shown}): give it once")
 
 
 class ExpressionError(Exception):
