@@ -33,7 +33,7 @@ from .modelfile import check_self_contained, read_model_file
 from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
-from .settings import Settings, check_timeout
+from .settings import Settings, check_timeout, mask_url
 from .tensors import input_hash, prepare_feed
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ class ModelForge:
         try:
             return EvictionListener(s.redis_url, s.cache_key_prefix, self.engine)
         except Exception as err:  # Redis down at start: sessions are still pruned on registry changes
-            log.warning("eviction listener not started (%s)", err)
+            log.warning("eviction listener not started (%s)", mask_url(str(err)))
             return None
 
     def _relisten(self) -> None:
@@ -311,7 +311,7 @@ class ModelForge:
         try:
             self.listener.restart()
         except Exception as err:  # Redis down: sessions are still pruned on registry changes; retried next change
-            log.warning("eviction listener not restarted (%s)", err)
+            log.warning("eviction listener not restarted (%s)", mask_url(str(err)))
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: a new lock; with an eviction listener (whose thread the child lacks), no resolved

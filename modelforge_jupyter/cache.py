@@ -16,6 +16,7 @@ import time
 from typing import Any, Protocol
 
 from .forksafe import at_fork_in_child
+from .settings import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Breaker:
             self._down_until = time.monotonic() + self.retry_after
             if not self._outage:
                 self._outage = True
-                log.warning("%s unavailable, %s: %s", self.name, self.fallback, err)
+                log.warning("%s unavailable, %s: %s", self.name, self.fallback, mask_url(str(err)))
 
     def succeeded(self) -> None:
         if self._outage:

@@ -13,6 +13,7 @@ than its next wake-up; with one timeout for every run, that is once per busy per
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -20,6 +21,13 @@ import time
 from typing import Any
 
 from .errors import RequestCancelledError
+
+log = logging.getLogger(__name__)
+
+# Longest single wait of the watchdog thread (s): any deadline, however far (a timeout of 1e10 or 10**30 s is valid:
+# practically no limit), is waited for in steps no longer than this, under ``threading.TIMEOUT_MAX`` (a longer wait
+# raises OverflowError, which would kill the thread and with it every later timeout).
+MAX_WAIT = 3600.0
 
 
 class Run:
@@ -61,7 +69,7 @@ class Watchdog:
             self._idle_for = timeout
             if run.deadline < self._wake_at:
                 self._wake_at = run.deadline
-                if self._thread is None:
+                if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(target=self._watch, name="modelforge-watchdog", daemon=True)
                     self._thread.start()
                 else:
@@ -76,21 +84,30 @@ class Watchdog:
     def _watch(self) -> None:
         with self._lock:
             while True:
-                self.wakeups += 1
-                now = time.monotonic()
-                wake_at = math.inf
-                for run in self._runs:
-                    if run.deadline <= now:
-                        if not run.expired:
-                            run.expired = True  # read by the engine after the run raises: a timeout, not a bug
-                            run.options.terminate = True
-                    elif run.deadline < wake_at:
-                        wake_at = run.deadline
-                if wake_at == math.inf and self._started:
-                    wake_at = now + self._idle_for  # a run starting before then has a later deadline: no notify
-                self._started = 0
-                self._wake_at = wake_at
-                self._cond.wait(None if wake_at == math.inf else wake_at - now)
+                try:
+                    self._look()
+                except Exception:  # never die: a dead watchdog would silently ignore every later timeout
+                    log.exception("the inference watchdog failed; it carries on")
+                    self._wake_at = time.monotonic() + 1.0
+                    self._cond.wait(1.0)
+
+    def _look(self) -> None:
+        """One wake-up (the lock held): stop the runs past their deadline, then wait until the next one is due."""
+        self.wakeups += 1
+        now = time.monotonic()
+        wake_at = math.inf
+        for run in self._runs:
+            if run.deadline <= now:
+                if not run.expired:
+                    run.expired = True  # read by the engine after the run raises: a timeout, not a bug
+                    run.options.terminate = True
+            elif run.deadline < wake_at:
+                wake_at = run.deadline
+        if wake_at == math.inf and self._started:
+            wake_at = now + self._idle_for  # a run starting before then has a later deadline: no notify
+        self._started = 0
+        self._wake_at = wake_at
+        self._cond.wait(None if wake_at == math.inf else min(wake_at - now, MAX_WAIT))
 
 
 _watchdog: Watchdog | None = None

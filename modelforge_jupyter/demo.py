@@ -222,9 +222,20 @@ def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         raise
 
 
+def tcp_port(text: str) -> int:
+    """``text`` as a TCP port (1-65535), else ``argparse.ArgumentTypeError`` (a usage error, exit status 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: give a whole number from 1 to 65535")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8888, help="port of the Jupyter server (default 8888)")
+    parser.add_argument("--port", type=tcp_port, default=8888, help="port of the Jupyter server (default 8888)")
     parser.add_argument("--no-server", action="store_true", help="register and predict only; start no server")
     parser.add_argument("--smoke", action="store_true", help="predict once over HTTP, then stop the server")
     args = parser.parse_args(argv)

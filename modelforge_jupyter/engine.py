@@ -45,7 +45,7 @@ import onnxruntime as ort
 from .deadline import Cancellation, watchdog
 from .errors import InferenceError, InferenceTimeoutError, InvalidModelError, ResourceLimitError, first_line
 from .footprint import ConstantFootprint, constant_footprint
-from .forksafe import at_fork_in_child
+from .forksafe import at_fork_in_child, park
 from .records import TensorSpec
 from .tensors import NUMPY_DTYPES, json_safe, spec_from_ort
 
@@ -62,6 +62,20 @@ SHRINK_INTERVAL_S = 1.0  # a run returns the arena's free memory to the OS at mo
 _ARENA_FULL = re.compile(r"requested bytes of (\d+)|Failed to allocate memory for requested buffer of size (\d+)")
 _arena_lock = threading.Lock()
 _arena_max: int | None = None  # max_mem of the CPU arena registered in this process's ONNX Runtime environment
+# Threads inside ONNX Runtime (a run, a session build) with the shared arena: a fork while one is there may copy the
+# arena's mutex held, and no thread of the child would ever release it (see Engine._after_fork_in_child). A set add
+# and discard of the thread's id (~0.1 µs, atomic under the GIL): no lock a fork could catch held.
+_in_ort: set[int] = set()
+_arena_unusable = False  # in a process forked while _in_ort was not empty: its sessions keep their own arenas
+
+
+def _forked() -> None:
+    global _in_ort, _arena_unusable
+    _arena_unusable = _arena_unusable or bool(_in_ort)
+    _in_ort = set()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def shared_arena(max_bytes: int) -> int:
@@ -122,8 +136,10 @@ class Engine:
         self.max_session_bytes = max_session_bytes
         self.max_constant_bytes = max_constant_bytes
         self.max_output_bytes = max_output_bytes
+        self.max_arena_bytes = max_arena_bytes
         self.arena_bytes = 0  # the shared arena's cap, 0 when sessions keep their own (uncapped) arenas
-        if max_arena_bytes > 0:
+        self._warn_own_arenas = _arena_unusable and max_arena_bytes > 0
+        if max_arena_bytes > 0 and not _arena_unusable:
             self.arena_bytes = shared_arena(max_arena_bytes)
             if self.arena_bytes != max_arena_bytes:
                 log.warning("ONNX Runtime's arena of this process is capped at %d bytes (set by its first engine), "
@@ -198,9 +214,19 @@ class Engine:
         """Build a session (``create_session``) charged with the memory its build took: the process's RSS growth
         (builds run one at a time for this), at least the model's size plus the constants it computes."""
         footprint = self.footprint(model_bytes) if model_bytes else ConstantFootprint()
+        if self._warn_own_arenas:
+            self._warn_own_arenas = False
+            log.warning("this process was forked while another thread was inside ONNX Runtime: its sessions use arenas "
+                        "of their own, not the arena shared under max_arena_bytes (%d bytes), whose lock may have been "
+                        "held at the fork", self.max_arena_bytes)
+        thread = threading.get_ident()
         with self._build_lock:
             before = process_rss()
-            session = self.create_session(model_bytes, footprint)
+            _in_ort.add(thread)
+            try:
+                session = self.create_session(model_bytes, footprint)
+            finally:
+                _in_ort.discard(thread)
             grown = process_rss() - before
         return LoadedModel(session, max(grown, len(model_bytes) + footprint.computed_bytes), footprint.string_copies)
 
@@ -347,6 +373,14 @@ class Engine:
         (their characters are not in the arena). Raises what ORT raises."""
         if loaded.string_copies and self.arena_bytes:
             self._check_string_copies(loaded.string_copies, feed, name)
+        thread = threading.get_ident()
+        _in_ort.add(thread)
+        try:
+            return self._run_in_arena(loaded, feed, name, options)
+        finally:
+            _in_ort.discard(thread)
+
+    def _run_in_arena(self, loaded: LoadedModel, feed: dict[str, np.ndarray], name: str, options: Any) -> list[Any]:
         try:
             return loaded.session.run(loaded.output_names, feed, options)
         except Exception as err:
@@ -423,10 +457,23 @@ class Engine:
         """In a forked child: a new lock (another thread may have held it at the fork) and no loads in flight (their
         threads are gone: a waiter would wait forever). Loaded sessions are kept, their memory shared copy-on-write:
         a session built and run before the fork gives the same outputs in the child, with intra_op_num_threads 1, 2
-        and 4 alike (ORT 1.32; its parallel sections let the calling thread run work no pool thread picked up)."""
+        and 4 alike (ORT 1.32; its parallel sections let the calling thread run work no pool thread picked up).
+
+        Unless another thread was inside ONNX Runtime at the fork (``_in_ort``) with the shared arena: its mutex may
+        then be held for good in the child (3 children in 20 hung in ``session.run`` before this), so the child's
+        sessions are rebuilt with arenas of their own (one warning is logged at the first build)."""
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._loading = {}
+        if self.arena_bytes and (_in_ort or _arena_unusable):
+            # Another thread was inside ONNX Runtime at the fork: the shared arena's mutex may be held for good. Its
+            # sessions (and the shrinker) are parked, never run nor freed here (freeing returns memory to that
+            # arena); sessions are rebuilt on first use with arenas of their own, uncapped by max_arena_bytes.
+            park(*self._sessions.values(), self._shrinker)
+            self._sessions = OrderedDict()
+            self._shrinker = None
+            self.arena_bytes = 0
+            self._warn_own_arenas = True
 
 
 def _inference_error(err: Exception, model_name: str) -> InferenceError:

@@ -27,6 +27,7 @@ import orjson
 
 from .cache import Breaker
 from .forksafe import at_fork_in_child, park
+from .settings import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class Invalidator:
             cleanup(self.cache, self.settings.cache_key_prefix, model_id, shas)
             return "inline"
         except Exception as err:  # the cache is down too: TTLs expire the keys; answers stay correct regardless
-            log.warning("cleanup of model %s failed (%s); cached entries expire with their TTL", model_id, err)
+            log.warning("cleanup of model %s failed (%s); cached entries expire with their TTL", model_id,
+                        mask_url(str(err)))
             return "failed"
 
     def _send(self, model_id: str, shas: list[str]) -> bool:
@@ -174,7 +176,7 @@ class EvictionListener:
             log.warning("ignoring a malformed eviction event: %s", err)
 
     def _on_error(self, err: BaseException, pubsub: Any, thread: Any) -> None:
-        log.warning("eviction listener lost Redis (%s); resubscribing", err)
+        log.warning("eviction listener lost Redis (%s); resubscribing", mask_url(str(err)))
         threading.Event().wait(1.0)  # back off; run_in_thread calls get_message again, which reconnects
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, Servi
 from .forksafe import at_fork_in_child, park
 from .records import ModelRecord, TensorSpec
 from .schema import blobs, model_versions, models, registry_state
-from .settings import mask_url
+from .settings import check_url, mask_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def migrate(engine: SqlEngine) -> None:
             return
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-        log.info("registry schema migrated to %s on %s", head, engine.url.render_as_string(hide_password=True))
+        log.info("registry schema migrated to %s on %s", head, shown_url(engine.url))
 
 
 @contextmanager
@@ -101,6 +101,12 @@ def _sqlite_file_lock(engine: SqlEngine) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def shown_url(url: Any) -> str:
+    """A SQLAlchemy ``URL`` as messages and logs show it: its password masked, and ``?password=...`` too (which
+    ``render_as_string(hide_password=True)`` leaves, and libpq takes as the password)."""
+    return mask_url(url.render_as_string(hide_password=True))
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -117,19 +123,14 @@ class Registry:
         keepalives on idle connections, so a database that is down or unreachable fails a call within about
         ``timeout`` s instead of hanging it.
         """
-        try:
-            url = make_url(database_url)
-        except ArgumentError:  # unparseable: no part of it can be shown safely, it may be all password
-            raise ValueError(
-                "DATABASE_URL is not a URL SQLAlchemy can parse (dialect+driver://user:password@host:port/database); "
-                "its value is not shown as it may hold a password"
-            ) from None
-        shown = url.render_as_string(hide_password=True)
+        check_url("database_url", database_url)  # unparseable: ValueError, no part of its user-info shown
+        url = make_url(database_url)
+        shown = shown_url(url)
         try:
             url.get_dialect().import_dbapi()  # an unknown scheme or a driver that is not installed fails here
         except (ArgumentError, ImportError) as err:
             raise ValueError(
-                f"DATABASE_URL {shown!r} is not a database URL SQLAlchemy can use: {mask_url(str(err))}"
+                f"DATABASE_URL {shown!r} is not a database URL SQLAlchemy can use: {scrub(str(err), database_url)}"
             ) from None
         self.dialect = url.get_backend_name()
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -183,7 +184,8 @@ class Registry:
                 raise
             except Exception as err:  # sqlite3 / psycopg / SQLAlchemy errors alike: reconnect on the next call
                 self._close_clock()
-                raise ServiceUnavailableError(f"model registry database unavailable: {first_line(err)}") from None
+                msg = mask_url(first_line(err))
+                raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
 
     def _open_clock(self) -> Any:
         if self.dialect == "sqlite" and self.url.database not in (None, "", ":memory:"):
@@ -396,7 +398,7 @@ class Registry:
         try:
             yield
         except OperationalError as err:
-            msg = first_line(err.orig or err)
+            msg = mask_url(first_line(err.orig or err))
             raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
         except DataError as err:  # a value the database cannot store or compare: the request's fault
             msg = first_line(err.orig or err)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Int, Unicode, default
+from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, default
 from traitlets.config import Configurable
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -83,17 +83,110 @@ def check_batching(values: Mapping[str, Any], where: str = "") -> None:
             raise ValueError(f"{where}{key} must be a whole number from {low} to {high}, got {value!r}")
 
 
-# scheme://user:password@...: the password runs to the last "@" of the token, so one containing "@" or "/" is masked
+# scheme://user-info@host: the user-info runs to the last "@" of the token, so a password holding "@" or "/" is masked
 # whole (over-masking a query that holds an "@" rather than leaking part of a password).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):\S*@")
+_URL_USERINFO = re.compile(r"\b(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>\S*)@")
+# A query parameter whose name says it holds a secret (?password=..., &api_key=..., auth_token=...): its value runs
+# to the next "&", "#" or space, a closing quote of the text around it kept.
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;][^=&#\s?;]*(?:pass|pwd|secret|token|key|auth|credential)[^=&#\s?;]*=)"
+    r"(?P<value>[^&#\s]*?)(?=['\"]?(?:[&#\s]|$))",
+    re.IGNORECASE,
+)
+
+
+def _masked_userinfo(found: re.Match) -> str:
+    user, colon, _password = found["info"].partition(":")
+    if "@" not in user and not colon:  # a user name alone
+        return found[0]
+    if "@" not in user:  # user:password, as SQLAlchemy shows it (hide_password=True)
+        return f"{found['scheme']}{user}:***@"
+    return f"{found['scheme']}***@"  # no telling which part is the password: none of it is shown
 
 
 def mask_url(text: str) -> str:
-    """``text`` with the password of every URL in it (``scheme://user:password@host``, as in ``DATABASE_URL``,
-    ``REDIS_URL`` and ``CELERY_BROKER_URL``) replaced by ``***``, as SQLAlchemy's
-    ``URL.render_as_string(hide_password=True)`` does. Every message or log line that may quote a URL goes through
-    it, including text that is not a valid URL (an unparseable ``DATABASE_URL`` is quoted in its error)."""
-    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
+    """``text`` with the password of every URL in it replaced by ``***``: the user-info's password
+    (``scheme://user:***@host``, as SQLAlchemy's ``URL.render_as_string(hide_password=True)``; all of the user-info
+    when its user part holds an ``@``) and the value of every query parameter whose name holds pass/pwd/secret/token/
+    key/auth/credential (``?password=***``), which SQLAlchemy, redis-py and libpq all take as the password.
+    Every message or log line that may quote a URL goes through it, including text that is not a valid URL."""
+    return _SECRET_PARAM.sub(r"\g<name>***", _URL_USERINFO.sub(_masked_userinfo, text))
+
+
+def mask_setting_url(url: str) -> str:
+    """``url``, a URL setting's value that may not parse, masked for a message: ``mask_url``, and everything
+    between ``://`` (or the start) and the last ``@`` replaced by ``***``, since which part is the password cannot be
+    told (``postgresql://u:pa@ss@host`` -> ``postgresql://***@host``)."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return mask_url(head + sep + rest)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that may be secret: the pieces of its user-info (split at ``:`` and ``@``) and the values
+    of its secret-named query parameters; what a message about ``url`` must not show."""
+    rest = url.partition("://")[2] or url
+    pieces = re.split(r"[:@]", rest.rpartition("@")[0]) if "@" in rest else []
+    pieces += [m["value"] for m in _SECRET_PARAM.finditer(url)]
+    return [p for p in pieces if p]
+
+
+def scrub(reason: str, url: str) -> str:
+    """``reason`` (a parser's complaint about ``url``) without any part of ``url``'s user-info or secret parameters:
+    a quoted fragment holding one becomes ``'***'``, any other occurrence ``***``."""
+    secrets = url_secrets(url)
+    if not secrets:
+        return mask_url(reason)
+
+    def quoted(found: re.Match) -> str:
+        return "'***'" if any(p in found[0] for p in secrets) else found[0]
+
+    reason = re.sub(r"'[^']*'|\"[^\"]*\"", quoted, reason)
+    for piece in sorted(secrets, key=len, reverse=True):
+        if len(piece) >= 3:
+            reason = reason.replace(piece, "***")
+    return mask_url(reason)
+
+
+def _parse_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    make_url(url)
+
+
+def _parse_redis_url(url: str) -> None:
+    from redis.connection import parse_url
+
+    parse_url(url)
+
+
+def _parse_broker_url(url: str) -> None:
+    from kombu.utils.url import url_to_parts
+
+    url_to_parts(url)
+
+
+# URL settings: environment variable and the parser of the library that will use it (SQLAlchemy, redis-py, kombu)
+URL_SETTINGS = {
+    "database_url": ("DATABASE_URL", _parse_database_url),
+    "redis_url": ("REDIS_URL", _parse_redis_url),
+    "celery_broker_url": ("CELERY_BROKER_URL", _parse_broker_url),
+}
+
+
+def check_url(name: str, url: str) -> None:
+    """Refuse (``ValueError`` naming the setting's variable, the URL masked by ``mask_setting_url`` and the parser's
+    reason scrubbed of its user-info) a URL setting its library cannot parse. Empty: not set, nothing to parse."""
+    if not url:
+        return
+    var, parse = URL_SETTINGS[name]
+    try:
+        parse(url)
+    except Exception as err:  # SQLAlchemy's ArgumentError, int()'s ValueError on a port, urllib's on an IPv6 host
+        raise ValueError(f"{var} {mask_setting_url(url)!r} cannot be parsed: {scrub(str(err), url)}") from None
 
 
 def check_providers(providers: list[str]) -> list[str]:
@@ -130,16 +223,33 @@ def data_dir() -> Path:
 class Settings(Configurable):
     """Every ModelForge setting, with its environment variable and default (see each trait's help).
 
-    Raises ``ValueError`` naming the setting when an environment variable cannot be read, a batching setting is
-    out of range (``check_batching``), ``max_sessions`` < 1 or an execution provider is not available in this
-    onnxruntime (``check_providers``).
+    Every setting is read and checked here, once: raises ``ValueError`` naming the setting when an environment
+    variable cannot be read, a URL cannot be parsed (``check_url``), a TTL is negative (a prediction's under 1 s), a
+    timeout is negative or not finite, a batching setting is out of range (``check_batching``), ``max_sessions`` < 1
+    or an execution provider is not available in this onnxruntime (``check_providers``).
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        for name in self.trait_names(config=True):  # every environment default is parsed now, not on first use
+            try:
+                getattr(self, name)
+            except TraitError as err:  # a default of the wrong kind: the same ValueError as any other bad setting
+                raise ValueError(str(err)) from None
+        for name in URL_SETTINGS:
+            check_url(name, getattr(self, name))
+        if self.cache_ttl < 0:  # 0: metadata is looked up on every call
+            raise ValueError(f"cache_ttl must be a whole number of seconds >= 0, got {self.cache_ttl}")
+        if self.cache_prediction_ttl < 1:  # Redis refuses SET ... EX 0; to cache nothing, cache_prediction_enabled
+            raise ValueError(f"cache_prediction_ttl must be a whole number of seconds >= 1, got "
+                             f"{self.cache_prediction_ttl}")
+        if self.intra_op_num_threads < 0:
+            raise ValueError(f"intra_op_num_threads must be >= 0 (0: one per physical core), got "
+                             f"{self.intra_op_num_threads}")
+        check_timeout(self.cache_retry_after, "cache_retry_after")
         check_batching({key: getattr(self, key) for key in BATCHING_LIMITS})
         check_timeout(self.inference_timeout)
-        for name in ("database_timeout", "broker_timeout", "celery_probe_ttl"):  # deadlines: 0 would mean none
+        for name in ("database_timeout", "broker_timeout", "celery_probe_ttl", "redis_timeout"):  # 0 would mean none
             if not 0 < check_timeout(getattr(self, name), name):
                 raise ValueError(f"{name} must be a number of seconds > 0, got {getattr(self, name)!r}")
         for model, own in self.model_batching.items():
@@ -330,7 +440,7 @@ class Settings(Configurable):
 
     @default("redis_timeout")
     def _default_redis_timeout(self) -> float:
-        return float(os.environ.get("MODELFORGE_REDIS_TIMEOUT") or 0.25)
+        return _env_float("MODELFORGE_REDIS_TIMEOUT", 0.25)
 
     @default("database_timeout")
     def _default_database_timeout(self) -> float:
@@ -400,9 +510,12 @@ class Settings(Configurable):
     def _default_model_batching(self) -> dict:
         raw = os.environ.get("MODELFORGE_MODEL_BATCHING")
         try:
-            return json.loads(raw) if raw else {}
+            value = json.loads(raw) if raw else {}
         except ValueError:
-            raise ValueError(f"MODELFORGE_MODEL_BATCHING={raw!r} is not JSON") from None
+            value = None
+        if not isinstance(value, dict):
+            raise ValueError(f"MODELFORGE_MODEL_BATCHING={raw!r} is not a JSON object (model name: its settings)")
+        return value
 
     def batching_for(self, model_name: str) -> tuple[bool, int, int, int]:
         """(dynamic_batching, max_batch_size, max_queue_delay_us, model_instances) for one model: its overrides, else

@@ -8,6 +8,8 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from .mf_server import free_port
 
 
@@ -81,4 +83,14 @@ def test_port_held_by_another_server_stops_the_demo_before_it_prints_or_register
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert f"port {port} is taken" in proc.stderr and "--port N" in proc.stderr
+    assert not (tmp_path / "data" / "modelforge").exists()
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "0", "http"])
+def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(tmp_path, port):
+    proc = run_demo(demo_env(tmp_path), f"--port={port}")
+
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"argument --port: {port!r} is not a TCP port: give a whole number from 1 to 65535" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data" / "modelforge").exists()

@@ -319,3 +319,52 @@ def test_child_batches_though_a_batch_was_in_flight_in_another_thread_at_the_for
         leader.join(10)
 
     assert out["output_label"] == mf_raw_run(IRIS, feed)[0].tolist()
+
+
+def test_children_forked_while_other_threads_run_models_never_hang_on_the_shared_arena(tmp_path, iris_expected):
+    from modelforge_jupyter.deadline import Cancellation
+
+    from .test_timeout import FOREVER, spin_input, spin_model
+
+    # Given two threads running a long Loop model (every iteration allocates from ONNX Runtime's shared arena, whose
+    # lock a fork may catch held) and iris loaded and run before
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
+                "celery_broker_url": ""}
+    with ModelForge(**settings) as forge:
+        forge.register("iris", IRIS)
+        forge.register("spin", spin_model())
+        forge.predict("iris", [ROWS[0]], use_cache=False)
+        assert forge.engine.arena_bytes > 0  # the shared arena is in use (max_arena_bytes' default)
+        cancels = [Cancellation() for _ in range(2)]
+        spinners = [threading.Thread(target=lambda c=c: _spin(forge, spin_input(FOREVER), c)) for c in cancels]
+        for t in spinners:
+            t.start()
+        time.sleep(0.3)
+        try:
+            # When the process forks 20 times and each child predicts
+            hung = 0
+            for i in range(20):
+                with forked(lambda i=i: [forge.predict("iris", [ROWS[i]], use_cache=False).output_data,
+                                         forge.engine.arena_bytes]) as child:
+                    try:
+                        out = child.join(timeout=5)
+                    except pytest.fail.Exception:
+                        hung += 1
+                        break  # one hang is enough: the others would each cost the deadline
+                # and each answers as raw ONNX Runtime, from sessions with arenas of their own
+                assert out == [iris_expected[i], 0]
+        finally:
+            for c in cancels:
+                c.cancel("the test is over")
+            for t in spinners:
+                t.join(10)
+
+    # Then no child hung (before the fix 3 of 20 did, inside session.run on the arena's lock)
+    assert hung == 0
+
+
+def _spin(forge: ModelForge, x: np.ndarray, cancel) -> None:
+    from modelforge_jupyter.errors import RequestCancelledError
+
+    with pytest.raises(RequestCancelledError):
+        forge.predict("spin", x, use_cache=False, timeout=0, cancel=cancel)

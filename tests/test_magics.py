@@ -177,6 +177,13 @@ VERSION_REFUSALS = [
     ("%mf_predict iris X --version 0 -o out", BAD_VERSION),
     ("%%mf_predict iris --version 0 -o out\n[[1, 2, 3, 4]]", BAD_VERSION),
     ("%mf_delete iris --version 3", "ModelNotFoundError: model 'iris' has no version 3"),
+    # a repeated option is refused, never "the last one wins"
+    ("%mf_delete iris --version 1 --version 2", "UsageError: --version is given more than once ('1', then '2')"),
+    ("%mf_delete iris --version=2 --version 2", "UsageError: --version is given more than once ('2', then '2')"),
+    ("%mf_predict iris X --version 1 --version 2 -o out", "UsageError: --version is given more than once"),
+    ("%mf_predict iris X -o out --output out2", "UsageError: -o/--output is given more than once ('out', then"),
+    ("%mf_predict iris X --no-cache --no-cache -o out", "UsageError: --no-cache is given more than once (2 times)"),
+    ("%%mf_predict iris --version 1 --version 2 -o out\n[[1, 2, 3, 4]]", "UsageError: --version is given more"),
 ]
 
 

@@ -199,6 +199,73 @@ def test_a_bad_database_url_is_logged_masked_and_answered_503_while_live(tmp_pat
         server.stop()
 
 
+SECRET_CASES = {  # name: (settings in the environment, the secret, the 503 message or None: the server is healthy)
+    "query password, valid": ({"DATABASE_URL": "{pg}?password=QSECRET1",
+                               "REDIS_URL": "redis://127.0.0.1:6379/0?password=QSECRET2"}, "QSECRET", None),
+    "query password, no driver": ({"DATABASE_URL": "postgresql+psycopg2://u@127.0.0.1/db?password=QSECRET1"},
+                                  "QSECRET", "DATABASE_URL 'postgresql+psycopg2://u@127.0.0.1/db?password=***' is "
+                                  "not a database URL SQLAlchemy can use: No module named 'psycopg2'"),
+    "@ in a password": ({"DATABASE_URL": "postgresql+psycopg://u:pa@ss:PSECRET4@127.0.0.1:99999/db"}, "SECRET4",
+                        "DATABASE_URL 'postgresql+psycopg://***@127.0.0.1:99999/db' cannot be parsed: invalid "
+                        "literal for int() with base 10: '***'"),
+    "redis @": ({"REDIS_URL": "redis://u:pa@RSECRET6@127.0.0.1:abc/0"}, "SECRET6",
+                "REDIS_URL 'redis://***@127.0.0.1:abc/0' cannot be parsed: Port could not be cast to integer value as "
+                "'abc'"),
+    "broker @": ({"CELERY_BROKER_URL": "amqp://guest:pa@BSECRET8@127.0.0.1:xx//"}, "SECRET8",
+                 "CELERY_BROKER_URL 'amqp://***@127.0.0.1:xx//' cannot be parsed: Port could not be cast to integer "
+                 "value as 'xx'"),
+}
+
+
+@pytest.mark.parametrize("case", SECRET_CASES)
+def test_no_password_in_a_url_setting_reaches_an_answer_or_the_log(tmp_path, mf_postgres_url, case):
+    from .mf_server import http as plain_http
+    from .mf_server import isolated_env, start_server
+
+    # Given a server whose URL settings hold a password: in the query string, or in a URL that cannot be parsed
+    settings, secret, message = SECRET_CASES[case]
+    settings = {var: url.replace("{pg}", mf_postgres_url) for var, url in settings.items()}
+    env = isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"), **settings)
+    server = start_server(tmp_path / "server", env, wait=False)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the extension loads either way: liveness answers 200
+            assert server.proc.poll() is None, server.log
+            try:
+                if plain_http("GET", server.url + "modelforge/health/live")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+
+        # When every endpoint is called, with and without the token
+        answers = {}
+        for method, path, token, body in [
+            ("GET", "health", None, None), ("GET", "health/ready", None, None), ("GET", "health/live", None, None),
+            ("GET", "models", server.token, None),
+            ("POST", "predict", server.token, b'{"model_id": "x", "input_data": [1]}'),
+        ]:
+            answers[path] = plain_http(method, server.url + "modelforge/" + path, body, token=server.token and token)
+
+        # Then a misconfiguration is a 503 naming the setting, its URL masked, and the log holds no secret either
+        if message is not None:
+            for path in ("health/ready", "models", "predict"):
+                code, body = answers[path]
+                assert (code, json.loads(body)) == (503, {"message": f"ModelForge is misconfigured: {message}"}), path
+        else:
+            assert answers["health/ready"][0] == 200, answers
+            masked_db = mf_postgres_url.replace("postgresql+psycopg://", "") + "?password=***"
+            assert f"ModelForge: registry postgresql+psycopg://{masked_db}, cache redis redis://127.0.0.1:6379/0" \
+                   "?password=***, " in server.log
+        server.stop()
+        for path, (code, body) in answers.items():
+            assert secret not in body.decode(), (path, code, body)
+        assert secret not in server.log and "extension failed loading" not in server.log
+    finally:
+        server.stop()
+
+
 def test_sigterm_stops_the_server_within_seconds_while_its_broker_never_answers(tmp_path, mf_silent_listener):
     from concurrent.futures import ThreadPoolExecutor
 

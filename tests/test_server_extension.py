@@ -971,6 +971,36 @@ async def test_a_setting_modelforge_cannot_use_answers_503_naming_it_and_hides_p
 
 
 
+def one_bad_value_per_environment_setting() -> list[tuple[str, str]]:
+    """(env var, bad value): the first bad value of every environment setting (tests/test_settings.bad_values) but
+    the URLs, which the fixtures set in the server's config (tests/test_server_e2e gives them in the environment)."""
+    from .test_settings import bad_values
+
+    first: dict[str, str] = {}
+    for name, var, value in bad_values():
+        if not name.endswith("_url"):
+            first.setdefault(var, value)
+    return sorted(first.items())
+
+
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+@pytest.mark.parametrize("mf_env", [dict([case]) for case in one_bad_value_per_environment_setting()],
+                         ids=[case[0] for case in one_bad_value_per_environment_setting()])
+async def test_every_bad_environment_setting_answers_503_naming_it_and_stays_live(jp_fetch, mf_env):
+    # Given a server started with one environment variable ModelForge cannot read
+    ((var, _value),) = mf_env.items()
+    name = next(n for n, v in ENV_VARS.items() if v == var)
+
+    # Then the extension is loaded (live 200) and every endpoint answers 503 naming the variable or the setting
+    assert await mf_call(jp_fetch, "GET", "health", "live", token=False) == (200, {"status": "alive"})
+    for method, path, token in [("GET", "health", False), ("GET", "health/ready", False), ("GET", "models", True)]:
+        code, err = await mf_call(jp_fetch, method, *path.split("/"), token=token)
+        assert code == 503, (path, err)
+        assert err["message"].startswith(("ModelForge is misconfigured: " + var,
+                                          "ModelForge is misconfigured: " + name)), err
+        assert "SECRET" not in err["message"]
+
+
 def test_settings_refuse_an_unavailable_execution_provider_naming_the_available_ones():
     import onnxruntime
 

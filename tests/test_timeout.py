@@ -385,3 +385,22 @@ def test_the_watchdog_is_not_woken_per_run_and_works_in_a_forked_child(tmp_path)
             os.waitpid(pid, 0)
             pytest.fail("the forked child's run was never stopped")
         assert os.waitstatus_to_exitcode(status[1]) == 0
+
+
+def test_a_huge_timeout_means_practically_no_limit_and_later_timeouts_still_stop_runs(tmp_path):
+    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
+    with ModelForge(**settings, inference_timeout=1e10) as forge:
+        forge.register("spin", spin_model())
+
+        # When runs are given deadlines past what a thread can wait for (threading.TIMEOUT_MAX ~ 9.2e9 s)
+        for timeout in (None, 1e10, 10**30, 1e300):  # None: the setting's 1e10
+            result = forge.predict("spin", spin_input(3), use_cache=False, timeout=timeout)
+            assert len(result.output_data["y"]) == 1
+        time.sleep(0.2)  # the watchdog has looked at them (it would have died here: OverflowError)
+
+        # Then the watchdog is alive, and a later timeout still stops a run that would take hours
+        assert watchdog()._thread.is_alive()
+        start = time.monotonic()
+        with pytest.raises(InferenceTimeoutError, match="within 300 ms"):
+            forge.predict("spin", spin_input(FOREVER), timeout=0.3)
+        assert time.monotonic() - start < 3.0

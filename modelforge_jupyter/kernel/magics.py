@@ -39,6 +39,35 @@ SETTINGS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix", "cache
 REQUEST_KEYS = {INPUT_DATA, USE_CACHE, VERSION}  # a cell with other keys is the bare input data
 
 
+def refuse_repeated_options(parser: Any, argv: list[str]) -> None:
+    """Raise ``UsageError`` naming an option given more than once: argparse keeps the last one silently, so
+    ``%mf_delete m --version 1 --version 2`` would delete version 2 without a word. No magic option repeats."""
+    given: dict[str, tuple[Any, list[str]]] = {}  # option dest -> (its action, the values given: "" for a flag)
+    pending: list[str] | None = None  # the values list awaiting the next token
+    for token in argv:
+        if pending is not None:  # the value of the option before, even if it looks like an option ("-1")
+            pending.append(token)
+            pending = None
+            continue
+        if token == "--":
+            break
+        name, eq, value = token.partition("=")
+        action = parser._option_string_actions.get(name) if token.startswith("-") else None  # argparse's own table
+        if action is None:
+            continue
+        values = given.setdefault(action.dest, (action, []))[1]
+        if action.nargs == 0:
+            values.append("")
+        elif eq:
+            values.append(value)
+        else:
+            pending = values
+    for action, values in given.values():
+        if len(values) > 1:
+            shown = ", then ".join(repr(v) for v in values) if any(values) else f"{len(values)} times"
+            raise UsageError(f"{'/'.join(action.option_strings)} is given more than once ({shown}): give it once")
+
+
 class ExpressionError(Exception):
     """The user's expression failed to evaluate; ``str`` is already ``Type: message``."""
 
@@ -160,7 +189,9 @@ class ModelForgeMagics(Magics):
             raise UsageError(f"cannot split {line!r}: {err}") from None
         parser = magic.parser  # MagicArgumentParser: errors raise UsageError
         parser.allow_abbrev = False  # a misspelt or shortened option is refused, never guessed
-        return parser.parse_intermixed_args(argv)
+        args = parser.parse_intermixed_args(argv)
+        refuse_repeated_options(parser, argv)
+        return args
 
     def _eval(self, expr: str, local_ns: dict | None = None) -> Any:
         """``expr`` evaluated in the caller's scope (``local_ns`` from ``@needs_local_scope``): the notebook's

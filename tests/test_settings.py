@@ -1,0 +1,121 @@
+"""Settings: every environment variable is read and checked when ``Settings`` is built; URLs never show a secret."""
+
+from __future__ import annotations
+
+import pytest
+from traitlets import Bool, Dict, Float, Int, Unicode
+
+from modelforge_jupyter.server_extension.app import ENV_VARS
+from modelforge_jupyter.settings import Settings, check_url, mask_setting_url, mask_url
+
+# A value each kind of setting cannot take, read from the environment
+BAD_BY_TYPE = {Int: ["abc", "1.5", "1e3", "1GB"], Float: ["fast", "nan", "-1", "inf"], Bool: ["maybe", "2"],
+               Dict: ["{not json", "[1]"]}
+# Text settings: the values they refuse, or why any text is a valid value
+BAD_TEXT = {
+    "database_url": ["postgresql+psycopg://u:pa@ss:PSECRET4@127.0.0.1:99999/db", "u:PSECRET@@127.0.0.1/mf",
+                     "postgresql+psycopg://u:PSECRET3]@[::1/db"],
+    "redis_url": ["redis://u:pa@RSECRET6@127.0.0.1:abc/0", "rediss2://u:RSECRET7@127.0.0.1:6379/0"],
+    "celery_broker_url": ["amqp://guest:pa@BSECRET8@127.0.0.1:xx//"],
+    "execution_providers": ["cpuexecutionprovider", "CUDAExecutionProvider", ","],
+}
+ANY_TEXT = {"celery_queue", "cache_key_prefix", "cache_dir", "environment"}  # names and paths: any text is valid
+# Numbers read fine but out of range
+OUT_OF_RANGE = {"CACHE_TTL": "-1", "CACHE_PREDICTION_TTL": "0", "MODELFORGE_REDIS_TIMEOUT": "0",
+                "MODELFORGE_INTRA_OP_NUM_THREADS": "-2", "MODELFORGE_MAX_SESSIONS": "0",
+                "MODELFORGE_MAX_OUTPUT_BYTES": "-5", "MODELFORGE_MAX_BATCH_SIZE": "0",
+                "MODELFORGE_INFERENCE_TIMEOUT": "-1", "MODELFORGE_MODEL_BATCHING": '{"m": {"x": 1}}'}
+
+
+def bad_values() -> list[tuple[str, str, str]]:
+    """(setting, env var, bad value) for every setting that has an environment variable."""
+    cases = []
+    for name, var in sorted(ENV_VARS.items()):
+        trait = Settings.class_traits()[name]
+        if isinstance(trait, Unicode):
+            values = BAD_TEXT.get(name, [])
+        else:
+            values = next(v for kind, v in BAD_BY_TYPE.items() if isinstance(trait, kind))
+        cases += [(name, var, value) for value in values]
+    return cases
+
+
+def test_every_environment_setting_has_bad_values_to_test():
+    # A setting added later is covered: by its type, or it must be listed as text that can be bad, or any text
+    text = {n for n in ENV_VARS if isinstance(Settings.class_traits()[n], Unicode)}
+    assert text == set(BAD_TEXT) | ANY_TEXT
+    assert {name for name, _, _ in bad_values()} == set(ENV_VARS) - ANY_TEXT
+
+
+@pytest.mark.parametrize(("name", "var", "value"), bad_values())
+def test_a_bad_environment_value_is_refused_when_settings_are_built_naming_it(monkeypatch, name, var, value):
+    monkeypatch.setenv(var, value)
+
+    with pytest.raises(ValueError) as raised:
+        Settings()
+
+    message = str(raised.value)
+    assert var in message or message.startswith(f"{name}"), message
+    for secret in ("SECRET", "pa@ss", "PSECRET"):
+        assert secret not in message, message
+
+
+@pytest.mark.parametrize(("var", "value"), OUT_OF_RANGE.items())
+def test_a_number_out_of_range_in_the_environment_is_refused(monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    name = next(n for n, v in ENV_VARS.items() if v == var)
+
+    with pytest.raises(ValueError, match=rf"^(model_batching\[|{name}\b|{var}\b)"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "message"),
+    [
+        ("database_url", "postgresql+psycopg://u:pa@ss:PSECRET4@127.0.0.1:99999/db",
+         "DATABASE_URL 'postgresql+psycopg://***@127.0.0.1:99999/db' cannot be parsed: invalid literal for int() "
+         "with base 10: '***'"),
+        ("database_url", "postgresql+psycopg://u:PSECRET3]@[::1/db",
+         "DATABASE_URL 'postgresql+psycopg://***@[::1/db' cannot be parsed: "),
+        ("database_url", "modelforge:s3cret-pw@@127.0.0.1/mf",
+         "DATABASE_URL '***@127.0.0.1/mf' cannot be parsed: Could not parse SQLAlchemy URL from given URL string"),
+        ("redis_url", "redis://u:pa@RSECRET6@127.0.0.1:abc/0",
+         "REDIS_URL 'redis://***@127.0.0.1:abc/0' cannot be parsed: Port could not be cast to integer value as 'abc'"),
+        ("redis_url", "redis://:abc@127.0.0.1:abc/0?password=abc",
+         "REDIS_URL 'redis://***@127.0.0.1:abc/0?password=***' cannot be parsed: Port could not be cast to integer "
+         "value as '***'"),
+        ("celery_broker_url", "amqp://guest:pa@BSECRET8@127.0.0.1:xx//",
+         "CELERY_BROKER_URL 'amqp://***@127.0.0.1:xx//' cannot be parsed: Port could not be cast to integer value as "
+         "'xx'"),
+    ],
+)
+def test_an_unparseable_url_is_named_and_none_of_its_user_info_is_shown(name, url, message):
+    with pytest.raises(ValueError) as raised:
+        check_url(name, url)
+
+    assert str(raised.value).startswith(message)
+    assert not any(piece in str(raised.value) for piece in ("SECRET", "pa@ss", "s3cret"))
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("postgresql+psycopg2://u@127.0.0.1/db?password=QSECRET1", "postgresql+psycopg2://u@127.0.0.1/db?password=***"),
+        ("DATABASE_URL 'postgresql://u@h/db?sslmode=require&password=Q1' is not",
+         "DATABASE_URL 'postgresql://u@h/db?sslmode=require&password=***' is not"),
+        ("redis://127.0.0.1:1/0?password=QSECRET1 down", "redis://127.0.0.1:1/0?password=*** down"),
+        ("amqp://h//?api_key=K&x=1#f;auth_token=T", "amqp://h//?api_key=***&x=1#f;auth_token=***"),
+        ("redis://:RSECRET6@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
+        ("postgresql://pa@ss:SECRET@db/mf", "postgresql://***@db/mf"),
+        ("postgresql://u:pa@ss:SECRET@db/mf", "postgresql://u:***@db/mf"),
+        ("redis://cache:6379/0?db=1", "redis://cache:6379/0?db=1"),
+    ],
+)
+def test_mask_url_hides_query_passwords_and_user_info(text, masked):
+    assert mask_url(text) == masked
+
+
+def test_mask_setting_url_shows_no_user_info_at_all():
+    assert mask_setting_url("postgresql://u:pa@ss@h/db?password=x") == "postgresql://***@h/db?password=***"
+    assert mask_setting_url("u:p@h/db") == "***@h/db"
+    assert mask_setting_url("sqlite:////tmp/r.db") == "sqlite:////tmp/r.db"
