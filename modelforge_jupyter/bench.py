@@ -1,31 +1,14 @@
 """``python -m modelforge_jupyter.bench``: benchmark ModelForge against raw ONNX Runtime in one run (the CLI door).
 
-The measuring is ``benchmark`` (shared with ``%mf_bench``), the budget lines ``verdicts``; this module parses the
-command line, runs them on the sample models and prints the figures. What follows is what it measures.
-
-Both doors call ``plan_bench`` then ``run_bench``: for each batch size they measure, on the same input arrays and
-with the same ``SessionOptions`` (``mf.engine.session_options()``), ModelForge beside raw ``InferenceSession.run``:
-
-- ``raw_cold`` / ``cold``: raw session creation + first run / ``predict`` right after ``ModelForge.unload`` (model
-  bytes fetched from the registry, session built; the unload itself is not timed);
-- ``raw_ort`` / ``api_cache_off``: raw ``run`` / a warm ``predict(use_cache=False)``; ``raw_ort_default``: raw
-  ``run`` of a session built with ONNX Runtime's default ``SessionOptions`` (its own thread pool, spinning on);
-- ``api_miss``: ``predict`` on a new input each call, the cache write included (CLI only);
-- ``api_hit``: ``predict`` of an input already in the prediction cache;
-- ``json_floor``: what ``POST modelforge/predict`` does without HTTP: decode the JSON body (orjson), ``predict``
-  with the cache off (nested lists converted to arrays), encode the answer (orjson), in this process;
-- ``http_miss`` / ``http_hit`` (``--http``): ``POST <base_url>modelforge/predict`` on a running Jupyter server over one
-  keep-alive connection, with ``"use_cache": false`` / an input already cached; the request body is encoded once, the
-  answer is read and decoded (orjson) in every timed call.
-
-Each cell reports p50 / p95 / p99 latency in ms, throughput in predictions/s (rows of the batch per second over all
-timed calls) and the p50 ratio to the raw path beside it (``raw_cold`` for ``cold``, ``raw_ort`` for the others).
-The CLI then adds a cache hit beside a raw GET of the same key from the cache backend, the cross-process consistency
-check alone (``ModelForge.registry_generation``: what every predict pays to prove its metadata current), and checks
-each line of the performance budget (``budget``) on the figures; ``--json PATH`` writes all of it as JSON. By default it runs on a fresh embedded registry and disk cache in a temporary directory;
-``--database-url`` and ``--redis-url`` measure real services (use a scratch database). ``--http [URL]`` also measures
-the server found as ``client.find_server`` does (URL, env ``MODELFORGE_URL``/``MODELFORGE_TOKEN``, the parent
-server); the CLI uploads each sample model it lacks (``PUT``) and deletes those afterwards.
+What each path measures and how a cell is summarised (p50 / p95 / p99 ms, predictions/s, the p50 ratio to the raw
+path beside it) is ``benchmark``'s docstring; the budget lines are ``verdicts``'. The CLI adds a cache hit beside a raw
+GET of the same key from the cache backend, the cross-process consistency check alone
+(``ModelForge.registry_generation``: what every predict pays to prove its metadata current), and checks each line of
+the performance budget on the figures; ``--json PATH`` writes all of it as JSON. By default it runs on a fresh
+embedded registry and disk cache in a temporary directory; ``--database-url`` and ``--redis-url`` measure real
+services (use a scratch database). ``--http [URL]`` also measures the server found as ``client.find_server`` does
+(URL, env ``MODELFORGE_URL``/``MODELFORGE_TOKEN``, the parent server); the CLI uploads each sample model it lacks
+(``PUT``) and deletes those afterwards.
 """
 
 from __future__ import annotations
