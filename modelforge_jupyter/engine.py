@@ -488,7 +488,7 @@ def format_seconds(seconds: float) -> str:
 def _nbytes(value: Any) -> int:
     """Bytes of one output: an array's ``nbytes``, a string array's UTF-8 text plus 8 bytes an element (its pointer);
     a sequence (skl2onnx's ZipMap: one map a row, all alike) sized from its first item, 16 bytes a map entry (key and
-    value)."""
+    value) plus a string key's text (a ZipMap's class labels repeat in every row)."""
     if isinstance(value, np.ndarray):
         if value.dtype == object:
             return value.nbytes + sum(len(s) if s.isascii() else len(s.encode()) for s in value.flat)
@@ -496,7 +496,7 @@ def _nbytes(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return len(value) * _nbytes(value[0]) if value else 0
     if isinstance(value, dict):
-        return 16 * len(value)
+        return sum(16 + (len(key.encode()) if isinstance(key, str) else 0) for key in value)
     return 8
 
 

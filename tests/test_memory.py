@@ -386,6 +386,29 @@ def test_string_outputs_are_counted_with_their_characters(mf_settings):
         assert _cached_predictions(forge) == 1
 
 
+def test_zipmap_string_labels_are_counted_in_every_row(mf_settings):
+    # Given a ZipMap whose one class label is 4000 characters: each row of the answer repeats it (a fresh-clone tester
+    # got a 401 MB answer, cached, past an 8 MiB limit: map entries were counted at 16 bytes, keys' text ignored)
+    zipmap = helper.make_node("ZipMap", ["x"], ["y"], domain="ai.onnx.ml", classlabels_strings=["Z" * 4000])
+    y = helper.make_value_info("y", helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, []))))
+    graph = helper.make_graph([zipmap], "zipmap", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+                              [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                              ir_version=8)
+    with ModelForge(**mf_settings, max_output_bytes=64 * 1024) as forge:
+        forge.register("zip", model)
+        assert forge.predict("zip", {"x": [[0.5]] * 10}).output_data == {"y": [{"Z" * 4000: 0.5}] * 10}
+
+        # When 100 rows would answer 401,600 bytes of keys
+        with pytest.raises(ResourceLimitError) as refused:
+            forge.predict("zip", {"x": [[0.5]] * 100})
+
+        # Then it is refused naming the size, and only the small answer is cached
+        assert refused.value.status == 413 and "401600 bytes" in str(refused.value)
+        assert _cached_predictions(forge) == 1
+
+
 def test_request_strings_a_model_copies_are_bounded_before_the_run(tmp_path):
     # Given Tile(s, 100000) behind Gather(·, 0) on a server whose arena holds 8 MiB: a 1000-character string would
     # hold 100 MB of characters outside the arena, its answer one string
