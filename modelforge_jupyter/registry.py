@@ -124,6 +124,7 @@ class Registry:
         ``timeout`` s instead of hanging it.
         """
         check_url("database_url", database_url)  # unparseable: ValueError, no part of its user-info shown
+        self._secret_url = database_url  # what driver errors are scrubbed of (libpq may split user-info elsewhere)
         url = make_url(database_url)
         shown = shown_url(url)
         try:
@@ -184,7 +185,7 @@ class Registry:
                 raise
             except Exception as err:  # sqlite3 / psycopg / SQLAlchemy errors alike: reconnect on the next call
                 self._close_clock()
-                msg = mask_url(first_line(err))
+                msg = self._scrubbed(err)
                 raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
 
     def _open_clock(self) -> Any:
@@ -398,11 +399,16 @@ class Registry:
         try:
             yield
         except OperationalError as err:
-            msg = mask_url(first_line(err.orig or err))
+            msg = self._scrubbed(err.orig or err)
             raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
         except DataError as err:  # a value the database cannot store or compare: the request's fault
             msg = first_line(err.orig or err)
             raise ModelForgeError(f"the model registry refused a value of this request: {msg}") from None
+
+    def _scrubbed(self, err: BaseException) -> str:
+        """A driver's complaint without any piece of DATABASE_URL's user-info: libpq splits ``user:pa@ss@host`` at
+        the first ``@`` and names ``ss@host`` as the host it could not resolve."""
+        return scrub(first_line(err), self._secret_url)
 
     def close(self) -> None:
         with self._clock_lock:

@@ -119,3 +119,22 @@ def test_mask_setting_url_shows_no_user_info_at_all():
     assert mask_setting_url("postgresql://u:pa@ss@h/db?password=x") == "postgresql://***@h/db?password=***"
     assert mask_setting_url("u:p@h/db") == "***@h/db"
     assert mask_setting_url("sqlite:////tmp/r.db") == "sqlite:////tmp/r.db"
+
+
+def test_a_driver_error_shows_no_piece_of_a_password_holding_an_at_sign(tmp_path, caplog):
+    from modelforge_jupyter import ModelForge
+    from modelforge_jupyter.errors import ServiceUnavailableError
+
+    # Given a DATABASE_URL whose password holds an unescaped '@': libpq splits the user-info at the first '@', so it
+    # reports "failed to resolve host 'ZQXb@127.0.0.1'" (a fresh-clone tester saw the piece after the '@' in 503s)
+    url = "postgresql+psycopg://postgres:ZQXa@ZQXb@127.0.0.1:5439/db"
+    caplog.set_level("DEBUG", logger="modelforge_jupyter")
+
+    # When a ModelForge on it is used
+    with pytest.raises(ServiceUnavailableError) as err:
+        with ModelForge(database_url=url, redis_url="", cache_dir=str(tmp_path / "c"), database_timeout=2) as forge:
+            forge.models()
+
+    # Then the answer says what failed, and neither piece of the password is in it or in any log line
+    assert str(err.value).startswith("model registry database unavailable: failed to resolve host '***'")
+    assert not any(secret in str(err.value) + caplog.text for secret in ("ZQXa", "ZQXb"))
