@@ -958,6 +958,12 @@ async def test_compressed_bodies_are_limited_decompressed_and_bad_ones_refused(j
         ({"database_url": "modelforge:s3cret-pw@@127.0.0.1/mf"}, "DATABASE_URL "),
         ({"max_sessions": 0}, "max_sessions must be >= 1, got 0"),
         ({"execution_providers": "CPUExecutionProvider,NopeExecutionProvider"}, "execution_providers: "),
+        # the app's own traits: a traitlets validator made Jupyter drop the whole ModelForgeApp config (the default
+        # registry was served, max_output_bytes ignored), found by a fresh-clone tester
+        ({"control_workers": 0, "max_output_bytes": 10}, "ModelForgeApp.control_workers must be >= 1, got 0"),
+        ({"max_workers": 0}, "ModelForgeApp.max_workers must be >= 1, got 0"),
+        ({"max_predict_body_size": -1}, "ModelForgeApp.max_predict_body_size must be >= 1, got -1"),
+        ({"shutdown_timeout": float("nan")}, "ModelForgeApp.shutdown_timeout must be a number of seconds >= 0"),
     ],
 )
 async def test_a_setting_modelforge_cannot_use_answers_503_naming_it_and_hides_passwords(jp_fetch, setting):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -22,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, TraitError, TraitType, validate
+from traitlets import Float, Int, TraitType
 from traitlets.config import Configurable
 
 from ..errors import ServiceUnavailableError
@@ -107,11 +108,26 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
     control_executor: ThreadPool | None = None  # model list/get/put/delete/unload
     health_executor: ThreadPool | None = None  # health alone: never queued behind anything else
 
-    @validate("max_workers", "max_body_size", "max_predict_body_size", "control_workers")
-    def _positive(self, proposal: dict[str, Any]) -> int:
-        if proposal["value"] < 1:
-            raise TraitError(f"ModelForgeApp.{proposal['trait'].name} must be >= 1, got {proposal['value']}")
-        return proposal["value"]
+    def app_setting_error(self) -> str | None:
+        """What is wrong with this app's own traits (pool sizes >= 1, body limits >= 1, a finite shutdown_timeout >= 0),
+        or None. Checked when the extension starts rather than by a traitlets validator: Jupyter only logs an error
+        raised while it links an extension, then runs it with none of its configuration (the default registry)."""
+        for name in ("max_workers", "control_workers", "max_body_size", "max_predict_body_size"):
+            if getattr(self, name) < 1:
+                return f"ModelForgeApp.{name} must be >= 1, got {getattr(self, name)}"
+        if not math.isfinite(self.shutdown_timeout) or self.shutdown_timeout < 0:
+            return f"ModelForgeApp.shutdown_timeout must be a number of seconds >= 0, got {self.shutdown_timeout}"
+        return None
+
+    def body_limits(self) -> tuple[int, int]:
+        """(max_body_size, max_predict_body_size) in force: a value out of range (the endpoints answer 503 naming it,
+        ``app_setting_error``) is replaced by the trait's default meanwhile."""
+        traits = self.traits()
+        return tuple(  # type: ignore[return-value]
+            value if value >= 1 else traits[name].default_value
+            for name, value in (("max_body_size", self.max_body_size),
+                                ("max_predict_body_size", self.max_predict_body_size))
+        )
 
     def modelforge_settings(self) -> Settings:
         """The effective ``Settings``: the environment's, overridden by every mirrored trait that was configured."""
@@ -132,10 +148,13 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         self._config_error: str | None = None
         self._stopped = False
         self._health: asyncio.Future | None = None
-        self.executor = ThreadPool(self.max_workers, "modelforge")
-        self.control_executor = ThreadPool(self.control_workers, "modelforge-control")
+        self.executor = ThreadPool(max(self.max_workers, 1), "modelforge")
+        self.control_executor = ThreadPool(max(self.control_workers, 1), "modelforge-control")
         self.health_executor = ThreadPool(1, "modelforge-health")
         try:
+            problem = self.app_setting_error()
+            if problem is not None:
+                raise ValueError(problem)
             self._forge_settings = self.modelforge_settings()
         except ValueError as err:  # a setting out of range: the endpoints say which (503) rather than vanish (404)
             self._config_error = f"ModelForge is misconfigured: {mask_url(str(err))}"
@@ -220,7 +239,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         self.executor = self.control_executor = self.health_executor = None
         for p in pools:
             p.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + self.shutdown_timeout
+        deadline = time.monotonic() + (self.shutdown_timeout if self.app_setting_error() is None else 3.0)
         stuck = 0
         for p in pools:
             stuck += await asyncio.to_thread(p.shutdown, timeout=max(0.0, deadline - time.monotonic()))

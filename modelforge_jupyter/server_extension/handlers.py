@@ -148,7 +148,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def body_limit(self) -> tuple[int, str]:
         """(largest body in bytes, decompressed, the setting that says so) for this endpoint."""
-        return self.extensionapp.max_body_size, "max_body_size"
+        return self.extensionapp.body_limits()[0], "max_body_size"
 
     def _too_large(self, size: int, qualifier: str = "", decompressed: str = "") -> str:
         limit, setting = self.body_limit
@@ -280,10 +280,8 @@ class PredictHandler(ModelForgeHandler):
     def body_limit(self) -> tuple[int, str]:
         """A JSON body decodes to up to ~32x its size in Python objects, so predict takes at most
         ``max_predict_body_size`` (and never more than ``max_body_size``)."""
-        app = self.extensionapp
-        if app.max_predict_body_size < app.max_body_size:
-            return app.max_predict_body_size, "max_predict_body_size"
-        return app.max_body_size, "max_body_size"
+        body, predict = self.extensionapp.body_limits()
+        return (predict, "max_predict_body_size") if predict < body else (body, "max_body_size")
 
     async def prepare(self) -> None:
         self.cancellation = Cancellation()  # before anything awaits: the client may leave at any point
