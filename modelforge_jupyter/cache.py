@@ -11,10 +11,13 @@ bypassed for ``retry_after`` seconds, and predictions are served from the engine
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import threading
 import time
 from typing import Any, Protocol
 
+from .errors import first_line
 from .forksafe import at_fork_in_child
 from .settings import mask_url
 
@@ -141,7 +144,13 @@ class DiskCache:
     def __init__(self, directory: str, retry_after: float = 5.0) -> None:
         import diskcache
 
-        self.cache = diskcache.Cache(directory, tag_index=True, timeout=1.0)
+        try:
+            self.cache = diskcache.Cache(directory, tag_index=True, timeout=1.0)
+        except (OSError, sqlite3.Error) as err:  # the operator's setting, but no server path in an answer
+            reason = os.strerror(err.errno) if getattr(err, "errno", None) else first_line(err)
+            raise ValueError(
+                f"MODELFORGE_CACHE_DIR (cache_dir): the disk cache's directory cannot be created or opened ({reason})"
+            ) from None
         self.breaker = Breaker("disk cache", retry_after)
 
     def get(self, key: str) -> bytes | None:

@@ -136,7 +136,12 @@ class Registry:
         self.dialect = url.get_backend_name()
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if self.dialect == "sqlite" and url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # the operator's setting, but no server path in an answer: the reason alone
+                raise ValueError(
+                    f"DATABASE_URL: the SQLite file's directory cannot be created ({err.strerror or type(err).__name__})"
+                ) from None
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         elif self.dialect == "postgresql":
             kwargs["connect_args"] = {  # a host that drops packets or never answers must not hang a request

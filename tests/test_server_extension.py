@@ -964,6 +964,9 @@ async def test_compressed_bodies_are_limited_decompressed_and_bad_ones_refused(j
         ({"max_workers": 0}, "ModelForgeApp.max_workers must be >= 1, got 0"),
         ({"max_predict_body_size": -1}, "ModelForgeApp.max_predict_body_size must be >= 1, got -1"),
         ({"shutdown_timeout": float("nan")}, "ModelForgeApp.shutdown_timeout must be a number of seconds >= 0"),
+        # storage it cannot create: the extension failed to load (every path Jupyter's HTML 404, health/live too)
+        ({"cache_dir": "/proc/mf-no-such/cache"}, "MODELFORGE_CACHE_DIR (cache_dir): the disk cache's directory cannot"),
+        ({"database_url": "sqlite:////proc/mf-no-such/r.db"}, "DATABASE_URL: the SQLite file's directory cannot"),
     ],
 )
 async def test_a_setting_modelforge_cannot_use_answers_503_naming_it_and_hides_passwords(jp_fetch, setting):
@@ -971,7 +974,7 @@ async def test_a_setting_modelforge_cannot_use_answers_503_naming_it_and_hides_p
                                ("POST", "predict", {"model_id": "iris", "input_data": [[1, 2, 3, 4]]})]:
         code, err = await mf_call(jp_fetch, method, path, body=body)
         assert code == 503 and err["message"].startswith(f"ModelForge is misconfigured: {setting}"), err
-        assert "s3cret" not in err["message"]
+        assert "s3cret" not in err["message"] and "/proc/" not in err["message"]
     assert await mf_call(jp_fetch, "GET", "health", "live", token=False) == (200, {"status": "alive"})
     assert (await mf_call(jp_fetch, "HEAD", "health", token=False))[0] == 503
 
