@@ -224,10 +224,7 @@ def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 def tcp_port(text: str) -> int:
     """``text`` as a TCP port (1-65535), else ``argparse.ArgumentTypeError`` (a usage error, exit status 2)."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
+    port = int(text) if text.isascii() and text.isdigit() else 0  # int() also reads ' 8890' and full-width digits
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: give a whole number from 1 to 65535")
     return port

@@ -86,7 +86,7 @@ def test_port_held_by_another_server_stops_the_demo_before_it_prints_or_register
     assert not (tmp_path / "data" / "modelforge").exists()
 
 
-@pytest.mark.parametrize("port", ["70000", "-1", "0", "http"])
+@pytest.mark.parametrize("port", ["70000", "-1", "0", "http", " 8890", "８８９１"])
 def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(tmp_path, port):
     proc = run_demo(demo_env(tmp_path), f"--port={port}")
 
