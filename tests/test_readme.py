@@ -350,6 +350,7 @@ def test_the_block_not_run_is_the_set_up_whose_test_command_ci_runs():
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("group", RUN, ids=["+".join(b.label for b in g) for g in RUN])
 def test_readme_block_runs_as_written_after_the_first_command(group, after_first_command, tmp_path):
+    first = group[0]
     for block in group:
         need_services(block)
     template, demo_models = after_first_command
