@@ -94,6 +94,22 @@ def http(method: str, url: str, body: bytes | None = None, token: str | None = T
         return err.code, err.headers, err.read()
 
 
+
+def wait_live(server, seconds: float = 60) -> None:
+    """Wait until ``server`` answers ``modelforge/health/live`` 200; fail (with its log) if it exits or takes longer."""
+    from .mf_server import http as plain_http
+
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.proc.poll() is None, server.log
+        try:
+            if plain_http("GET", server.url + "modelforge/health/live")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.1)
+
 def test_installed_server_serves_modelforge_under_its_base_url(mf_jupyter_server, tmp_path):
     url = mf_jupyter_server + "modelforge/"
     model = SAMPLES / "breast_cancer_rf.onnx"
@@ -175,16 +191,7 @@ def test_a_bad_database_url_is_logged_masked_and_answered_503_while_live(tmp_pat
                        MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"))
     server = start_server(tmp_path / "server", env, wait=False)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the extension loads: liveness answers 200 although ModelForge cannot be built
-            assert server.proc.poll() is None, server.log
-            try:
-                if plain_http("GET", server.url + "modelforge/health/live")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, server.log
-            time.sleep(0.1)
+        wait_live(server)  # the extension loads: liveness answers 200 although ModelForge cannot be built
 
         # Then every endpoint answers 503 JSON naming the setting, its password masked, and so does the log
         expected = ("ModelForge is misconfigured: DATABASE_URL 'postgresql+psycopg2://modelforge:***@127.0.0.1:5432/mf'"
@@ -228,16 +235,7 @@ def test_no_password_in_a_url_setting_reaches_an_answer_or_the_log(tmp_path, mf_
     env = isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"), **settings)
     server = start_server(tmp_path / "server", env, wait=False)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the extension loads either way: liveness answers 200
-            assert server.proc.poll() is None, server.log
-            try:
-                if plain_http("GET", server.url + "modelforge/health/live")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, server.log
-            time.sleep(0.1)
+        wait_live(server)  # the extension loads either way: liveness answers 200
 
         # When every endpoint is called, with and without the token
         answers = {}
