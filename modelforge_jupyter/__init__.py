@@ -31,7 +31,7 @@ def unload_ipython_extension(ipython) -> None:
 
 def __getattr__(name: str):
     if name == "ModelForge":
-        from .api import ModelForge
+        from .core.api import ModelForge
 
         return ModelForge
     raise AttributeError(f"module 'modelforge_jupyter' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 Scenarios: batch sizes x concurrency x cache (hit: the same body again; miss: ``"use_cache": false``). Each client
 thread keeps one keep-alive connection and sends requests back to back for ``--seconds``; latencies are timed and
-summarized by ``modelforge_jupyter.bench`` (``timed``, ``summarize``), as ``%mf_bench --http`` does.
+summarized by ``modelforge_jupyter.cli.bench`` (``timed``, ``summarize``), as ``%mf_bench --http`` does.
 
 The default client (``Connection``) sends each request in one write and reads the answer by its Content-Length.
 ``http.client`` (``--client http.client``) sends the body in a second TCP segment and parses the answer's headers
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from modelforge_jupyter.bench import summarize, timed
-from modelforge_jupyter.demo import stop_server
+from modelforge_jupyter.cli.bench import summarize, timed
+from modelforge_jupyter.cli.demo import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "modelforge_jupyter" / "sample_models" / "breast_cancer_rf.onnx"
@@ -50,7 +50,7 @@ def main() -> None:
                    "--server-arg=--ModelForgeApp.max_workers=2 (repeatable)")
     p.add_argument("--model", type=Path, default=MODEL, help="ONNX file with one float32 input [batch, features]")
     p.add_argument("--mlp", type=mlp_shape, default=None, metavar="HIDDENxLAYERS", help="instead of --model, build the wide MLP "
-                   "of modelforge_jupyter.samples.build_wide_mlp, e.g. 4096x4 (196 MB, ~5 ms per batch-1 run); "
+                   "of modelforge_jupyter.core.samples.build_wide_mlp, e.g. 4096x4 (196 MB, ~5 ms per batch-1 run); "
                    "a started server then accepts its upload (max_body_size)")
     p.add_argument("--name", default="breast_cancer_rf")
     p.add_argument("--batch", default="1,1000", help="comma-separated batch sizes")
@@ -65,7 +65,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="mf-mlp-") as tmp:  # the built MLP (197 MB at 4096x4) goes with it
         if args.mlp:
-            from modelforge_jupyter.samples import build_wide_mlp
+            from modelforge_jupyter.core.samples import build_wide_mlp
 
             hidden, layers = args.mlp
             args.model = Path(tmp) / f"mlp{hidden}x{layers}.onnx"

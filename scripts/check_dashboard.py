@@ -37,7 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from modelforge_jupyter.demo import stop_server
+from modelforge_jupyter.cli.demo import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -57,7 +57,7 @@ NOTEBOOKS = (ROOT / "notebooks" / "benchmark.ipynb", ROOT / "notebooks" / "quick
 REFUSAL = "ModelNotFoundError: model 'nope' is not registered; %mf_models lists the registered models"
 # Every magic once, in the forms a person types first; its %mf_bench the widest (--http: 7 paths x 4 batch sizes).
 SCRATCH = [
-    "%load_ext modelforge_jupyter\nfrom modelforge_jupyter.samples import sample_path\nimport numpy as np\n"
+    "%load_ext modelforge_jupyter\nfrom modelforge_jupyter.core.samples import sample_path\nimport numpy as np\n"
     "X = np.float32([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]])",
     "%mf_register scratch_iris {sample_path('iris.onnx')}",
     "%mf_models",

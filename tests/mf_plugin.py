@@ -149,7 +149,7 @@ def mf_silero_path() -> Path:
 def mf_raw_run(path: Path | bytes, feed: dict[str, np.ndarray]) -> list:
     """Raw onnxruntime on the same model and input, with the product's SessionOptions (tree ensembles sum in another
     order with another thread count): the reference every prediction is compared with."""
-    from modelforge_jupyter.engine import Engine
+    from modelforge_jupyter.core.engine import Engine
 
     src = str(path) if isinstance(path, Path) else path
     session = ort.InferenceSession(src, sess_options=Engine().session_options(), providers=["CPUExecutionProvider"])

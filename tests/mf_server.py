@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from modelforge_jupyter.demo import stop_server
+from modelforge_jupyter.cli.demo import stop_server
 
 # Settings a parent process may have exported; a test server gets only those it is given.
 MODELFORGE_VARS = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "ENVIRONMENT")

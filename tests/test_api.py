@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
-from modelforge_jupyter.errors import InvalidModelError, ModelExistsError, ModelForgeError, ModelNotFoundError
-from modelforge_jupyter.records import TensorSpec
+from modelforge_jupyter.core.errors import InvalidModelError, ModelExistsError, ModelForgeError, ModelNotFoundError
+from modelforge_jupyter.core.records import TensorSpec
 
 from .mf_plugin import SAMPLES, mf_raw_run
 
@@ -219,7 +219,7 @@ def own_redis(tmp_path):
 
 def test_redis_going_away_still_serves_refuses_updates_and_degrades_health(mf_settings, mf_backend, own_redis):
     from modelforge_jupyter import ModelForge
-    from modelforge_jupyter.errors import ServiceUnavailableError
+    from modelforge_jupyter.core.errors import ServiceUnavailableError
 
     url, redis_proc = own_redis
     with ModelForge(**{**mf_settings, "redis_url": url}) as forge:
@@ -291,7 +291,7 @@ def test_resolved_metadata_lives_at_most_cache_ttl(mf_settings):
 
 def test_starts_while_the_database_is_missing_and_heals_when_it_appears(mf_postgres_url, tmp_path):
     from modelforge_jupyter import ModelForge
-    from modelforge_jupyter.errors import ServiceUnavailableError
+    from modelforge_jupyter.core.errors import ServiceUnavailableError
 
     url = sa.engine.make_url(mf_postgres_url)
     missing = url.set(database=url.database + "_late")
@@ -385,7 +385,7 @@ def test_delete_with_a_version_that_is_not_one_is_400_and_deletes_nothing(mf_for
 
 @pytest.mark.parametrize("raw", ["", " ", " 1", "1 ", "+1", "-1", "0", "00", "1.0", "1e3", "١", "1_0", "0x1"])
 def test_version_from_text_takes_only_ascii_digits_of_a_number_from_one(raw):
-    from modelforge_jupyter.api import version_from_text
+    from modelforge_jupyter.core.api import version_from_text
 
     with pytest.raises(ModelForgeError) as err:
         version_from_text(raw)
@@ -394,7 +394,7 @@ def test_version_from_text_takes_only_ascii_digits_of_a_number_from_one(raw):
 
 
 def test_each_status_a_server_answers_maps_back_to_its_error_class():
-    from modelforge_jupyter import errors
+    from modelforge_jupyter.core import errors
     from modelforge_jupyter.kernel import client  # noqa: F401  (its own 503 errors must not make 503 ambiguous)
 
     # Given every status the error family answers with, When a client maps it back, Then it gets the one class
@@ -512,7 +512,7 @@ def test_external_data_in_bytes_is_refused_with_how_to_save_inline(mf_forge, tmp
 def test_a_model_file_with_external_data_is_stored_with_it_packed_in(mf_forge, tmp_path, monkeypatch):
     import onnx
 
-    from modelforge_jupyter.modelfile import external_tensors
+    from modelforge_jupyter.core.modelfile import external_tensors
 
     # Given a model file whose initializer lives in weights.bin beside it, and another weights.bin in the cwd
     folder = tmp_path / "model"
@@ -554,7 +554,7 @@ def test_a_model_file_whose_external_data_is_outside_its_folder_or_missing_is_re
 
 
 def test_stored_bytes_with_external_data_never_read_a_file(mf_forge, tmp_path, monkeypatch):
-    from modelforge_jupyter.records import TensorSpec as Spec
+    from modelforge_jupyter.core.records import TensorSpec as Spec
 
     # Given bytes with external data stored by an older version (which did not check), and README.md in the cwd
     monkeypatch.chdir(tmp_path)

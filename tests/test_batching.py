@@ -14,9 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_breast_cancer, load_iris
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.batching import batchable
-from modelforge_jupyter.errors import InferenceError
-from modelforge_jupyter.samples import build_wide_mlp
+from modelforge_jupyter.core.batching import batchable
+from modelforge_jupyter.core.errors import InferenceError
+from modelforge_jupyter.core.samples import build_wide_mlp
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
@@ -240,7 +240,7 @@ def test_an_interrupt_at_any_point_of_leading_reaches_only_its_caller(tmp_path, 
     """A signal handler runs at a Python call in the main thread: inject one there, once, while the main thread leads
     a batch of followers from other threads. Only the main thread sees it; the followers get their answers (run by
     another leader) and the queue ends empty."""
-    from modelforge_jupyter import batching
+    from modelforge_jupyter.core import batching
 
     settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
                 "dynamic_batching": True, "max_queue_delay_us": 2000, "model_instances": 1}

@@ -1,4 +1,4 @@
-"""The measurement code shared by ``python -m modelforge_jupyter.bench`` and ``%mf_bench``, on real models."""
+"""The measurement code shared by ``python -m modelforge_jupyter.cli.bench`` and ``%mf_bench``, on real models."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from modelforge_jupyter.bench import (
+from modelforge_jupyter.cli.bench import (
     MAGIC_PATHS,
     BenchPlan,
     Budget,
@@ -23,8 +23,8 @@ from modelforge_jupyter.bench import (
     summarize,
     timed,
 )
-from modelforge_jupyter.errors import InvalidInputError, ModelNotFoundError
-from modelforge_jupyter.records import TensorSpec
+from modelforge_jupyter.core.errors import InvalidInputError, ModelNotFoundError
+from modelforge_jupyter.core.records import TensorSpec
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 

@@ -1,4 +1,4 @@
-"""``%mf_bench --http``, ``python -m modelforge_jupyter.bench --http`` and the kernel's HTTP client, against a real
+"""``%mf_bench --http``, ``python -m modelforge_jupyter.cli.bench --http`` and the kernel's HTTP client, against a real
 ``jupyter server`` subprocess (``mf_live_server``, embedded backend) that shares its registry and cache with the
 ``ModelForge`` of each test."""
 
@@ -18,8 +18,8 @@ from sklearn.datasets import load_iris
 from traitlets.config import Config
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.bench import HTTP_PATHS, Budget, check_served, main, plan_bench, run_bench
-from modelforge_jupyter.errors import ModelForgeError, ModelNotFoundError
+from modelforge_jupyter.cli.bench import HTTP_PATHS, Budget, check_served, main, plan_bench, run_bench
+from modelforge_jupyter.core.errors import ModelForgeError, ModelNotFoundError
 from modelforge_jupyter.kernel.client import (
     ModelForgeClient,
     ServerNotFoundError,
@@ -27,7 +27,7 @@ from modelforge_jupyter.kernel.client import (
     connect,
     find_server,
 )
-from modelforge_jupyter.records import PredictionResult
+from modelforge_jupyter.core.records import PredictionResult
 
 from .mf_plugin import SAMPLES, mf_raw_run
 from .mf_server import http, run_in_server_kernel

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 from nbconvert import HTMLExporter
 
-from modelforge_jupyter.bench import LABELS
+from modelforge_jupyter.cli.bench import LABELS
 from modelforge_jupyter.kernel import dashboard
 
 from .mf_plugin import mf_skip_unless_ci

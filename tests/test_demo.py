@@ -24,7 +24,7 @@ def demo_env(tmp_path) -> dict[str, str]:
 
 
 def run_demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modelforge_jupyter.demo", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "modelforge_jupyter.cli.demo", *args], env=env, capture_output=True,
                           text=True, timeout=100)
 
 

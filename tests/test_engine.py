@@ -12,8 +12,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.engine import Engine
-from modelforge_jupyter.errors import InferenceError, InvalidModelError
+from modelforge_jupyter.core.engine import Engine
+from modelforge_jupyter.core.errors import InferenceError, InvalidModelError
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
@@ -149,7 +149,7 @@ def test_onnxruntime_failures_at_run_time_show_no_internals(mf_forge):
 
 
 def test_first_line_strips_paths_and_escapes_control_characters():
-    from modelforge_jupyter.errors import first_line
+    from modelforge_jupyter.core.errors import first_line
 
     raw = ('[ONNXRuntimeError] : 1 : FAIL : External data path validation failed for initializer: W. Error: '
            'tensorprotoutils.cc:619 ValidateExternalDataPathFromDir External data path does not exist: "/srv/x/a.bin"'

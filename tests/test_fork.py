@@ -24,8 +24,8 @@ import pytest
 from sklearn.datasets import load_iris
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.batching import DynamicBatcher
-from modelforge_jupyter.engine import Engine
+from modelforge_jupyter.core.batching import DynamicBatcher
+from modelforge_jupyter.core.engine import Engine
 
 from .mf_plugin import REDIS_URL, SAMPLES, mf_raw_run
 
@@ -322,7 +322,7 @@ def test_child_batches_though_a_batch_was_in_flight_in_another_thread_at_the_for
 
 
 def test_children_forked_while_other_threads_run_models_never_hang_on_the_shared_arena(tmp_path, iris_expected):
-    from modelforge_jupyter.deadline import Cancellation
+    from modelforge_jupyter.core.deadline import Cancellation
 
     from .test_timeout import FOREVER, spin_input, spin_model
 
@@ -364,7 +364,7 @@ def test_children_forked_while_other_threads_run_models_never_hang_on_the_shared
 
 
 def _spin(forge: ModelForge, x: np.ndarray, cancel) -> None:
-    from modelforge_jupyter.errors import RequestCancelledError
+    from modelforge_jupyter.core.errors import RequestCancelledError
 
     with pytest.raises(RequestCancelledError):
         forge.predict("spin", x, use_cache=False, timeout=0, cancel=cancel)

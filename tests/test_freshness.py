@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.freshness import RedisStamp
+from modelforge_jupyter.core.freshness import RedisStamp
 
 from .mf_plugin import SAMPLES
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.cache import prediction_key
-from modelforge_jupyter.errors import ModelNotFoundError
-from modelforge_jupyter.tensors import input_hash, prepare_feed
+from modelforge_jupyter.core.cache import prediction_key
+from modelforge_jupyter.core.errors import ModelNotFoundError
+from modelforge_jupyter.core.tensors import input_hash, prepare_feed
 
 from .mf_plugin import SAMPLES, mf_raw_run, mf_service_missing
 
@@ -39,7 +39,7 @@ READER = textwrap.dedent(
     """
     import json, sys
     from modelforge_jupyter import ModelForge
-    from modelforge_jupyter.errors import ModelForgeError
+    from modelforge_jupyter.core.errors import ModelForgeError
     with ModelForge(**json.loads(sys.argv[1])) as mf:
         print("ready", flush=True)
         for line in sys.stdin:
@@ -385,7 +385,7 @@ def test_a_broker_that_never_answers_costs_health_and_model_changes_only_its_dea
         assert forge.predict("iris", X).model_version == 4
 
     # A Redis that never answers costs a cache call its redis_timeout (0.25 s), as it costs the broker's its own
-    from modelforge_jupyter.cache import RedisCache
+    from modelforge_jupyter.core.cache import RedisCache
 
     silent_cache = RedisCache(f"redis://127.0.0.1:{mf_silent_listener}/0", timeout=0.25)
     try:

@@ -20,10 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 DOORS = {  # module-name prefix -> door
     f"{PACKAGE}.server_extension": "server_extension",
     f"{PACKAGE}.kernel": "kernel",
-    f"{PACKAGE}.bench": "cli bench",
-    f"{PACKAGE}.demo": "cli demo",
+    f"{PACKAGE}.cli": "cli",
 }
-ENGINE = f"{PACKAGE}.engine"
+ENGINE = f"{PACKAGE}.core.engine"
 # Import edges let stand for now, each (importer, imported) with why. Keep this list small: each entry is a debt of
 # issue 11 ("Architecture: layers you can see in the folders..."), paid off in its later steps.
 ALLOWED: dict[tuple[str, str], str] = {}  # edges exempt from the rules, each with its reason: none left
@@ -156,10 +155,33 @@ def _loop(graph: dict[str, set[str]], start: str, within: set[str]) -> list[str]
 
 
 def test_every_product_module_is_read():
-    assert {f"{PACKAGE}.api", f"{PACKAGE}.protocol", f"{PACKAGE}.server_extension.handlers",
-            f"{PACKAGE}.kernel.magics", f"{PACKAGE}.bench", ENGINE} <= set(GRAPH)
+    assert {f"{PACKAGE}.core.api", f"{PACKAGE}.core.protocol", f"{PACKAGE}.server_extension.handlers",
+            f"{PACKAGE}.kernel.magics", f"{PACKAGE}.cli.bench", ENGINE} <= set(GRAPH)
     # lazy imports count: handlers import the api inside a method only
-    assert f"{PACKAGE}.api" in GRAPH[f"{PACKAGE}.server_extension.handlers"]
+    assert f"{PACKAGE}.core.api" in GRAPH[f"{PACKAGE}.server_extension.handlers"]
+
+
+# Modules outside core/ and the door folders: entry points at documented import paths, each a thin re-export.
+ENTRY_POINTS = {
+    PACKAGE: "jupyter server / %load_ext hooks and the lazy ModelForge facade",
+    f"{PACKAGE}._version": "__version__, read by the build too",
+    f"{PACKAGE}.tasks": "`celery -A modelforge_jupyter.tasks worker` (re-exports core.tasks)",
+    f"{PACKAGE}.services": "package of the documented profiling entry point",
+    f"{PACKAGE}.services.onnx": "ONNXService, the performance documentation's profiling entry point",
+}
+
+
+def test_every_module_lives_in_its_layers_folder():
+    homeless = sorted(name for name in MODULES if name not in ENTRY_POINTS and door(name) is None
+                      and not (name == f"{PACKAGE}.core" or name.startswith(f"{PACKAGE}.core.")))
+    assert not homeless, f"modules outside core/ and the doors' folders: {homeless}"
+
+
+def test_entry_points_outside_the_folders_stay_thin():
+    # an entry point only re-exports: the rules it serves live in core
+    for name in ENTRY_POINTS:
+        lines = [line for line in MODULES[name].read_text().splitlines() if line.strip()]
+        assert len(lines) <= 40, f"{name} has {len(lines)} lines: move its logic into core"
 
 
 def test_core_imports_no_door_and_no_door_imports_another():
@@ -185,12 +207,12 @@ def test_the_allow_list_holds_only_edges_that_exist():
 @pytest.mark.parametrize(
     ("graph", "fault"),
     [
-        ({"modelforge_jupyter.api": {"modelforge_jupyter.kernel.magics"}},
-         "core module modelforge_jupyter.api imports door modelforge_jupyter.kernel.magics"),
-        ({"modelforge_jupyter.bench": {"modelforge_jupyter.server_extension.handlers"}},
-         "door modelforge_jupyter.bench imports another door, modelforge_jupyter.server_extension.handlers"),
-        ({"modelforge_jupyter.api": {"modelforge_jupyter"}},
-         "modelforge_jupyter.api imports the package root (its entry points load the doors); import the module "
+        ({"modelforge_jupyter.core.api": {"modelforge_jupyter.kernel.magics"}},
+         "core module modelforge_jupyter.core.api imports door modelforge_jupyter.kernel.magics"),
+        ({"modelforge_jupyter.cli.bench": {"modelforge_jupyter.server_extension.handlers"}},
+         "door modelforge_jupyter.cli.bench imports another door, modelforge_jupyter.server_extension.handlers"),
+        ({"modelforge_jupyter.core.api": {"modelforge_jupyter"}},
+         "modelforge_jupyter.core.api imports the package root (its entry points load the doors); import the module "
          "itself"),
     ],
 )

@@ -13,10 +13,10 @@ from sklearn.datasets import load_iris
 from traitlets.config import Config
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.bench import LABELS, MAGIC_PATHS, BenchResult, Row, format_row
-from modelforge_jupyter.errors import ModelForgeError
+from modelforge_jupyter.cli.bench import LABELS, MAGIC_PATHS, BenchResult, Row, format_row
+from modelforge_jupyter.core.errors import ModelForgeError
 from modelforge_jupyter.kernel import dashboard
-from modelforge_jupyter.records import PredictionResult
+from modelforge_jupyter.core.records import PredictionResult
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 

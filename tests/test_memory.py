@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.engine import Engine
-from modelforge_jupyter.errors import InvalidModelError, ResourceLimitError
-from modelforge_jupyter.settings import Settings
+from modelforge_jupyter.core.engine import Engine
+from modelforge_jupyter.core.errors import InvalidModelError, ResourceLimitError
+from modelforge_jupyter.core.settings import Settings
 
 from .mf_plugin import mf_raw_run
 from .mf_server import http, isolated_env, start_server

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modelforge_jupyter.bench import LABELS, BenchResult, Budget, Row
-from modelforge_jupyter.errors import ModelExistsError
+from modelforge_jupyter.cli.bench import LABELS, BenchResult, Budget, Row
+from modelforge_jupyter.core.errors import ModelExistsError
 from modelforge_jupyter.kernel import dashboard, outputs
-from modelforge_jupyter.records import PredictionResult
+from modelforge_jupyter.core.records import PredictionResult
 
 from .mf_plugin import SAMPLES, mf_raw_run
 from .test_magics import ip, run  # noqa: F401 (the shell fixture)

@@ -6,7 +6,7 @@
 | test_cache_hit_latency_under_10ms | < 10 ms with real Redis; < 50 ms where Redis is absent (embedded cache) |
 
 Run: ``pytest tests/test_performance.py -v --durations=0``. They run on both backends. Speed itself is measured
-by ``python -m modelforge_jupyter.bench``; these only catch regressions past the published floors.
+by ``python -m modelforge_jupyter.cli.bench``; these only catch regressions past the published floors.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ import numpy as np
 import orjson
 import pytest
 
-from modelforge_jupyter.errors import InvalidInputError
+from modelforge_jupyter.core.errors import InvalidInputError
 from modelforge_jupyter.kernel.magics import parse_request
-from modelforge_jupyter.protocol import (
+from modelforge_jupyter.core.protocol import (
     PredictRequest,
     decode_result,
     encode_predict,
@@ -16,7 +16,7 @@ from modelforge_jupyter.protocol import (
     parse_predict,
     predict_json,
 )
-from modelforge_jupyter.records import PredictionResult
+from modelforge_jupyter.core.records import PredictionResult
 
 from .mf_plugin import mf_identity_model
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pytest
 
-from modelforge_jupyter.demo import port_taken
+from modelforge_jupyter.cli.demo import port_taken
 
 from .mf_plugin import mf_skip_unless_ci
 from .mf_server import isolated_env

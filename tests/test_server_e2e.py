@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from modelforge_jupyter.demo import stop_server
+from modelforge_jupyter.cli.demo import stop_server
 
 from .mf_plugin import SAMPLES, mf_raw_run
 

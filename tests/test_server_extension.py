@@ -24,7 +24,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from modelforge_jupyter.server_extension import app as app_module
 from modelforge_jupyter.server_extension.app import ENV_VARS, SETTINGS_TRAITS, ModelForgeApp
-from modelforge_jupyter.settings import Settings
+from modelforge_jupyter.core.settings import Settings
 
 from .mf_plugin import POSTGRES_URL, SAMPLES, mf_identity_model, mf_raw_run
 
@@ -384,7 +384,7 @@ async def test_predict_is_logged_at_debug_with_batch_and_model_changes_at_info(j
     finally:
         mf_app.log.removeHandler(caplog.handler)
 
-    changes = [r for r in caplog.records if r.name == "modelforge_jupyter.registry" and r.levelno == logging.INFO]
+    changes = [r for r in caplog.records if r.name == "modelforge_jupyter.core.registry" and r.levelno == logging.INFO]
     predictions = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "batch" in r.getMessage()]
     assert any(r.getMessage().startswith("registered model 'iris' v1") for r in changes)
     assert len(predictions) == 1 and predictions[0].startswith("predict iris v1: batch 3, ")
@@ -766,7 +766,7 @@ async def test_stop_extension_shuts_the_executor_and_closes_the_forge(mf_app):
 # -- query parameters: a version given must be one; an unknown parameter is refused ----------------------------------
 def mf_versions_in_db(database_url: str) -> list[int]:
     """Every stored version number, read from the registry's own table."""
-    from modelforge_jupyter.schema import model_versions
+    from modelforge_jupyter.core.schema import model_versions
 
     engine = sa.create_engine(database_url)
     try:
@@ -1034,7 +1034,7 @@ def test_settings_refuse_an_unavailable_execution_provider_naming_the_available_
     ],
 )
 def test_mask_url_hides_every_password_in_a_text(text, masked):
-    from modelforge_jupyter.settings import mask_url
+    from modelforge_jupyter.core.settings import mask_url
 
     assert mask_url(text) == masked
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from modelforge_jupyter.errors import InvalidInputError
+from modelforge_jupyter.core.errors import InvalidInputError
 from modelforge_jupyter.services.onnx import ONNXService
 
 from .mf_plugin import mf_raw_run

@@ -6,7 +6,7 @@ import pytest
 from traitlets import Bool, Dict, Float, Int, Unicode
 
 from modelforge_jupyter.server_extension.app import ENV_VARS
-from modelforge_jupyter.settings import Settings, check_url, mask_setting_url, mask_url
+from modelforge_jupyter.core.settings import Settings, check_url, mask_setting_url, mask_url
 
 # A value each kind of setting cannot take, read from the environment
 BAD_BY_TYPE = {Int: ["abc", "1.5", "1e3", "1GB"], Float: ["fast", "nan", "-1", "inf"], Bool: ["maybe", "2"],
@@ -123,7 +123,7 @@ def test_mask_setting_url_shows_no_user_info_at_all():
 
 def test_a_driver_error_shows_no_piece_of_a_password_holding_an_at_sign(tmp_path, caplog):
     from modelforge_jupyter import ModelForge
-    from modelforge_jupyter.errors import ServiceUnavailableError
+    from modelforge_jupyter.core.errors import ServiceUnavailableError
 
     # Given a DATABASE_URL whose password holds an unescaped '@': libpq splits the user-info at the first '@', so it
     # reports "failed to resolve host 'ZQXb@127.0.0.1'" (a fresh-clone tester saw the piece after the '@' in 503s)

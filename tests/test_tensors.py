@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.errors import InvalidInputError
+from modelforge_jupyter.core.errors import InvalidInputError
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
@@ -181,7 +181,7 @@ def scale_model():
 
 
 def test_an_input_with_a_default_is_optional_and_can_be_overridden(mf_forge):
-    from modelforge_jupyter.records import TensorSpec
+    from modelforge_jupyter.core.records import TensorSpec
 
     data = scale_model().SerializeToString()
     rec = mf_forge.register("scaled", data)
@@ -207,7 +207,7 @@ def test_an_input_with_a_default_is_optional_and_can_be_overridden(mf_forge):
 
 
 def test_tensor_specs_stored_before_optional_existed_still_load():
-    from modelforge_jupyter.records import TensorSpec
+    from modelforge_jupyter.core.records import TensorSpec
 
     old = {"name": "x", "dtype": "float32", "shape": [None, 4]}
 

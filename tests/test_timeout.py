@@ -21,10 +21,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.deadline import Cancellation, watchdog
-from modelforge_jupyter.errors import InferenceTimeoutError, ModelForgeError, RequestCancelledError
+from modelforge_jupyter.core.deadline import Cancellation, watchdog
+from modelforge_jupyter.core.errors import InferenceTimeoutError, ModelForgeError, RequestCancelledError
 from modelforge_jupyter.kernel.client import ModelForgeClient
-from modelforge_jupyter.settings import Settings
+from modelforge_jupyter.core.settings import Settings
 
 from .mf_plugin import mf_raw_run
 from .mf_server import http, isolated_env, start_server

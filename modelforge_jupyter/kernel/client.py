@@ -1,7 +1,7 @@
 """``modelforge_jupyter.kernel.client``: the HTTP client's import path in notebooks and the README. The client itself
-is ``modelforge_jupyter.client`` (core), which the CLI's ``bench --http`` uses too."""
+is ``modelforge_jupyter.core.client`` (core), which the CLI's ``bench --http`` uses too."""
 
-from ..client import (  # noqa: F401
+from ..core.client import (  # noqa: F401
     ENV_TOKEN,
     ENV_URL,
     ModelForgeClient,

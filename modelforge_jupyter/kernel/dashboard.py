@@ -24,7 +24,7 @@ from typing import Any
 
 from IPython.display import display
 
-from ..benchmark import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row, format_table
+from ..core.benchmark import HEADER, LABELS, RAW_OF, BenchResult, Row, format_row, format_table
 from .outputs import Markup, block, html_table, small, text_table
 
 # ModelForge paths first (each with its ratio to raw), then the raw ONNX Runtime paths they are compared with.

@@ -29,10 +29,10 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, CaselessStrEnum, Unicode, observe
 
-from ..errors import InvalidInputError, ModelExistsError, ModelForgeError, ModelNotFoundError
-from ..protocol import INPUT_DATA, USE_CACHE, VERSION, request_options, version_from_text
-from ..benchmark import BenchResult
-from ..records import PredictionResult
+from ..core.errors import InvalidInputError, ModelExistsError, ModelForgeError, ModelNotFoundError
+from ..core.protocol import INPUT_DATA, USE_CACHE, VERSION, request_options, version_from_text
+from ..core.benchmark import BenchResult
+from ..core.records import PredictionResult
 from . import dashboard, outputs
 
 SETTINGS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix", "cache_prediction_enabled")
@@ -162,7 +162,7 @@ class ModelForgeMagics(Magics):
     def forge(self):
         """The ``ModelForge`` these magics use: environment settings, overridden by the traits that are set."""
         if self._forge is None:
-            from ..api import ModelForge
+            from ..core.api import ModelForge
 
             try:
                 self._forge = ModelForge(**{k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None})
@@ -297,7 +297,7 @@ class ModelForgeMagics(Magics):
         shows a dashboard (a progress bar naming the cell measured, elapsed time and ETA; a table of one row per path
         and one column per batch size, p50 by default, p95, p99 or predictions/s at a click), then leaves the plot and
         a table of every figure as ordinary outputs (what a saved or exported notebook shows); elsewhere a text
-        table. The returned result is not shown a second time. The same code as ``python -m modelforge_jupyter.bench``.
+        table. The returned result is not shown a second time. The same code as ``python -m modelforge_jupyter.cli.bench``.
 
         A model whose inputs fix axis 0 (``[1, 4]``) takes that batch only: other batch sizes are skipped with a
         note saying why, and by default its own batch is measured. Inside a function, EXPR sees its locals.
@@ -314,7 +314,7 @@ class ModelForgeMagics(Magics):
             %mf_bench iris --http --seconds 0.2
             res.table          # pandas DataFrame: model, batch, path, p50_ms, p95_ms, p99_ms, ...
         """
-        from ..benchmark import HTTP_PATHS, MAGIC_PATHS, check_served, plan_bench, run_bench
+        from ..core.benchmark import HTTP_PATHS, MAGIC_PATHS, check_served, plan_bench, run_bench
 
         with one_line_errors(self._hint) as refusal, contextlib.ExitStack() as stack:
             args = self._parse(self.mf_bench, line)
@@ -326,7 +326,7 @@ class ModelForgeMagics(Magics):
                      if not (args.no_cache and p in ("api_hit", "http_hit"))]
             server = None
             if args.http:
-                from ..client import connect
+                from ..core.client import connect
 
                 server = stack.enter_context(connect(self.server_url, self.server_token))
             mf = self.forge
@@ -458,7 +458,7 @@ def parse_batch_sizes(text: str | None) -> list[int] | None:
 
 def skipped_sizes(plan: Any, asked: list[int] | None, default: bool) -> dict[int, str]:
     """``{batch size: why}`` of the sizes asked for (or the default ones) that the model cannot take."""
-    from ..benchmark import BATCH_SIZES, fixed_batch
+    from ..core.benchmark import BATCH_SIZES, fixed_batch
 
     fixed = fixed_batch(plan.record.inputs)
     sizes = asked if asked is not None else (BATCH_SIZES if default else ())
@@ -469,7 +469,7 @@ def skipped_sizes(plan: Any, asked: list[int] | None, default: bool) -> dict[int
 
 
 def bench_budget(args: Any):
-    from ..benchmark import Budget
+    from ..core.benchmark import Budget
 
     if args.seconds is not None and args.iterations is not None:
         raise UsageError("give --seconds or --iterations, not both")

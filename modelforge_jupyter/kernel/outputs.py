@@ -233,7 +233,7 @@ def prediction_text(result: Any) -> str:
 def spec_kind(spec: Any) -> str:
     """A declared input/output for a glance: ``float32 [?, 4]`` for a tensor, ``map per row`` for a ZipMap-style
     ``seq(map(...))``, ``sequence`` / ``map`` for other non-tensor values."""
-    from ..tensors import shape_str
+    from ..core.tensors import shape_str
 
     if spec.dtype.startswith("seq(map("):
         return "map per row"
@@ -308,7 +308,7 @@ class ModelsTable:
         inputs and outputs as ``name dtype shape``, size in bytes, timestamps as UTC datetimes)."""
         import pandas as pd
 
-        from ..tensors import shape_str
+        from ..core.tensors import shape_str
 
         def specs(ss: Sequence[Any]) -> str:
             return "; ".join(f"{s.name} {s.dtype} {shape_str(s.shape)}" for s in ss)

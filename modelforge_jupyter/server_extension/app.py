@@ -26,13 +26,13 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, TraitType
 from traitlets.config import Configurable
 
-from ..errors import ServiceUnavailableError
-from ..settings import Settings, mask_url
+from ..core.errors import ServiceUnavailableError
+from ..core.settings import Settings, mask_url
 from .handlers import default_handlers
 from .pools import ThreadPool
 
 if TYPE_CHECKING:
-    from ..api import ModelForge
+    from ..core.api import ModelForge
 
 RETRY_AFTER = 2.0  # seconds between attempts to build the ModelForge while its registry database is unreachable
 
@@ -172,7 +172,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         self.health_executor.submit(warm_up, forge)
         s = self._forge_settings
         cache = f"redis {mask_url(s.redis_url)}" if s.redis_url else f"disk {s.cache_dir}"
-        from ..registry import shown_url
+        from ..core.registry import shown_url
 
         url = shown_url(forge.registry.url)
         self.log.info("ModelForge: registry %s, cache %s, %d worker threads (+%d control, 1 health)", url, cache,
@@ -189,7 +189,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         forge = self.forge
         if forge is not None:
             return forge
-        from ..api import ModelForge
+        from ..core.api import ModelForge
 
         with self._forge_lock:
             if self._stopped:

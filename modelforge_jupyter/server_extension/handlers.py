@@ -27,9 +27,9 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.escape import url_escape
 
-from ..deadline import Cancellation
-from ..errors import ModelForgeError, ServiceUnavailableError
-from ..protocol import json_object, predict_json  # noqa: F401  (the wire format lives in core)
+from ..core.deadline import Cancellation
+from ..core.errors import ModelForgeError, ServiceUnavailableError
+from ..core.protocol import json_object, predict_json  # noqa: F401  (the wire format lives in core)
 
 AUTH_RESOURCE = "modelforge"
 TOKEN_NEEDED = (
@@ -183,7 +183,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
     def query_version(self) -> int | None:
         """The optional ``?version=N``: absent is None (latest, or every version for DELETE); present, it must be a
         whole number >= 1 (``version_from_text``: 400 otherwise, an empty ``?version=`` included)."""
-        from ..api import version_from_text  # not at import: ``jupyter server extension list`` imports this module
+        from ..core.api import version_from_text  # not at import: ``jupyter server extension list`` imports this module
 
         values = self.get_query_arguments("version", strip=False)
         return version_from_text(values[-1]) if values else None

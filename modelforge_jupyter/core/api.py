@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from ._version import __version__
+from .._version import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
 from .deadline import Cancellation

@@ -1,7 +1,7 @@
 """The main job on embedded defaults: register the sample models, predict, show the cache hit, update a model, then
 start a Jupyter server with the extension and print its URL, token and a working curl line for /predict.
 
-Run: ``modelforge-demo`` (or ``python -m modelforge_jupyter.demo``; options ``--no-server``, ``--smoke``,
+Run: ``modelforge-demo`` (or ``python -m modelforge_jupyter.cli.demo``; options ``--no-server``, ``--smoke``,
 ``--port``). The port is checked first: when another server holds it, the demo says so and stops before printing or
 registering anything. The models are registered as ``demo_iris``, ``demo_breast_cancer_rf`` and ``demo_diabetes``
 (not the names the README's examples register), and a second run changes nothing. Uses whatever the environment
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .samples import sample_path
-from .settings import mask_url
+from ..core.samples import sample_path
+from ..core.settings import mask_url
 
 # Registered under names of their own, so the README's examples (which register "iris") run after the demo.
 SAMPLE_MODELS = {
@@ -48,8 +48,8 @@ def register_samples(mf) -> None:
     """
     import hashlib
 
-    from .engine import raw_session
-    from .errors import ModelNotFoundError
+    from ..core.engine import raw_session
+    from ..core.errors import ModelNotFoundError
 
     print(f"registry: {mask_url(mf.settings.database_url)}")
     print(f"cache:    {mask_url(mf.settings.redis_url) or mf.settings.cache_dir} ({mf.cache.backend})")
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
               "--port N (or --no-server)", file=sys.stderr)
         return 1
 
-    from .api import ModelForge
+    from ..core.api import ModelForge
 
     with ModelForge() as mf:
         register_samples(mf)

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from modelforge_jupyter.schema import metadata
+from modelforge_jupyter.core.schema import metadata
 
 
 def run() -> None:

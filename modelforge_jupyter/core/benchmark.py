@@ -1,4 +1,4 @@
-"""Measure ModelForge beside raw ONNX Runtime: what ``%mf_bench`` and ``python -m modelforge_jupyter.bench`` share.
+"""Measure ModelForge beside raw ONNX Runtime: what ``%mf_bench`` and ``python -m modelforge_jupyter.cli.bench`` share.
 
 Both doors call ``plan_bench`` then ``run_bench``: for each batch size they measure, on the same input arrays and
 with the same ``SessionOptions`` (``mf.engine.session_options()``), ModelForge beside a raw ``InferenceSession.run``

@@ -1,4 +1,4 @@
-"""``python -m modelforge_jupyter.bench``: benchmark ModelForge against raw ONNX Runtime in one run (the CLI door).
+"""``python -m modelforge_jupyter.cli.bench``: benchmark ModelForge against raw ONNX Runtime in one run (the CLI door).
 
 What each path measures and how a cell is summarised (p50 / p95 / p99 ms, predictions/s, the p50 ratio to the raw
 path beside it) is ``benchmark``'s docstring; the budget lines are ``verdicts``'. The CLI adds a cache hit beside a raw
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from .benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter.bench`` names them in notebooks and scripts)
+from ..core.benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter.cli.bench`` names them in notebooks and scripts)
     BATCH_SIZES,
     CLI_PATHS,
     HEADER,
@@ -48,9 +48,9 @@ from .benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter.bench
     summarize,
     timed,
 )
-from .samples import sample_path
-from .settings import mask_url
-from .verdicts import Verdict, budget, format_budget  # noqa: F401
+from ..core.samples import sample_path
+from ..core.settings import mask_url
+from ..core.verdicts import Verdict, budget, format_budget  # noqa: F401
 
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
 
@@ -61,7 +61,7 @@ def served_samples(server, names: Iterable[str], uploaded: list[str]) -> None:
     is interrupted, leaving the server's registry as it was."""
     import hashlib
 
-    from .errors import ModelForgeError, ModelNotFoundError
+    from ..core.errors import ModelForgeError, ModelNotFoundError
 
     for name in names:
         data = sample_path(MODELS[name]).read_bytes()
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's token (default: env MODELFORGE_TOKEN, or the found server's own)")
     args = parser.parse_args(argv)
 
-    from .errors import ModelForgeError
+    from ..core.errors import ModelForgeError
 
     batches, names = args.batch_sizes, args.models
     if args.json is not None:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     server, uploaded = None, []
     try:
         if args.http is not None:
-            from .client import connect
+            from ..core.client import connect
 
             server = connect(args.http or None, args.token)
             served_samples(server, names, uploaded)
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], server) -> tuple[list[Row], str]:
     """The CLI's measurements on a fresh registry and cache (temporary unless given): (rows, backend)."""
-    from .api import ModelForge
-    from .errors import ServiceUnavailableError
+    from ..core.api import ModelForge
+    from ..core.errors import ServiceUnavailableError
 
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
         settings = {

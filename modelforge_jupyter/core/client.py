@@ -1,6 +1,6 @@
 """Reach ModelForge over HTTP: find the Jupyter server (the one a kernel runs under, by default), then call
 ``<base_url>modelforge/``. Core, so that every door may use it: the kernel's ``%mf_bench --http`` and the CLI's
-``python -m modelforge_jupyter.bench --http`` (``modelforge_jupyter.kernel.client`` re-exports it).
+``python -m modelforge_jupyter.cli.bench --http`` (``modelforge_jupyter.kernel.client`` re-exports it).
 
 ``connect()`` finds the server with no configuration, first match wins:
 
