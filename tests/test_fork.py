@@ -242,7 +242,7 @@ def test_update_in_parent_after_fork_is_seen_by_child(forge, iris_expected):
 def test_child_predicts_though_other_threads_held_the_locks_at_the_fork(forge, iris_expected):
     # Given threads of the parent inside ModelForge at the moment of the fork (a server's executor, say): here they
     # hold the registry clock's, the engine's, the metadata's and the cache breaker's locks
-    locks = [forge.registry._clock_lock, forge.engine._lock, forge._resolve_lock, forge.cache.breaker._lock]
+    locks = [forge.registry._clock_lock, forge.engine._lock, forge.resolver._lock, forge.cache.breaker._lock]
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:

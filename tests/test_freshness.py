@@ -28,7 +28,7 @@ def count_calls(obj, name: str) -> list:
 def test_interleaved_writers_publish_the_highest_generation_once_both_are_done(services):
     settings, client = services
     with ModelForge(**settings) as forge:
-        stamp = forge._stamp
+        stamp = forge.resolver.stamp
         assert isinstance(stamp, RedisStamp)
         stamp.before_write()  # writer 1
         stamp.before_write()  # writer 2
@@ -65,8 +65,8 @@ def test_update_elsewhere_is_seen_and_a_dead_writer_only_costs_database_checks(s
         writer.update("iris", SAMPLES / "iris_v2.onnx")
         assert reader.predict("iris", [[1, 2, 3, 4]]).model_version == 2
 
-        writer._stamp.before_write()  # a writer that dies before its commit: the stamp stays absent
+        writer.resolver.stamp.before_write()  # a writer that dies before its commit: the stamp stays absent
         asked = count_calls(reader.registry, "generation")
         assert [reader.predict("iris", [[1, 2, 3, 4]]).model_version for _ in range(3)] == [2, 2, 2]
         assert len(asked) == 3
-        assert 0 < client.ttl(writer._stamp.writers_key) <= 60
+        assert 0 < client.ttl(writer.resolver.stamp.writers_key) <= 60

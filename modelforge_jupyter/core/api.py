@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
@@ -27,12 +24,12 @@ from .deadline import Cancellation
 from .engine import Engine
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .forksafe import at_fork_in_child
-from .freshness import RedisStamp
-from .invalidation import EvictionListener, Invalidator
+from .invalidation import EvictionListener, Invalidator, prune_sessions
 from .modelfile import check_self_contained, read_model_file
 from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
+from .resolver import Resolved, Resolver, StaleRecord
 from .settings import Settings, check_timeout, mask_url
 from .tensors import input_hash, prepare_feed
 
@@ -64,15 +61,12 @@ class ModelForge:
         self._caching = s.cache_prediction_enabled
         self._key_prefix = s.cache_key_prefix
         self._prediction_ttl = s.cache_prediction_ttl
-        self._metadata_ttl = s.cache_ttl
         self._timeout = s.inference_timeout
         self._runners: dict[tuple[str, str], Any] = {}  # (name, sha256) -> engine.run or a batcher's run
-        self._stamp = RedisStamp(self.cache, s.cache_key_prefix) if self._uses_stamp() else None
         self._batchers: dict[tuple[int, ...], DynamicBatcher] = {}
+        self.resolver = Resolver(self.registry, self.cache, s.cache_key_prefix, s.cache_ttl, self._registry_changed)
         self.invalidator = Invalidator(s, self.cache, self.engine)
         self.listener = self._listen(s)
-        self._resolved: tuple[int | None, dict[tuple[str, int | None], tuple[ModelRecord, float]]] = (None, {})
-        self._resolve_lock = threading.Lock()
         # Fork safety (``forksafe``): each part drops in a forked child what it shares with the parent (database and
         # broker connections, the listener's thread, locks); the child reconnects on first use. No cost per predict.
         at_fork_in_child(self._after_fork_in_child)
@@ -87,7 +81,7 @@ class ModelForge:
         check_name(name)
         data, sha256 = _read_model(model)
         inputs, outputs = self.engine.inspect(sha256, data)
-        with self._writing():
+        with self.resolver.writing():
             return self.registry.register(name, data, sha256, inputs, outputs)
 
     def update(self, name: str, model: ModelSource) -> ModelRecord:
@@ -110,11 +104,11 @@ class ModelForge:
             if not create:
                 raise ModelNotFoundError(f"model {name!r} is not registered; register it first") from None
             try:
-                with self._writing():
+                with self.resolver.writing():
                     return self.registry.register(name, data, sha256, inputs, outputs), True
             except ModelExistsError:  # registered meanwhile by another request: add a version to it
                 latest = self.registry.resolve(name)
-        with self._writing():
+        with self.resolver.writing():
             record, changed = self.registry.update(name, data, sha256, inputs, outputs)
         if changed:
             self.invalidator.model_changed(record.id, [latest.sha256])
@@ -127,14 +121,14 @@ class ModelForge:
         correct the moment this returns, whether or not that cleanup has run.
         """
         check_version(version)
-        with self._writing():
+        with self.resolver.writing():
             record, sha256s = self.registry.delete(name, version)
         self.invalidator.model_changed(record.id, sha256s)
         return record
 
     def get(self, name: str, version: int | None = None) -> ModelRecord:
         """The record of ``name`` (name or id) at ``version`` (default latest). Raises ``ModelNotFoundError``."""
-        return self.registry.resolve(name, check_version(version))
+        return self.resolver.resolve(name, check_version(version)).record
 
     def models(self) -> list[ModelRecord]:
         """The latest version of every registered model, sorted by name."""
@@ -183,27 +177,26 @@ class ModelForge:
     def _lookup(
         self, model: str, version: int | None, input_data: Any, caching: bool
     ) -> tuple[ModelRecord, dict, str | None, bytes | None]:
-        """Resolve, validate and look up the cache: (record, feed, cache key or None, cached value or None).
+        """Resolve, validate, look up the cache: (record, feed, cache key or None, cached value or None).
 
-        With a Redis stamp (PostgreSQL + Redis) a known model costs one pipelined round trip: the stamp and the cache
-        value together; the metadata is used only if the stamp proves it current, else the database is asked.
+        With a Redis stamp (PostgreSQL + Redis) a known model costs one round trip, the stamp and the cache value
+        together (``resolver``); a record the stamp does not prove current is resolved again from the database.
         """
-        if self._stamp is not None:
-            state = self._resolved
-            entry = state[1].get((model, version))
-            if entry is not None and entry[1] > time.monotonic():
-                try:  # validated against metadata not yet proven current: any refusal is retried below
-                    feed = prepare_feed(entry[0].inputs, input_data)
-                    key = self._cache_key(entry[0], feed) if caching else None
-                    stamp, hit = self._stamp.read(key)
-                    if stamp is not None and stamp == state[0]:
-                        return entry[0], feed, key, hit
-                except ModelForgeError:
-                    pass
-        record = self._resolve(model, version)
-        feed = prepare_feed(record.inputs, input_data)
+        try:
+            return self._read(self.resolver.resolve(model, version, proven=False), input_data, caching)
+        except StaleRecord:  # the registry changed since this process read the record
+            return self._read(self.resolver.resolve(model, version), input_data, caching)
+
+    def _read(self, resolved: Resolved, input_data: Any, caching: bool) -> tuple[ModelRecord, dict, str | None, bytes | None]:
+        record = resolved.record
+        try:
+            feed = prepare_feed(record.inputs, input_data)
+        except ModelForgeError:
+            if resolved.pending is not None:  # judged by a record not yet proven current: judge again, proven
+                raise StaleRecord from None
+            raise
         key = self._cache_key(record, feed) if caching else None
-        return record, feed, key, (self.cache.get(key) if key is not None else None)
+        return record, feed, key, self.resolver.read(resolved, key)
 
     def _cache_key(self, record: ModelRecord, feed: dict) -> str:
         return prediction_key(self._key_prefix, record.id, input_hash(record.sha256, feed))
@@ -236,66 +229,22 @@ class ModelForge:
             batcher = self._batchers.setdefault(key, DynamicBatcher(self.engine, *key))
         return batcher.run
 
-    def _resolve(self, model: str, version: int | None) -> ModelRecord:
-        """Registry lookup cached in-process while the registry generation is unchanged, for at most ``CACHE_TTL`` s.
-
-        An entry is stored under the generation read *before* the database was queried, so it is never older than
-        the generation it is filed under.
-        """
-        generation = self.registry.generation()
-        state = self._resolved
-        if state[0] != generation:
-            with self._resolve_lock:
-                state = self._resolved = (generation, {})
-            self._prune_sessions()
-            if self.listener is not None and not self.listener.running:
-                self._relisten()
-        now = time.monotonic()
-        entry = state[1].get((model, version))
-        if entry is None or entry[1] <= now:
-            entry = state[1][(model, version)] = (self.registry.resolve(model, version), now + self._metadata_ttl)
-        return entry[0]
-
     def registry_generation(self) -> int | None:
         """The registry generation as ``predict`` reads it to prove its in-process metadata current: the
-        cross-process consistency check (``freshness``), which the benchmark times on its own line.
+        cross-process consistency check (``resolver``), which the benchmark times on its own line.
 
         PostgreSQL + Redis: the Redis stamp (one GET, which a cached predict pipelines with its cache GET), or, when
         no stamp is published, the database's; otherwise the database's clock (SQLite ``PRAGMA data_version``,
         PostgreSQL ``SELECT``). Raises ``ServiceUnavailableError`` (503) when the database is down.
         """
-        if self._stamp is not None:
-            stamp = self._stamp.read(None)[0]
-            if stamp is not None:
-                return stamp
-        return self.registry.generation()
+        return self.resolver.generation()
 
-    def _uses_stamp(self) -> bool:
-        """The Redis stamp pays off where the registry's own check is a network round trip (not SQLite)."""
-        return self.cache.backend == "redis" and self.registry.dialect != "sqlite"
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Wrap a registry write in the stamp protocol (``freshness``); a no-op without a stamp."""
-        if self._stamp is None:
-            yield
-            return
-        self._stamp.before_write()
-        try:
-            yield
-        finally:
-            try:
-                generation = self.registry.generation()
-            except ModelForgeError:  # database gone: leave the stamp absent (readers ask the database)
-                log.warning("registry generation unreadable after a write; the stamp stays absent")
-            else:
-                self._stamp.after_write(generation)
-
-    def _prune_sessions(self) -> None:
-        """After another process changed the registry: unload sessions whose bytes no version uses any more."""
-        loaded = self.engine.loaded()
-        for sha in set(loaded) - self.registry.referenced(loaded):
-            self.engine.unload(sha)
+    def _registry_changed(self) -> None:
+        """Another process changed the registry (the resolver saw a new generation): unload sessions no version
+        uses any more, and restart the eviction listener where it is not running (a forked child)."""
+        prune_sessions(self.engine, self.registry)
+        if self.listener is not None and not self.listener.running:
+            self._relisten()
 
     def _listen(self, s: Settings) -> EvictionListener | None:
         if not s.redis_url:
@@ -314,16 +263,15 @@ class ModelForge:
             log.warning("eviction listener not restarted (%s)", mask_url(str(err)))
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child: a new lock; with an eviction listener (whose thread the child lacks), no resolved
+        """In a forked child: with an eviction listener (whose thread the child lacks), no resolved
         metadata, so that the child's first lookup asks the registry and restarts the listener there."""
-        self._resolve_lock = threading.Lock()
         if self.listener is not None:
-            self._resolved = (None, {})
+            self.resolver.forget()
 
     # -- operations ------------------------------------------------------------------------------------------------
     def unload(self, name: str, version: int | None = None) -> bool:
         """Drop the loaded session of ``name`` from this process's engine (next predict is a cold start)."""
-        return self.engine.unload(self.registry.resolve(name, check_version(version)).sha256)
+        return self.engine.unload(self.resolver.resolve(name, check_version(version)).record.sha256)
 
     def health(self) -> dict[str, str]:
         """``{status, database, redis, celery, version, environment, timestamp}`` as the documented /health.

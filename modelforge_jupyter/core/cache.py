@@ -98,6 +98,19 @@ class RedisCache:
         self.breaker.succeeded()
         return value
 
+    def get_many(self, keys: list[str]) -> list[bytes | None] | None:
+        """The values at ``keys`` in one round trip (``MGET``; None for a missing key), or None when Redis does not
+        answer (an outage opens the breaker, as ``get``). The registry stamp (``freshness``) rides on this."""
+        if self.breaker.open():
+            return None
+        try:
+            values = self.client.mget(keys)
+        except self._errors as err:
+            self.breaker.failed(err)
+            return None
+        self.breaker.succeeded()
+        return values
+
     def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
         if self.breaker.open():
             return

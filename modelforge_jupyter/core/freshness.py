@@ -43,8 +43,8 @@ class RedisStamp:
         import redis
 
         self._errors = (redis.RedisError, OSError)
-        self.breaker = cache.breaker
-        self.client = client = cache.client
+        self.cache = cache
+        self.client = client = cache.client  # the writes' transaction and script; reads go through the cache
         self.stamp_key = f"{prefix}:registry:stamp"
         self.writers_key = f"{prefix}:registry:writers"
         self.maxgen_key = f"{prefix}:registry:maxgen"
@@ -72,20 +72,9 @@ class RedisStamp:
             log.warning("registry stamp not updated (%s); processes check the database until the next write", err)
 
     def read(self, cache_key: str | None) -> tuple[int | None, bytes | None]:
-        """(stamp, cached value) in one round trip; (None, None) when Redis does not answer."""
-        if self.breaker.open():
+        """(stamp, cached value at ``cache_key``) in one round trip; (None, None) when Redis does not answer."""
+        values = self.cache.get_many([self.stamp_key] if cache_key is None else [self.stamp_key, cache_key])
+        if values is None:
             return None, None
-        try:
-            if cache_key is None:
-                raw = self.client.get(self.stamp_key)
-                value = None
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.get(self.stamp_key)
-                pipe.get(cache_key)
-                raw, value = pipe.execute()
-        except self._errors as err:
-            self.breaker.failed(err)
-            return None, None
-        self.breaker.succeeded()
-        return (int(raw) if raw is not None else None), value
+        raw = values[0]
+        return (int(raw) if raw is not None else None), (values[1] if cache_key is not None else None)

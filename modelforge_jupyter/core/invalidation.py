@@ -1,7 +1,7 @@
 """After a model update or delete: drop its cached predictions and free its sessions in every process.
 
 This is housekeeping, not what keeps answers correct. Correctness comes from the registry's generation check
-(``ModelForge._resolve``: every predict learns of a committed change before it answers) and from content addressing
+(``resolver``: every predict learns of a committed change before it answers) and from content addressing
 (cache keys hash the version's sha256; sessions are keyed by sha256), so a stale answer cannot be served even when the
 Celery worker is stopped or the broker is down. The task only frees memory and keys sooner than their TTL would.
 
@@ -52,6 +52,14 @@ def cleanup(cache: Any, prefix: str, model_id: str, sha256s: Iterable[str], publ
         client.publish(events_channel(prefix), event)
     log.info("invalidated model %s: %d cached predictions removed", model_id, removed)
     return removed
+
+
+def prune_sessions(engine: Any, registry: Any) -> None:
+    """Unload the sessions whose bytes no registered version uses any more (after another process changed the
+    registry: its eviction event may not reach this process, e.g. without Redis). Costs one registry query."""
+    loaded = engine.loaded()
+    for sha in set(loaded) - registry.referenced(loaded):
+        engine.unload(sha)
 
 
 class Invalidator:
