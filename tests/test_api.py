@@ -567,3 +567,37 @@ def test_stored_bytes_with_external_data_never_read_a_file(mf_forge, tmp_path, m
     with pytest.raises(InvalidModelError) as err:
         mf_forge.predict("old", {}, use_cache=False)
     assert str(tmp_path) not in str(err.value) and "/" not in str(err.value).replace("<path>", "")
+
+
+def test_cache_key_names_the_key_a_predict_writes_and_clear_cache_removes_every_prediction(mf_forge):
+    # Given two models with a cached prediction each, and another model's key prefix left alone
+    mf_forge.register("iris", SAMPLES / "iris.onnx")
+    mf_forge.register("diabetes", SAMPLES / "diabetes.onnx")
+    x_iris = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
+    x_diab = load_diabetes().data[:3].astype(np.float32)
+    mf_forge.predict("iris", x_iris)
+    mf_forge.predict("diabetes", x_diab)
+    key = mf_forge.cache_key("iris", x_iris)
+    # Then the key is the documented one and holds the prediction's bytes
+    record = mf_forge.get("iris")
+    assert key.startswith(f"{mf_forge.settings.cache_key_prefix}:prediction:{record.id}:")
+    assert key in cache_keys(mf_forge)
+    assert orjson.loads(cache_value(mf_forge, key)) == mf_forge.predict("iris", x_iris).output_data
+    # When the cache is cleared, both predictions go and the next predict is a miss
+    assert mf_forge.clear_cache() == 2
+    assert cache_keys(mf_forge) == []
+    assert mf_forge.predict("iris", x_iris).cached is False
+
+
+def test_model_bytes_and_raw_session_give_the_registered_model(mf_forge):
+    mf_forge.register("diabetes", SAMPLES / "diabetes.onnx")
+    data = mf_forge.model_bytes("diabetes")
+    assert data == (SAMPLES / "diabetes.onnx").read_bytes()
+    x = load_diabetes().data[:5].astype(np.float32)
+    expected = mf_raw_run(SAMPLES / "diabetes.onnx", {"float_input": x})
+    for session in (mf_forge.raw_session("diabetes"), mf_forge.raw_session(data, engine_options=False)):
+        got = session.run(None, {"float_input": x})
+        assert [np.asarray(g).tolist() for g in got] == [np.asarray(e).tolist() for e in expected]
+    assert mf_forge.backend in ("registry sqlite, cache disk", "registry postgresql, cache redis")
+    with pytest.raises(ModelNotFoundError):
+        mf_forge.model_bytes("diabetes", version=2)

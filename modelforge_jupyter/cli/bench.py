@@ -92,11 +92,12 @@ def bench_cold(mf, name: str, repeats: int = 20) -> list[Row]:
 
 
 def bench_cache_get(mf, name: str, seconds: float) -> list[Row]:
-    """A cache hit beside a raw GET of the same key from the cache backend (Redis GET or diskcache get)."""
+    """A cache hit beside a GET of the same key from the cache alone (``mf.cache.get``: a Redis GET or a diskcache
+    get, behind the outage breaker's check)."""
     feed = sample_feed(mf.get(name).inputs, 1)
     mf.predict(name, feed)
-    key = next(iter_keys(mf))
-    get = mf.cache.client.get if mf.cache.backend == "redis" else mf.cache.cache.get
+    key = mf.cache_key(name, feed)
+    get = mf.cache.get
     budget = Budget(seconds=seconds)
     raw_row = replace(summarize(name, 1, "raw_cache_get", budget.timed(lambda i: get(key)), None), ratio_p50=1.0)
     hit_row = summarize(name, 1, "api_hit", budget.timed(lambda i: mf.predict(name, feed)), raw_row.p50_ms)
@@ -109,13 +110,6 @@ def bench_consistency_check(mf, name: str, seconds: float) -> Row:
     its cache GET, so a cache hit pays no extra round trip for it)."""
     return summarize(name, 1, "consistency_check", Budget(seconds=seconds).timed(lambda i: mf.registry_generation()),
                      None)
-
-
-def iter_keys(mf):
-    if mf.cache.backend == "redis":
-        pattern = f"{mf.settings.cache_key_prefix}:prediction:*"
-        return (k.decode() for k in mf.cache.client.scan_iter(match=pattern))
-    return mf.cache.cache.iterkeys()
 
 
 def _sample_models(text: str) -> list[str]:
@@ -227,11 +221,8 @@ def _bench_all(args: argparse.Namespace, names: list[str], batches: list[int], s
                 rows.append(bench_consistency_check(mf, names[0], args.seconds))
                 rows += bench_cache_get(mf, names[0], args.seconds)
             finally:  # interrupted or not: the run's own Redis keys (predictions, registry stamp) go
-                if mf.cache.backend == "redis":
-                    keys = list(mf.cache.client.scan_iter(match=f"{settings['cache_key_prefix']}:*", count=1000))
-                    for i in range(0, len(keys), 500):
-                        mf.cache.client.unlink(*keys[i : i + 500])
-            backend = f"registry {mf.registry.dialect}, cache {mf.cache.backend}"
+                mf.cache.clear(settings["cache_key_prefix"])
+            backend = mf.backend
     return rows, backend
 
 

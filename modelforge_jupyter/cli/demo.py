@@ -48,7 +48,6 @@ def register_samples(mf) -> None:
     """
     import hashlib
 
-    from ..core.engine import raw_session
     from ..core.errors import ModelNotFoundError
 
     print(f"registry: {mask_url(mf.settings.database_url)}")
@@ -68,7 +67,7 @@ def register_samples(mf) -> None:
         miss = mf.predict(name, X, use_cache=False)
         mf.predict(name, X)
         hit = mf.predict(name, X)
-        raw = raw_session(sample_path(filename), mf.engine.session_options()).run(
+        raw = mf.raw_session(sample_path(filename).read_bytes()).run(
             None, {record.inputs[0].name: X}
         )
         what = ("registered" if record.version == 1 else "updated") if changed else "unchanged"

@@ -21,7 +21,7 @@ from .._version import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
 from .deadline import Cancellation
-from .engine import Engine
+from .engine import Engine, raw_session
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .forksafe import at_fork_in_child
 from .invalidation import EvictionListener, Invalidator, prune_sessions
@@ -198,6 +198,18 @@ class ModelForge:
         key = self._cache_key(record, feed) if caching else None
         return record, feed, key, self.resolver.read(resolved, key)
 
+    def cache_key(self, model: str, input_data: Any, version: int | None = None) -> str:
+        """The cache key a ``predict`` of ``input_data`` reads and writes:
+        ``{CACHE_KEY_PREFIX}:prediction:{model_id}:{input_hash}`` (``cache.prediction_key``; the hash covers the
+        version's sha256 and the converted inputs). Raises as ``predict`` does before a run (404, 400)."""
+        record = self.resolver.resolve(model, check_version(version)).record
+        return self._cache_key(record, prepare_feed(record.inputs, input_data))
+
+    def clear_cache(self) -> int:
+        """Delete every cached prediction under ``CACHE_KEY_PREFIX`` (every model's, in every process sharing the
+        cache). Returns how many entries went. Raises ``redis.RedisError`` when Redis does not answer."""
+        return self.cache.clear(f"{self._key_prefix}:prediction")
+
     def _cache_key(self, record: ModelRecord, feed: dict) -> str:
         return prediction_key(self._key_prefix, record.id, input_hash(record.sha256, feed))
 
@@ -269,6 +281,22 @@ class ModelForge:
             self.resolver.forget()
 
     # -- operations ------------------------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """Where the registry and the cache live, e.g. ``registry postgresql, cache redis`` (no URL, no path)."""
+        return f"registry {self.registry.dialect}, cache {self.cache.backend}"
+
+    def model_bytes(self, name: str, version: int | None = None) -> bytes:
+        """The ONNX bytes registered as ``name`` (name or id) at ``version`` (default latest). Raises 404 as ``get``."""
+        return self.registry.blob(self.get(name, version).sha256)
+
+    def raw_session(self, model: str | bytes, version: int | None = None, *, engine_options: bool = True) -> Any:
+        """A new plain ``onnxruntime.InferenceSession`` of a registered model (name or id) or of ONNX bytes, with
+        the engine's ``SessionOptions`` and execution providers (``engine_options=False``: ONNX Runtime's default
+        options, the engine's providers): the baseline the benchmark compares predictions against. Not cached."""
+        data = model if isinstance(model, bytes) else self.model_bytes(model, version)
+        return raw_session(data, self.engine.session_options() if engine_options else None, self.engine.providers)
+
     def unload(self, name: str, version: int | None = None) -> bool:
         """Drop the loaded session of ``name`` from this process's engine (next predict is a cold start)."""
         return self.engine.unload(self.resolver.resolve(name, check_version(version)).record.sha256)

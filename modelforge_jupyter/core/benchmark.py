@@ -1,8 +1,8 @@
 """Measure ModelForge beside raw ONNX Runtime: what ``%mf_bench`` and ``python -m modelforge_jupyter.cli.bench`` share.
 
 Both doors call ``plan_bench`` then ``run_bench``: for each batch size they measure, on the same input arrays and
-with the same ``SessionOptions`` (``mf.engine.session_options()``), ModelForge beside a raw ``InferenceSession.run``
-(``engine.raw_session``):
+with the same ``SessionOptions`` and providers (``ModelForge.raw_session``), ModelForge beside a raw
+``InferenceSession.run``. Only public ``ModelForge`` methods are used:
 
 - ``raw_cold`` / ``cold``: raw session creation + first run / ``predict`` right after ``ModelForge.unload`` (model
   bytes fetched from the registry, session built; the unload itself is not timed);
@@ -287,15 +287,13 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
     is needed for the ``http_*`` paths, and must serve the same bytes under the model's name. Raises
     ``ModelForgeError`` if a batch size's input is refused or the server serves another model.
     """
-    from .engine import raw_session  # not at import: loading the magics does not load onnxruntime
-
     record, name = plan.record, plan.name
     if any(p in HTTP_PATHS for p in plan.paths):
         if server is None:
             raise ValueError(f"paths {HTTP_PATHS} need a server (kernel.client.connect())")
         check_served(server, record)
-    model_bytes = mf.registry.blob(record.sha256)
-    raw = raw_session(model_bytes, mf.engine.session_options(), mf.engine.providers)
+    model_bytes = mf.model_bytes(record.id, record.version)
+    raw = mf.raw_session(model_bytes)
     notes, rows, done = list(plan.notes), [], 0
     for batch in plan.batch_sizes:
         feed = plan.feed(batch)
@@ -319,18 +317,15 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
             done += 1
             if on_cell is not None:
                 on_cell(done, plan.total, row)
-    backend = f"registry {mf.registry.dialect}, cache {mf.cache.backend}"
-    return BenchResult(record.name, record.version, backend, plan.batch_sizes, budget, tuple(rows), tuple(notes))
+    return BenchResult(record.name, record.version, mf.backend, plan.batch_sizes, budget, tuple(rows), tuple(notes))
 
 
 def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> list[float] | None:
     """Latencies (ms) of one path on ``feed``; None when a cache path cannot be measured (a note says why)."""
-    from .engine import raw_session
-
     if path == "raw_ort":
         return budget.timed(lambda i: raw.run(None, feed))
     if path == "raw_ort_default":
-        default = raw_session(model_bytes, providers=mf.engine.providers)
+        default = mf.raw_session(model_bytes, engine_options=False)
         return budget.timed(lambda i: default.run(None, feed))
     if path == "json_floor":
         from .protocol import encode_predict, predict_json  # the server's own work, HTTP aside
@@ -339,8 +334,7 @@ def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> li
 
         return budget.timed(lambda i: predict_json(mf, body))
     if path == "raw_cold":
-        options, providers = mf.engine.session_options(), mf.engine.providers
-        return budget.timed(lambda i: raw_session(model_bytes, options, providers).run(None, feed),
+        return budget.timed(lambda i: mf.raw_session(model_bytes).run(None, feed),
                             cold=True)
     if path == "cold":
         return budget.timed(lambda i: mf.predict(name, feed, use_cache=False), cold=True,

@@ -30,6 +30,7 @@ class PredictionCache(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None: ...
     def invalidate(self, prefix: str, model_id: str) -> int: ...
+    def clear(self, prefix: str) -> int: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -135,6 +136,16 @@ class RedisCache:
             removed += self.client.unlink(*keys)
         return removed
 
+    def clear(self, prefix: str, batch: int = 500) -> int:
+        """Delete every key under ``{prefix}:`` (SCAN + UNLINK in batches, never KEYS). Returns how many.
+
+        Raises ``redis.RedisError`` when Redis does not answer."""
+        removed = 0
+        keys = list(self.client.scan_iter(match=f"{prefix}:*", count=batch))
+        for start in range(0, len(keys), batch):
+            removed += self.client.unlink(*keys[start : start + batch])
+        return removed
+
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
@@ -186,6 +197,11 @@ class DiskCache:
     def invalidate(self, prefix: str, model_id: str) -> int:
         """Delete every cached prediction of ``model_id`` (entries are tagged with it). Returns how many."""
         return self.cache.evict(tag=model_id)
+
+    def clear(self, prefix: str) -> int:
+        """Delete every entry whose key is under ``{prefix}:``. Returns how many."""
+        keys = [key for key in self.cache.iterkeys() if isinstance(key, str) and key.startswith(f"{prefix}:")]
+        return sum(1 for key in keys if self.cache.delete(key))
 
     def ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires (None if absent): the disk counterpart of Redis's TTL."""
