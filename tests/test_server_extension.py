@@ -902,7 +902,7 @@ def compress(data: bytes, encoding: str) -> bytes:
 async def test_gzip_and_deflate_bodies_are_decompressed(jp_fetch, encoding):
     X = np.tile(load_iris().data, (200, 1)).astype(np.float32)  # 30000 rows
     request = orjson.dumps({"model_id": "iris", "input_data": X.tolist(), "use_cache": False})
-    assert len(request) > 1 << 20  # decompressed over several zlib calls (handlers.INFLATE_STEP)
+    assert len(request) > 1 << 20  # decompressed over several zlib calls (base.INFLATE_STEP)
     headers = {"Content-Encoding": encoding}
 
     r = await jp_fetch("modelforge", "models", "iris", method="PUT", body=compress(IRIS.read_bytes(), encoding),

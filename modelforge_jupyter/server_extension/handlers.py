@@ -1,233 +1,25 @@
-"""HTTP handlers: parse the request, call the ``ModelForge`` API in the app's executor, answer JSON.
+"""The ModelForge endpoints: parse the request, call the ``ModelForge`` API in the app's executor, answer JSON.
 
 Routes (relative to the server's base_url): ``GET modelforge/health``, ``GET modelforge/health/live`` and
 ``GET modelforge/health/ready`` (no token needed), ``POST modelforge/predict``, ``GET modelforge/models``,
 ``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``. HEAD answers as GET without the
-body, with the same authentication. A query parameter an endpoint does not take is a 400 naming it (Jupyter's
-``token``, ``_xsrf`` and ``no_track_activity`` aside).
-Every error is a JSON body ``{"message": ...}``, with the server's CORS headers; a ``ModelForgeError`` answers with its
-own ``status``. Request bodies are streamed, ``Content-Encoding: gzip`` or ``deflate`` decompressed as they arrive
-(any other encoding: 415): a body over ``ModelForgeApp.max_body_size``, decompressed, gets 413 before it is read whole.
+body, with the same authentication. What every endpoint shares (authorization, query parameters, bodies, errors as
+JSON) is ``base.ModelForgeHandler``; the predict request's wire format is ``core.protocol``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import zlib
-from collections.abc import Callable
-from http.client import responses
-from typing import Any, TypeVar
 
-import orjson
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
-from jupyter_server.base.handlers import APIHandler
-from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.escape import url_escape
 
 from ..core.deadline import Cancellation
-from ..core.errors import ModelForgeError, ServiceUnavailableError
-from ..core.protocol import json_object, predict_json  # noqa: F401  (the wire format lives in core)
-
-AUTH_RESOURCE = "modelforge"
-TOKEN_NEEDED = (
-    "authentication required: send the Jupyter server's token as the header 'Authorization: token <token>'"
-)
-JUPYTER_QUERY_PARAMS = frozenset({"token", "_xsrf", "no_track_activity"})  # read by jupyter_server itself
-# Content-Encoding of a request body -> zlib wbits of its decompressor (tritonclient sends gzip or deflate, i.e. zlib)
-BODY_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-INFLATE_STEP = 1 << 20  # bytes decompressed per zlib call: the memory a compressed body may take beyond its own size
-T = TypeVar("T")
-
-
-@web.stream_request_body
-class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
-    """Base handler: body size limit, executor calls, JSON answers and JSON errors for every subclass."""
-
-    auth_resource = AUTH_RESOURCE
-    query_params: frozenset[str] = frozenset()  # the query parameters this endpoint takes, besides Jupyter's
-    plane = "control"  # which of the app's executors runs this handler's calls: "data", "control" or "health"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Give every handler with a GET a HEAD: the same call through the same authentication, and tornado sends
-        no body for a HEAD request (``RequestHandler.flush``); a GET open without token gives an open HEAD."""
-        super().__init_subclass__(**kwargs)
-        get = cls.__dict__.get("get")
-        if get is None or "head" in cls.__dict__:
-            return
-
-        async def head(self: ModelForgeHandler, *args: Any, **kwargs: Any) -> None:
-            await self.get(*args, **kwargs)
-
-        # decorated as jupyter_server wants every extension method to be (it checks); get() authorizes the call
-        open_get = getattr(get, "__allow_unauthenticated", False)
-        cls.head = allow_unauthenticated(head) if open_get else web.authenticated(head)
-
-    async def prepare(self) -> None:
-        self._chunks: list[bytes] = []
-        self._body_size = 0
-        self._inflate: Any = None  # a zlib decompressobj while a compressed body streams in
-        await super().prepare()
-        method = getattr(self, self.request.method.lower(), None)
-        if self.current_user is None and not getattr(method, "__allow_unauthenticated", False):
-            raise web.HTTPError(403)  # refuse before reading a body that @web.authenticated would refuse after
-        if self.request.method != "OPTIONS":  # a CORS preflight is answered whatever the query; its request is not
-            self.check_query()
-        encoding = self.request.headers.get("Content-Encoding", "identity").strip().lower()
-        limit = self.body_limit[0]
-        if encoding in BODY_ENCODINGS:
-            self._inflate = zlib.decompressobj(BODY_ENCODINGS[encoding])
-        elif encoding != "identity":
-            raise web.HTTPError(415, "%s", f"Content-Encoding {encoding!r} is not supported; send the body "
-                                f"uncompressed, gzip or deflate")
-        else:  # a compressed body's Content-Length says nothing of its decompressed size: checked as it streams
-            length = self.request.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise web.HTTPError(413, "%s", self._too_large(int(length)))
-        if limit > self.serverapp.max_body_size:
-            self.request.connection.set_max_body_size(limit)
-
-    def check_query(self) -> None:
-        """Refuse (400 naming it) a query parameter this endpoint does not take, or one given more than once: a
-        misspelt ``?versoin=1`` must never read as "no version" (a DELETE of every version)."""
-        for name, values in self.request.query_arguments.items():
-            if name in JUPYTER_QUERY_PARAMS:
-                continue
-            if name not in self.query_params:
-                takes = f"it takes {', '.join(sorted(self.query_params))}" if self.query_params else "it takes none"
-                raise web.HTTPError(400, "%s", f"unknown query parameter {name!r} for this endpoint; {takes}")
-            if len(values) > 1:
-                raise web.HTTPError(400, "%s", f"query parameter {name!r} given {len(values)} times; give it once")
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished:
-            return
-        if self._inflate is None:
-            self._take(chunk)
-            return
-        if self._inflate.eof:  # tornado may end the body with an empty chunk
-            if chunk:
-                self._refuse(400, "request body has data after the end of its compressed stream")
-            return
-        # Decompressed INFLATE_STEP bytes at a time, and never past limit + 1 bytes in all: however far a small input
-        # would expand (a zip bomb), memory holds at most the body limit plus one step.
-        data = chunk
-        while True:
-            step = min(self.body_limit[0] - self._body_size + 1, INFLATE_STEP)
-            try:
-                out = self._inflate.decompress(data, step)
-            except zlib.error as err:
-                encoding = self.request.headers["Content-Encoding"].strip().lower()
-                self._refuse(400, f"request body is not valid {encoding} data: {err}")
-                return
-            if not self._take(out):
-                return
-            data = self._inflate.unconsumed_tail
-            if not data and len(out) < step:  # input used up and no output left pending in zlib
-                break
-        if self._inflate.unused_data:
-            self._refuse(400, "request body has data after the end of its compressed stream")
-
-    def _take(self, data: bytes) -> bool:
-        """Keep ``data`` of the body; False (413 sent) once the body passes the limit."""
-        self._body_size += len(data)
-        if self._body_size > self.body_limit[0]:  # chunked or compressed: no Content-Length to check
-            decompressed = " decompressed" if self._inflate is not None else ""
-            self._refuse(413, self._too_large(self._body_size, "at least ", decompressed))
-            return False
-        self._chunks.append(data)
-        return True
-
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` while the body streams in, dropping what was read of it."""
-        self._chunks.clear()
-        self.send_error(status, message=message)
-
-    @property
-    def body_limit(self) -> tuple[int, str]:
-        """(largest body in bytes, decompressed, the setting that says so) for this endpoint."""
-        return self.extensionapp.body_limits()[0], "max_body_size"
-
-    def _too_large(self, size: int, qualifier: str = "", decompressed: str = "") -> str:
-        limit, setting = self.body_limit
-        return (
-            f"request body too large: {qualifier}{size} bytes{decompressed}; the limit is {limit} bytes "
-            f"(ModelForgeApp.{setting})"
-        )
-
-    @property
-    def body(self) -> bytes:
-        """The request body, as streamed in (decompressed). Raises ``HTTPError(400)`` when a compressed body ended
-        before its compressed stream did."""
-        if self._inflate is not None and not self._inflate.eof:
-            encoding = self.request.headers["Content-Encoding"].strip().lower()
-            raise web.HTTPError(400, "%s", f"request body is truncated {encoding} data: its stream does not end")
-        return b"".join(self._chunks)
-
-    async def forge_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run ``ModelForge.<method>(*args, **kwargs)`` in the executor of this handler's ``plane``."""
-        app = self.extensionapp
-        return await self.run_blocking(lambda: getattr(app.get_forge(), method)(*args, **kwargs))
-
-    async def run_blocking(self, fn: Callable[[], T]) -> T:
-        """Run ``fn()`` in the bounded executor of this handler's ``plane``, so the IOLoop keeps serving meanwhile
-        and a plane's queue (long predictions) never delays another's calls (model changes, health)."""
-        return await asyncio.get_running_loop().run_in_executor(self.extensionapp.pool(self.plane), fn)
-
-    def write_json(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.finish(data if isinstance(data, bytes) else orjson.dumps(data))  # APIHandler: application/json
-
-    def query_version(self) -> int | None:
-        """The optional ``?version=N``: absent is None (latest, or every version for DELETE); present, it must be a
-        whole number >= 1 (``version_from_text``: 400 otherwise, an empty ``?version=`` included)."""
-        from ..core.api import version_from_text  # not at import: ``jupyter server extension list`` imports this module
-
-        values = self.get_query_arguments("version", strip=False)
-        return version_from_text(values[-1]) if values else None
-
-    # -- errors: JSON, whatever raised them ------------------------------------------------------------------------
-    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ModelForgeError):
-            status_code = exc.status
-        super().send_error(status_code, **kwargs)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Answer ``{"message": ...}``: the ModelForgeError's text, the HTTPError's message, or the status' name."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        self.set_cors_headers()  # send_error's clear() dropped those prepare() set: a browser could not read this
-        if "message" in kwargs:
-            message = kwargs["message"]
-        elif isinstance(exc, ModelForgeError):
-            message = str(exc)
-        elif status_code == 403 and getattr(self, "_jupyter_current_user", None) is None:
-            message = TOKEN_NEEDED
-        elif isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args
-        elif status_code == 405:
-            self.set_header("Allow", ", ".join(self.allowed_methods()))
-            message = f"{self.request.method} is not allowed here; allowed: {', '.join(self.allowed_methods())}"
-        elif status_code >= 500:
-            message = "internal server error; the Jupyter server log has the details"
-        else:
-            message = responses.get(status_code, "error")
-        self.finish(orjson.dumps({"message": message}))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ModelForgeError):  # a refused request, not a server fault: no traceback
-            self.log.warning("%d %s %s: %s", value.status, self.request.method, self.request.path, value)
-        else:
-            super().log_exception(typ, value, tb)
-
-    @classmethod
-    def allowed_methods(cls) -> list[str]:
-        return [
-            m for m in cls.SUPPORTED_METHODS
-            if getattr(cls, m.lower()) is not web.RequestHandler._unimplemented_method and m != "OPTIONS"
-        ]
+from ..core.errors import ServiceUnavailableError
+from ..core.protocol import predict_json
+from .base import ModelForgeHandler
 
 
 class HealthHandler(ModelForgeHandler):
