@@ -17,7 +17,7 @@ import pytest
 from nbconvert import HTMLExporter
 
 from modelforge_jupyter.cli.bench import LABELS
-from modelforge_jupyter.kernel import dashboard
+from modelforge_jupyter.kernel import bench_tables
 
 from .mf_plugin import mf_skip_unless_ci
 
@@ -110,4 +110,4 @@ def test_the_stored_benchmark_notebook_shows_its_results_without_running_or_widg
             assert f"<td>{label}</td>" in html
         assert f"{model} v1</b>: every figure" in page
     assert "VBox(" not in page and page.count("<img") >= 3
-    assert dashboard.FULL_COLUMNS == ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "pred/s", "× raw p50"]
+    assert bench_tables.FULL_COLUMNS == ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "pred/s", "× raw p50"]

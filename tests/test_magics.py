@@ -15,7 +15,7 @@ from traitlets.config import Config
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.cli.bench import LABELS, MAGIC_PATHS, BenchResult, Row, format_row
 from modelforge_jupyter.core.errors import ModelForgeError
-from modelforge_jupyter.kernel import dashboard
+from modelforge_jupyter.kernel import bench_tables, dashboard
 from modelforge_jupyter.core.records import PredictionResult
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
@@ -443,11 +443,11 @@ def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
     for metric, field in (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("pred/s", "predictions_per_s")):
         view.metric.value = metric
         for r in res.rows:
-            assert f"<td>{dashboard.fmt_value(getattr(r, field), field)}" in view.table.value
+            assert f"<td>{bench_tables.fmt_value(getattr(r, field), field)}" in view.table.value
     raw = {r.batch: r for r in res.rows if r.path == "raw_ort"}
     for r in res.rows:
         if r.path == "api_cache_off":  # the ratio to raw as a coloured suffix
-            assert dashboard.fmt_ratio(raw[r.batch].predictions_per_s / r.predictions_per_s) in view.table.value
+            assert bench_tables.fmt_ratio(raw[r.batch].predictions_per_s / r.predictions_per_s) in view.table.value
     assert res.backend in view.foot.value and len(box.children) == 5
 
 
@@ -465,12 +465,12 @@ def test_bench_result_shows_its_figures_as_text_and_html(ip):
     body = page.split("<tbody>")[1]
     # every figure: one row per path and batch size (the path named once), p50/p95/p99, pred/s, × raw p50
     assert body.count("<tr>") == 10 and res.backend in page
-    assert page.count("<th>") == len(dashboard.FULL_COLUMNS) and "colspan" not in page
+    assert page.count("<th>") == len(bench_tables.FULL_COLUMNS) and "colspan" not in page
     for r in res.rows:
-        cells = [dashboard.fmt_value(getattr(r, f), f) for f in ("p50_ms", "p95_ms", "p99_ms", "predictions_per_s")]
+        cells = [bench_tables.fmt_value(getattr(r, f), f) for f in ("p50_ms", "p95_ms", "p99_ms", "predictions_per_s")]
         assert f"<td>{r.batch}</td>" + "".join(f"<td>{c}</td>" for c in cells) in body
         if r.path in ("cold", "api_cache_off", "api_hit"):
-            assert f">{dashboard.fmt_ratio(r.ratio_p50)}</small>" in body
+            assert f">{bench_tables.fmt_ratio(r.ratio_p50)}</small>" in body
     assert body.count(f"<td>{LABELS['cold']}</td>") == 1
 
 

@@ -14,7 +14,7 @@ from nbconvert import HTMLExporter, MarkdownExporter
 from nbformat.v4 import new_code_cell, new_notebook
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.kernel import dashboard
+from modelforge_jupyter.kernel import bench_tables
 
 from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
 
@@ -151,7 +151,7 @@ def test_comments_function_locals_and_a_fixed_batch_bench_in_a_kernel_render_wit
     page, _ = HTMLExporter().from_notebook_node(nb)
     for r in rows:
         assert f"{r['p50_ms']:.4f}" in shown[0]["data"]["text/plain"]
-        cells = "".join(f"<td>{dashboard.fmt_value(r[f], f)}</td>" for f in ("p50_ms", "p95_ms", "p99_ms"))
+        cells = "".join(f"<td>{bench_tables.fmt_value(r[f], f)}</td>" for f in ("p50_ms", "p95_ms", "p99_ms"))
         assert markdown.count(cells) == 2 and page.count(cells) == 2
     assert markdown.count(note.replace("'", "&#x27;")) == 2  # under the two tables of every figure
     assert "VBox(" not in markdown + page, (markdown + page)[(markdown + page).find("VBox(") - 300:][:600]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from modelforge_jupyter.cli.bench import LABELS, BenchResult, Budget, Row
 from modelforge_jupyter.core.errors import ModelExistsError
-from modelforge_jupyter.kernel import dashboard, outputs
+from modelforge_jupyter.kernel import bench_plot, bench_tables, markup, outputs
 from modelforge_jupyter.core.records import PredictionResult
 
 from .mf_plugin import SAMPLES, mf_raw_run
@@ -228,24 +228,24 @@ def line_colours(fig) -> dict[str, tuple]:
 
 def test_bench_plot_is_transparent_grey_texted_and_keeps_each_paths_colour():
     # Given two runs measuring different paths
-    every = dashboard.bench_figure(bench_result(("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")))
-    some = dashboard.bench_figure(bench_result(("raw_ort", "api_hit", "http_hit")))
+    every = bench_plot.bench_figure(bench_result(("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")))
+    some = bench_plot.bench_figure(bench_result(("raw_ort", "api_hit", "http_hit")))
 
     # Then the figure and the axes have no background, the text and ticks are the mid grey
     for fig in (every, some):
         assert fig.patch.get_alpha() == 0 and all(ax.get_facecolor()[3] == 0 for ax in fig.axes)
-        assert [t.get_color() for t in fig.texts] == [dashboard.GREY]  # the suptitle
-        assert all(ax.xaxis.label.get_color() == dashboard.GREY for ax in fig.axes)
-        assert {t.get_color() for ax in fig.axes for t in ax.get_yticklabels()} <= {dashboard.GREY}
+        assert [t.get_color() for t in fig.texts] == [bench_plot.GREY]  # the suptitle
+        assert all(ax.xaxis.label.get_color() == bench_plot.GREY for ax in fig.axes)
+        assert {t.get_color() for ax in fig.axes for t in ax.get_yticklabels()} <= {bench_plot.GREY}
     # and a path has the same colour in both runs; raw ONNX Runtime is the neutral grey in each
     a, b = line_colours(every), line_colours(some)
     assert a[LABELS["api_hit"]] == b[LABELS["api_hit"]] and a[LABELS["raw_ort"]] == b[LABELS["raw_ort"]]
     from matplotlib.colors import to_rgba
 
-    assert a[LABELS["raw_ort"]] == to_rgba(dashboard.GREY) == a[LABELS["raw_cold"]]
+    assert a[LABELS["raw_ort"]] == to_rgba(bench_plot.GREY) == a[LABELS["raw_cold"]]
     assert len(set(a.values())) == len(a) - 1  # only the two raw paths share (the grey)
     # the PNG shown is see-through where nothing is drawn
-    png = Image.open(io.BytesIO(dashboard.figure_png(every)))
+    png = Image.open(io.BytesIO(bench_plot.figure_png(every)))
     assert png.mode == "RGBA" and png.getpixel((2, 2))[3] == 0
 
 
@@ -272,16 +272,16 @@ def test_a_prediction_over_http_shows_the_name_it_was_called_by(mf_live_server, 
 def test_bench_plot_has_p50_lines_p95_bands_one_legend_outside_and_fits_the_output_area():
     # Given a run of every path the magic measures with --http
     paths = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit", "http_miss", "http_hit")
-    fig = dashboard.bench_figure(bench_result(paths))
+    fig = bench_plot.bench_figure(bench_result(paths))
 
     # Then the latency panel has one p50 line and one p50-p95 band per path (no p95/p99 lines)
     lat, thr = fig.axes
-    assert [line.get_label() for line in lat.get_lines()] == [LABELS[p] for p in dashboard.paths_in_order(paths)]
+    assert [line.get_label() for line in lat.get_lines()] == [LABELS[p] for p in bench_tables.paths_in_order(paths)]
     assert len(lat.collections) == len(paths)
     # one legend, the figure's, outside both panels; none over the data
     assert len(fig.legends) == 1 and lat.get_legend() is None and thr.get_legend() is None
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == [LABELS[p] for p in dashboard.paths_in_order(paths)]
-    png = Image.open(io.BytesIO(dashboard.figure_png(fig)))  # drawn: the layout is done
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [LABELS[p] for p in bench_tables.paths_in_order(paths)]
+    png = Image.open(io.BytesIO(bench_plot.figure_png(fig)))  # drawn: the layout is done
     legend = fig.legends[0].get_window_extent()
     assert all(legend.x0 >= ax.get_window_extent().x1 for ax in fig.axes)
     # 940 x 350 px: inside a 1,000 px output area
@@ -290,20 +290,20 @@ def test_bench_plot_has_p50_lines_p95_bands_one_legend_outside_and_fits_the_outp
 
 def test_bench_tables_ratio_colours_and_sizes_the_model_cannot_take():
     # Given ratios to raw ONNX Runtime of ×1, ×1.2, ×10 and ×190
-    hues = [int(dashboard.ratio_color(r).split("(")[1].split(",")[0]) for r in (0.5, 1.0, 1.2, 10, 190)]
+    hues = [int(bench_tables.ratio_color(r).split("(")[1].split(",")[0]) for r in (0.5, 1.0, 1.2, 10, 190)]
 
     # Then the colour scale runs from green (×1 or better) to red (×100 and over): ×190 never looks like ×1.2
     assert hues[0] == hues[1] == 120 and hues[-1] == 0 and hues == sorted(hues, reverse=True)
-    assert hues[2] - hues[4] > 100 and [dashboard.fmt_ratio(r) for r in (1.2, 190)] == ["×1.20", "×190"]
+    assert hues[2] - hues[4] > 100 and [bench_tables.fmt_ratio(r) for r in (1.2, 190)] == ["×1.20", "×190"]
     # and the compact table: one row per path, one column per batch size, a size the model cannot take empty
     res = bench_result(("raw_ort", "api_cache_off"))
-    columns, rows = dashboard.compact_table(res.rows, (1, 10), ("raw_ort", "api_cache_off"), "p95",
+    columns, rows = bench_tables.compact_table(res.rows, (1, 10), ("raw_ort", "api_cache_off"), "p95",
                                             {100: "one v1 takes batch 1 only"})
     assert columns == ["p95 ms · batch", "1", "10", "100"]
-    assert [[outputs.plain(c) for c in row] for row in rows] == [
+    assert [[markup.plain(c) for c in row] for row in rows] == [
         ["warm (cache off)", "0.4 ×2.00", "4 ×2.00", "—"], ["raw ORT", "0.2", "2", "—"]]
     assert 'title="one v1 takes batch 1 only"' in rows[0][3] and "hsl(" in rows[0][1]
-    _, thr = dashboard.compact_table(res.rows, (1, 10), ("raw_ort", "api_cache_off"), "pred/s")
-    assert [outputs.plain(c) for c in thr[0]] == ["warm (cache off)", "500 ×2.00", "500 ×2.00"]  # raw does 2x
+    _, thr = bench_tables.compact_table(res.rows, (1, 10), ("raw_ort", "api_cache_off"), "pred/s")
+    assert [markup.plain(c) for c in thr[0]] == ["warm (cache off)", "500 ×2.00", "500 ×2.00"]  # raw does 2x
     # every scrolling table keeps its first column in view
-    assert "tr > :first-child {position: sticky; left: 0" in outputs.html_table(["a"], [["1"]])
+    assert "tr > :first-child {position: sticky; left: 0" in markup.html_table(["a"], [["1"]])
