@@ -99,6 +99,8 @@ class BenchResult:
 
     @property
     def table(self) -> Any:
+        """Every row as a pandas ``DataFrame`` (one column per ``Row`` field: ms, predictions/s, ratio), or a list
+        of dicts when pandas is not installed."""
         records = [asdict(r) for r in self.rows]
         try:
             import pandas as pd
@@ -107,6 +109,7 @@ class BenchResult:
         return pd.DataFrame.from_records(records, columns=list(Row.__dataclass_fields__))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: model, version, backend, batch sizes, budget, rows (each ``Row`` as a dict) and notes."""
         return {
             "model": self.model, "version": self.version, "backend": self.backend,
             "batch_sizes": list(self.batch_sizes), "budget": asdict(self.budget),
@@ -114,9 +117,11 @@ class BenchResult:
         }
 
     def row(self, batch: int, path: str) -> Row | None:
+        """The row of ``path`` at ``batch``, or None when that cell was not measured."""
         return next((r for r in self.rows if r.batch == batch and r.path == path), None)
 
     def summary(self) -> str:
+        """One line: model, version, how many rows over which batch sizes, the backend."""
         return (f"BenchResult {self.model} v{self.version}: {len(self.rows)} rows over batch sizes "
                 f"{list(self.batch_sizes)} ({self.backend}); .table, .to_dict()")
 
@@ -230,6 +235,8 @@ class BenchPlan:
         return len(self.batch_sizes) * len(self.paths)
 
     def feed(self, batch: int) -> dict[str, np.ndarray]:
+        """The input of ``batch`` rows: the given input resized along axis 0, or a seeded sample of the model's
+        input specs (the same arrays for every path, so every path runs on the same values)."""
         if self.base is None:
             return sample_feed(self.record.inputs, batch, seed=batch)
         return resize_batch(self.record.inputs, self.base, batch)
@@ -389,11 +396,13 @@ HEADER = (f"{'model':<17}{'batch':>6}  {'path':<18}{'p50 ms':>10}{'p95 ms':>10}{
 
 
 def format_row(r: Row) -> str:
+    """A row as a fixed-width line under ``HEADER`` (ms to 4 decimals, predictions/s, ratio to raw p50)."""
     ratio = f"{r.ratio_p50:.2f}" if r.ratio_p50 is not None else ""
     return (f"{r.model:<17}{r.batch:>6}  {r.path:<18}{r.p50_ms:>10.4f}{r.p95_ms:>10.4f}{r.p99_ms:>10.4f}"
             f"{r.predictions_per_s:>12,.0f}{ratio:>11}")
 
 
 def format_table(rows: Iterable[Row]) -> str:
+    """``HEADER``, a rule, then one ``format_row`` line per row."""
     return "\n".join([HEADER, "-" * len(HEADER), *map(format_row, rows)])
 

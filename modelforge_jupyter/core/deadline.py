@@ -173,5 +173,6 @@ class Cancellation:
             self._options = options
 
     def detach(self) -> None:
+        """The run ended: a later ``cancel()`` no longer touches its ``RunOptions``."""
         with self._lock:
             self._options = None

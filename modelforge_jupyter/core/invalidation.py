@@ -108,6 +108,7 @@ class Invalidator:
 
     @property
     def celery(self) -> Any:
+        """The Celery app that sends ``invalidate_model`` (``broker.make_app``), built on first use."""
         if self._celery is None:
             from .broker import make_app
 
@@ -115,6 +116,7 @@ class Invalidator:
         return self._celery
 
     def close(self) -> None:
+        """Close the Celery app's broker connections, if one was built."""
         if self._celery is not None:
             self._celery.close()
 
@@ -188,6 +190,7 @@ class EvictionListener:
         threading.Event().wait(1.0)  # back off; run_in_thread calls get_message again, which reconnects
 
     def close(self) -> None:
+        """Stop the listening thread (waits up to 2 s) and close its Redis connection; no restart after this."""
         self.closed = True
         if self.thread is None:
             return

@@ -24,6 +24,7 @@ class TensorSpec:
     optional: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """``{name, dtype, shape, optional}``; ``shape`` a list with None for a dynamic dimension."""
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "optional": self.optional}
 
     @classmethod
@@ -82,6 +83,8 @@ class PredictionResult:
     model_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The documented predict answer: ``{prediction_id, model_id, model_version, output_data,
+        inference_time_ms, cached}`` (``model_name`` is not part of the HTTP answer)."""
         return {
             "prediction_id": self.prediction_id,
             "model_id": self.model_id,

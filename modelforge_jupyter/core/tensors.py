@@ -55,6 +55,7 @@ def spec_from_ort(node: Any, optional: bool = False) -> TensorSpec:
 
 
 def shape_str(shape: list[int | None] | tuple[int, ...]) -> str:
+    """A shape as messages print it: ``[?, 4]`` (``?`` a dynamic dimension)."""
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 

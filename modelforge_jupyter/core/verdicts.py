@@ -78,5 +78,6 @@ def _throughput_verdict(line: str, row: Row, reference: Row) -> Verdict:
 
 
 def format_budget(verdicts: list[Verdict]) -> str:
+    """One line per verdict: ``holds`` or ``FAILS``, the model, the budget line and the measured figure."""
     return "\n".join(f"{'holds' if v.holds else 'FAILS':<6} {v.model:<17} {v.line}: {v.measured}" for v in verdicts)
 

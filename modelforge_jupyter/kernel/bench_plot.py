@@ -66,6 +66,7 @@ def bench_figure(result: BenchResult):
 
 
 def figure_png(fig) -> bytes:
+    """The figure as PNG bytes at ``FIGURE_DPI`` (940 x 350 px for ``bench_figure``)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=FIGURE_DPI)
     return buf.getvalue()
@@ -77,5 +78,6 @@ def plot_bundle(result: BenchResult) -> dict[str, str]:
 
 
 def plot_alt(result: BenchResult) -> str:
+    """The plot's ``text/plain`` alternative: what it shows, for terminals and screen readers."""
     return (f"[plot: {result.model} v{result.version}, p50 latency (ms, band to p95) and throughput (predictions/s) "
             "by batch size, per path; the figures are in the table]")

@@ -22,6 +22,7 @@ METRICS = {
 
 
 def paths_in_order(paths: Sequence[str]) -> list[str]:
+    """``paths`` in display order (``DISPLAY_ORDER``: ModelForge paths, then the raw ONNX Runtime ones)."""
     return [p for p in DISPLAY_ORDER if p in paths]
 
 
@@ -41,6 +42,7 @@ def slowdown(row: Row, raw: Row | None, field: str) -> float | None:
 
 
 def fmt_ratio(r: float) -> str:
+    """``×1.20`` below 10, ``×190`` from 10."""
     return f"×{r:.2f}" if r < 10 else f"×{r:,.0f}"
 
 
@@ -51,6 +53,7 @@ def ratio_color(r: float) -> str:
 
 
 def ratio_html(r: float, what: str) -> str:
+    """A ratio as a small coloured suffix (``ratio_color``), with ``what`` it compares on hover."""
     title = f"{fmt_ratio(r)} raw ONNX Runtime's {what}"
     return (f' <small title="{html.escape(title)}" style="color: {ratio_color(r)}; font-weight: 600">'
             f"{fmt_ratio(r)}</small>")
@@ -109,6 +112,7 @@ def full_table(rows: Sequence[Row], batch_sizes: Sequence[int]) -> list[list[Any
 
 
 def notes_html(notes: Sequence[str]) -> str:
+    """Each note as a small muted line (escaped)."""
     return "".join(small(html.escape(n)) for n in notes)
 
 

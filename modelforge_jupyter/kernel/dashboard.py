@@ -49,6 +49,7 @@ def mark_shown(shell: Any, result: BenchResult) -> None:
 
 
 def fmt_seconds(s: float) -> str:
+    """``3.2 s`` below a minute, ``2 min 05 s`` from one."""
     return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {int(s % 60):02d} s"
 
 
@@ -113,9 +114,11 @@ class BenchDashboard:
         return data
 
     def show(self) -> None:
+        """Display the dashboard once (a display id: later changes update it in place)."""
         self.handle = display(self, display_id=True)
 
     def update(self, done: int, total: int, row: Row | None) -> None:
+        """``done`` of ``total`` cells measured; ``row`` the new figures (None: the cell could not be measured)."""
         self.done = done
         if row is not None:
             self.rows.append(row)
@@ -128,6 +131,7 @@ class BenchDashboard:
             self.handle.update(self)
 
     def finish(self, result: BenchResult) -> None:
+        """The run ended: full progress bar, the notes, and the plot and table left as ordinary outputs below."""
         self.status = "done"
         self.notes = (*result.notes, result.backend)
         self.foot.value = notes_html(self.notes)
@@ -157,15 +161,18 @@ class TextReport:
         self.model, self.total, self.plot = model, total, plot
 
     def show(self) -> None:
+        """Print the title and the header of the text table."""
         print(f"%mf_bench {self.model}: ModelForge beside raw ONNX Runtime ({self.total} cells)")
         print(HEADER)
         print("-" * len(HEADER))
 
     def update(self, done: int, total: int, row: Row | None) -> None:
+        """Print ``row`` as a line of the text table as soon as it is measured."""
         if row is not None:
             print(format_row(row), flush=True)
 
     def finish(self, result: BenchResult) -> None:
+        """Print the backend and the notes under the table."""
         print(result.backend)
         for note in result.notes:
             print(note)
@@ -173,4 +180,5 @@ class TextReport:
             display(plot_bundle(result), raw=True)
 
     def fail(self) -> None:
+        """The run stopped: flush what was printed."""
         sys.stdout.flush()

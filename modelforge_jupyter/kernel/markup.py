@@ -41,6 +41,7 @@ class Markup(str):
 
 
 def plain(cell: Any) -> str:
+    """A table cell's text: a ``Markup``'s ``plain``, else ``str(cell)``."""
     return cell.plain if isinstance(cell, Markup) else str(cell)
 
 
@@ -65,6 +66,7 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], groups: Se
 
 
 def cell_html(v: Any) -> str:
+    """A table cell's HTML: a ``Markup`` as it is, anything else escaped."""
     return v if isinstance(v, Markup) else html.escape(str(v))
 
 
@@ -83,4 +85,5 @@ def block(*parts: str) -> str:
 
 
 def small(text_html: str) -> str:
+    """``text_html`` as a small line in the theme's muted colour."""
     return f'<div style="font-size: smaller; color: {MUTED}">{text_html}</div>'

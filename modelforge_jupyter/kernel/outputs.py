@@ -49,6 +49,8 @@ def float_column(values: Sequence[Any]) -> list[str]:
 
 
 def fmt_other(v: Any) -> str:
+    """A prediction value that is not a probability, as text: ``null`` for None, floats to 6 significant digits,
+    anything else ``str``; cut to 60 characters (``...``)."""
     text = "null" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -105,6 +107,7 @@ def prediction_table(output_data: dict[str, Any]) -> tuple[list[str], list[list[
 
 
 def cache_status(result: Any) -> str:
+    """``cache hit`` or ``cache miss`` (the badge's text and colour key, ``BADGES``)."""
     return "cache hit" if result.cached else "cache miss"
 
 
@@ -141,6 +144,7 @@ def prediction_html(result: Any) -> str:
 
 
 def ids_line(result: Any) -> str:
+    """The prediction and model ids, in full, for the small print under a prediction."""
     return f"model id {result.model_id} · prediction id {result.prediction_id}"
 
 
@@ -186,6 +190,7 @@ def outputs_text(specs: Sequence[Any]) -> str:
 
 
 def fmt_size(n: float) -> str:
+    """Bytes for a glance: ``690 B``, ``1.2 KB``, ``3.4 MB`` (powers of 1,024)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

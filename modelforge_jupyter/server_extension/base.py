@@ -59,6 +59,8 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         cls.head = allow_unauthenticated(head) if open_get else web.authenticated(head)
 
     async def prepare(self) -> None:
+        """Before any body byte is read: 403 without a user (unless the verb is open), the query checked (400),
+        the ``Content-Encoding`` (415 unless identity, gzip or deflate) and a declared length over the limit (413)."""
         self._chunks: list[bytes] = []
         self._body_size = 0
         self._inflate: Any = None  # a zlib decompressobj while a compressed body streams in
@@ -95,6 +97,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
                 raise web.HTTPError(400, "%s", f"query parameter {name!r} given {len(values)} times; give it once")
 
     def data_received(self, chunk: bytes) -> None:
+        """Take a streamed body chunk, decompressing it as it arrives; past the limit: 413 at once, the rest unread."""
         if self._finished:
             return
         if self._inflate is None:
@@ -170,6 +173,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         return await asyncio.get_running_loop().run_in_executor(self.extensionapp.pool(self.plane), fn)
 
     def write_json(self, data: Any, status: int = 200) -> None:
+        """Finish with ``data`` as JSON (bytes already encoded are sent as they are) and ``status``."""
         self.set_status(status)
         self.finish(data if isinstance(data, bytes) else orjson.dumps(data))  # APIHandler: application/json
 
@@ -183,6 +187,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
 
     # -- errors: JSON, whatever raised them ------------------------------------------------------------------------
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """Answer an exception with its status: a ``ModelForgeError``'s own (``errors``), else ``status_code``."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ModelForgeError):
             status_code = exc.status
@@ -210,6 +215,8 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         self.finish(orjson.dumps({"message": message}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """A refused request (``ModelForgeError``) is one warning line without traceback; anything else is logged
+        as the server's fault, with its traceback."""
         if isinstance(value, ModelForgeError):  # a refused request, not a server fault: no traceback
             self.log.warning("%d %s %s: %s", value.status, self.request.method, self.request.path, value)
         else:
@@ -217,6 +224,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
 
     @classmethod
     def allowed_methods(cls) -> list[str]:
+        """The HTTP methods this endpoint implements, OPTIONS aside: a 405 answer lists them in ``Allow``."""
         return [
             m for m in cls.SUPPORTED_METHODS
             if getattr(cls, m.lower()) is not web.RequestHandler._unimplemented_method and m != "OPTIONS"

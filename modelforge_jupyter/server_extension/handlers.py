@@ -29,6 +29,7 @@ class HealthHandler(ModelForgeHandler):
 
     @allow_unauthenticated
     async def get(self) -> None:
+        """``GET modelforge/health``: 200 healthy or degraded, 503 unhealthy (``ModelForge.health``'s fields)."""
         health = await self.extensionapp.health()
         self.write_json(health, 503 if health["status"] == "unhealthy" else 200)
 
@@ -38,6 +39,7 @@ class LivenessHandler(ModelForgeHandler):
 
     @allow_unauthenticated
     async def get(self) -> None:
+        """``GET modelforge/health/live``: 200 ``{"status": "alive"}``, always (no database or Redis call)."""
         self.write_json({"status": "alive"})
 
 
@@ -49,6 +51,7 @@ class ReadinessHandler(ModelForgeHandler):
 
     @allow_unauthenticated
     async def get(self) -> None:
+        """``GET modelforge/health/ready``: 200 ``{"status": "ready"}``, or 503 ``{"message"}`` saying why not."""
         await self.run_blocking(self._check)
         self.write_json({"status": "ready"})
 
@@ -76,10 +79,12 @@ class PredictHandler(ModelForgeHandler):
         return (predict, "max_predict_body_size") if predict < body else (body, "max_body_size")
 
     async def prepare(self) -> None:
+        """Make the request's ``Cancellation`` first, then the base's checks (auth, query, body limit)."""
         self.cancellation = Cancellation()  # before anything awaits: the client may leave at any point
         await super().prepare()
 
     def on_connection_close(self) -> None:
+        """The client left: stop its run (``RunOptions.terminate``) or keep a queued one from starting (499)."""
         super().on_connection_close()
         cancellation = getattr(self, "cancellation", None)
         if cancellation is not None:
@@ -88,6 +93,9 @@ class PredictHandler(ModelForgeHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
+        """``POST modelforge/predict``: 200 ``{prediction_id, model_id, model_version, output_data,
+        inference_time_ms, cached}`` (``protocol.encode_result``); 400 bad input naming the input, expected and given
+        dtype/shape; 404 unknown model; 413 answer over ``max_output_bytes``; 504 past ``inference_timeout``."""
         self.write_json(await self.run_blocking(functools.partial(self._predict, self.body, self.cancellation)))
 
     def _predict(self, body: bytes, cancel: Cancellation) -> bytes:
@@ -101,6 +109,7 @@ class ModelsHandler(ModelForgeHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        """``GET modelforge/models``: 200, a JSON list of ``ModelRecord.to_dict()``, sorted by name."""
         records = await self.forge_call("models")
         self.write_json([r.to_dict() for r in records])
 
@@ -113,12 +122,15 @@ class ModelHandler(ModelForgeHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
+        """``GET modelforge/models/{name}[?version=N]``: 200 the record (name or id); 404 unknown; 400 bad version."""
         record = await self.forge_call("get", name, self.query_version())
         self.write_json(record.to_dict())
 
     @web.authenticated
     @authorized
     async def put(self, name: str) -> None:
+        """``PUT modelforge/models/{name}`` with raw ONNX bytes: 201 + ``Location`` registered (version 1), 200 a new
+        version or the same bytes (no new version); 400 invalid model or name; 413 body over its limit."""
         record, changed = await self.forge_call("save", name, self.body)
         created = changed and record.version == 1
         if created:  # escaped: a header value with a newline would raise after the model was written
@@ -129,6 +141,7 @@ class ModelHandler(ModelForgeHandler):
     @web.authenticated
     @authorized
     async def delete(self, name: str) -> None:
+        """``DELETE modelforge/models/{name}[?version=N]``: 204 the model (or one version) deleted; 404 unknown."""
         await self.forge_call("delete", name, self.query_version())
         self.set_status(204)
         self.finish()
@@ -142,6 +155,7 @@ class UnloadHandler(ModelForgeHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
+        """``POST modelforge/models/{name}/unload``: 200 ``{"name", "unloaded": bool}`` (this server's engine only)."""
         unloaded = await self.forge_call("unload", name, self.query_version())
         self.write_json({"name": name, "unloaded": unloaded})
 
