@@ -49,7 +49,7 @@ from ..core.benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter
     timed,
 )
 from ..core.samples import sample_path
-from ..core.settings import mask_url
+from ..core.urls import mask_url
 from ..core.verdicts import Verdict, budget, format_budget  # noqa: F401
 
 MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.samples import sample_path
-from ..core.settings import mask_url
+from ..core.urls import mask_url
 
 # Registered under names of their own, so the README's examples (which register "iris") run after the demo.
 SAMPLE_MODELS = {

@@ -30,8 +30,9 @@ from .protocol import check_use_cache, check_version, version_from_text  # noqa:
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
 from .resolver import Resolved, Resolver, StaleRecord
-from .settings import Settings, check_timeout, mask_url
+from .settings import Settings, check_timeout
 from .tensors import input_hash, prepare_feed
+from .urls import mask_url
 
 log = logging.getLogger(__name__)
 

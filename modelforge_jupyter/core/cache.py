@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .errors import first_line
 from .forksafe import at_fork_in_child
-from .settings import mask_url
+from .urls import mask_url
 
 log = logging.getLogger(__name__)
 

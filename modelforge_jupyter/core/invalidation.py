@@ -27,7 +27,7 @@ import orjson
 
 from .cache import Breaker
 from .forksafe import at_fork_in_child, park
-from .settings import mask_url
+from .urls import mask_url
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from traitlets import Float, Int, TraitType
 from traitlets.config import Configurable
 
 from ..core.errors import ServiceUnavailableError
-from ..core.settings import Settings, mask_url
+from ..core.settings import Settings
+from ..core.urls import mask_url
 from .handlers import default_handlers
 from .pools import ThreadPool
 
