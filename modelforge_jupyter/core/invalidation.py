@@ -111,7 +111,8 @@ class Invalidator:
         if self._celery is None:
             from .broker import make_app
 
-            self._celery = make_app(self.settings.celery_broker_url, self.settings.broker_timeout)
+            self._celery = make_app(self.settings.celery_broker_url, self.settings.broker_timeout,
+                                    self.settings.celery_queue)
         return self._celery
 
     def close(self) -> None:

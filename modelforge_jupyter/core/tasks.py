@@ -8,15 +8,14 @@ reach the broker (configuration, deadlines, the health probe) is ``broker``'s.
 
 from __future__ import annotations
 
-import os
-
 import redis
 
 from .broker import celery_probe, celery_status, make_app
+from .settings import from_environment
 
 __all__ = ["app", "celery_probe", "celery_status", "invalidate_model", "make_app"]
 
-app = make_app(os.environ.get("CELERY_BROKER_URL", ""))
+app = make_app(from_environment("celery_broker_url"), queue=from_environment("celery_queue"))
 
 
 @app.task(

@@ -1,7 +1,8 @@
 """IPython magics over the ``ModelForge`` API: ``%mf_predict``, ``%mf_bench``, ``%mf_models``, ``%mf_register``...
 
 Doors only: each magic parses its line (IPython ``magic_arguments``), calls the ``ModelForge`` API and renders the
-answer. Settings come from the environment as everywhere else; ``%config ModelForgeMagics.<trait>`` overrides them.
+answer. Settings come from the environment as everywhere else; ``%config ModelForgeMagics.<setting>`` overrides any
+setting of the core's table (``settings.SETTINGS``).
 A refused request (``ModelForgeError``, bad options, an expression that fails) prints one line to stderr, returns
 None and changes nothing; that line ends with the next step when there is one (close names of a model that is not
 registered, the ``%mf_update NAME PATH`` line for a name that is). What the magics show is built in ``outputs``.
@@ -27,15 +28,15 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, needs_local_scope, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
-from traitlets import Bool, CaselessStrEnum, Unicode, observe
+from traitlets import CaselessStrEnum, Unicode, observe
 
 from ..core.errors import InvalidInputError, ModelExistsError, ModelForgeError, ModelNotFoundError
 from ..core.protocol import INPUT_DATA, USE_CACHE, VERSION, request_options, version_from_text
 from ..core.benchmark import BenchResult
 from ..core.records import PredictionResult
+from ..core.settings import SETTINGS, SettingsTraits
 from . import dashboard, outputs
 
-SETTINGS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix", "cache_prediction_enabled")
 REQUEST_KEYS = {INPUT_DATA, USE_CACHE, VERSION}  # a cell with other keys is the bare input data
 
 
@@ -123,24 +124,15 @@ def _unquote(token: str) -> str:
 
 
 @magics_class
-class ModelForgeMagics(Magics):
+class ModelForgeMagics(Magics, SettingsTraits):
     """The ModelForge magics and their settings (``%config ModelForgeMagics`` lists them).
 
-    Settings left at None come from the environment (``DATABASE_URL``, ``REDIS_URL``, ``MODELFORGE_CACHE_DIR``,
-    ``CACHE_KEY_PREFIX``, ``CACHE_PREDICTION_ENABLED``), as for every other ModelForge process. The ``ModelForge``
-    is built on first use and rebuilt after a setting changes.
+    Every setting of the core's table is a trait (``SettingsTraits``), e.g. ``%config
+    ModelForgeMagics.max_output_bytes = 1 << 20``; one left at None comes from the environment (``DATABASE_URL``,
+    ``REDIS_URL``, ``MODELFORGE_CACHE_DIR``...), as for every other ModelForge process. The ``ModelForge`` is built
+    on first use and rebuilt after a setting changes.
     """
 
-    database_url = Unicode(None, allow_none=True, config=True,
-                           help="Registry URL; None: env DATABASE_URL, else the embedded SQLite registry.")
-    redis_url = Unicode(None, allow_none=True, config=True,
-                        help="Redis URL of the prediction cache; '' for the local-disk cache; None: env REDIS_URL.")
-    cache_dir = Unicode(None, allow_none=True, config=True,
-                        help="Directory of the local-disk prediction cache; None: env MODELFORGE_CACHE_DIR.")
-    cache_key_prefix = Unicode(None, allow_none=True, config=True,
-                               help="Prefix of every cache key; None: env CACHE_KEY_PREFIX (default modelforge).")
-    cache_prediction_enabled = Bool(None, allow_none=True, config=True,
-                                    help="Cache predictions; None: env CACHE_PREDICTION_ENABLED (default true).")
     server_url = Unicode(
         None, allow_none=True, config=True,
         help="URL of the Jupyter server (its base_url included) for %mf_bench --http and kernel.client.connect(); "
@@ -165,12 +157,12 @@ class ModelForgeMagics(Magics):
             from ..core.api import ModelForge
 
             try:
-                self._forge = ModelForge(**{k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None})
+                self._forge = ModelForge(**self.configured_settings())
             except ValueError as err:  # a setting out of range (env MODELFORGE_*): one line, as other refusals
                 raise ModelForgeError(f"cannot start ModelForge: {err}") from None
         return self._forge
 
-    @observe(*SETTINGS)
+    @observe(*(s.name for s in SETTINGS))
     def _settings_changed(self, change: dict) -> None:
         self.close()
 
