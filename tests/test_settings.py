@@ -193,3 +193,50 @@ def test_the_environment_a_server_exports_gives_another_process_the_same_setting
     # Then it has every setting that has a variable, and only those are exported
     assert set(exported) == set(ENV_VARS.values())
     assert {n: getattr(child, n) for n in ENV_VARS} == {n: values[n] for n in ENV_VARS}
+
+
+def readme_settings_rows() -> list[tuple[str, str, str]]:
+    """(setting, variable, default) of each row of the README's table of settings, as the README shows them."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = text.split("<!-- settings-table:")[1].split("<!-- end of settings-table -->")[0]
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in table.splitlines() if line.startswith("| `")]
+    return [(row[0].strip("`"), row[1].strip("`"), row[2]) for row in cells]
+
+
+def test_the_readme_lists_every_setting_with_its_variable_and_its_real_default(monkeypatch):
+    from modelforge_jupyter.core.settings import data_dir
+
+    # Given an environment with none of the settings' variables (the data dir: the README's placeholder)
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("MODELFORGE_DATA_DIR", raising=False)
+    defaults = Settings()
+    rows = readme_settings_rows()
+
+    # Then the README's table names exactly the settings, each with its variable and the default Settings() has
+    assert sorted(name for name, _, _ in rows) == sorted(Settings.class_trait_names(config=True))
+    for name, var, shown in rows:
+        assert var == ENV_VARS.get(name, "none"), name
+        actual = getattr(defaults, name)
+        value = shown.partition(" (")[0].strip("`")  # "`536870912` (512 MiB)": the value, then a note
+        if isinstance(actual, str):
+            expected = actual.replace(str(data_dir()), "<jupyter data dir>/modelforge") or "empty"
+            assert value == expected, name
+        elif isinstance(actual, bool):
+            assert value == str(actual).lower(), name
+        elif isinstance(actual, dict):
+            assert json.loads(value) == actual, name
+        else:
+            assert type(actual)(value) == actual, name
+
+
+def test_the_readme_table_is_the_one_generated_from_the_settings_table():
+    from pathlib import Path
+
+    from modelforge_jupyter.core.settings import markdown_table
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("<!-- settings-table:")[1].split("-->", 1)[1].split("<!-- end of settings-table -->")[0]
+    assert block.strip() == markdown_table().strip(), "run .venv/bin/python scripts/readme_settings.py"

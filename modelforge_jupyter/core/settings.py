@@ -3,9 +3,9 @@
 Each row (``Setting``) gives a setting's name, traitlets type, environment variable, default, help (with its unit)
 and the check its value must pass. From the table come: the traits of ``Settings`` (their defaults read from the
 environment), ``SettingsTraits`` (the same settings left unset, inherited by the server's ``ModelForgeApp`` and the
-kernel's ``ModelForgeMagics``), the environment a server exports to its kernels (``Settings.environ``) and one
-setting read alone from the environment (``from_environment``: the Celery worker's broker and queue). A setting added
-as a row is configurable everywhere with no other change.
+kernel's ``ModelForgeMagics``), the environment a server exports to its kernels (``Settings.environ``), one setting
+read alone from the environment (``from_environment``: the Celery worker's broker and queue) and the README's table
+(``markdown_table``). A setting added as a row is configurable everywhere with no other change.
 
 Precedence, highest first: keyword arguments / traitlets config (``c.Settings.redis_url = ...``,
 ``--ModelForgeApp.redis_url=...``, ``%config ModelForgeMagics.redis_url = ...``), then the environment, then the
@@ -275,6 +275,17 @@ def from_environment(name: str) -> Any:
     """Setting ``name`` as this process's environment gives it, without building (and checking) all the others:
     what the Celery worker's app, built when ``celery -A modelforge_jupyter.tasks`` imports it, needs."""
     return SETTING[name].read()
+
+
+def markdown_table() -> str:
+    """The README's table of settings: setting, environment variable, default and meaning, one row per setting."""
+    lines = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        value, _, note = s.shown_default.partition(" (")  # "536870912 (512 MiB)": the value in code, the note not
+        shown = "empty" if value == "empty" else f"`{value}`" + (f" ({note}" if note else "")
+        env = f"`{s.env}`" if s.env else "none"
+        lines.append(f"| `{s.name}` | {env} | {shown} | {s.help.replace('|', '&#124;')} |")
+    return "\n".join(lines) + "\n"
 
 
 class Settings(Configurable):
