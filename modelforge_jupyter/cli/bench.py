@@ -41,6 +41,7 @@ from ..core.benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter
     fixed_batch,
     format_row,
     format_table,
+    parse_batch_sizes,
     plan_bench,
     resize_batch,
     run_bench,
@@ -123,12 +124,9 @@ def _sample_models(text: str) -> list[str]:
 
 def _batch_sizes(text: str) -> list[int]:
     try:
-        sizes = [int(b) for b in text.split(",")]
+        return parse_batch_sizes(text)  # the core's rule, as %mf_bench's
     except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers >= 1, e.g. 1,10,100,1000")
-    return sizes
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers >= 1, e.g. 1,10,100,1000") from None
 
 
 def _seconds(text: str) -> float:
@@ -144,7 +142,7 @@ def _seconds(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ModelForge vs raw ONNX Runtime, in one run.")
     parser.add_argument("--models", type=_sample_models, default=list(MODELS), help="comma-separated sample models")
-    parser.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 10, 100, 1000])
+    parser.add_argument("--batch-sizes", type=_batch_sizes, default=list(BATCH_SIZES))
     parser.add_argument("--seconds", type=_seconds, default=0.5, help="time per measured cell (s)")
     parser.add_argument("--database-url", default=None, help="registry (default: a temporary SQLite file)")
     parser.add_argument("--redis-url", default="", help="Redis cache (default: a temporary disk cache)")

@@ -32,7 +32,7 @@ from traitlets import CaselessStrEnum, Unicode, observe
 
 from ..core.errors import InvalidInputError, ModelExistsError, ModelForgeError, ModelNotFoundError
 from ..core.protocol import INPUT_DATA, USE_CACHE, VERSION, request_options, version_from_text
-from ..core.benchmark import BenchResult
+from ..core.benchmark import BenchResult, parse_batch_sizes
 from ..core.records import PredictionResult
 from ..core.settings import SETTINGS, SettingsTraits
 from . import dashboard, outputs
@@ -312,7 +312,7 @@ class ModelForgeMagics(Magics, SettingsTraits):
             args = self._parse(self.mf_bench, line)
             refusal.model = args.model
             budget = bench_budget(args)
-            batch_sizes = parse_batch_sizes(args.batch_sizes)
+            batch_sizes = batch_sizes_option(args.batch_sizes)
             input_data = self._eval(" ".join(args.expr), local_ns) if args.expr else None
             paths = [p for p in MAGIC_PATHS + (HTTP_PATHS if args.http else ())
                      if not (args.no_cache and p in ("api_hit", "http_hit"))]
@@ -436,16 +436,12 @@ def parse_request(body: str, use_cache: bool, version: int | None) -> tuple[Any,
     return data[INPUT_DATA], use_cache, version
 
 
-def parse_batch_sizes(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
+def batch_sizes_option(text: str | None) -> list[int] | None:
+    """``--batch-sizes`` read by the core's rule (``benchmark.parse_batch_sizes``); None when not given."""
     try:
-        sizes = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise UsageError(f"--batch-sizes takes whole numbers separated by commas, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise UsageError(f"--batch-sizes must be >= 1, got {text!r}")
-    return sizes
+        return None if text is None else parse_batch_sizes(text)
+    except ValueError as err:
+        raise UsageError(f"--batch-sizes {err}") from None
 
 
 def skipped_sizes(plan: Any, asked: list[int] | None, default: bool) -> dict[int, str]:
