@@ -368,6 +368,33 @@ def test_config_overrides_the_environment_and_rebuilds(tmp_path, monkeypatch):
         assert [m.name for m in b.models()] == ["iris", "rf"]
 
 
+def test_config_sets_every_setting_of_the_table_and_the_rebuilt_forge_uses_them(mf_redis, tmp_path, monkeypatch):
+    from modelforge_jupyter.core.settings import ENV_VARS, SETTINGS
+
+    from .mf_plugin import REDIS_URL
+    from .test_settings import other_value
+
+    # Given a shell whose environment sets no setting, and for each setting of the table a value other than its default
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MODELFORGE_DATA_DIR", str(tmp_path / "data"))
+    values = {s.name: other_value(s.name, tmp_path, REDIS_URL) for s in SETTINGS} | {"cache_key_prefix": mf_redis[1]}
+    shell = make_shell()
+    try:
+        magics = shell.magics_manager.registry["ModelForgeMagics"]
+        first = magics.forge
+        # When each is set with %config
+        for name, value in values.items():
+            run(shell, f"%config ModelForgeMagics.{name} = {value!r}")
+        forge = magics.forge
+        settings = {name: getattr(forge.settings, name) for name in values}
+    finally:
+        shell.run_line_magic("unload_ext", "modelforge_jupyter")
+        InteractiveShell.clear_instance()
+
+    # Then the ModelForge was rebuilt with every one of them
+    assert forge is not first and settings == values
+
 def check_bench_result(res: BenchResult, batch_sizes: tuple, paths: tuple, iterations: int) -> None:
     assert isinstance(res, BenchResult) and res.batch_sizes == batch_sizes
     table = res.table

@@ -155,3 +155,29 @@ def test_comments_function_locals_and_a_fixed_batch_bench_in_a_kernel_render_wit
         assert markdown.count(cells) == 2 and page.count(cells) == 2
     assert markdown.count(note.replace("'", "&#x27;")) == 2  # under the two tables of every figure
     assert "VBox(" not in markdown + page, (markdown + page)[(markdown + page).find("VBox(") - 300:][:600]
+
+
+def test_config_of_any_setting_takes_effect_in_a_kernel(tmp_path, monkeypatch):
+    # Given a kernel, iris registered, and answers limited by %config to 16 bytes of outputs (a setting of the core's
+    # table that the magics had no trait for: %config refused it as an unknown trait)
+    url = kernel_env(tmp_path, monkeypatch)
+    monkeypatch.delenv("MODELFORGE_MAX_OUTPUT_BYTES", raising=False)
+    nb = new_notebook(cells=[
+        new_code_cell(f"%load_ext modelforge_jupyter\n%config ModelForgeMagics.database_url = '{url}'\n"
+                      f"%mf_register iris {IRIS}\nX = {SAMPLE}"),
+        new_code_cell("%config ModelForgeMagics.max_output_bytes = 16\nr = %mf_predict iris X --no-cache\nprint(r)"),
+        new_code_cell("%config ModelForgeMagics.max_output_bytes = 0\n"
+                      "r = %mf_predict iris X --no-cache\nprint(r.output_data['output_label'])"),
+    ])
+
+    # When it runs in a real kernel
+    execute(nb, tmp_path)
+
+    # Then three rows' outputs were refused (413, one line on stderr) under the limit, and served once it was lifted
+    _, limited, unlimited = (c.outputs for c in nb.cells)
+    streams = {o["name"]: o["text"] for o in limited}  # stdout and stderr: their order is the kernel's flushing
+    assert sorted(streams) == ["stderr", "stdout"] and streams["stdout"] == "None\n"
+    assert streams["stderr"].startswith("ResourceLimitError: the answer of model 'iris' would hold ")
+    assert "the limit is 16 bytes (max_output_bytes" in streams["stderr"] and streams["stderr"].count("\n") == 1
+    label = mf_raw_run(IRIS, {"float_input": np.float32(SAMPLE)})[0]
+    assert [(o["name"], o["text"]) for o in unlimited] == [("stdout", f"{label.tolist()}\n")]

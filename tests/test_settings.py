@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from traitlets import Bool, Dict, Float, Int, Unicode
 
@@ -138,3 +140,103 @@ def test_a_driver_error_shows_no_piece_of_a_password_holding_an_at_sign(tmp_path
     # Then the answer says what failed, and neither piece of the password is in it or in any log line
     assert str(err.value).startswith("model registry database unavailable: failed to resolve host '***'")
     assert not any(secret in str(err.value) + caplog.text for secret in ("ZQXa", "ZQXb"))
+
+
+# -- one table: every door's configuration, the environment export and the README come from SETTINGS ----------------
+def other_value(name: str, tmp_path, redis_url: str = "redis://127.0.0.1:6379/0"):
+    """A valid value of setting ``name`` other than its default (a text setting that is checked needs one here)."""
+    from modelforge_jupyter.core.settings import SETTING
+
+    setting = SETTING[name]
+    special = {"database_url": f"sqlite:///{tmp_path / 'other.db'}", "redis_url": redis_url,
+               "celery_broker_url": "memory://", "execution_providers": "CPUExecutionProvider,",
+               "model_batching": {"m": {"max_batch_size": 2, "dynamic_batching": True}}}
+    if name in special:
+        return special[name]
+    value = setting.default_value()
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    assert setting.kind is Unicode and setting.check is None, f"{name}: give other_value a valid value for it"
+    return f"{value}-other"
+
+
+def test_every_setting_of_the_table_is_a_trait_of_settings_the_server_and_the_magics():
+    from modelforge_jupyter.core.settings import SETTINGS
+    from modelforge_jupyter.kernel.magics import ModelForgeMagics
+    from modelforge_jupyter.server_extension.app import ModelForgeApp
+
+    core = Settings.class_traits(config=True)
+    assert set(core) == {s.name for s in SETTINGS}
+    for door in (ModelForgeApp, ModelForgeMagics):
+        traits, unconfigured = door.class_traits(config=True), door()
+        for s in SETTINGS:
+            assert type(core[s.name]) is s.kind and type(traits[s.name]) is s.kind, (door, s.name)
+            assert getattr(unconfigured, s.name) is None  # unset: the environment's value
+            assert traits[s.name].help.startswith(core[s.name].help), (door, s.name)
+            assert core[s.name].help.startswith(s.help) and (s.env is None or s.env in core[s.name].help)
+
+
+def test_the_environment_a_server_exports_gives_another_process_the_same_settings(tmp_path, monkeypatch):
+    # Given settings that differ from every default
+    values = {name: other_value(name, tmp_path) for name in Settings.class_trait_names(config=True)}
+    exported = Settings(**values).environ()
+
+    # When another process reads its environment (only the exported variables set)
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    for var, text in exported.items():
+        monkeypatch.setenv(var, text)
+    child = Settings()
+
+    # Then it has every setting that has a variable, and only those are exported
+    assert set(exported) == set(ENV_VARS.values())
+    assert {n: getattr(child, n) for n in ENV_VARS} == {n: values[n] for n in ENV_VARS}
+
+
+def readme_settings_rows() -> list[tuple[str, str, str]]:
+    """(setting, variable, default) of each row of the README's table of settings, as the README shows them."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = text.split("<!-- settings-table:")[1].split("<!-- end of settings-table -->")[0]
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in table.splitlines() if line.startswith("| `")]
+    return [(row[0].strip("`"), row[1].strip("`"), row[2]) for row in cells]
+
+
+def test_the_readme_lists_every_setting_with_its_variable_and_its_real_default(monkeypatch):
+    from modelforge_jupyter.core.settings import data_dir
+
+    # Given an environment with none of the settings' variables (the data dir: the README's placeholder)
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("MODELFORGE_DATA_DIR", raising=False)
+    defaults = Settings()
+    rows = readme_settings_rows()
+
+    # Then the README's table names exactly the settings, each with its variable and the default Settings() has
+    assert sorted(name for name, _, _ in rows) == sorted(Settings.class_trait_names(config=True))
+    for name, var, shown in rows:
+        assert var == ENV_VARS.get(name, "none"), name
+        actual = getattr(defaults, name)
+        value = shown.partition(" (")[0].strip("`")  # "`536870912` (512 MiB)": the value, then a note
+        if isinstance(actual, str):
+            expected = actual.replace(str(data_dir()), "<jupyter data dir>/modelforge") or "empty"
+            assert value == expected, name
+        elif isinstance(actual, bool):
+            assert value == str(actual).lower(), name
+        elif isinstance(actual, dict):
+            assert json.loads(value) == actual, name
+        else:
+            assert type(actual)(value) == actual, name
+
+
+def test_the_readme_table_is_the_one_generated_from_the_settings_table():
+    from pathlib import Path
+
+    from modelforge_jupyter.core.settings import markdown_table
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("<!-- settings-table:")[1].split("-->", 1)[1].split("<!-- end of settings-table -->")[0]
+    assert block.strip() == markdown_table().strip(), "run .venv/bin/python scripts/readme_settings.py"

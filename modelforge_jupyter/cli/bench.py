@@ -41,6 +41,7 @@ from ..core.benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter
     fixed_batch,
     format_row,
     format_table,
+    parse_batch_sizes,
     plan_bench,
     resize_batch,
     run_bench,
@@ -48,11 +49,9 @@ from ..core.benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter
     summarize,
     timed,
 )
-from ..core.samples import sample_path
-from ..core.settings import mask_url
+from ..core.samples import SAMPLE_MODELS, sample_path
+from ..core.urls import mask_url
 from ..core.verdicts import Verdict, budget, format_budget  # noqa: F401
-
-MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
 
 
 def served_samples(server, names: Iterable[str], uploaded: list[str]) -> None:
@@ -64,7 +63,7 @@ def served_samples(server, names: Iterable[str], uploaded: list[str]) -> None:
     from ..core.errors import ModelForgeError, ModelNotFoundError
 
     for name in names:
-        data = sample_path(MODELS[name]).read_bytes()
+        data = sample_path(SAMPLE_MODELS[name]).read_bytes()
         try:
             served = server.model(name)
         except ModelNotFoundError:
@@ -79,7 +78,7 @@ def served_samples(server, names: Iterable[str], uploaded: list[str]) -> None:
 def bench_model(mf, name: str, batches: list[int], seconds: float, server=None) -> list[Row]:
     """Register sample model ``name`` (if new) and measure the CLI's warm paths on each batch size (and the HTTP
     paths with ``server``)."""
-    mf.save(name, sample_path(MODELS[name]))
+    mf.save(name, sample_path(SAMPLE_MODELS[name]))
     paths = CLI_PATHS + (HTTP_PATHS if server is not None else ())
     plan = plan_bench(mf, name, batches, paths=paths)
     return list(run_bench(mf, plan, Budget(seconds=seconds), server=server).rows)
@@ -114,21 +113,18 @@ def bench_consistency_check(mf, name: str, seconds: float) -> Row:
 
 def _sample_models(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS]
+    unknown = [n for n in names if n not in SAMPLE_MODELS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'none given'}: the sample models are "
-                                         f"{', '.join(MODELS)}")
+                                         f"{', '.join(SAMPLE_MODELS)}")
     return names
 
 
 def _batch_sizes(text: str) -> list[int]:
     try:
-        sizes = [int(b) for b in text.split(",")]
+        return parse_batch_sizes(text)  # the core's rule, as %mf_bench's
     except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers >= 1, e.g. 1,10,100,1000")
-    return sizes
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers >= 1, e.g. 1,10,100,1000") from None
 
 
 def _seconds(text: str) -> float:
@@ -143,8 +139,9 @@ def _seconds(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ModelForge vs raw ONNX Runtime, in one run.")
-    parser.add_argument("--models", type=_sample_models, default=list(MODELS), help="comma-separated sample models")
-    parser.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 10, 100, 1000])
+    parser.add_argument("--models", type=_sample_models, default=list(SAMPLE_MODELS),
+                        help="comma-separated sample models")
+    parser.add_argument("--batch-sizes", type=_batch_sizes, default=list(BATCH_SIZES))
     parser.add_argument("--seconds", type=_seconds, default=0.5, help="time per measured cell (s)")
     parser.add_argument("--database-url", default=None, help="registry (default: a temporary SQLite file)")
     parser.add_argument("--redis-url", default="", help="Redis cache (default: a temporary disk cache)")

@@ -21,16 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.samples import sample_path
-from ..core.settings import mask_url
+from ..core.samples import NEXT_VERSIONS, SAMPLE_MODELS as SAMPLES, sample_path
+from ..core.urls import mask_url
 
+EXAMPLES = {"iris": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}  # others: a sample built from the model's input
 # Registered under names of their own, so the README's examples (which register "iris") run after the demo.
-SAMPLE_MODELS = {
-    "demo_iris": ("iris.onnx", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]),
-    "demo_breast_cancer_rf": ("breast_cancer_rf.onnx", None),
-    "demo_diabetes": ("diabetes.onnx", None),
-}
-UPDATED = ("demo_iris", "iris_v2.onnx")  # the model update the demo shows
+SAMPLE_MODELS = {f"demo_{name}": (filename, EXAMPLES.get(name)) for name, filename in SAMPLES.items()}
+UPDATED = ("demo_iris", NEXT_VERSIONS["iris"])  # the model update the demo shows
 
 
 def sample_input(record, rows: int = 2, seed: int = 0) -> np.ndarray:

@@ -20,6 +20,7 @@ import orjson
 from .._version import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
+from .checks import check_timeout
 from .deadline import Cancellation
 from .engine import Engine, raw_session
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
@@ -30,8 +31,9 @@ from .protocol import check_use_cache, check_version, version_from_text  # noqa:
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
 from .resolver import Resolved, Resolver, StaleRecord
-from .settings import Settings, check_timeout, mask_url
+from .settings import Settings
 from .tensors import input_hash, prepare_feed
+from .urls import mask_url
 
 log = logging.getLogger(__name__)
 

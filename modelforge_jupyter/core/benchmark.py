@@ -204,6 +204,19 @@ def batch_of(specs: list, feed: dict[str, np.ndarray]) -> int:
     return 1 if spec is None else int(np.shape(feed[spec.name])[0])
 
 
+def parse_batch_sizes(text: str) -> list[int]:
+    """The batch sizes of ``"1,10,100"``: whole numbers >= 1 separated by commas (empty pieces skipped), as the
+    doors' ``--batch-sizes`` takes them. Raises ``ValueError`` saying which rule ``text`` breaks, worded to follow the
+    option's name (``"takes whole numbers separated by commas, got '1,x'"``, ``"must be >= 1, got '0'"``)."""
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"takes whole numbers separated by commas, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"must be >= 1, got {text!r}")
+    return sizes
+
+
 def fixed_batch(specs: list) -> tuple[int, str] | None:
     """``(batch, why)`` when the model takes one batch size only (no input has a symbolic axis 0): axis 0 of its
     first input of rank >= 1, or 1 for scalar inputs; None when it takes any batch. Optional inputs (the bench

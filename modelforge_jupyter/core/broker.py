@@ -14,6 +14,8 @@ import time
 
 from celery import Celery
 
+from .settings import from_environment
+
 
 def deadlines(broker_url: str, timeout: float) -> dict:
     """kombu transport options bounding every call to ``broker_url`` by ``timeout`` seconds: py-amqp's socket
@@ -28,12 +30,15 @@ def deadlines(broker_url: str, timeout: float) -> dict:
     return options
 
 
-def make_app(broker_url: str, timeout: float | None = None) -> Celery:
+def make_app(broker_url: str, timeout: float | None = None, queue: str | None = None) -> Celery:
     """A Celery app on ``broker_url`` (empty: in-memory transport, eager) with ModelForge's settings.
 
     ``timeout``: a client's deadline in seconds on each broker call (``deadlines``); None, as the worker runs it:
-    Celery's own connection handling (a 2 s connect timeout, retries).
+    Celery's own connection handling (a 2 s connect timeout, retries). ``queue``: the tasks' default queue; None:
+    the ``celery_queue`` setting as this process's environment gives it.
     """
+    if queue is None:
+        queue = from_environment("celery_queue")
     app = Celery("modelforge_jupyter", broker=broker_url or "memory://", set_as_current=False)
     app.conf.update(
         task_always_eager=not broker_url,
@@ -43,7 +48,7 @@ def make_app(broker_url: str, timeout: float | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
-        task_default_queue=os.environ.get("MODELFORGE_CELERY_QUEUE") or "modelforge",
+        task_default_queue=queue,
         broker_connection_timeout=2.0,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

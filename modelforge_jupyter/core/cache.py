@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .errors import first_line
 from .forksafe import at_fork_in_child
-from .settings import mask_url
+from .urls import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,16 @@ class PredictionCache(Protocol):
     def clear(self, prefix: str) -> int: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...
+
+
+def redis_errors() -> tuple[type[Exception], ...]:
+    """What a Redis call raises when Redis is down, slow or refuses it: redis-py's ``RedisError`` (its
+    ``ConnectionError``, ``TimeoutError``, ``ResponseError``...) and the ``OSError`` a socket raises unwrapped. The
+    cache, the registry stamp and the Celery task's retries all catch exactly these. Imports redis-py (only the Redis
+    paths need it)."""
+    import redis
+
+    return (redis.RedisError, OSError)
 
 
 def prediction_key(prefix: str, model_id: str, input_hash: str) -> str:
@@ -84,7 +94,7 @@ class RedisCache:
     def __init__(self, url: str, timeout: float = 0.25, retry_after: float = 5.0) -> None:
         import redis
 
-        self._errors = (redis.RedisError, OSError)
+        self._errors = redis_errors()
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.breaker = Breaker("redis cache", retry_after)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .cache import redis_errors
 from .errors import ServiceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,7 @@ class RedisStamp:
     """The ``{prefix}:registry:stamp`` protocol above, on the Redis cache's client and outage breaker."""
 
     def __init__(self, cache: Any, prefix: str) -> None:
-        import redis
-
-        self._errors = (redis.RedisError, OSError)
+        self._errors = redis_errors()
         self.cache = cache
         self.client = client = cache.client  # the writes' transaction and script; reads go through the cache
         self.stamp_key = f"{prefix}:registry:stamp"

@@ -27,7 +27,7 @@ import orjson
 
 from .cache import Breaker
 from .forksafe import at_fork_in_child, park
-from .settings import mask_url
+from .urls import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ class Invalidator:
         if self._celery is None:
             from .broker import make_app
 
-            self._celery = make_app(self.settings.celery_broker_url, self.settings.broker_timeout)
+            self._celery = make_app(self.settings.celery_broker_url, self.settings.broker_timeout,
+                                    self.settings.celery_queue)
         return self._celery
 
     def close(self) -> None:

@@ -32,7 +32,8 @@ from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, Servi
 from .forksafe import at_fork_in_child, park
 from .records import ModelRecord, TensorSpec
 from .schema import blobs, model_versions, models, registry_state
-from .settings import check_url, mask_url, scrub
+from .settings import check_url
+from .urls import mask_url, scrub
 
 log = logging.getLogger(__name__)
 

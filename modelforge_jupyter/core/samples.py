@@ -1,4 +1,5 @@
-"""Sample models: the committed skl2onnx files, and a compute-bound MLP built on demand (too big to commit).
+"""Sample models: the committed skl2onnx files (``SAMPLE_MODELS``), and a compute-bound MLP built on demand (too big
+to commit).
 
 ``build_wide_mlp`` needs the ``onnx`` package (in the ``test`` extra); its weights come from a fixed seed, so every
 build is the same model.
@@ -8,6 +9,12 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+
+
+# The committed sample models (built by scripts/build_models.py with skl2onnx), by the name the doors register them
+# under: the README's "Sample models" describes each. The CLI's bench measures these; the demo registers them.
+SAMPLE_MODELS = {"iris": "iris.onnx", "breast_cancer_rf": "breast_cancer_rf.onnx", "diabetes": "diabetes.onnx"}
+NEXT_VERSIONS = {"iris": "iris_v2.onnx"}  # a second version of a sample model: what an update shows
 
 
 def sample_path(filename: str) -> Path:

@@ -8,21 +8,19 @@ reach the broker (configuration, deadlines, the health probe) is ``broker``'s.
 
 from __future__ import annotations
 
-import os
-
-import redis
-
 from .broker import celery_probe, celery_status, make_app
+from .cache import redis_errors
+from .settings import from_environment
 
 __all__ = ["app", "celery_probe", "celery_status", "invalidate_model", "make_app"]
 
-app = make_app(os.environ.get("CELERY_BROKER_URL", ""))
+app = make_app(from_environment("celery_broker_url"), queue=from_environment("celery_queue"))
 
 
 @app.task(
     name="modelforge_jupyter.tasks.invalidate_model",
     acks_late=True,
-    autoretry_for=(redis.RedisError, OSError),
+    autoretry_for=redis_errors(),
     retry_backoff=True,
     retry_backoff_max=30,
     max_retries=8,

@@ -1,10 +1,11 @@
 """``ModelForgeApp``: the Jupyter server extension that serves the ``ModelForge`` API over HTTP.
 
-Settings, highest precedence first: ``--ModelForgeApp.<trait>=...`` on the command line, ``c.ModelForgeApp.<trait>``
-in ``jupyter_server_config.py`` (or ``jupyter_modelforge_jupyter_config.py``), then the environment variables the core
-``Settings`` reads (``DATABASE_URL``, ``REDIS_URL``, ``CACHE_*``...), then the embedded defaults. A mirrored trait left
-unset (``None``) keeps the environment's value. The effective settings are exported back into ``os.environ`` so the
-kernels this server starts share its registry and prediction cache.
+Settings, highest precedence first: ``--ModelForgeApp.<setting>=...`` on the command line,
+``c.ModelForgeApp.<setting>`` in ``jupyter_server_config.py`` (or ``jupyter_modelforge_jupyter_config.py``), then the
+environment variables of the core's table (``settings.SETTINGS``: ``DATABASE_URL``, ``REDIS_URL``, ``CACHE_*``...),
+then the defaults. Every setting of the table is a trait of the app (``settings.SettingsTraits``), unset (None) by
+default: an unset one keeps the environment's value. The effective settings are exported back into ``os.environ``
+(``Settings.environ``) so the kernels this server starts share its registry and prediction cache.
 
 Importing this module must stay cheap: ``jupyter server extension list`` imports it and instantiates the app, so
 onnxruntime and SQLAlchemy load only in ``initialize_settings``.
@@ -13,21 +14,19 @@ onnxruntime and SQLAlchemy load only in ``initialize_settings``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
-import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, TraitType
-from traitlets.config import Configurable
+from traitlets import Float, Int
 
 from ..core.errors import ServiceUnavailableError
-from ..core.settings import Settings, mask_url
+from ..core.settings import ENV_VARS, SETTINGS, Settings, SettingsTraits  # noqa: F401  (ENV_VARS: tests read it here)
+from ..core.urls import mask_url
 from .handlers import default_handlers
 from .pools import ThreadPool
 
@@ -37,30 +36,7 @@ if TYPE_CHECKING:
 RETRY_AFTER = 2.0  # seconds between attempts to build the ModelForge while its registry database is unreachable
 
 
-def env_var(trait: TraitType) -> str | None:
-    """The environment variable a core setting reads: its ``env`` tag, else the ``(env NAME`` its help names."""
-    if trait.metadata.get("env"):
-        return trait.metadata["env"]
-    found = re.search(r"\benv ([A-Z][A-Z0-9_]+)", trait.help or "")
-    return found.group(1) if found else None
-
-
-def _mirror(trait: TraitType) -> TraitType:
-    """The same kind of trait with the same help, whose default None means "keep the environment's value"."""
-    help = f"{trait.help} Unset: the environment's value, else the default."
-    return type(trait)(default_value=None, allow_none=True, config=True, help=help)
-
-
-SETTINGS_TRAITS = tuple(Settings.class_trait_names(config=True))
-ENV_VARS = {name: var for name, t in Settings.class_traits(config=True).items() if (var := env_var(t))}
-# One ModelForgeApp trait per core setting (``--ModelForgeApp.redis_url=...``), generated so that a new setting in
-# ``Settings`` is configurable through the server and exported to kernels without touching this module.
-SettingsTraits = type(
-    "SettingsTraits",
-    (Configurable,),
-    {"__doc__": "Every core ``Settings`` trait, unset by default.", "__module__": __name__}
-    | {name: _mirror(t) for name, t in Settings.class_traits(config=True).items()},
-)
+SETTINGS_TRAITS = tuple(s.name for s in SETTINGS)  # the app's traits that are core settings
 
 
 class ModelForgeApp(ExtensionApp, SettingsTraits):
@@ -131,8 +107,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
 
     def modelforge_settings(self) -> Settings:
         """The effective ``Settings``: the environment's, overridden by every mirrored trait that was configured."""
-        configured = {name: getattr(self, name) for name in SETTINGS_TRAITS if getattr(self, name) is not None}
-        return Settings(parent=self, **configured)
+        return Settings(parent=self, **self.configured_settings())
 
     def initialize_settings(self) -> None:
         """Export the effective settings to ``os.environ``; build the executor and the ``ModelForge`` (once)."""
@@ -160,7 +135,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
             self._config_error = f"ModelForge is misconfigured: {mask_url(str(err))}"
             self.log.error("%s; its endpoints answer 503 until the server is restarted with it fixed", self._config_error)
             return
-        export_environment(self._forge_settings)
+        os.environ.update(self._forge_settings.environ())  # kernels started from now on inherit them
         try:
             forge = self.get_forge()
         except ServiceUnavailableError as err:
@@ -259,18 +234,3 @@ def warm_up(forge: ModelForge) -> None:
     if forge.settings.celery_broker_url:
         forge.invalidator.celery  # noqa: B018 - the property builds it
     forge.health()
-
-
-def export_environment(settings: Settings) -> None:
-    """Write every setting that has an environment variable into ``os.environ`` (kernels inherit it)."""
-    for name, var in ENV_VARS.items():
-        os.environ[var] = env_value(getattr(settings, name))
-
-
-def env_value(value: object) -> str:
-    """A setting as ``Settings`` parses it back from the environment: true/false, JSON for dicts, else str()."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
