@@ -36,19 +36,15 @@ from ..core.benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter
     BenchResult,
     Budget,
     Row,
-    batch_of,
     check_served,
-    fixed_batch,
     format_row,
     format_table,
-    parse_batch_sizes,
     plan_bench,
-    resize_batch,
     run_bench,
-    sample_feed,
     summarize,
     timed,
 )
+from ..core.batches import batch_of, fixed_batch, parse_batch_sizes, resize_batch, sample_feed  # noqa: F401
 from ..core.samples import SAMPLE_MODELS, sample_path
 from ..core.urls import mask_url
 from ..core.verdicts import Verdict, budget, format_budget  # noqa: F401

@@ -20,11 +20,10 @@ from ..core.benchmark import (
     BenchResult,
     Budget,
     check_served,
-    fixed_batch,
-    parse_batch_sizes,
     plan_bench,
     run_bench,
 )
+from ..core.batches import fixed_batch, parse_batch_sizes
 from . import dashboard
 from .arguments import evaluate
 
