@@ -134,6 +134,9 @@ def _seconds(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m modelforge_jupyter.cli.bench [--models ...] [--http] ...``: measure, print the table and the
+    budget verdicts (a failed budget is reported, not an error). Returns the exit status: 0 measured, 2 a setup
+    error (``--json`` not writable, Redis or the server unreachable, a model refused); argparse exits 2 on usage."""
     parser = argparse.ArgumentParser(description="ModelForge vs raw ONNX Runtime, in one run.")
     parser.add_argument("--models", type=_sample_models, default=list(SAMPLE_MODELS),
                         help="comma-separated sample models")

@@ -25,14 +25,31 @@ log = logging.getLogger(__name__)
 
 
 class PredictionCache(Protocol):
+    """What ``ModelForge`` needs of a prediction cache; ``RedisCache`` and ``DiskCache`` are the two there are.
+
+    Keys are ``prediction_key`` strings; values the orjson bytes of a prediction's ``output_data``. Reads and writes
+    never raise: an outage is a miss (a write is dropped), behind a ``Breaker``.
+    """
+
     backend: str  # "redis" or "disk"
 
-    def get(self, key: str) -> bytes | None: ...
-    def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None: ...
-    def invalidate(self, prefix: str, model_id: str) -> int: ...
-    def clear(self, prefix: str) -> int: ...
-    def ping(self) -> bool: ...
-    def close(self) -> None: ...
+    def get(self, key: str) -> bytes | None:
+        """The value at ``key``; None on a miss, an expired entry or an outage."""
+
+    def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
+        """Store ``value`` at ``key`` for ``ttl`` seconds, tagged with ``model_id`` (for ``invalidate``)."""
+
+    def invalidate(self, prefix: str, model_id: str) -> int:
+        """Delete every cached prediction of ``model_id``; returns how many. May raise on an outage (retried)."""
+
+    def clear(self, prefix: str) -> int:
+        """Delete every entry under ``{prefix}:``; returns how many. May raise on an outage."""
+
+    def ping(self) -> bool:
+        """True when the backend answers now (health)."""
+
+    def close(self) -> None:
+        """Release connections and files."""
 
 
 def redis_errors() -> tuple[type[Exception], ...]:
@@ -66,9 +83,11 @@ class Breaker:
         self._lock = threading.Lock()  # another thread may have held it at the fork
 
     def open(self) -> bool:
+        """True while the service is bypassed (``retry_after`` s after its last failure)."""
         return self._down_until > time.monotonic()
 
     def failed(self, err: BaseException) -> None:
+        """Bypass the service for ``retry_after`` s; log the first failure of an outage (URL secrets masked)."""
         with self._lock:
             self._down_until = time.monotonic() + self.retry_after
             if not self._outage:
@@ -76,6 +95,7 @@ class Breaker:
                 log.warning("%s unavailable, %s: %s", self.name, self.fallback, mask_url(str(err)))
 
     def succeeded(self) -> None:
+        """The service answered: log the end of an outage once."""
         if self._outage:
             with self._lock:
                 self._outage = False
@@ -99,6 +119,7 @@ class RedisCache:
         self.breaker = Breaker("redis cache", retry_after)
 
     def get(self, key: str) -> bytes | None:
+        """``PredictionCache.get``: a Redis GET (``redis_timeout`` s at most)."""
         if self.breaker.open():
             return None
         try:
@@ -123,6 +144,7 @@ class RedisCache:
         return values
 
     def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
+        """``PredictionCache.set``: a Redis SET with EX ``ttl``."""
         if self.breaker.open():
             return
         try:
@@ -157,12 +179,14 @@ class RedisCache:
         return removed
 
     def ping(self) -> bool:
+        """``PredictionCache.ping``: a Redis PING."""
         try:
             return bool(self.client.ping())
         except self._errors:
             return False
 
     def close(self) -> None:
+        """Close the client's connection pool."""
         self.client.close()
 
 
@@ -188,6 +212,7 @@ class DiskCache:
         self.breaker = Breaker("disk cache", retry_after)
 
     def get(self, key: str) -> bytes | None:
+        """``PredictionCache.get``: a diskcache read (a local SQLite query)."""
         if self.breaker.open():
             return None
         try:
@@ -197,6 +222,7 @@ class DiskCache:
             return None
 
     def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
+        """``PredictionCache.set``: a diskcache write with ``expire=ttl`` and ``tag=model_id``."""
         if self.breaker.open():
             return
         try:
@@ -219,6 +245,7 @@ class DiskCache:
         return None if expire_time is None else expire_time - time.time()
 
     def ping(self) -> bool:
+        """``PredictionCache.ping``: a read of the cache's SQLite file."""
         try:
             self.cache.get("__ping__")
             return True
@@ -226,6 +253,7 @@ class DiskCache:
             return False
 
     def close(self) -> None:
+        """Close the cache's SQLite connection."""
         self.cache.close()
 
 

@@ -91,18 +91,21 @@ def per_model_batching(setting: Named, value: Mapping[str, Any]) -> None:
 
 
 def parse_database_url(url: str) -> None:
+    """Raise (SQLAlchemy's ``ArgumentError``) unless ``url`` is a database URL SQLAlchemy can read."""
     from sqlalchemy.engine import make_url
 
     make_url(url)
 
 
 def parse_redis_url(url: str) -> None:
+    """Raise (``ValueError``) unless ``url`` is a URL redis-py can read (``redis://``, ``rediss://``, ``unix://``)."""
     from redis.connection import parse_url
 
     parse_url(url)
 
 
 def parse_broker_url(url: str) -> None:
+    """Raise unless ``url`` is a broker URL kombu can read (``amqp://``, ``redis://``...)."""
     from kombu.utils.url import url_to_parts
 
     url_to_parts(url)

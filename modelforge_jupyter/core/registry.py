@@ -417,6 +417,7 @@ class Registry:
         return scrub(first_line(err), self._secret_url)
 
     def close(self) -> None:
+        """Close the generation clock's connection and dispose of the connection pool."""
         with self._clock_lock:
             self._close_clock()
         self.engine.dispose()

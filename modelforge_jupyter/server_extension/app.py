@@ -204,6 +204,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         return await asyncio.shield(check)
 
     def initialize_handlers(self) -> None:
+        """Mount the ModelForge routes (``handlers.default_handlers``) under the server's base_url."""
         self.handlers.extend(default_handlers)
 
     async def stop_extension(self) -> None:
