@@ -206,7 +206,8 @@ def check_providers(providers: list[str]) -> list[str]:
 
 
 # Memory bounds, in bytes; 0 turns one off (see the README's "What is bounded and how").
-MEMORY_LIMITS = ("max_session_bytes", "max_constant_bytes", "max_arena_bytes", "max_output_bytes")
+MEMORY_LIMITS = ("max_session_bytes", "max_constant_bytes", "max_arena_bytes", "max_output_bytes",
+                 "max_request_memory_bytes")
 MiB = 1 << 20
 
 
@@ -357,6 +358,13 @@ class Settings(Configurable):
         "that in Python lists and text): a larger one is refused with 413 before any JSON is built, and never cached "
         "(env MODELFORGE_MAX_OUTPUT_BYTES, default 8 MiB; 0: no limit).",
     )
+    max_request_memory_bytes = Int(
+        config=True,
+        help="Bytes one request's run may raise the process's memory (RSS) above its steady state, what ONNX "
+        "Runtime holds outside its arena included (strings copied in Loop/Scan bodies...): while runs are in flight "
+        "the watchdog reads the RSS, and past it stops the run whose thread took the most pages, answering 413 "
+        "(env MODELFORGE_MAX_REQUEST_MEMORY_BYTES, default 1 GiB; 0: not watched).",
+    )
     intra_op_num_threads = Int(
         config=True,
         help="ONNX Runtime intra-op threads per session (env MODELFORGE_INTRA_OP_NUM_THREADS, default 1: one thread "
@@ -477,6 +485,10 @@ class Settings(Configurable):
     @default("max_output_bytes")
     def _default_max_output_bytes(self) -> int:
         return _env_int("MODELFORGE_MAX_OUTPUT_BYTES", 8 * MiB)
+
+    @default("max_request_memory_bytes")
+    def _default_max_request_memory_bytes(self) -> int:
+        return _env_int("MODELFORGE_MAX_REQUEST_MEMORY_BYTES", 1024 * MiB)
 
     @default("intra_op_num_threads")
     def _default_intra_op_num_threads(self) -> int:
