@@ -6,8 +6,8 @@ see shared/notes/serving.md §d), spinning off.
 Memory bounds (README, "Memory: what is bounded and how"; the checks themselves are in ``limits``):
 - before a session is built, the constants it would compute are sized from the graph (``footprint``): over
   ``max_constant_bytes`` the model is refused (400); ONNX Runtime's per-node folding cap keeps the ones inference
-  cannot size within the rest of that budget. ZipMap nodes are taken out of the graph (``zipmap``): their maps are
-  built after the answer's size is checked;
+  cannot size within the rest of that budget; the strings a run could copy outside the arena are bounded there too
+  (refused, or checked before each run: ``string_copies``). ZipMap nodes are taken out of the graph (``zipmap``);
 - each session is charged what its build took (process RSS growth, builds serialised; at least the model's size
   plus its computed constants) and the LRU unloads past ``max_session_bytes`` as past ``max_sessions``;
 - every session allocates from one CPU arena registered in ONNX Runtime's environment (``session.use_env_allocators``)
@@ -16,7 +16,7 @@ Memory bounds (README, "Memory: what is bounded and how"; the checks themselves 
   (``memory.enable_memory_arena_shrinkage`` on one run), and before a run that did not fit is retried;
 - a run that takes the process more than ``max_request_memory_bytes`` above its steady state (memory outside the arena:
   strings) is stopped by the watchdog (``deadline``) and answered 413;
-- outputs over ``max_output_bytes`` are refused (413) right after the run, before any JSON is built or cached.
+- outputs over ``max_output_bytes`` are refused (413) right after the run, before any JSON (or ZipMap map) is built.
 
 Thread safety: ``InferenceSession.run`` may be called concurrently on one session and releases the GIL
 (onnxruntime#114, PR #1042); builds run one at a time.
