@@ -83,16 +83,16 @@ def _shut_down(fd: int) -> None:
 
 @cache
 def connection_class() -> type:
-    """``psycopg.Connection`` whose waits have the deadline above (``timeout`` set on each connection, in s)."""
+    """``psycopg.Connection`` whose waits have the deadline above (``read_timeout`` set on each connection, in s)."""
     import psycopg
 
     class DeadlineConnection(psycopg.Connection):
-        timeout: float = 0.0
+        read_timeout: float = 0.0  # s; 0: no deadline
 
         def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self.timeout:
+            if not self.read_timeout:
                 return super().wait(gen, *args, **kwargs)
-            watched = SilentWait(self.pgconn.socket, self.timeout)
+            watched = SilentWait(self.pgconn.socket, self.read_timeout)
             dog = watchdog()
             dog.watch(watched)
             try:
@@ -100,7 +100,7 @@ def connection_class() -> type:
             except psycopg.Error:
                 if watched.expired:
                     raise psycopg.OperationalError(
-                        f"the database sent nothing for {format_seconds(self.timeout)} and the call was abandoned "
+                        f"the database sent nothing for {format_seconds(self.read_timeout)} and the call was abandoned "
                         f"({SETTING})"
                     ) from None
                 raise
@@ -118,5 +118,5 @@ def add_read_deadline(engine: Any, timeout: float) -> None:
     @event.listens_for(engine, "do_connect")
     def _connect(_dialect: Any, _record: Any, cargs: tuple, cparams: dict) -> Any:
         connection = connection_class().connect(*cargs, **cparams)
-        connection.timeout = timeout
+        connection.read_timeout = timeout
         return connection
