@@ -226,7 +226,8 @@ def test_server_memory_stays_within_budgets(tmp_path):
         server.stop()
 
 
-@pytest.mark.parametrize("name", ["max_session_bytes", "max_constant_bytes", "max_arena_bytes", "max_output_bytes"])
+@pytest.mark.parametrize("name", ["max_session_bytes", "max_constant_bytes", "max_arena_bytes", "max_output_bytes",
+                                  "max_request_memory_bytes"])
 def test_negative_memory_limits_are_refused_naming_the_setting(name):
     with pytest.raises(ValueError, match=f"{name} must be a number of bytes >= 0"):
         Settings(**{name: -1})
@@ -409,10 +410,14 @@ def test_zipmap_string_labels_are_counted_in_every_row(mf_settings):
         assert _cached_predictions(forge) == 1
 
 
-def test_request_strings_a_model_copies_are_bounded_before_the_run(tmp_path):
-    # Given Tile(s, 100000) behind Gather(·, 0) on a server whose arena holds 8 MiB: a 1000-character string would
-    # hold 100 MB of characters outside the arena, its answer one string
-    model = _model([_const("reps", [100_000]), helper.make_node("Tile", ["s", "reps"], ["big"]), _const("i", [0]),
+@pytest.mark.parametrize("copier", ["Tile", "Concat"])
+def test_request_strings_a_model_copies_are_bounded_before_the_run(tmp_path, copier):
+    # Given Tile(s, 100000), or one Concat listing s 100000 times (one node: the watchdog could not stop it midway),
+    # behind Gather(·, 0) on a server whose arena holds 8 MiB: a 1000-character string would hold 100 MB of characters
+    # outside the arena, its answer one string
+    copy = (helper.make_node("Tile", ["s", "reps"], ["big"]) if copier == "Tile"
+            else helper.make_node("Concat", ["s"] * 100_000, ["big"], axis=0))
+    model = _model([_const("reps", [100_000]), copy, _const("i", [0]),
                     helper.make_node("Gather", ["big", "i"], ["y"], axis=0)],
                    [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
                    [helper.make_tensor_value_info("y", TensorProto.STRING, [1])])

@@ -162,9 +162,9 @@ def test_a_batched_run_is_bounded_and_every_request_of_the_batch_gets_the_error(
     with ModelForge(**settings) as forge:
         forge.register("spin", spin_model())
         forge.predict("spin", spin_input(3))
-        runs: list[int] = []  # rows of each session run
-        engine_run_raw = forge.engine.run_raw
-        forge.engine.run_raw = lambda *a: runs.append(len(a[2]["x"])) or engine_run_raw(*a)
+        runs: list[int] = []  # rows of each session run (run and run_raw both run through run_outputs)
+        engine_run_outputs = forge.engine.run_outputs
+        forge.engine.run_outputs = lambda *a: runs.append(len(a[2]["x"])) or engine_run_outputs(*a)
         outcomes: dict[str, BaseException | None] = {}
 
         def predict(name: str, x: np.ndarray) -> None:

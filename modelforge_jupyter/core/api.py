@@ -56,7 +56,7 @@ class ModelForge:
         self.engine = Engine(
             s.max_sessions, s.intra_op_num_threads, s.providers, max_session_bytes=s.max_session_bytes,
             max_constant_bytes=s.max_constant_bytes, max_arena_bytes=s.max_arena_bytes,
-            max_output_bytes=s.max_output_bytes,
+            max_output_bytes=s.max_output_bytes, max_request_memory_bytes=s.max_request_memory_bytes,
         )
         # Settings read on every predict, copied once: a traitlets attribute read costs about 1 µs. Settings are
         # fixed for the life of a ModelForge (the magics build a new one when a trait changes).

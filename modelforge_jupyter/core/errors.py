@@ -69,8 +69,9 @@ class RequestCancelledError(ModelForgeError):
 
 class ResourceLimitError(ModelForgeError):
     """A request needs more memory than a configured limit allows (HTTP 413): its answer is larger than
-    ``max_output_bytes``, or its run needs more than ONNX Runtime's capped arena (``max_arena_bytes``) has left. The
-    message names the size and the limit; nothing is cached."""
+    ``max_output_bytes``, its run needs more than ONNX Runtime's capped arena (``max_arena_bytes``) has left, or its
+    run raised the process's memory more than ``max_request_memory_bytes`` and was stopped. The message names the size
+    and the limit; nothing is cached."""
 
     status = 413
 

@@ -28,7 +28,8 @@ copied from (``StringConcat`` adds its inputs' lengths, ``Cast`` to string gives
 ``Expand``, ``Tile``, ``Gather``... whose element count a run computes (a non-constant shape, repeats or indices) over
 strings that are not constants of at most ``COPIED_STRING_MAX`` bytes; ``string_copies`` bounds how many times the
 nodes whose count the model fixes (``Tile`` by constant repeats, ``Gather`` of constant indices...) copy a request's
-strings, for the engine to check each request's strings against before the run.
+strings (and ``Concat`` listing them more than once), for the engine to check each request's strings against before
+the run.
 """
 
 from __future__ import annotations
@@ -107,6 +108,16 @@ class ConstantFootprint:
                 " strings are held outside ONNX Runtime's capped arena (max_arena_bytes); only constant strings of at"
                 f" most {COPIED_STRING_MAX} bytes may be copied a number of times a request sets"
             )
+
+
+def parsed(model_bytes: bytes) -> Any:
+    """``model_bytes`` as an ``onnx.ModelProto``; None for bytes ``onnx`` cannot parse (ONNX Runtime says why)."""
+    import onnx
+
+    try:
+        return onnx.load_from_string(model_bytes)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors alike
+        return None
 
 
 def constant_footprint(model: Any) -> ConstantFootprint:
@@ -208,6 +219,8 @@ class _Walk:
                     self.add(f"{where}, output {output!r}", self.size(output, chars=chars), chars)
             elif node.op_type in COUNT_FROM_VALUES and not self.growth:
                 self._check_growth(node, where, constants)
+            elif node.op_type == "Concat":
+                self._count_concat(node, constants)
 
     def _foldable(self, node: Any, inputs: list[str], constants: set[str]) -> bool:
         if node.op_type in SIZED_FROM_INPUT and inputs:
@@ -261,6 +274,13 @@ class _Walk:
             self.growth = f"{where} copies the strings of {node.input[0]!r} a number of times ModelForge cannot tell"
             return
         self.copies = max(1, self.copies) * max(1, factor)
+
+    def _count_concat(self, node: Any, constants: set[str]) -> None:
+        """``Concat`` copies each input once, and one node may list a request's strings many times (a single node,
+        which ``RunOptions.terminate`` cannot stop midway): ``copies`` is multiplied by its string inputs' count."""
+        listed = [name for name in node.input if name and name not in constants]
+        if len(listed) > 1 and self.elem(listed[0]) == STRING:  # a Concat's inputs are all of one type
+            self.copies = max(1, self.copies) * len(listed)
 
     def _keep_values(self, name: str, tensor: Any) -> None:
         if tensor.data_type == 7 and prod(tensor.dims) <= SHAPE_VALUE_MAX:  # INT64: shapes and repeats

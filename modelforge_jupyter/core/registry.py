@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, Operational
 
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError, first_line
 from .forksafe import at_fork_in_child, park
+from .pgdeadline import add_read_deadline
 from .records import ModelRecord, TensorSpec
 from .schema import blobs, model_versions, models, registry_state
 from .settings import check_url
@@ -120,9 +121,9 @@ class Registry:
         SQLAlchemy cannot parse it, knows no such dialect, or its driver is not installed.
 
         ``timeout`` (s), PostgreSQL: the connect deadline (libpq ``connect_timeout``, whole seconds, at least 2; it
-        covers the startup handshake too) and the deadline of unacknowledged writes (``tcp_user_timeout``), with TCP
-        keepalives on idle connections, so a database that is down or unreachable fails a call within about
-        ``timeout`` s instead of hanging it.
+        covers the startup handshake too), the deadline of unacknowledged writes (``tcp_user_timeout``), with TCP
+        keepalives on idle connections, and of a call whose connection sends and receives nothing (``pgdeadline``), so
+        a database that is down, unreachable or silent fails a call within about ``timeout`` s instead of hanging it.
         """
         check_url("database_url", database_url)  # unparseable: ValueError, no part of its user-info shown
         self._secret_url = database_url  # what driver errors are scrubbed of (libpq may split user-info elsewhere)
@@ -157,6 +158,8 @@ class Registry:
         self.engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif url.get_driver_name() == "psycopg":
+            add_read_deadline(self.engine, timeout)
         self._clock_lock = threading.Lock()
         self._clock: Any = None
         self._schema_ready = False
@@ -187,10 +190,10 @@ class Registry:
                     self._clock = self._open_clock()
                 return self._read_clock()
             except ServiceUnavailableError:
-                self._close_clock()
+                self._close_clock(failed=True)
                 raise
             except Exception as err:  # sqlite3 / psycopg / SQLAlchemy errors alike: reconnect on the next call
-                self._close_clock()
+                self._close_clock(failed=True)
                 msg = self._scrubbed(err)
                 raise ServiceUnavailableError(f"model registry database unavailable: {msg}") from None
 
@@ -208,11 +211,13 @@ class Registry:
         cur.execute("SELECT generation FROM mf_registry_state WHERE id = 1")
         return cur.fetchone()[0]
 
-    def _close_clock(self) -> None:
+    def _close_clock(self, failed: bool = False) -> None:
+        """Close the clock connection; after a failure a pooled one is invalidated (closed without the pool's reset,
+        a rollback that would wait on, or fail on, a connection already lost)."""
         clock, self._clock = self._clock, None
         if clock is not None:
             try:
-                clock.close()
+                clock.invalidate() if failed and hasattr(clock, "invalidate") else clock.close()
             except Exception:  # a broken connection may fail to close; it is dropped either way
                 log.debug("closing the registry clock connection failed", exc_info=True)
 

@@ -202,7 +202,8 @@ SETTINGS: tuple[Setting, ...] = (
             "inline), before trying it again.", seconds),
     Setting("database_timeout", Float, "MODELFORGE_DATABASE_TIMEOUT", 5.0,
             "Deadline in seconds of the PostgreSQL registry's connection (connect_timeout, whole seconds, at least 2) "
-            "and of unacknowledged writes to it (tcp_user_timeout), with TCP keepalives probing an idle connection.",
+            "and of unacknowledged writes to it (tcp_user_timeout), with TCP keepalives probing an idle connection; a "
+            "call whose connection sends and receives nothing for that long is cut (503).",
             deadline_seconds),
     Setting("broker_timeout", Float, "MODELFORGE_BROKER_TIMEOUT", 1.0,
             "Deadline in seconds of each call to the Celery broker, connect and every socket read and write: sending "
@@ -233,6 +234,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest answer in bytes of output tensors (a float32 value is 4 bytes; its JSON takes up to ~10 times "
             "that in Python lists and text): a larger one is refused with 413 before any JSON is built, and never "
             "cached. 0: no limit.", BYTES),
+    Setting("max_request_memory_bytes", Int, "MODELFORGE_MAX_REQUEST_MEMORY_BYTES", 1024 * MiB,
+            "Bytes one request's run may raise the process's memory (RSS) above its steady state, what ONNX Runtime "
+            "holds outside its arena included (strings copied in Loop/Scan bodies...): while runs are in flight the "
+            "watchdog reads the RSS, and past it stops the run whose thread took the most pages, answering 413. "
+            "0: not watched.", BYTES),
     Setting("intra_op_num_threads", Int, "MODELFORGE_INTRA_OP_NUM_THREADS", 1,
             "ONNX Runtime intra-op threads per session: 1 runs each run on one thread, so N loaded models never mean N "
             "thread pools; 0 lets ONNX Runtime use one per physical core.",
