@@ -1,7 +1,7 @@
 """The model registry: names, versions and content-addressed ONNX bytes in SQLite or PostgreSQL (SQLAlchemy 2).
 
-Every process that connects to the same database sees the same models. Migrations (Alembic, ``migrations/``) are
-applied on first use, under a PostgreSQL advisory lock so that processes starting together migrate once.
+Every process that connects to the same database sees the same models. The engine and the migrations are
+``database``'s (applied on first use, once across processes starting together).
 
 Writes run in one transaction that first increments ``mf_registry_state.generation``; that row lock serializes
 writers (version numbers cannot race) and lets ``generation()`` tell a reader whether anything changed:
@@ -12,7 +12,6 @@ dedicated autocommit connection otherwise (one round trip).
 from __future__ import annotations
 
 import logging
-import math
 import re
 import sqlite3
 import threading
@@ -20,28 +19,23 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, delete, event, exists, func, insert, select, text, update
-from sqlalchemy.engine import Engine as SqlEngine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
+from sqlalchemy import Connection, delete, exists, func, insert, select, text, update
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError, ServiceUnavailableError, first_line
 from .forksafe import at_fork_in_child, park
-from .pgdeadline import add_read_deadline
+from .database import migrate, open_engine
 from .records import ModelRecord, TensorSpec
 from .schema import blobs, model_versions, models, registry_state
-from .settings import check_url
-from .urls import mask_url, scrub
+from .urls import scrub
 
 log = logging.getLogger(__name__)
 
 # Whole-string patterns: always used with ``fullmatch`` (``match`` with ``$`` lets a trailing newline through).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-MIGRATION_LOCK_ID = 0x6D66_6A75  # "mfju": pg_advisory_xact_lock key for concurrent first use
 
 
 def is_model_id(model: str) -> bool:
@@ -65,50 +59,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def migrate(engine: SqlEngine) -> None:
-    """Bring the schema to Alembic's head revision (no-op when already there)."""
-    from alembic import command
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
-    with _sqlite_file_lock(engine), engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
-        if MigrationContext.configure(conn).get_current_revision() == head:
-            return
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-        log.info("registry schema migrated to %s on %s", head, shown_url(engine.url))
-
-
-@contextmanager
-def _sqlite_file_lock(engine: SqlEngine) -> Iterator[None]:
-    """Serialize migrations of one SQLite file across processes (pysqlite runs DDL outside a transaction, so
-    processes starting together would race to create the tables). PostgreSQL uses an advisory lock instead."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        yield
-        return
-    import fcntl
-
-    with open(f"{database}.migrate.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def shown_url(url: Any) -> str:
-    """A SQLAlchemy ``URL`` as messages and logs show it: its password masked, and ``?password=...`` too (which
-    ``render_as_string(hide_password=True)`` leaves, and libpq takes as the password)."""
-    return mask_url(url.render_as_string(hide_password=True))
-
-
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -117,49 +67,13 @@ class Registry:
     """Models, versions and ONNX bytes in one database. Raises ``ServiceUnavailableError`` when it is unreachable."""
 
     def __init__(self, database_url: str, timeout: float = 5.0) -> None:
-        """Connect lazily to ``database_url``; ``ValueError`` naming DATABASE_URL (its password masked) when
-        SQLAlchemy cannot parse it, knows no such dialect, or its driver is not installed.
-
-        ``timeout`` (s), PostgreSQL: the connect deadline (libpq ``connect_timeout``, whole seconds, at least 2; it
-        covers the startup handshake too), the deadline of unacknowledged writes (``tcp_user_timeout``), with TCP
-        keepalives on idle connections, and of a call whose connection sends and receives nothing (``pgdeadline``), so
-        a database that is down, unreachable or silent fails a call within about ``timeout`` s instead of hanging it.
-        """
-        check_url("database_url", database_url)  # unparseable: ValueError, no part of its user-info shown
+        """Connect lazily to ``database_url`` (``database.open_engine``: ``ValueError`` naming DATABASE_URL, its
+        password masked, when it cannot be used). ``timeout`` (s): a database that is down, unreachable or silent
+        fails a call within about that long (503) instead of hanging it; the schema is migrated now if the database
+        answers, else on first use."""
         self._secret_url = database_url  # what driver errors are scrubbed of (libpq may split user-info elsewhere)
-        url = make_url(database_url)
-        shown = shown_url(url)
-        try:
-            url.get_dialect().import_dbapi()  # an unknown scheme or a driver that is not installed fails here
-        except (ArgumentError, ImportError) as err:
-            raise ValueError(
-                f"DATABASE_URL {shown!r} is not a database URL SQLAlchemy can use: {scrub(str(err), database_url)}"
-            ) from None
-        self.dialect = url.get_backend_name()
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if self.dialect == "sqlite" and url.database and url.database != ":memory:":
-            try:
-                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:  # the operator's setting, but no server path in an answer: the reason alone
-                raise ValueError(
-                    f"DATABASE_URL: the SQLite file's directory cannot be created ({err.strerror or type(err).__name__})"
-                ) from None
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        elif self.dialect == "postgresql":
-            kwargs["connect_args"] = {  # a host that drops packets or never answers must not hang a request
-                "connect_timeout": max(2, math.ceil(timeout)),
-                "tcp_user_timeout": max(1, int(timeout * 1000)),
-                "keepalives": 1,
-                "keepalives_idle": max(1, int(timeout)),
-                "keepalives_interval": 1,
-                "keepalives_count": 3,
-            }
-        self.url = url
-        self.engine = create_engine(url, **kwargs)
-        if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        elif url.get_driver_name() == "psycopg":
-            add_read_deadline(self.engine, timeout)
+        self.engine, self.url = open_engine(database_url, timeout)
+        self.dialect = self.url.get_backend_name()
         self._clock_lock = threading.Lock()
         self._clock: Any = None
         self._schema_ready = False
@@ -437,13 +351,3 @@ class Registry:
             self._clock = None
         self._clock_lock = threading.Lock()
         self._schema_lock = threading.Lock()
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    """WAL lets the server and its kernels read while one of them writes; busy_timeout waits for the writer."""
-    cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()

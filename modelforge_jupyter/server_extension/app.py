@@ -147,7 +147,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         self.health_executor.submit(warm_up, forge)
         s = self._forge_settings
         cache = f"redis {mask_url(s.redis_url)}" if s.redis_url else f"disk {s.cache_dir}"
-        from ..core.registry import shown_url
+        from ..core.database import shown_url
 
         url = shown_url(forge.registry.url)
         self.log.info("ModelForge: registry %s, cache %s, %d worker threads (+%d control, 1 health)", url, cache,

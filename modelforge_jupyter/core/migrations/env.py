@@ -1,4 +1,4 @@
-"""Alembic environment: run with the connection ``registry.migrate`` hands over, or from ``sqlalchemy.url``."""
+"""Alembic environment: run with the connection ``database.migrate`` hands over, or from ``sqlalchemy.url``."""
 
 from alembic import context
 from sqlalchemy import create_engine
