@@ -13,7 +13,7 @@ from PIL import Image
 
 from modelforge_jupyter.cli.bench import LABELS, BenchResult, Budget, Row
 from modelforge_jupyter.core.errors import ModelExistsError
-from modelforge_jupyter.kernel import bench_plot, bench_tables, markup, outputs
+from modelforge_jupyter.kernel import bench_plot, bench_tables, markup, model_list, outputs
 from modelforge_jupyter.core.records import PredictionResult
 
 from .mf_plugin import SAMPLES, mf_raw_run
@@ -114,7 +114,7 @@ def test_numbers_for_a_glance():
     assert [outputs.fmt_ms(ms) for ms in (21.64, 1.062, 0.254, 1234.5)] == ["21.6", "1.1", "0.25", "1,234.5"]
     assert outputs.float_column([1.25e-08, 0.0183431, None]) == ["1.250e-08", "1.834e-02", "null"]
     now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-    ago = [outputs.ago(now - timedelta(seconds=s), now) for s in (1, 42, 180, 7200, 86400, 3 * 86400, 40 * 86400)]
+    ago = [model_list.ago(now - timedelta(seconds=s), now) for s in (1, 42, 180, 7200, 86400, 3 * 86400, 40 * 86400)]
     assert ago == ["just now", "42 s ago", "3 min ago", "2 h ago", "1 day ago", "3 days ago", "2026-10-21"]
 
 
@@ -128,7 +128,7 @@ def test_models_table_is_compact_and_to_df_has_everything(ip, mf_forge, capsys):
 
     table = run(ip, "%mf_models")
     text, page = bundle(ip, table)
-    later = outputs.ModelsTable(mf_forge.models(), now=iris.updated_at + timedelta(minutes=3, seconds=5))
+    later = model_list.ModelsTable(mf_forge.models(), now=iris.updated_at + timedelta(minutes=3, seconds=5))
 
     # Then one line per model: name, versions, dtype and shape, outputs by name and kind, size, age, short id
     assert text == repr(table) and not UUID.search(text) and "seq(map" not in text + page

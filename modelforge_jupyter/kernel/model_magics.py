@@ -19,7 +19,7 @@ from ..core.benchmark import BenchResult
 from ..core.errors import ModelForgeError
 from ..core.records import PredictionResult
 from ..core.settings import SETTINGS, SettingsTraits
-from . import bench_magic, outputs
+from . import bench_magic, model_list
 from .arguments import evaluate, parse_line, parse_request, strip_comment, unquote, version_arg
 from .refusals import Refusal, next_step, one_line_errors
 
@@ -176,7 +176,7 @@ class ModelForgeMagics(Magics, SettingsTraits):
             return bench_magic.bench(self, args, local_ns)
 
     @line_magic
-    def mf_models(self, line: str) -> outputs.ModelsTable | None:
+    def mf_models(self, line: str) -> model_list.ModelsTable | None:
         """Show the registry: name, versions, inputs, outputs (name and kind), size, when updated, short id.
 
         Hover a cell for the full id, the input names and the exact time; ``.to_df()`` gives every field in full.
@@ -190,7 +190,7 @@ class ModelForgeMagics(Magics, SettingsTraits):
         with one_line_errors():
             if strip_comment(line).strip():
                 raise UsageError("%mf_models takes no arguments")
-            return outputs.ModelsTable(self.forge.models())
+            return model_list.ModelsTable(self.forge.models())
 
     @line_magic
     @magic_arguments()
@@ -207,7 +207,7 @@ class ModelForgeMagics(Magics, SettingsTraits):
             args = parse_line(self.mf_register, line)
             refusal.model, refusal.path = args.name, args.path
             rec = self.forge.register(args.name, unquote(args.path))
-            print("\n".join([f"✓ registered {rec.name} v{rec.version}", *outputs.signature_lines(rec)]))
+            print("\n".join([f"✓ registered {rec.name} v{rec.version}", *model_list.signature_lines(rec)]))
 
     @line_magic
     @magic_arguments()
@@ -230,7 +230,7 @@ class ModelForgeMagics(Magics, SettingsTraits):
             else:
                 versions = ", ".join(map(str, rec.versions))
                 print("\n".join([f"✓ updated {rec.name} to v{rec.version} (versions {versions})",
-                                 *outputs.signature_lines(rec)]))
+                                 *model_list.signature_lines(rec)]))
 
     @line_magic
     @magic_arguments()

@@ -9,6 +9,7 @@ magic syntax (the HTTP message stays free of it): close names of a model that is
 from __future__ import annotations
 
 import contextlib
+import difflib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ..core.errors import ModelExistsError, ModelForgeError, ModelNotFoundError
-from . import outputs
 from .arguments import ExpressionError
 
 
@@ -57,6 +57,21 @@ def next_step(err: ModelForgeError, refusal: Refusal, models: Callable[[], Seque
     if any(refusal.model in (r.name, r.id) for r in records):
         return ""  # the model is there (a missing version: the message lists the versions)
     names = [r.name for r in records]
-    if refusal.path and not outputs.close_names(refusal.model, names):  # %mf_update of a new name
+    if refusal.path and not close_names(refusal.model, names):  # %mf_update of a new name
         return f"to register it: %mf_register {refusal.model} {refusal.path}"
-    return outputs.not_registered_hint(refusal.model, names)
+    return not_registered_hint(refusal.model, names)
+
+
+def close_names(typed: str, names: Sequence[str]) -> list[str]:
+    """Up to 3 registered names like ``typed`` (``difflib.get_close_matches``, similarity >= 0.6), best first."""
+    return difflib.get_close_matches(typed, names, n=3, cutoff=0.6)
+
+
+def not_registered_hint(typed: str, names: Sequence[str]) -> str:
+    """The next step after ``model 'X' is not registered``: close names, then where the list is."""
+    close = close_names(typed, names)
+    if close:
+        return f"did you mean {' or '.join(close)}? %mf_models lists the registered models"
+    if names:
+        return "%mf_models lists the registered models"
+    return "no model is registered yet: %mf_register NAME PATH adds one"
