@@ -225,3 +225,17 @@ def test_the_cycle_check_names_the_loop():
     assert cycles(graph) == [["a", "b", "c", "a"]]
     assert onnxruntime_faults({"x": {"onnxruntime"}, ENGINE: {"onnxruntime"}}) == [
         f"x imports onnxruntime: only {ENGINE} may (use engine.raw_session / engine.available_providers)"]
+
+
+# One concern a module (``../shared/STYLE.md``): a module past its layer's size is split by concern, not let grow.
+MAX_LINES = {"core": 400, "door": 260}
+
+
+def test_no_module_outgrows_its_layer():
+    too_long = []
+    for name, path in MODULES.items():
+        limit = MAX_LINES["door"] if door(name) is not None else MAX_LINES["core"]
+        lines = len(path.read_text().splitlines())
+        if lines > limit:
+            too_long.append(f"{name}: {lines} lines (its layer's limit: {limit}); split it by concern")
+    assert not too_long, "\n".join(too_long)
