@@ -13,7 +13,7 @@ than its next wake-up; with one timeout for every run, that is once per busy per
 
 Memory: ONNX Runtime's capped arena holds a run's tensors, but not what a run allocates outside it (the characters of
 strings copied by ``Concat`` or inside ``Loop``/``Scan`` bodies). While runs with a budget are in flight the watchdog
-reads the process's RSS (``limits.process_rss``, 2 µs) and stops a run when the RSS stands more than its budget above
+reads the process's RSS (``memory.process_rss``, 2 µs) and stops a run when the RSS stands more than its budget above
 the steady state: the RSS with no run in flight, plus what sessions built since took. It looks again before the
 fastest allocation it assumes (``MAX_RATE``) could have used what is left of the budget: every ~0.5 s with 1 GiB left,
 every ``MIN_LOOK`` near the limit. Which run to stop: the process cannot tell which run holds memory, but the kernel
@@ -35,7 +35,7 @@ import time
 from typing import Any, Protocol
 
 from .errors import InferenceTimeoutError, RequestCancelledError
-from .limits import PAGE, own_faults, process_rss, thread_faults
+from .memory import PAGE, own_faults, process_rss, thread_faults
 
 log = logging.getLogger(__name__)
 

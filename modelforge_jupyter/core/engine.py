@@ -38,8 +38,8 @@ from .deadline import Cancellation, Run, timeout_error, watchdog
 from .errors import InferenceError, InvalidModelError, ResourceLimitError, first_line
 from .footprint import ConstantFootprint, constant_footprint, parsed
 from .forksafe import at_fork_in_child, park
-from .limits import (MiB, arena_full, arena_full_error, check_output, check_string_copies, process_rss,
-                     release_free_memory, request_memory_error)
+from .limits import MiB, arena_full, arena_full_error, check_output, check_string_copies, request_memory_error
+from .memory import process_rss, release_free_memory
 from .records import TensorSpec
 from .sessions import LoadedModel, SessionLRU
 from .tensors import NUMPY_DTYPES, json_safe, spec_from_ort
