@@ -1,3 +1,3 @@
-"""Root conftest: loads the project's fixture plugin (fixtures are prefixed ``mf_``)."""
+"""Root conftest: loads the project's one fixture plugin, ``tests/mf_plugin`` (its fixtures and helpers: ``mf_``)."""
 
-pytest_plugins = ["tests.mf_plugin", "tests.mf_server", "tests.mf_notebooks", "pytest_jupyter.jupyter_server"]
+pytest_plugins = ["tests.mf_plugin"]

@@ -11,15 +11,19 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from modelforge_jupyter.core.errors import InvalidModelError, ModelExistsError, ModelForgeError, ModelNotFoundError
 from modelforge_jupyter.core.records import TensorSpec
 
-from .mf_plugin import SAMPLES, mf_raw_run
+from .mf_plugin import (
+    MF_SECRET,
+    SAMPLES,
+    mf_cache_ttl,
+    mf_cache_value,
+    mf_cached_keys,
+    mf_external_model,
+    mf_raw_run,
+    mf_zipmap,
+)
 
 IRIS = SAMPLES / "iris.onnx"
 IRIS_V2 = SAMPLES / "iris_v2.onnx"
-
-
-def zipmap(raw_seq) -> list[dict]:
-    """skl2onnx's ZipMap output as ModelForge returns it: keys as strings."""
-    return [{str(k): v for k, v in m.items()} for m in raw_seq]
 
 
 def test_register_returns_declared_specs_and_stores_rows(mf_forge):
@@ -44,7 +48,7 @@ def test_iris_zipmap_prediction_equals_raw_onnxruntime(mf_forge):
 
     label, proba = mf_raw_run(IRIS, {"float_input": X})
     assert res.output_data["output_label"] == label.tolist()
-    assert res.output_data["output_probability"] == zipmap(proba)
+    assert res.output_data["output_probability"] == mf_zipmap(proba)
     assert res.cached is False and res.model_version == 1 and res.inference_time_ms > 0
 
 
@@ -93,12 +97,12 @@ def test_second_call_is_a_cache_hit_with_same_output(mf_forge, mf_settings):
     assert (first.cached, second.cached) == (False, True)
     assert second.output_data == first.output_data
     assert second.prediction_id != first.prediction_id and second.model_id == rec.id
-    keys = cache_keys(mf_forge)
+    keys = mf_cached_keys(mf_forge)
     assert len(keys) == 1
     prefix = mf_settings.get("cache_key_prefix", "modelforge")
     assert keys[0].startswith(f"{prefix}:prediction:{rec.id}:") and len(keys[0].rsplit(":", 1)[1]) == 64
-    assert 0 < cache_ttl(mf_forge, keys[0]) <= 60
-    assert orjson.loads(cache_value(mf_forge, keys[0])) == first.output_data
+    assert 0 < mf_cache_ttl(mf_forge, keys[0]) <= 60
+    assert orjson.loads(mf_cache_value(mf_forge, keys[0])) == first.output_data
 
 
 def test_equal_values_hit_one_key_and_other_shapes_or_versions_do_not(mf_forge):
@@ -107,13 +111,13 @@ def test_equal_values_hit_one_key_and_other_shapes_or_versions_do_not(mf_forge):
 
     assert mf_forge.predict("iris", np.array([[5.0, 3.0, 1.0, 0.0]])).cached is True  # ints vs float64 array
     assert mf_forge.predict("iris", [[5, 3, 1, 0], [5, 3, 1, 0]]).cached is False  # another shape
-    assert len(cache_keys(mf_forge)) == 2
+    assert len(mf_cached_keys(mf_forge)) == 2
     mf_forge.update("iris", IRIS_V2)
-    assert cache_keys(mf_forge) == []  # update invalidates the model's cached predictions
+    assert mf_cached_keys(mf_forge) == []  # update invalidates the model's cached predictions
     assert mf_forge.predict("iris", [[5, 3, 1, 0]]).cached is False  # the new version
     assert mf_forge.predict("iris", [[5, 3, 1, 0]], version=1).cached is False  # v1 hashes to another key
     assert mf_forge.predict("iris", [[5, 3, 1, 0]], version=1).cached is True
-    assert len(cache_keys(mf_forge)) == 2
+    assert len(mf_cached_keys(mf_forge)) == 2
 
 
 def test_use_cache_false_and_disabled_cache_write_nothing(mf_settings):
@@ -122,10 +126,10 @@ def test_use_cache_false_and_disabled_cache_write_nothing(mf_settings):
     with ModelForge(**mf_settings) as forge:
         forge.register("iris", IRIS)
         assert [forge.predict("iris", [[1, 2, 3, 4]], use_cache=False).cached for _ in range(2)] == [False, False]
-        assert cache_keys(forge) == []
+        assert mf_cached_keys(forge) == []
     with ModelForge(**mf_settings, cache_prediction_enabled=False) as forge:
         assert [forge.predict("iris", [[1, 2, 3, 4]]).cached for _ in range(2)] == [False, False]
-        assert cache_keys(forge) == []
+        assert mf_cached_keys(forge) == []
 
 
 def test_update_versions_and_delete(mf_forge):
@@ -140,8 +144,8 @@ def test_update_versions_and_delete(mf_forge):
     new = mf_forge.predict("iris", X)
     old = mf_forge.predict("iris", X, version=1)
     assert (new.model_version, old.model_version) == (2, 1)
-    assert new.output_data["output_probability"] == zipmap(mf_raw_run(IRIS_V2, {"float_input": X})[1])
-    assert old.output_data["output_probability"] == zipmap(mf_raw_run(IRIS, {"float_input": X})[1])
+    assert new.output_data["output_probability"] == mf_zipmap(mf_raw_run(IRIS_V2, {"float_input": X})[1])
+    assert old.output_data["output_probability"] == mf_zipmap(mf_raw_run(IRIS, {"float_input": X})[1])
 
     mf_forge.delete("iris", version=1)
     with pytest.raises(ModelNotFoundError, match="no version 1"):
@@ -185,49 +189,17 @@ def test_register_twice_or_invalid_bytes_leaves_registry_unchanged(mf_forge, tmp
     assert mf_forge.predict("iris", [[1, 2, 3, 4]], use_cache=False).model_version == 1
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server of this test's own on a free port, so the test can stop it: (url, process)."""
-    import shutil
-    import socket
-    import subprocess
-    import time
-
-    import redis
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    client.close()
-    yield url, proc
-    proc.kill()
-    proc.wait()
-
-
-def test_redis_going_away_still_serves_refuses_updates_and_degrades_health(mf_settings, mf_backend, own_redis):
+def test_redis_going_away_still_serves_refuses_updates_and_degrades_health(mf_settings, mf_backend, mf_redis_server):
     from modelforge_jupyter import ModelForge
     from modelforge_jupyter.core.errors import ServiceUnavailableError
 
-    url, redis_proc = own_redis
+    url, redis_server = mf_redis_server
     with ModelForge(**{**mf_settings, "redis_url": url}) as forge:
         forge.register("iris", IRIS)
         assert [forge.predict("iris", [[5.1, 3.5, 1.4, 0.2]]).cached for _ in range(2)] == [False, True]
 
-        redis_proc.kill()
-        redis_proc.wait()
+        redis_server.proc.kill()
+        redis_server.proc.wait()
         results = [forge.predict("iris", [[5.1, 3.5, 1.4, 0.2]]) for _ in range(3)]
         health = forge.health()
 
@@ -250,26 +222,6 @@ def test_health_fields(mf_forge, mf_backend):
     assert health["redis"] == ("connected" if mf_backend == "services" else "not_configured")
     assert health["celery"] == "eager" and health["environment"] == "development"
     assert health["timestamp"].endswith("Z")
-
-
-# -- helpers reading the cache directly (the test's own view of Redis / the disk cache) ----------------------------
-def cache_keys(forge) -> list[str]:
-    if forge.cache.backend == "redis":
-        pattern = f"{forge.settings.cache_key_prefix}:prediction:*"
-        return sorted(k.decode() for k in forge.cache.client.scan_iter(match=pattern))
-    return sorted(forge.cache.cache.iterkeys())
-
-
-def cache_ttl(forge, key: str) -> float:
-    if forge.cache.backend == "redis":
-        return forge.cache.client.ttl(key)
-    return forge.cache.ttl(key)
-
-
-def cache_value(forge, key: str) -> bytes:
-    if forge.cache.backend == "redis":
-        return forge.cache.client.get(key)
-    return forge.cache.cache.get(key)
 
 
 def test_resolved_metadata_lives_at_most_cache_ttl(mf_settings):
@@ -450,51 +402,12 @@ def test_names_are_validated_as_a_whole_string(mf_forge, name):
 
 
 # -- external data: the registry keeps self-contained bytes -----------------------------------------------------------
-SECRET = b"SECRET-bytes-outside-the-registry"
-
-
-def external_model(where: str, location: str = "README.md", length: int = 8):
-    """A model whose output ``y`` (uint8 [length]) is a tensor kept as external data at ``location``, placed
-    ``where``: a main-graph initializer, an If branch's initializer, a Constant's attribute, a sparse initializer."""
-    from onnx import TensorProto, helper
-
-    def external(name: str) -> TensorProto:
-        tensor = helper.make_tensor(name, TensorProto.UINT8, [length], vals=b"\0" * length, raw=True)
-        tensor.ClearField("raw_data")
-        tensor.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        return tensor
-
-    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [length])
-    inputs, initializers, sparse = [], [], []
-    if where == "initializer":
-        nodes, initializers = [helper.make_node("Identity", ["W"], ["y"])], [external("W")]
-    elif where == "constant":
-        nodes = [helper.make_node("Constant", [], ["y"], value=external("W"))]
-    elif where == "sparse":
-        values = external("values")
-        indices = helper.make_tensor("indices", TensorProto.INT64, [length], list(range(length)))
-        sparse = [helper.make_sparse_tensor(values, indices, [length])]
-        nodes = [helper.make_node("Identity", ["values"], ["y"])]
-    else:  # an If whose branches read W from their own initializers
-        def branch(name):
-            return helper.make_graph([helper.make_node("Identity", [f"W{name}"], ["y"])], name, [], [y],
-                                     [external(f"W{name}")])
-
-        inputs = [helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
-        nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))]
-    graph = helper.make_graph(nodes, f"external_{where}", inputs, [y], initializers, sparse_initializer=sparse)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 @pytest.mark.parametrize("where", ["initializer", "subgraph", "constant", "sparse"])
 def test_external_data_in_bytes_is_refused_with_how_to_save_inline(mf_forge, tmp_path, monkeypatch, where):
     # Given a working directory whose README.md is what the model points at
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "README.md").write_bytes(SECRET)
-    model = external_model(where)
+    (tmp_path / "README.md").write_bytes(MF_SECRET)
+    model = mf_external_model(where)
     mf_forge.register("iris", IRIS)
     before = mf_forge.models()
 
@@ -519,10 +432,10 @@ def test_a_model_file_with_external_data_is_stored_with_it_packed_in(mf_forge, t
     folder.mkdir()
     weights = bytes(range(10, 18))
     (folder / "weights.bin").write_bytes(weights)
-    onnx.save_model(external_model("initializer", location="weights.bin"), folder / "model.onnx")
+    onnx.save_model(mf_external_model("initializer", location="weights.bin"), folder / "model.onnx")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    (cwd / "weights.bin").write_bytes(SECRET[:8])
+    (cwd / "weights.bin").write_bytes(MF_SECRET[:8])
     monkeypatch.chdir(cwd)
 
     rec = mf_forge.register("packed", folder / "model.onnx")
@@ -542,9 +455,9 @@ def test_a_model_file_whose_external_data_is_outside_its_folder_or_missing_is_re
 
     folder = tmp_path / "model"
     folder.mkdir()
-    (tmp_path / "outside.bin").write_bytes(SECRET)
+    (tmp_path / "outside.bin").write_bytes(MF_SECRET)
     (folder / "link.bin").symlink_to(tmp_path / "outside.bin")
-    onnx.save_model(external_model("initializer", location=location), folder / "model.onnx")
+    onnx.save_model(mf_external_model("initializer", location=location), folder / "model.onnx")
 
     with pytest.raises(InvalidModelError) as err:
         mf_forge.register("ext", folder / "model.onnx")
@@ -558,8 +471,8 @@ def test_stored_bytes_with_external_data_never_read_a_file(mf_forge, tmp_path, m
 
     # Given bytes with external data stored by an older version (which did not check), and README.md in the cwd
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "README.md").write_bytes(SECRET)
-    data = external_model("initializer").SerializeToString()
+    (tmp_path / "README.md").write_bytes(MF_SECRET)
+    data = mf_external_model("initializer").SerializeToString()
     sha = __import__("hashlib").sha256(data).hexdigest()
     mf_forge.registry.register("old", data, sha, [], [Spec("y", "uint8", [8])])
 
@@ -581,11 +494,11 @@ def test_cache_key_names_the_key_a_predict_writes_and_clear_cache_removes_every_
     # Then the key is the documented one and holds the prediction's bytes
     record = mf_forge.get("iris")
     assert key.startswith(f"{mf_forge.settings.cache_key_prefix}:prediction:{record.id}:")
-    assert key in cache_keys(mf_forge)
-    assert orjson.loads(cache_value(mf_forge, key)) == mf_forge.predict("iris", x_iris).output_data
+    assert key in mf_cached_keys(mf_forge)
+    assert orjson.loads(mf_cache_value(mf_forge, key)) == mf_forge.predict("iris", x_iris).output_data
     # When the cache is cleared, both predictions go and the next predict is a miss
     assert mf_forge.clear_cache() == 2
-    assert cache_keys(mf_forge) == []
+    assert mf_cached_keys(mf_forge) == []
     assert mf_forge.predict("iris", x_iris).cached is False
 
 

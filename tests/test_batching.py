@@ -18,15 +18,14 @@ from modelforge_jupyter.core.batching import batchable
 from modelforge_jupyter.core.errors import InferenceError
 from modelforge_jupyter.core.samples import build_wide_mlp
 
-from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run, mf_zipmap
 
 BATCHING = {"dynamic_batching": True, "max_batch_size": 64, "max_queue_delay_us": 20000}
 
 
 @pytest.fixture
-def forge(tmp_path):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
-    with ModelForge(**settings, **BATCHING) as mf:
+def forge(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings, **BATCHING) as mf:
         yield mf
 
 
@@ -59,10 +58,9 @@ def test_concurrent_requests_coalesce_and_each_gets_its_rows(forge):
 
 
 @pytest.mark.parametrize("instances", [1, 2])
-def test_requests_arriving_while_every_instance_is_busy_form_the_next_batch(tmp_path, instances):
+def test_requests_arriving_while_every_instance_is_busy_form_the_next_batch(mf_embedded_settings, instances):
     # Given no queue delay at all: only a busy instance can make requests wait for each other
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
-                "dynamic_batching": True, "max_queue_delay_us": 0, "model_instances": instances}
+    settings = {**mf_embedded_settings, "dynamic_batching": True, "max_queue_delay_us": 0, "model_instances": instances}
     # a run of ~1-4 ms (19 MB of weights): long enough that, on a loaded 2-core box too, more requests arrive while
     # every instance is busy than there are instances (with hidden=1024 a loaded box ran all 64 alone, once)
     mlp = build_wide_mlp()
@@ -104,7 +102,7 @@ def test_zipmap_sequences_are_split_per_request(forge):
     for X, res in zip(inputs, results):
         label, proba = mf_raw_run(SAMPLES / "iris.onnx", {"float_input": X})
         assert res.output_data["output_label"] == label.tolist()
-        assert res.output_data["output_probability"] == [{str(k): v for k, v in m.items()} for m in proba]
+        assert res.output_data["output_probability"] == mf_zipmap(proba)
 
 
 def test_requests_of_other_trailing_shapes_are_not_merged(forge):
@@ -180,9 +178,8 @@ class Interrupted(BaseException):
     """What the tests raise in the main thread where a notebook's interrupt raises KeyboardInterrupt (a BaseException)."""
 
 
-def test_a_leader_interrupted_while_it_waits_hands_over_and_the_model_keeps_serving(tmp_path):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
-                "dynamic_batching": True, "max_queue_delay_us": 0, "model_instances": 1}
+def test_a_leader_interrupted_while_it_waits_hands_over_and_the_model_keeps_serving(mf_embedded_settings):
+    settings = {**mf_embedded_settings, "dynamic_batching": True, "max_queue_delay_us": 0, "model_instances": 1}
     mlp = build_wide_mlp(hidden=512)
     one = np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32)
     big = np.repeat(one, 40000, axis=0)  # a run of a few hundred ms: the one instance stays busy
@@ -238,14 +235,13 @@ def test_outputs_not_of_the_batch_make_a_model_unbatchable_and_answers_stay_exac
 
 
 @pytest.mark.parametrize("where", ["_hand_over", "_run_batch"])
-def test_an_interrupt_at_any_point_of_leading_reaches_only_its_caller(tmp_path, monkeypatch, where):
+def test_an_interrupt_at_any_point_of_leading_reaches_only_its_caller(mf_embedded_settings, monkeypatch, where):
     """A signal handler runs at a Python call in the main thread: inject one there, once, while the main thread leads
     a batch of followers from other threads. Only the main thread sees it; the followers get their answers (run by
     another leader) and the queue ends empty."""
     from modelforge_jupyter.core import batching
 
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
-                "dynamic_batching": True, "max_queue_delay_us": 2000, "model_instances": 1}
+    settings = {**mf_embedded_settings, "dynamic_batching": True, "max_queue_delay_us": 2000, "model_instances": 1}
     mlp = build_wide_mlp(hidden=256)
     armed = threading.Event()
     original = getattr(batching.DynamicBatcher, where)
@@ -308,18 +304,16 @@ def test_an_interrupt_at_any_point_of_leading_reaches_only_its_caller(tmp_path, 
      "model_batching['rf'].dynamic_batching must be true or false, got 'false'"),
     ({"model_batching": {"rf": {"dynamic_batchin": True}}}, "model_batching['rf'].dynamic_batchin: not a batching"),
 ])
-def test_batching_settings_out_of_range_are_refused_when_built(tmp_path, bad, message):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
-
+def test_batching_settings_out_of_range_are_refused_when_built(mf_embedded_settings, tmp_path, bad, message):
     with pytest.raises(ValueError) as refused:
-        ModelForge(**settings, **bad)
+        ModelForge(**mf_embedded_settings, **bad)
 
     assert str(refused.value).startswith(message)
-    assert not (tmp_path / "r.db").exists()  # refused before anything was opened
+    assert not (tmp_path / "registry.db").exists()  # refused before anything was opened (mf_embedded's registry)
 
 
-def test_per_model_settings_override_the_global_ones(tmp_path):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
+def test_per_model_settings_override_the_global_ones(mf_embedded_settings):
+    settings = {**mf_embedded_settings,
                 "model_batching": {"rf": {"dynamic_batching": True, "max_queue_delay_us": 1000}}}
     with ModelForge(**settings) as forge:
         forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")

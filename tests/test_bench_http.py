@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 from sklearn.datasets import load_iris
-from traitlets.config import Config
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.cli.bench import HTTP_PATHS, Budget, check_served, main, plan_bench, run_bench
@@ -29,8 +27,7 @@ from modelforge_jupyter.kernel.client import (
 )
 from modelforge_jupyter.core.records import PredictionResult
 
-from .mf_plugin import SAMPLES, mf_raw_run
-from .mf_server import http, run_in_server_kernel
+from .mf_plugin import SAMPLES, mf_embedded, mf_http, mf_raw_run, mf_run_in_server_kernel
 
 IRIS = SAMPLES / "iris.onnx"
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,9 +132,7 @@ def test_run_bench_measures_the_endpoint_beside_raw_onnxruntime(mf_live_server, 
 
 def test_bench_refuses_a_server_that_does_not_share_the_registry(mf_live_server, tmp_path):
     # Given a kernel whose registry is not the server's
-    with ModelForge(database_url=f"sqlite:///{tmp_path / 'other.db'}", redis_url="",
-                    cache_dir=str(tmp_path / "cache")) as other, connect(mf_live_server.url,
-                                                                         mf_live_server.token) as server:
+    with ModelForge(**mf_embedded(tmp_path)) as other, connect(mf_live_server.url, mf_live_server.token) as server:
         other.register("only_here", IRIS)
         plan = plan_bench(other, "only_here", [1], paths=("raw_ort", "http_miss"))
 
@@ -149,34 +144,10 @@ def test_bench_refuses_a_server_that_does_not_share_the_registry(mf_live_server,
             run_bench(other, plan, Budget(iterations=1))
 
 
-def make_shell(**traits) -> InteractiveShell:
-    c = Config()
-    c.HistoryAccessor.enabled = False
-    for trait, value in traits.items():
-        c.ModelForgeMagics[trait] = value
-    shell = InteractiveShell.instance(config=c)
-    shell.run_line_magic("load_ext", "modelforge_jupyter")
-    return shell
-
-
-@pytest.fixture
-def shell_factory(no_server_env):
-    shells = []
-
-    def factory(**traits) -> InteractiveShell:
-        shells.append(make_shell(**traits))
-        return shells[-1]
-
-    yield factory
-    for shell in shells:
-        shell.run_line_magic("unload_ext", "modelforge_jupyter")
-    InteractiveShell.clear_instance()
-
-
-def test_magic_bench_http_uses_the_configured_server(mf_live_server, mf_live_settings, model, shell_factory,
+def test_magic_bench_http_uses_the_configured_server(mf_live_server, mf_live_settings, model, no_server_env, mf_shell,
                                                      capsys):
     settings = {k: v for k, v in mf_live_settings.items() if k != "celery_broker_url"}
-    ip = shell_factory(**settings, server_url=mf_live_server.url, server_token=mf_live_server.token)
+    ip = mf_shell(**settings, server_url=mf_live_server.url, server_token=mf_live_server.token)
 
     ip.run_cell(f"res = %mf_bench {model} --http --batch-sizes 1,8 --iterations 3 --warmup 1 --text").raise_error()
 
@@ -192,9 +163,9 @@ def test_magic_bench_http_uses_the_configured_server(mf_live_server, mf_live_set
     assert [r.path for r in ip.user_ns["res"].rows] == ["raw_cold", "cold", "raw_ort", "api_cache_off", "http_miss"]
 
 
-def test_magic_bench_http_without_a_server_prints_one_line(mf_live_settings, model, shell_factory, capsys):
+def test_magic_bench_http_without_a_server_prints_one_line(mf_live_settings, model, no_server_env, mf_shell, capsys):
     settings = {k: v for k, v in mf_live_settings.items() if k != "celery_broker_url"}
-    ip = shell_factory(**settings)
+    ip = mf_shell(**settings)
 
     result = ip.run_cell(f"%mf_bench {model} --http --iterations 2")
 
@@ -217,7 +188,7 @@ def test_magic_bench_http_in_a_kernel_the_server_started_finds_it_unconfigured(m
         "%mf_delete kernel_iris",
     ]
 
-    env, _, bench, paths, found, _ = run_in_server_kernel(mf_live_server, cells)
+    env, _, bench, paths, found, _ = mf_run_in_server_kernel(mf_live_server, cells)
 
     assert env["stdout"] == f"None {mf_live_server.pid}\n"
     assert bench["error"] == "" and bench["stderr"] == "", bench
@@ -229,7 +200,7 @@ def test_magic_bench_http_in_a_kernel_the_server_started_finds_it_unconfigured(m
 def test_cli_http_refusing_a_sample_deletes_the_ones_it_uploaded_first(mf_live_server, capsys):
     # Given a server with other bytes under a sample's name
     url, token = mf_live_server.url, mf_live_server.token
-    assert http("PUT", url + "modelforge/models/breast_cancer_rf", (SAMPLES / "iris_v2.onnx").read_bytes(),
+    assert mf_http("PUT", url + "modelforge/models/breast_cancer_rf", (SAMPLES / "iris_v2.onnx").read_bytes(),
                 token=token, **{"Content-Type": "application/octet-stream"})[0] == 201
     try:
         # When the bench uploads iris, then meets that name
@@ -239,9 +210,9 @@ def test_cli_http_refusing_a_sample_deletes_the_ones_it_uploaded_first(mf_live_s
         # Then it refuses in one line, and iris is gone from the server again
         assert code == 2
         assert "has another model named 'breast_cancer_rf'" in capsys.readouterr().err
-        assert http("GET", url + "modelforge/models/iris", token=token)[0] == 404
+        assert mf_http("GET", url + "modelforge/models/iris", token=token)[0] == 404
     finally:
-        http("DELETE", url + "modelforge/models/breast_cancer_rf", token=token)
+        mf_http("DELETE", url + "modelforge/models/breast_cancer_rf", token=token)
 
 
 def test_cli_http_uploads_missing_samples_measures_and_deletes_them(mf_live_server, tmp_path, capsys):
@@ -258,7 +229,7 @@ def test_cli_http_uploads_missing_samples_measures_and_deletes_them(mf_live_serv
     assert f"HTTP: POST {mf_live_server.url}modelforge/predict, one keep-alive connection" in text
     assert text.count(" http_miss ") == 2
     # the server's registry is as it was: the uploaded sample is gone
-    status, body = http("GET", mf_live_server.url + "modelforge/models/iris", token=mf_live_server.token)
+    status, body = mf_http("GET", mf_live_server.url + "modelforge/models/iris", token=mf_live_server.token)
     assert status == 404, body
 
 
@@ -285,7 +256,7 @@ def test_bench_http_script_reports_percentiles_per_scenario(mf_live_server):
     for r in rows:
         p50, p95, p99 = (float(v) for v in r[4:7])
         assert 0 < p50 <= p95 <= p99 and float(r[8]) == pytest.approx(float(r[7]) * int(r[0]), rel=0.01, abs=1)
-    http("DELETE", mf_live_server.url + "modelforge/models/script_rf", token=mf_live_server.token)
+    mf_http("DELETE", mf_live_server.url + "modelforge/models/script_rf", token=mf_live_server.token)
 
 
 def test_bench_http_script_measures_the_floor_and_batching_on_a_started_server():

@@ -12,8 +12,7 @@ import time
 import orjson
 import sqlalchemy as sa
 
-from .mf_plugin import REDIS_URL, SAMPLES
-from .mf_server import http, isolated_env, start_server
+from .mf_plugin import SAMPLES, mf_http, mf_isolated_env, mf_start_server
 
 TIMEOUT = 2.0
 
@@ -31,24 +30,24 @@ def backends(database_url: str) -> list[int]:
 
 
 def test_a_silent_database_fails_a_call_within_database_timeout_and_the_rest_is_served(
-    tmp_path, mf_postgres_url, mf_redis
+    tmp_path, mf_postgres_url, mf_redis, mf_redis_url
 ):
     # Given a server on PostgreSQL + Redis with database_timeout = 2 s, two models, one of them warm
     _client, prefix = mf_redis
-    env = isolated_env(tmp_path, DATABASE_URL=mf_postgres_url, REDIS_URL=REDIS_URL, CACHE_KEY_PREFIX=prefix,
-                       MODELFORGE_DATABASE_TIMEOUT=str(TIMEOUT))
-    server = start_server(tmp_path / "server", env)
+    env = mf_isolated_env(tmp_path, DATABASE_URL=mf_postgres_url, REDIS_URL=mf_redis_url, CACHE_KEY_PREFIX=prefix,
+                          MODELFORGE_DATABASE_TIMEOUT=str(TIMEOUT))
+    server = mf_start_server(tmp_path / "server", env)
     stopped: list[int] = []
 
     def predict(model: str) -> tuple[int, dict, float]:
         start = time.monotonic()
         body = orjson.dumps({"model_id": model, "input_data": [[5.1, 3.5, 1.4, 0.2]], "use_cache": False})
-        status, answer = http("POST", server.url + "modelforge/predict", body, server.token)
+        status, answer = mf_http("POST", server.url + "modelforge/predict", body, server.token)
         return status, orjson.loads(answer), time.monotonic() - start
 
     try:
         for name in ("warm", "cold"):
-            assert http("PUT", server.url + f"modelforge/models/{name}", (SAMPLES / "iris.onnx").read_bytes(),
+            assert mf_http("PUT", server.url + f"modelforge/models/{name}", (SAMPLES / "iris.onnx").read_bytes(),
                         server.token)[0] == 201
         assert predict("warm")[0] == 200
 
@@ -62,7 +61,7 @@ def test_a_silent_database_fails_a_call_within_database_timeout_and_the_rest_is_
         cold.start()  # needs the database: the registry's generation, then the model's record
         time.sleep(0.3)
         warm_status, _, warm_seconds = predict("warm")  # needs only Redis (the generation stamp) and the engine
-        live_status = http("GET", server.url + "modelforge/health/live")[0]
+        live_status = mf_http("GET", server.url + "modelforge/health/live")[0]
         cold.join(TIMEOUT + 8)
 
         # Then the call needing the database failed within about database_timeout, 503 naming the setting, and the

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -10,27 +9,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .mf_server import free_port
-
-
-def demo_env(tmp_path) -> dict[str, str]:
-    """The environment of a fresh clone: embedded defaults, Jupyter's directories under ``tmp_path``."""
-    env = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "data"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
-    for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX", "MODELFORGE_CACHE_DIR",
-                 "MODELFORGE_DATA_DIR"):
-        env.pop(name, None)
-    return env
+from .mf_plugin import mf_free_port, mf_isolated_env
 
 
 def run_demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``python -m modelforge_jupyter.cli.demo *args`` run to its end; ``env``: a fresh clone's (``mf_isolated_env``:
+    embedded defaults, Jupyter's directories under the test's tmp_path)."""
     return subprocess.run([sys.executable, "-m", "modelforge_jupyter.cli.demo", *args], env=env, capture_output=True,
                           text=True, timeout=100)
 
 
 def test_main_job_registers_samples_starts_server_and_predicts_over_http(tmp_path):
-    port = free_port()
-    env = demo_env(tmp_path)
+    port = mf_free_port()
+    env = mf_isolated_env(tmp_path)
 
     proc = run_demo(env, "--smoke", "--port", str(port))
 
@@ -74,7 +65,7 @@ def test_port_held_by_another_server_stops_the_demo_before_it_prints_or_register
     port = other.server_address[1]
     try:
         # When the demo starts on that port
-        proc = run_demo(demo_env(tmp_path), "--port", str(port))
+        proc = run_demo(mf_isolated_env(tmp_path), "--port", str(port))
     finally:
         other.shutdown()
         other.server_close()
@@ -88,7 +79,7 @@ def test_port_held_by_another_server_stops_the_demo_before_it_prints_or_register
 
 @pytest.mark.parametrize("port", ["70000", "-1", "0", "http", " 8890", "８８９１"])
 def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(tmp_path, port):
-    proc = run_demo(demo_env(tmp_path), f"--port={port}")
+    proc = run_demo(mf_isolated_env(tmp_path), f"--port={port}")
 
     assert proc.returncode == 2 and proc.stdout == ""
     assert f"argument --port: {port!r} is not a TCP port: give a whole number from 1 to 65535" in proc.stderr

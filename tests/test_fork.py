@@ -27,7 +27,7 @@ from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.batching import DynamicBatcher
 from modelforge_jupyter.core.engine import Engine
 
-from .mf_plugin import REDIS_URL, SAMPLES, mf_raw_run
+from .mf_plugin import FOREVER, SAMPLES, mf_raw_outputs, mf_raw_run, mf_spin_input, mf_spin_model
 
 IRIS = SAMPLES / "iris.onnx"
 IRIS_V2 = SAMPLES / "iris_v2.onnx"
@@ -38,12 +38,7 @@ CHILD_DEADLINE_S = 30.0
 
 def expected_outputs(path, rows: list = ROWS) -> list[dict]:
     """Raw onnxruntime's answer to each of ``rows``, as ModelForge returns it (ZipMap keys as strings)."""
-    out = []
-    for row in rows:
-        label, proba = mf_raw_run(path, {"float_input": np.array([row], np.float32)})
-        out.append({"output_label": label.tolist(), "output_probability": [{str(k): v for k, v in m.items()}
-                                                                            for m in proba]})
-    return out
+    return [mf_raw_outputs(path, {"float_input": np.array([row], np.float32)}) for row in rows]
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +47,13 @@ def iris_expected() -> list[dict]:
 
 
 @pytest.fixture(params=["sqlite", "postgres", "postgres+redis"])
-def forge(request, tmp_path) -> Iterator[ModelForge]:
+def forge(request, mf_embedded_settings) -> Iterator[ModelForge]:
     """A ModelForge on the backend, with the iris sample registered and one prediction made (connections open)."""
-    settings: dict[str, Any] = {"celery_broker_url": "", "cache_dir": str(tmp_path / "cache"), "redis_url": ""}
-    if request.param == "sqlite":
-        settings["database_url"] = f"sqlite:///{tmp_path / 'registry.db'}"
-    else:
+    settings: dict[str, Any] = dict(mf_embedded_settings)  # sqlite: SQLite registry, disk cache
+    if request.param == "postgres":  # PostgreSQL registry, disk cache
         settings["database_url"] = request.getfixturevalue("mf_postgres_url")
-    if request.param == "postgres+redis":
-        settings["redis_url"] = REDIS_URL
-        settings["cache_key_prefix"] = request.getfixturevalue("mf_redis")[1]
+    elif request.param == "postgres+redis":
+        settings = request.getfixturevalue("mf_services_settings")
     forge = ModelForge(**settings)
     forge.register("iris", IRIS)
     forge.predict("iris", {"float_input": [ROWS[0]]})
@@ -321,22 +313,19 @@ def test_child_batches_though_a_batch_was_in_flight_in_another_thread_at_the_for
     assert out["output_label"] == mf_raw_run(IRIS, feed)[0].tolist()
 
 
-def test_children_forked_while_other_threads_run_models_never_hang_on_the_shared_arena(tmp_path, iris_expected):
+def test_children_forked_while_other_threads_run_models_never_hang_on_the_shared_arena(mf_embedded_settings,
+                                                                                     iris_expected):
     from modelforge_jupyter.core.deadline import Cancellation
-
-    from .test_timeout import FOREVER, spin_input, spin_model
 
     # Given two threads running a long Loop model (every iteration allocates from ONNX Runtime's shared arena, whose
     # lock a fork may catch held) and iris loaded and run before
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
-                "celery_broker_url": ""}
-    with ModelForge(**settings) as forge:
+    with ModelForge(**mf_embedded_settings) as forge:
         forge.register("iris", IRIS)
-        forge.register("spin", spin_model())
+        forge.register("spin", mf_spin_model())
         forge.predict("iris", [ROWS[0]], use_cache=False)
         assert forge.engine.arena_bytes > 0  # the shared arena is in use (max_arena_bytes' default)
         cancels = [Cancellation() for _ in range(2)]
-        spinners = [threading.Thread(target=lambda c=c: _spin(forge, spin_input(FOREVER), c)) for c in cancels]
+        spinners = [threading.Thread(target=lambda c=c: _spin(forge, mf_spin_input(FOREVER), c)) for c in cancels]
         for t in spinners:
             t.start()
         time.sleep(0.3)

@@ -11,11 +11,9 @@ from .mf_plugin import SAMPLES
 
 
 @pytest.fixture
-def services(mf_postgres_url, mf_redis):
-    from .mf_plugin import REDIS_URL
-
-    client, prefix = mf_redis
-    return {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix}, client
+def services(mf_services_settings, mf_redis):
+    """(PostgreSQL + Redis settings, the Redis client)."""
+    return mf_services_settings, mf_redis[0]
 
 
 def count_calls(obj, name: str) -> list:

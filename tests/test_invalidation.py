@@ -23,12 +23,18 @@ from modelforge_jupyter.core.cache import prediction_key
 from modelforge_jupyter.core.errors import ModelNotFoundError
 from modelforge_jupyter.core.tensors import input_hash, prepare_feed
 
-from .mf_plugin import SAMPLES, mf_raw_run, mf_service_missing
+from .mf_plugin import (
+    SAMPLES,
+    mf_cache_value,
+    mf_cached_keys,
+    mf_isolated_env,
+    mf_launch,
+    mf_raw_run,
+    mf_start_server,
+    mf_wait_until,
+    mf_zipmap,
+)
 
-BROKERS = {
-    "rabbitmq": os.environ.get("MF_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-    "redis": os.environ.get("MF_TEST_REDIS_BROKER_URL", "redis://127.0.0.1:6379/1"),
-}
 IRIS = [SAMPLES / "iris.onnx", SAMPLES / "iris_v2.onnx"]
 X = [[5.9, 3.0, 5.1, 1.8]]
 XJ = json.dumps(X, separators=(",", ":"))  # one word on the reader's command line
@@ -88,51 +94,41 @@ class Worker:
     def __init__(self, broker: str, queue: str, env: dict, log_path) -> None:
         self.broker, self.queue, self.env, self.log_path = broker, queue, env, log_path
         self.name = f"{queue}@localhost"
-        self.proc: subprocess.Popen | None = None
+        self.process = None
 
     def start(self) -> None:
+        from modelforge_jupyter.tasks import make_app
+
         cmd = [sys.executable, "-m", "celery", "-A", "modelforge_jupyter.tasks", "worker", "-Q", self.queue,
                "-n", self.name, "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
                "-l", "info"]
-        self.log = open(self.log_path, "a")  # a file, not a pipe: a full pipe would block the worker
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=self.log, stderr=self.log)
-        from modelforge_jupyter.tasks import make_app
-
+        self.process = mf_launch(cmd, self.log_path, {**os.environ, **self.env})  # a restart appends to the log
         app = make_app(self.broker)
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, open(self.log_path).read()
-                if app.control.ping(destination=[self.name], timeout=0.5):
-                    return
-            raise AssertionError("the Celery worker did not answer a ping within 60 s")
+            self.process.wait_ready(lambda: app.control.ping(destination=[self.name], timeout=0.5), 60,
+                                    "the Celery worker")
         finally:
             app.close()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-        if self.proc:
-            self.log.close()
+        if self.process is not None:
+            self.process.stop(30)
 
 
 class JupyterServer:
-    """A real ``jupyter server`` (``mf_server.start_server``) sharing the test's registry, cache and broker, driven
+    """A real ``jupyter server`` (``mf_start_server``) sharing the test's registry, cache and broker, driven
     over one keep-alive connection."""
 
     def __init__(self, settings: dict, tmp_path) -> None:
         import http.client
         from urllib.parse import urlsplit
 
-        from .mf_server import isolated_env, start_server
-
         root = tmp_path / "server"
-        env = isolated_env(root, DATABASE_URL=settings["database_url"], REDIS_URL=settings["redis_url"],
+        env = mf_isolated_env(root, DATABASE_URL=settings["database_url"], REDIS_URL=settings["redis_url"],
                            CACHE_KEY_PREFIX=settings["cache_key_prefix"],
                            CELERY_BROKER_URL=settings.get("celery_broker_url", ""),
                            MODELFORGE_CELERY_QUEUE=settings.get("celery_queue", "modelforge"))
-        self.server = start_server(root, env)
+        self.server = mf_start_server(root, env)
         url = urlsplit(self.server.url)
         self.base = url.path
         self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
@@ -159,33 +155,14 @@ class JupyterServer:
         self.server.stop()
 
 
-@pytest.fixture(params=list(BROKERS))
-def mf_broker(request) -> str:
-    from modelforge_jupyter.tasks import make_app
-
-    url = BROKERS[request.param]
-    app = make_app(url)
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-    except Exception as err:
-        mf_service_missing(request.param, err)
-    finally:
-        app.close()
-    return url
-
-
 @pytest.fixture
-def mf_stack(mf_postgres_url, mf_redis, mf_broker, tmp_path):
+def mf_stack(mf_services_settings, mf_broker, tmp_path):
     """(settings for ModelForge, a Worker not yet started); the worker's queue is deleted after."""
-    from .mf_plugin import REDIS_URL
-
-    _client, prefix = mf_redis
     queue = f"mftest-{uuid.uuid4().hex[:10]}"
-    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
-                "celery_broker_url": mf_broker, "celery_queue": queue, "celery_probe_ttl": 1.0}
-    worker = Worker(mf_broker, queue, {"CELERY_BROKER_URL": mf_broker, "REDIS_URL": REDIS_URL,
-                                       "MODELFORGE_CELERY_QUEUE": queue, "DATABASE_URL": mf_postgres_url},
+    settings = {**mf_services_settings, "celery_broker_url": mf_broker, "celery_queue": queue,
+                "celery_probe_ttl": 1.0}
+    worker = Worker(mf_broker, queue, {"CELERY_BROKER_URL": mf_broker, "REDIS_URL": settings["redis_url"],
+                                       "MODELFORGE_CELERY_QUEUE": queue, "DATABASE_URL": settings["database_url"]},
                     tmp_path / "worker.log")
     yield settings, worker
     worker.stop()
@@ -195,19 +172,6 @@ def mf_stack(mf_postgres_url, mf_redis, mf_broker, tmp_path):
     with app.connection_for_write() as conn:
         conn.default_channel.queue_delete(queue)
     app.close()
-
-
-def model_keys(forge) -> list[bytes]:
-    return list(forge.cache.client.scan_iter(match=f"{forge.settings.cache_key_prefix}:prediction:*"))
-
-
-def wait_until(predicate, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def predict_everywhere(server: JupyterServer, readers: list[Reader]) -> list[dict]:
@@ -246,20 +210,20 @@ def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack
         server = JupyterServer(settings, tmp_path)
         readers = [Reader(settings), Reader(settings)]
         try:
-            assert wait_until(lambda: forge.health()["celery"] == "connected", 10)
+            assert mf_wait_until(lambda: forge.health()["celery"] == "connected", 10)
             assert run_cycles(server, readers, 200) == []
 
             worker.stop()
-            assert wait_until(lambda: forge.health()["celery"] == "disconnected", 10)
+            assert mf_wait_until(lambda: forge.health()["celery"] == "disconnected", 10)
             assert run_cycles(server, readers, 200) == []
-            assert model_keys(forge), "with the worker stopped, old keys stay until it runs again"
+            assert mf_cached_keys(forge), "with the worker stopped, old keys stay until it runs again"
 
             worker.start()
-            assert wait_until(lambda: model_keys(forge) == [])  # the queued tasks ran
+            assert mf_wait_until(lambda: mf_cached_keys(forge) == [])  # the queued tasks ran
             forge.predict("iris", X)  # one fresh key for the current version, then an update makes it old
             latest_is_v1_bytes = forge.get("iris").sha256 == forge.get("iris", 1).sha256
             assert forge.update("iris", IRIS[1] if latest_is_v1_bytes else IRIS[0]).version == 402
-            assert wait_until(lambda: model_keys(forge) == [])
+            assert mf_wait_until(lambda: mf_cached_keys(forge) == [])
         finally:
             server.close()
             for r in readers:
@@ -306,26 +270,22 @@ def test_delete_is_seen_everywhere_and_frees_sessions_via_event(mf_stack):
             assert answer["error"] == 404 and "not registered" in answer["message"]
             with pytest.raises(ModelNotFoundError):
                 forge.predict("iris", X)
-            assert wait_until(lambda: reader.ask("loaded")["loaded"] == [])
-            assert wait_until(lambda: model_keys(forge) == [])
+            assert mf_wait_until(lambda: reader.ask("loaded")["loaded"] == [])
+            assert mf_wait_until(lambda: mf_cached_keys(forge) == [])
         finally:
             reader.close()
 
 
-def test_broker_down_update_succeeds_and_cleans_up_inline(mf_postgres_url, mf_redis):
-    from .mf_plugin import REDIS_URL
-
-    _client, prefix = mf_redis
-    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
-                "celery_broker_url": "amqp://guest:guest@127.0.0.1:1//"}
+def test_broker_down_update_succeeds_and_cleans_up_inline(mf_services_settings):
+    settings = {**mf_services_settings, "celery_broker_url": "amqp://guest:guest@127.0.0.1:1//"}
     with ModelForge(**settings) as forge:
         forge.register("iris", IRIS[0])
         forge.predict("iris", X)
-        assert len(model_keys(forge)) == 1
+        assert len(mf_cached_keys(forge)) == 1
 
         rec = forge.update("iris", IRIS[1])
 
-        assert rec.version == 2 and model_keys(forge) == []
+        assert rec.version == 2 and mf_cached_keys(forge) == []
         res = forge.predict("iris", X)
         assert (res.model_version, res.cached) == (2, False)
         assert forge.health()["status"] == "degraded"
@@ -346,18 +306,14 @@ def bounded(fn, seconds: float):
 
 @pytest.mark.parametrize("scheme", ["amqp", "redis"])
 def test_a_broker_that_never_answers_costs_health_and_model_changes_only_its_deadline(
-    mf_postgres_url, mf_redis, mf_silent_listener, scheme
+    mf_services_settings, mf_silent_listener, scheme
 ):
     from modelforge_jupyter.tasks import celery_probe
 
-    from .mf_plugin import REDIS_URL
-
     # Given a broker that accepts connections and never answers, a 0.5 s broker deadline and a 1 s probe TTL
-    _client, prefix = mf_redis
     broker = f"{scheme}://guest:guest@127.0.0.1:{mf_silent_listener}//" if scheme == "amqp" else \
         f"redis://127.0.0.1:{mf_silent_listener}/0"
-    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
-                "celery_broker_url": broker, "broker_timeout": 0.5, "celery_probe_ttl": 1.0}
+    settings = {**mf_services_settings, "celery_broker_url": broker, "broker_timeout": 0.5, "celery_probe_ttl": 1.0}
     with ModelForge(**settings) as forge:
         forge.register("iris", IRIS[0])
 
@@ -375,10 +331,10 @@ def test_a_broker_that_never_answers_costs_health_and_model_changes_only_its_dea
         changes = []
         for path in (IRIS[1], IRIS[0], IRIS[1]):
             forge.predict("iris", X)
-            assert len(model_keys(forge)) == 1
+            assert len(mf_cached_keys(forge)) == 1
             changes.append(bounded(lambda p=path: forge.update("iris", p), 10)[1])
             # Then the cleanup ran inline: the old answers are gone now, not at their TTL
-            assert model_keys(forge) == []
+            assert mf_cached_keys(forge) == []
 
         # and only the first change paid the broker's deadline: the breaker skips it for cache_retry_after s
         assert changes[0] < 2.5 and max(changes[1:]) < 0.3, changes
@@ -396,12 +352,8 @@ def test_a_broker_that_never_answers_costs_health_and_model_changes_only_its_dea
         silent_cache.close()
 
 
-def test_a_dead_broker_costs_a_model_change_no_broker_wait(mf_postgres_url, mf_redis):
-    from .mf_plugin import REDIS_URL
-
-    _client, prefix = mf_redis
-    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
-                "celery_broker_url": "amqp://guest:guest@127.0.0.1:1//"}  # connection refused
+def test_a_dead_broker_costs_a_model_change_no_broker_wait(mf_services_settings):
+    settings = {**mf_services_settings, "celery_broker_url": "amqp://guest:guest@127.0.0.1:1//"}  # refused
     with ModelForge(**settings) as forge:
         forge.register("iris", IRIS[0])
         changes = []
@@ -410,7 +362,7 @@ def test_a_dead_broker_costs_a_model_change_no_broker_wait(mf_postgres_url, mf_r
             t0 = time.perf_counter()
             forge.update("iris", path)
             changes.append(time.perf_counter() - t0)
-            assert model_keys(forge) == []
+            assert mf_cached_keys(forge) == []
         health, took = bounded(forge.health, 10)
 
     # the old client retried the refused connection for 2 s on every change
@@ -424,7 +376,7 @@ def test_the_celery_probe_is_per_process_and_a_forked_child_runs_its_own(mf_sile
     broker = f"redis://127.0.0.1:{mf_silent_listener}/0"
     probe = celery_probe(broker, 0.2, 0.3)
     assert probe.status() == "disconnected"  # at most its 0.3 s deadline: the probe of a silent broker takes longer
-    assert wait_until(lambda: probe.probes == 1, 5)  # the parent's thread probed once
+    assert mf_wait_until(lambda: probe.probes == 1, 5)  # the parent's thread probed once
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: the parent's probe thread does not exist here
@@ -446,12 +398,9 @@ def test_the_celery_probe_is_per_process_and_a_forked_child_runs_its_own(mf_sile
     assert fresh and probes >= 1 and answers == ["disconnected"] * 3
 
 
-def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(mf_postgres_url, mf_redis):
-    from .mf_plugin import REDIS_URL
-
-    _client, prefix = mf_redis
-    settings = {"database_url": mf_postgres_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix}
-    with ModelForge(**settings) as forge:
+def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(mf_services_settings):
+    prefix = mf_services_settings["cache_key_prefix"]
+    with ModelForge(**mf_services_settings) as forge:
         rec = forge.register("iris", IRIS[0])
         stop = threading.Event()
         inputs = [[[5.9 + i * 0.01, 3.0, 5.1, 1.8]] for i in range(50)]
@@ -476,10 +425,10 @@ def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(m
         checked = 0
         for x in inputs:
             key = prediction_key(prefix, rec.id, input_hash(v2.sha256, prepare_feed(v2.inputs, x)))
-            value = forge.cache.client.get(key)
+            value = mf_cache_value(forge, key)
             if value is not None:
                 raw = mf_raw_run(IRIS[1], {"float_input": np.array(x, np.float32)})[1][0]
-                assert json.loads(value)["output_probability"][0] == {str(k): v for k, v in raw.items()}
+                assert json.loads(value)["output_probability"][0] == mf_zipmap([raw])[0]
                 checked += 1
         assert checked > 0
 

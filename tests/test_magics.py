@@ -10,7 +10,6 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from sklearn.datasets import load_iris
-from traitlets.config import Config
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.cli.bench import LABELS, MAGIC_PATHS, BenchResult, Row, format_row
@@ -18,11 +17,18 @@ from modelforge_jupyter.core.errors import ModelForgeError
 from modelforge_jupyter.kernel import bench_tables, dashboard
 from modelforge_jupyter.core.records import PredictionResult
 
-from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
+from .mf_plugin import (
+    SAMPLES,
+    mf_identity_model,
+    mf_make_shell,
+    mf_raw_outputs,
+    mf_raw_run,
+    mf_run_cell,
+    mf_zipmap,
+)
 
 IRIS, IRIS_V2, RF = SAMPLES / "iris.onnx", SAMPLES / "iris_v2.onnx", SAMPLES / "breast_cancer_rf.onnx"
 BAD_VERSION = "UsageError: argument --version: version must be a whole number >= 1, got "
-TRAITS = ("database_url", "redis_url", "cache_dir", "cache_key_prefix")
 
 
 def shown_ms(ms: float) -> str:
@@ -30,93 +36,58 @@ def shown_ms(ms: float) -> str:
     return f"{ms:,.1f}" if ms >= 1 else f"{ms:.2f}"
 
 
-def zipmap(raw_seq) -> list[dict]:
-    return [{str(k): v for k, v in m.items()} for m in raw_seq]
-
-
-def make_shell(config: Config | None = None) -> InteractiveShell:
-    c = config or Config()
-    c.HistoryAccessor.enabled = False  # no sqlite history file per shell
-    shell = InteractiveShell.instance(config=c)
-    shell.run_line_magic("load_ext", "modelforge_jupyter")
-    return shell
-
-
-@pytest.fixture
-def ip(mf_settings, monkeypatch):
-    """An IPython shell with the extension loaded, its magics configured (``c.ModelForgeMagics``) for the backend."""
-    monkeypatch.setenv("CELERY_BROKER_URL", mf_settings["celery_broker_url"])
-    c = Config()
-    for trait in TRAITS:
-        if trait in mf_settings:
-            c.ModelForgeMagics[trait] = mf_settings[trait]
-    shell = make_shell(c)
-    shell.user_ns["X"] = load_iris().data[:5]
-    yield shell
-    shell.run_line_magic("unload_ext", "modelforge_jupyter")
-    InteractiveShell.clear_instance()
-
-
-def run(shell: InteractiveShell, src: str):
-    """Run a cell; fail on any exception (the magics print refusals, they never raise)."""
-    result = shell.run_cell(src)
-    result.raise_error()
-    return result.result
-
-
 def registry_state(forge: ModelForge) -> list[tuple]:
     return [(m.name, m.id, m.version, m.versions) for m in forge.models()]
 
 
-def test_predict_line_form_equals_raw_onnxruntime_and_displays_a_table(ip, mf_forge):
-    run(ip, f"%mf_register iris {IRIS}")
+def test_predict_line_form_equals_raw_onnxruntime_and_displays_a_table(mf_ip, mf_forge):
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
     X = load_iris().data[:5].astype(np.float32)
 
-    run(ip, "r = %mf_predict iris X --no-cache")
-    second = run(ip, '%mf_predict iris {"float_input": X}')
-    third = run(ip, "%mf_predict iris X.tolist()")
+    mf_run_cell(mf_ip, "r = %mf_predict iris X --no-cache")
+    second = mf_run_cell(mf_ip, '%mf_predict iris {"float_input": X}')
+    third = mf_run_cell(mf_ip, "%mf_predict iris X.tolist()")
 
-    r = ip.user_ns["r"]
-    label, proba = mf_raw_run(IRIS, {"float_input": X})
+    r = mf_ip.user_ns["r"]
     assert isinstance(r, PredictionResult) and r.model_id == mf_forge.get("iris").id
-    assert r.output_data == {"output_label": label.tolist(), "output_probability": zipmap(proba)}
+    assert r.output_data == mf_raw_outputs(IRIS, {"float_input": X})
     assert (r.cached, second.cached, third.cached) == (False, False, True)
     assert third.output_data == r.output_data
-    data, _ = ip.display_formatter.format(r)
+    data, _ = mf_ip.display_formatter.format(r)
     assert "<table" in data["text/html"] and "<th>P(2)</th>" in data["text/html"]
     assert f'<span title="{r.inference_time_ms:.3f} ms">{shown_ms(r.inference_time_ms)} ms</span>' in data["text/html"]
     assert data["text/plain"].splitlines()[0] == f"iris v1 · {shown_ms(r.inference_time_ms)} ms · cache miss"
     assert len(data["text/plain"].splitlines()) == 2 + 1 + 5 + 1  # summary, header, rule, one line per sample, ids
 
 
-def test_predict_version_and_dataframe(ip):
+def test_predict_version_and_dataframe(mf_ip):
     import pandas as pd
 
-    run(ip, f"%mf_register iris {IRIS}")
-    run(ip, f"%mf_update iris {IRIS_V2}")
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
+    mf_run_cell(mf_ip, f"%mf_update iris {IRIS_V2}")
     X = load_iris().data[:5].astype(np.float32)
-    ip.user_ns["df"] = pd.DataFrame(load_iris().data[:5], columns=load_iris().feature_names)
+    mf_ip.user_ns["df"] = pd.DataFrame(load_iris().data[:5], columns=load_iris().feature_names)
 
-    v1 = run(ip, "%mf_predict iris df --version 1")
-    v2 = run(ip, "%mf_predict iris df")
+    v1 = mf_run_cell(mf_ip, "%mf_predict iris df --version 1")
+    v2 = mf_run_cell(mf_ip, "%mf_predict iris df")
 
     assert (v1.model_version, v2.model_version) == (1, 2)
-    assert v1.output_data["output_probability"] == zipmap(mf_raw_run(IRIS, {"float_input": X})[1])
-    assert v2.output_data["output_probability"] == zipmap(mf_raw_run(IRIS_V2, {"float_input": X})[1])
+    assert v1.output_data["output_probability"] == mf_zipmap(mf_raw_run(IRIS, {"float_input": X})[1])
+    assert v2.output_data["output_probability"] == mf_zipmap(mf_raw_run(IRIS_V2, {"float_input": X})[1])
 
 
-def test_cell_form_takes_the_http_body_and_stores_the_result(ip):
-    run(ip, f"%mf_register iris {IRIS}")
-    run(ip, f"%mf_update iris {IRIS_V2}")
+def test_cell_form_takes_the_http_body_and_stores_the_result(mf_ip):
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
+    mf_run_cell(mf_ip, f"%mf_update iris {IRIS_V2}")
     sample = [[5.1, 3.5, 1.4, 0.2]]
     body = orjson.dumps({"input_data": {"float_input": sample}, "use_cache": False, "version": 1}).decode()
 
-    out = run(ip, f"%%mf_predict iris -o r\n{body}")
-    bare = [run(ip, f"%%mf_predict iris -o s\n{orjson.dumps(sample).decode()}") for _ in range(2)]
+    out = mf_run_cell(mf_ip, f"%%mf_predict iris -o r\n{body}")
+    bare = [mf_run_cell(mf_ip, f"%%mf_predict iris -o s\n{orjson.dumps(sample).decode()}") for _ in range(2)]
 
-    assert ip.user_ns["r"] is out and (out.model_version, out.cached) == (1, False)
+    assert mf_ip.user_ns["r"] is out and (out.model_version, out.cached) == (1, False)
     assert out.output_data["output_label"] == mf_raw_run(IRIS, {"float_input": np.float32(sample)})[0].tolist()
-    assert ip.user_ns["s"] is bare[1] and [b.cached for b in bare] == [False, True]
+    assert mf_ip.user_ns["s"] is bare[1] and [b.cached for b in bare] == [False, True]
     assert bare[1].model_version == 2
 
 
@@ -146,18 +117,18 @@ ERRORS = [
 ]
 
 
-def test_refusals_print_one_line_and_change_nothing(ip, mf_forge, capsys):
+def test_refusals_print_one_line_and_change_nothing(mf_ip, mf_forge, capsys):
     mf_forge.register("iris", IRIS)
     before = registry_state(mf_forge)
     capsys.readouterr()
 
     for src, message in ERRORS:
-        result = ip.run_cell(src)
+        result = mf_ip.run_cell(src)
 
         out, err = capsys.readouterr()
         assert result.success and result.result is None, src
         assert err.splitlines() == [err.strip()] and err.startswith(message), (src, err)
-        assert out == "" and "out" not in ip.user_ns, src
+        assert out == "" and "out" not in mf_ip.user_ns, src
     assert registry_state(mf_forge) == before
 
 
@@ -187,7 +158,7 @@ VERSION_REFUSALS = [
 ]
 
 
-def test_a_bad_or_misspelt_version_refuses_in_one_line_and_deletes_nothing(ip, mf_forge, capsys):
+def test_a_bad_or_misspelt_version_refuses_in_one_line_and_deletes_nothing(mf_ip, mf_forge, capsys):
     # Given iris at versions 1 and 2
     mf_forge.register("iris", IRIS)
     mf_forge.update("iris", IRIS_V2)
@@ -195,13 +166,13 @@ def test_a_bad_or_misspelt_version_refuses_in_one_line_and_deletes_nothing(ip, m
     capsys.readouterr()
 
     for src, message in VERSION_REFUSALS:
-        result = ip.run_cell(src)
+        result = mf_ip.run_cell(src)
 
         # Then each call refuses in one line, returns nothing, and the registry still has every version
         out, err = capsys.readouterr()
         assert result.success and result.result is None, src
         assert err.splitlines() == [err.strip()] and err.startswith(message), (src, err)
-        assert out == "" and "out" not in ip.user_ns, src
+        assert out == "" and "out" not in mf_ip.user_ns, src
         assert registry_state(mf_forge) == before and mf_forge.get("iris").versions == [1, 2], src
     # the API that %mf_delete calls holds the same rule
     for version in (0, -1, True, "1", 1.0):
@@ -210,22 +181,22 @@ def test_a_bad_or_misspelt_version_refuses_in_one_line_and_deletes_nothing(ip, m
         assert registry_state(mf_forge) == before, version
 
 
-def test_a_comment_after_a_magic_is_ignored(ip, mf_forge, tmp_path, capsys):
+def test_a_comment_after_a_magic_is_ignored(mf_ip, mf_forge, tmp_path, capsys):
     # Given iris v1 and v2, and a model file whose path holds a '#'
-    run(ip, f"%mf_register iris {IRIS}  # first version")
-    run(ip, f"%mf_update iris {IRIS_V2}   # --version 1 stays")
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}  # first version")
+    mf_run_cell(mf_ip, f"%mf_update iris {IRIS_V2}   # --version 1 stays")
     hashed = tmp_path / "rf#2.onnx"
     hashed.write_bytes(RF.read_bytes())
-    ip.user_ns["d"] = {"a#b": load_iris().data[:2]}
+    mf_ip.user_ns["d"] = {"a#b": load_iris().data[:2]}
     capsys.readouterr()
 
-    table = run(ip, "%mf_models   # list them")
-    r = run(ip, "r = %mf_predict iris X   # try --version 1 later\nr")
-    keyed = run(ip, '%mf_predict iris d["a#b"] --no-cache  # the "#" in the key is no comment')
-    cell = run(ip, "%%mf_predict iris -o c  # as JSON\n[[5.1, 3.5, 1.4, 0.2]]")
-    run(ip, f"%mf_register rf '{hashed}'  # quoted: its '#' is the path's")
-    bench = run(ip, "%mf_bench iris X --iterations 2 --warmup 0 --no-cache --text;  # quick")
-    run(ip, "%mf_delete iris --version 1  # the old one")
+    table = mf_run_cell(mf_ip, "%mf_models   # list them")
+    r = mf_run_cell(mf_ip, "r = %mf_predict iris X   # try --version 1 later\nr")
+    keyed = mf_run_cell(mf_ip, '%mf_predict iris d["a#b"] --no-cache  # the "#" in the key is no comment')
+    cell = mf_run_cell(mf_ip, "%%mf_predict iris -o c  # as JSON\n[[5.1, 3.5, 1.4, 0.2]]")
+    mf_run_cell(mf_ip, f"%mf_register rf '{hashed}'  # quoted: its '#' is the path's")
+    bench = mf_run_cell(mf_ip, "%mf_bench iris X --iterations 2 --warmup 0 --no-cache --text;  # quick")
+    mf_run_cell(mf_ip, "%mf_delete iris --version 1  # the old one")
 
     out, err = capsys.readouterr()
     assert err == ""
@@ -234,7 +205,7 @@ def test_a_comment_after_a_magic_is_ignored(ip, mf_forge, tmp_path, capsys):
         IRIS_V2, {"float_input": X5()})[0].tolist()
     assert keyed.model_version == 2 and keyed.output_data["output_label"] == mf_raw_run(
         IRIS_V2, {"float_input": X5()[:2]})[0].tolist()
-    assert ip.user_ns["c"] is cell and cell.model_version == 2
+    assert mf_ip.user_ns["c"] is cell and cell.model_version == 2
     assert mf_forge.get("rf").size_bytes == RF.stat().st_size
     assert bench is not None and bench.batch_sizes == (5,)
     assert mf_forge.get("iris").versions == [2]
@@ -245,12 +216,12 @@ def X5() -> np.ndarray:
     return load_iris().data[:5].astype(np.float32)
 
 
-def test_magics_inside_a_function_see_its_locals(ip, mf_forge, capsys):
+def test_magics_inside_a_function_see_its_locals(mf_ip, mf_forge, capsys):
     # Given iris, and a global `rows` that the function's local `rows` shadows
     mf_forge.register("iris", IRIS)
-    ip.user_ns["rows"] = [[0.0, 0.0, 0.0, 0.0]]
+    mf_ip.user_ns["rows"] = [[0.0, 0.0, 0.0, 0.0]]
 
-    run(ip, "\n".join([
+    mf_run_cell(mf_ip, "\n".join([
         "def f(n):",
         "    rows = X[:n]",
         "    out = %mf_predict iris rows --no-cache",
@@ -260,20 +231,20 @@ def test_magics_inside_a_function_see_its_locals(ip, mf_forge, capsys):
         "out, comp, res = f(3)",
     ]))
 
-    out, comp, res = (ip.user_ns[k] for k in ("out", "comp", "res"))
+    out, comp, res = (mf_ip.user_ns[k] for k in ("out", "comp", "res"))
     assert capsys.readouterr().err == ""
-    label, proba = mf_raw_run(IRIS, {"float_input": X5()[:3]})
+    expected = mf_raw_outputs(IRIS, {"float_input": X5()[:3]})
     for r in (out, comp):
-        assert r.output_data == {"output_label": label.tolist(), "output_probability": zipmap(proba)}
+        assert r.output_data == expected
     assert res.batch_sizes == (3,)  # the local's 3 rows, not the global's 1
 
 
-def test_mf_register_refuses_a_name_that_is_another_models_id(ip, mf_forge, capsys):
+def test_mf_register_refuses_a_name_that_is_another_models_id(mf_ip, mf_forge, capsys):
     rec = mf_forge.register("iris", IRIS)
     before = registry_state(mf_forge)
     capsys.readouterr()
 
-    ip.run_cell(f"%mf_register {rec.id} {IRIS_V2}")
+    mf_ip.run_cell(f"%mf_register {rec.id} {IRIS_V2}")
 
     assert capsys.readouterr().err == (
         f"ModelForgeError: invalid model name {rec.id!r}: it has the form of a model id (a uuid), and a name must "
@@ -283,23 +254,23 @@ def test_mf_register_refuses_a_name_that_is_another_models_id(ip, mf_forge, caps
 
 
 @pytest.mark.parametrize("mf_backend", ["embedded"])
-def test_a_setting_out_of_range_in_the_environment_is_one_line(ip, monkeypatch, capsys):
+def test_a_setting_out_of_range_in_the_environment_is_one_line(mf_ip, monkeypatch, capsys):
     monkeypatch.setenv("MODELFORGE_MODEL_INSTANCES", "0")
 
-    assert ip.run_line_magic("mf_models", "") is None
+    assert mf_ip.run_line_magic("mf_models", "") is None
 
     assert capsys.readouterr().err == (
         "ModelForgeError: cannot start ModelForge: model_instances must be a whole number from 1 to 1024, got 0\n")
 
 
-def test_register_update_delete_and_models_table(ip, mf_forge, capsys):
-    ip.user_ns["path"] = str(SAMPLES / "diabetes.onnx")
+def test_register_update_delete_and_models_table(mf_ip, mf_forge, capsys):
+    mf_ip.user_ns["path"] = str(SAMPLES / "diabetes.onnx")
 
-    run(ip, f"%mf_register iris {IRIS}")
-    run(ip, "%mf_register diabetes $path")
-    run(ip, "table = %mf_models")
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
+    mf_run_cell(mf_ip, "%mf_register diabetes $path")
+    mf_run_cell(mf_ip, "table = %mf_models")
 
-    table, iris, diabetes = ip.user_ns["table"], mf_forge.get("iris"), mf_forge.get("diabetes")
+    table, iris, diabetes = mf_ip.user_ns["table"], mf_forge.get("iris"), mf_forge.get("diabetes")
     assert capsys.readouterr().out.splitlines() == [
         "✓ registered iris v1",
         "  inputs   float32 [?, 4]",
@@ -316,11 +287,11 @@ def test_register_update_delete_and_models_table(ip, mf_forge, capsys):
     assert f'<code title="{diabetes.id}">{diabetes.id[:8]}</code>' in table._repr_html_()
     assert list(table.to_df()["id"]) == [diabetes.id, iris.id]
 
-    run(ip, f"%mf_update iris {IRIS_V2}")
-    run(ip, f"%mf_update iris {IRIS_V2}")
-    run(ip, "%mf_delete iris --version 1")
+    mf_run_cell(mf_ip, f"%mf_update iris {IRIS_V2}")
+    mf_run_cell(mf_ip, f"%mf_update iris {IRIS_V2}")
+    mf_run_cell(mf_ip, "%mf_delete iris --version 1")
     assert mf_forge.get("iris").versions == [2]
-    run(ip, "%mf_delete iris")
+    mf_run_cell(mf_ip, "%mf_delete iris")
 
     assert capsys.readouterr().out.splitlines() == [
         "✓ updated iris to v2 (versions 1, 2)",
@@ -331,8 +302,8 @@ def test_register_update_delete_and_models_table(ip, mf_forge, capsys):
         f"✓ deleted iris (all versions, id {iris.id})",
     ]
     assert [m.name for m in mf_forge.models()] == ["diabetes"]
-    run(ip, "%mf_delete diabetes")
-    assert repr(run(ip, "%mf_models")) == "no models registered: %mf_register NAME PATH adds one"
+    mf_run_cell(mf_ip, "%mf_delete diabetes")
+    assert repr(mf_run_cell(mf_ip, "%mf_models")) == "no models registered: %mf_register NAME PATH adds one"
 
 
 def test_config_overrides_the_environment_and_rebuilds(tmp_path, monkeypatch):
@@ -342,20 +313,20 @@ def test_config_overrides_the_environment_and_rebuilds(tmp_path, monkeypatch):
     monkeypatch.setenv("MODELFORGE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("REDIS_URL", "")
     monkeypatch.setenv("CELERY_BROKER_URL", "")
-    shell = make_shell()
+    shell = mf_make_shell()
     try:
         magics = shell.magics_manager.registry["ModelForgeMagics"]
-        run(shell, f"%mf_register iris {IRIS}")
+        mf_run_cell(shell, f"%mf_register iris {IRIS}")
         first = magics.forge
         # When %config names registry B
-        run(shell, f"%config ModelForgeMagics.database_url = '{cfg_url}'")
+        mf_run_cell(shell, f"%config ModelForgeMagics.database_url = '{cfg_url}'")
         assert magics._forge is None  # closed; rebuilt on next use
-        assert len(run(shell, "%mf_models")) == 0
-        run(shell, f"%mf_register rf {RF}")
-        run(shell, "%config ModelForgeMagics.cache_prediction_enabled = False")
+        assert len(mf_run_cell(shell, "%mf_models")) == 0
+        mf_run_cell(shell, f"%mf_register rf {RF}")
+        mf_run_cell(shell, "%config ModelForgeMagics.cache_prediction_enabled = False")
         shell.user_ns["X"] = [[5.1, 3.5, 1.4, 0.2]]
-        run(shell, f"%mf_register iris {IRIS}")
-        cached = [run(shell, "%mf_predict iris X").cached for _ in range(2)]
+        mf_run_cell(shell, f"%mf_register iris {IRIS}")
+        cached = [mf_run_cell(shell, "%mf_predict iris X").cached for _ in range(2)]
     finally:
         shell.run_line_magic("unload_ext", "modelforge_jupyter")
         InteractiveShell.clear_instance()
@@ -368,24 +339,25 @@ def test_config_overrides_the_environment_and_rebuilds(tmp_path, monkeypatch):
         assert [m.name for m in b.models()] == ["iris", "rf"]
 
 
-def test_config_sets_every_setting_of_the_table_and_the_rebuilt_forge_uses_them(mf_redis, tmp_path, monkeypatch):
+def test_config_sets_every_setting_of_the_table_and_the_rebuilt_forge_uses_them(mf_redis, mf_redis_url, tmp_path,
+                                                                                 monkeypatch):
     from modelforge_jupyter.core.settings import ENV_VARS, SETTINGS
 
-    from .mf_plugin import REDIS_URL
     from .test_settings import other_value
 
     # Given a shell whose environment sets no setting, and for each setting of the table a value other than its default
     for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MODELFORGE_DATA_DIR", str(tmp_path / "data"))
-    values = {s.name: other_value(s.name, tmp_path, REDIS_URL) for s in SETTINGS} | {"cache_key_prefix": mf_redis[1]}
-    shell = make_shell()
+    values = {s.name: other_value(s.name, tmp_path, mf_redis_url) for s in SETTINGS} | {
+        "cache_key_prefix": mf_redis[1]}
+    shell = mf_make_shell()
     try:
         magics = shell.magics_manager.registry["ModelForgeMagics"]
         first = magics.forge
         # When each is set with %config
         for name, value in values.items():
-            run(shell, f"%config ModelForgeMagics.{name} = {value!r}")
+            mf_run_cell(shell, f"%config ModelForgeMagics.{name} = {value!r}")
         forge = magics.forge
         settings = {name: getattr(forge.settings, name) for name in values}
     finally:
@@ -409,13 +381,13 @@ def check_bench_result(res: BenchResult, batch_sizes: tuple, paths: tuple, itera
     assert d["model"] == res.model and d["batch_sizes"] == list(batch_sizes)
 
 
-def test_bench_text_fallback_prints_rows_and_returns_a_result(ip, capsys):
-    run(ip, f"%mf_register rf {RF}")
+def test_bench_text_fallback_prints_rows_and_returns_a_result(mf_ip, capsys):
+    mf_run_cell(mf_ip, f"%mf_register rf {RF}")
     capsys.readouterr()
 
-    run(ip, "res = %mf_bench rf --batch-sizes 1,10 --iterations 3 --warmup 1")
+    mf_run_cell(mf_ip, "res = %mf_bench rf --batch-sizes 1,10 --iterations 3 --warmup 1")
 
-    res = ip.user_ns["res"]
+    res = mf_ip.user_ns["res"]
     check_bench_result(res, (1, 10), MAGIC_PATHS, 3)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "%mf_bench rf: ModelForge beside raw ONNX Runtime (10 cells)"
@@ -423,7 +395,7 @@ def test_bench_text_fallback_prints_rows_and_returns_a_result(ip, capsys):
     assert [line.split()[:3] for line in lines[3:-1]] == [["rf", str(r.batch), r.path] for r in res.rows]
 
 
-def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
+def test_bench_dashboard_fills_in_while_it_runs(mf_ip, monkeypatch):
     shown, steps = [], []
     show = dashboard.BenchDashboard.show
 
@@ -434,11 +406,11 @@ def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
         show(view)
 
     monkeypatch.setattr(dashboard.BenchDashboard, "show", watch)
-    run(ip, "%config ModelForgeMagics.widgets = 'on'")
-    run(ip, f"%mf_register iris {IRIS}")
+    mf_run_cell(mf_ip, "%config ModelForgeMagics.widgets = 'on'")
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
 
     with capture_output() as captured:
-        res = run(ip, "%mf_bench iris X --batch-sizes 1,10,100 --iterations 2 --warmup 0")
+        res = mf_run_cell(mf_ip, "%mf_bench iris X --batch-sizes 1,10,100 --iterations 2 --warmup 0")
 
     check_bench_result(res, (1, 10, 100), MAGIC_PATHS, 2)
     (view,) = shown
@@ -478,11 +450,11 @@ def test_bench_dashboard_fills_in_while_it_runs(ip, monkeypatch):
     assert res.backend in view.foot.value and len(box.children) == 5
 
 
-def test_bench_result_shows_its_figures_as_text_and_html(ip):
-    run(ip, f"%mf_register iris {IRIS}")
+def test_bench_result_shows_its_figures_as_text_and_html(mf_ip):
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
 
-    res = run(ip, "%mf_bench iris --batch-sizes 1,4 --iterations 2 --warmup 0 --text")
-    data, _ = ip.display_formatter.format(res)
+    res = mf_run_cell(mf_ip, "%mf_bench iris --batch-sizes 1,4 --iterations 2 --warmup 0 --text")
+    data, _ = mf_ip.display_formatter.format(res)
 
     lines = data["text/plain"].splitlines()
     assert lines[0] == (f"BenchResult iris v1: 10 rows over batch sizes [1, 4] ({res.backend}); .table, .to_dict()")
@@ -501,27 +473,27 @@ def test_bench_result_shows_its_figures_as_text_and_html(ip):
     assert body.count(f"<td>{LABELS['cold']}</td>") == 1
 
 
-def test_a_bare_bench_shows_its_figures_once_and_the_result_again_later(ip):
+def test_a_bare_bench_shows_its_figures_once_and_the_result_again_later(mf_ip):
     # Given the widget dashboard
-    run(ip, "%config ModelForgeMagics.widgets = 'on'")
-    run(ip, f"%mf_register iris {IRIS}")
+    mf_run_cell(mf_ip, "%config ModelForgeMagics.widgets = 'on'")
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
 
     # When a cell is just the magic (its value goes to the display hook), then a later cell shows the result
     with capture_output() as bare:
-        res = run(ip, "%mf_bench iris --batch-sizes 1 --iterations 2 --warmup 0 --no-cache")
+        res = mf_run_cell(mf_ip, "%mf_bench iris --batch-sizes 1 --iterations 2 --warmup 0 --no-cache")
     with capture_output() as later:
-        run(ip, "_")
+        mf_run_cell(mf_ip, "_")
 
     # Then the cell showed the dashboard, the plot and the table once, and no Out[] repr of the BenchResult
-    assert isinstance(res, BenchResult) and ip.user_ns["_"] is res
+    assert isinstance(res, BenchResult) and mf_ip.user_ns["_"] is res
     assert len(bare.outputs) == 4 and "BenchResult" not in bare.stdout
     assert sum("text/html" in o.data for o in bare.outputs) == 1
     # and the later cell shows it as any value: nothing left of the first cell's suppression
     assert later.stdout.startswith("Out[") and "BenchResult iris v1: 4 rows" in later.stdout
-    assert id(res) not in ip.display_formatter.ipython_display_formatter.singleton_printers
+    assert id(res) not in mf_ip.display_formatter.ipython_display_formatter.singleton_printers
 
 
-def test_a_stopped_bench_says_so_and_leaves_what_it_measured(ip, monkeypatch):
+def test_a_stopped_bench_says_so_and_leaves_what_it_measured(mf_ip, monkeypatch):
     # Given a run interrupted (Ctrl-C) after its third cell
     update = dashboard.BenchDashboard.update
 
@@ -531,11 +503,11 @@ def test_a_stopped_bench_says_so_and_leaves_what_it_measured(ip, monkeypatch):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(dashboard.BenchDashboard, "update", interrupted)
-    run(ip, "%config ModelForgeMagics.widgets = 'on'")
-    run(ip, f"%mf_register iris {IRIS}")
+    mf_run_cell(mf_ip, "%config ModelForgeMagics.widgets = 'on'")
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
 
     with capture_output() as captured:
-        stopped = ip.run_cell("%mf_bench iris --batch-sizes 1,10 --iterations 2 --warmup 0")
+        stopped = mf_ip.run_cell("%mf_bench iris --batch-sizes 1,10 --iterations 2 --warmup 0")
 
     # Then the dashboard says where it stopped, and the three figures measured stay as an ordinary output
     assert isinstance(stopped.error_in_exec, KeyboardInterrupt)
@@ -547,12 +519,12 @@ def test_a_stopped_bench_says_so_and_leaves_what_it_measured(ip, monkeypatch):
     assert partial.data["text/html"].split("<tbody>")[1].count("<tr>") == 3
 
 
-def test_bench_of_a_fixed_batch_model_measures_only_its_batch(ip, mf_forge, capsys):
+def test_bench_of_a_fixed_batch_model_measures_only_its_batch(mf_ip, mf_forge, capsys):
     # Given a model whose input is float32 [1, 4]: one row per run
     mf_forge.register("one", mf_identity_model("float32", [1, 4]))
 
-    res = run(ip, "%mf_bench one --iterations 2 --warmup 0 --text")
-    refused = ip.run_cell("%mf_bench one --batch-sizes 10,100")
+    res = mf_run_cell(mf_ip, "%mf_bench one --iterations 2 --warmup 0 --text")
+    refused = mf_ip.run_cell("%mf_bench one --batch-sizes 10,100")
 
     out, err = capsys.readouterr()
     assert res.batch_sizes == (1,) and {r.batch for r in res.table.itertuples()} == {1}
@@ -562,13 +534,14 @@ def test_bench_of_a_fixed_batch_model_measures_only_its_batch(ip, mf_forge, caps
         "InvalidInputError: batch sizes 10, 100 cannot run: one v1 takes batch 1 only (input 'x' is float32 [1, 4])\n")
 
 
-def test_bench_input_expression_no_cache_and_sample_inputs_of_any_dtype(ip, mf_forge):
-    run(ip, f"%mf_register iris {IRIS}")
+def test_bench_input_expression_no_cache_and_sample_inputs_of_any_dtype(mf_ip, mf_forge):
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
     mf_forge.register("ident", mf_identity_model("string", ["N", "T"]))
     mf_forge.register("ident8", mf_identity_model("int8", ["N", 2]))
 
-    res = run(ip, "%mf_bench iris X --no-cache --iterations 2 --text")
-    idents = [run(ip, f"%mf_bench {n} --batch-sizes 1,3 --iterations 2 --no-cache") for n in ("ident", "ident8")]
+    res = mf_run_cell(mf_ip, "%mf_bench iris X --no-cache --iterations 2 --text")
+    idents = [mf_run_cell(mf_ip, f"%mf_bench {n} --batch-sizes 1,3 --iterations 2 --no-cache")
+              for n in ("ident", "ident8")]
 
     no_hit = tuple(p for p in MAGIC_PATHS if p != "api_hit")
     check_bench_result(res, (5,), no_hit, 2)  # the batch of X
@@ -576,16 +549,17 @@ def test_bench_input_expression_no_cache_and_sample_inputs_of_any_dtype(ip, mf_f
         check_bench_result(r, (1, 3), no_hit, 2)
 
 
-def test_unload_closes_the_forge_and_removes_the_magics(ip, monkeypatch):
-    magics = ip.magics_manager.registry["ModelForgeMagics"]
+def test_unload_closes_the_forge_and_removes_the_magics(mf_ip, monkeypatch):
+    magics = mf_ip.magics_manager.registry["ModelForgeMagics"]
     forge = magics.forge
     closed, close = [], forge.close
     monkeypatch.setattr(forge, "close", lambda: (closed.append(forge), close()))
 
-    ip.run_line_magic("unload_ext", "modelforge_jupyter")
+    mf_ip.run_line_magic("unload_ext", "modelforge_jupyter")
 
-    assert closed == [forge] and magics._forge is None and magics not in ip.configurables
-    assert "mf_predict" not in ip.magics_manager.magics["line"] and "mf_predict" not in ip.magics_manager.magics["cell"]
-    assert PredictionResult not in ip.display_formatter.formatters["text/html"].type_printers
-    ip.run_line_magic("load_ext", "modelforge_jupyter")
-    assert len(run(ip, "%mf_models")) == 0
+    assert closed == [forge] and magics._forge is None and magics not in mf_ip.configurables
+    magic_names = mf_ip.magics_manager.magics
+    assert "mf_predict" not in magic_names["line"] and "mf_predict" not in magic_names["cell"]
+    assert PredictionResult not in mf_ip.display_formatter.formatters["text/html"].type_printers
+    mf_ip.run_line_magic("load_ext", "modelforge_jupyter")
+    assert len(mf_run_cell(mf_ip, "%mf_models")) == 0

@@ -16,7 +16,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.kernel import bench_tables
 
-from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_outputs, mf_raw_run
 
 IRIS = SAMPLES / "iris.onnx"
 SAMPLE = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -71,9 +71,7 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
                                                           "  outputs  output_label int64 [?], output_probability "
                                                           "map per row\n")]
     printed, shown = predict
-    label, proba = mf_raw_run(IRIS, {"float_input": np.float32(SAMPLE)})
-    assert json.loads(printed["text"]) == {
-        "output_label": label.tolist(), "output_probability": [{str(k): v for k, v in m.items()} for m in proba]}
+    assert json.loads(printed["text"]) == mf_raw_outputs(IRIS, {"float_input": np.float32(SAMPLE)})
     assert shown["output_type"] == "execute_result" and "<table" in shown["data"]["text/html"]
     assert re.fullmatch(r"iris v1 · [\d.,]+ ms · cache miss", shown["data"]["text/plain"].splitlines()[0])
     assert shown["data"]["text/plain"].splitlines()[-1].startswith(f"model id {rec.id} · prediction id ")

@@ -15,10 +15,18 @@ from modelforge_jupyter.core.engine import Engine
 from modelforge_jupyter.core.errors import InvalidModelError, ResourceLimitError
 from modelforge_jupyter.core.settings import Settings
 
-from .mf_plugin import mf_raw_run
-from .mf_server import http, isolated_env, start_server
+from .mf_plugin import (
+    MiB,
+    mf_cached_keys,
+    mf_constant_of_shape_model,
+    mf_http,
+    mf_isolated_env,
+    mf_peak_rss_growth,
+    mf_proc_status,
+    mf_raw_run,
+    mf_start_server,
+)
 
-MiB = 1 << 20
 N = 4_000_000  # float32 elements: 16 MB, over the 1 MiB budgets below
 
 
@@ -48,8 +56,7 @@ def constant_of_shape() -> onnx.ModelProto:
 
 
 def reduced_constant_of_shape(n: int = N) -> onnx.ModelProto:
-    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
-    return _summed([_const("shape", [n]), helper.make_node("ConstantOfShape", ["shape"], ["big"], value=fill)], "big")
+    return mf_constant_of_shape_model(n)
 
 
 def tiled() -> onnx.ModelProto:
@@ -82,33 +89,11 @@ def weights(seed: int, megabytes: int) -> bytes:
                   [numpy_helper.from_array(w, "W")]).SerializeToString()
 
 
-def _status(key: str, pid: int | str = "self") -> int:
-    """``VmHWM`` (peak) or ``VmRSS`` of a process, in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{key}:"))
-
-
-def _peak_growth(fn) -> int:
-    """How far ``fn()`` raises this process's peak RSS above its RSS before (bytes): the peak is reset first."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    before = _status("VmRSS")
-    fn()
-    return _status("VmHWM") - before
-
-
-@pytest.fixture
-def warm_engine():
-    """Build a first session in this process (of a model with a constant to size), so ONNX Runtime's thread pools and
-    kernel registry and ONNX's operator schemas, built once per process, are not charged to a test."""
-    Engine().inspect("warm", reduced_constant_of_shape(10).SerializeToString())
-
-
 @pytest.mark.parametrize("build, node", [
     (constant_of_shape, "ConstantOfShape"), (reduced_constant_of_shape, "ConstantOfShape"), (tiled, "Tile"),
     (sparse_constant, "Constant"),
 ])
-def test_constants_over_budget_are_refused_before_any_session(build, node, warm_engine):
+def test_constants_over_budget_are_refused_before_any_session(build, node, mf_warm_engine):
     engine = Engine(max_constant_bytes=MiB)
     data = build().SerializeToString()
 
@@ -118,7 +103,7 @@ def test_constants_over_budget_are_refused_before_any_session(build, node, warm_
         errors.append(refused.value)
 
     errors: list = []
-    assert _peak_growth(load) < 4 * MiB  # the 16 MB constant was never built
+    assert mf_peak_rss_growth(load) < 4 * MiB  # the 16 MB constant was never built
     refused = errors[0]
 
     message = str(refused)
@@ -128,7 +113,7 @@ def test_constants_over_budget_are_refused_before_any_session(build, node, warm_
     assert engine.loads == 0 and engine.loaded() == []
 
 
-def test_constants_inference_cannot_size_are_not_folded_past_the_budget(warm_engine):
+def test_constants_inference_cannot_size_are_not_folded_past_the_budget(mf_warm_engine):
     # Given a 32 MB constant whose shape ONNX shape inference cannot read without data propagation (a Concat)
     fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
     model = _summed([_const("a", [2 * N // 1000]), _const("b", [1000]),
@@ -137,7 +122,7 @@ def test_constants_inference_cannot_size_are_not_folded_past_the_budget(warm_eng
     engine = Engine(max_constant_bytes=MiB)
 
     # When it is loaded: accepted, but ONNX Runtime's per-node folding cap (what the budget leaves) keeps it unfolded
-    grown = _peak_growth(lambda: engine.inspect("concat", model.SerializeToString()))
+    grown = mf_peak_rss_growth(lambda: engine.inspect("concat", model.SerializeToString()))
 
     assert grown < 16 * MiB  # folding it takes over 64 MB at peak
     y = engine.run("concat", lambda: b"", {"x": np.zeros(1, np.float32)})["y"]
@@ -173,24 +158,18 @@ def test_output_over_the_limit_is_413_and_never_cached(mf_settings):
             assert "400000 bytes" in str(refused.value) and "65536 bytes" in str(refused.value)
             assert "MODELFORGE_MAX_OUTPUT_BYTES" in str(refused.value)
 
-        assert _cached_predictions(forge) == 1  # the small answer only
-
-
-def _cached_predictions(forge: ModelForge) -> int:
-    if forge.cache.backend == "redis":
-        return len(list(forge.cache.client.scan_iter(match=f"{forge.settings.cache_key_prefix}:prediction:*")))
-    return len(forge.cache.cache)
+        assert len(mf_cached_keys(forge)) == 1  # the small answer only
 
 
 def test_server_memory_stays_within_budgets(tmp_path):
     # Given a server whose ONNX Runtime arena holds 8 MiB and whose answers hold at most 1 MiB
-    env = isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),
+    env = mf_isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),
                        MODELFORGE_MAX_ARENA_BYTES=str(8 * MiB), MODELFORGE_MAX_SESSION_BYTES=str(4 * MiB),
                        MODELFORGE_MAX_OUTPUT_BYTES=str(MiB), MODELFORGE_MAX_CONSTANT_BYTES=str(MiB))
-    server = start_server(tmp_path / "server", env)
+    server = mf_start_server(tmp_path / "server", env)
     try:
         def call(method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-            status, answer = http(method, server.url + path, body, server.token)
+            status, answer = mf_http(method, server.url + path, body, server.token)
             return status, orjson.loads(answer) if answer else {}
 
         def predict(n: int) -> tuple[int, dict]:
@@ -199,7 +178,7 @@ def test_server_memory_stays_within_budgets(tmp_path):
         assert call("PUT", "modelforge/models/cos", shape_from_input().SerializeToString())[0] == 201
         status, body = predict(1000)
         assert status == 200 and body["output_data"]["y"] == [1.0] * 1000
-        start = _status("VmHWM", server.pid)
+        start = mf_proc_status("VmHWM", server.pid)
 
         def refused_round() -> None:
             status, body = call("PUT", "modelforge/models/bomb", reduced_constant_of_shape().SerializeToString())
@@ -213,13 +192,13 @@ def test_server_memory_stays_within_budgets(tmp_path):
 
         # When: a model computing a 16 MB constant is uploaded, then answers of 4 MB and runs of 16 MB are asked
         refused_round()  # the first also loads ONNX's operator schemas and the arena's 4 MB region: kept after
-        warm = _status("VmHWM", server.pid)
+        warm = mf_proc_status("VmHWM", server.pid)
         for _ in range(2):
             refused_round()
 
         # Then the server grew by less than one of those answers' JSON, then not at all, and still serves
         assert warm - start < 24 * MiB
-        assert _status("VmHWM", server.pid) - warm < 8 * MiB
+        assert mf_proc_status("VmHWM", server.pid) - warm < 8 * MiB
         assert predict(200_000)[0] == 200
         assert call("GET", "modelforge/models/bomb")[0] == 404
     finally:
@@ -263,7 +242,7 @@ def string_constant_bomb(n: int = N // 8) -> onnx.ModelProto:
     return _summed(nodes, "f")
 
 
-def test_constants_inside_local_functions_are_sized(warm_engine):
+def test_constants_inside_local_functions_are_sized(mf_warm_engine):
     engine = Engine(max_constant_bytes=MiB)
     data = function_bomb().SerializeToString()
     errors: list = []
@@ -273,7 +252,7 @@ def test_constants_inside_local_functions_are_sized(warm_engine):
             engine.inspect("func", data)
         errors.append(refused.value)
 
-    assert _peak_growth(load) < 4 * MiB  # ONNX Runtime inlines the function and folds 16 MB
+    assert mf_peak_rss_growth(load) < 4 * MiB  # ONNX Runtime inlines the function and folds 16 MB
     assert len(data) < 1000 and errors[0].status == 400
     assert "'Concat'" in str(errors[0]) and str(N * 4) in str(errors[0]) and "MODELFORGE_MAX_CONSTANT_BYTES" in str(
         errors[0])
@@ -297,7 +276,7 @@ def test_local_functions_that_expand_without_bound_are_refused():
         Engine().inspect("deep", model.SerializeToString())
 
 
-def test_string_constants_are_sized_with_their_characters(warm_engine):
+def test_string_constants_are_sized_with_their_characters(mf_warm_engine):
     engine = Engine(max_constant_bytes=8 * MiB)
     data = string_constant_bomb().SerializeToString()  # 500000 strings: 16 MB as ONNX Runtime counts, 166 MB held
     errors: list = []
@@ -307,11 +286,11 @@ def test_string_constants_are_sized_with_their_characters(warm_engine):
             engine.inspect("strings", data)
         errors.append(refused.value)
 
-    assert _peak_growth(load) < 4 * MiB
+    assert mf_peak_rss_growth(load) < 4 * MiB
     assert "'Expand'" in str(errors[0]) and str(N // 8 * 332) in str(errors[0])
 
 
-def test_string_constants_inference_cannot_size_stay_within_the_budget(warm_engine):
+def test_string_constants_inference_cannot_size_stay_within_the_budget(mf_warm_engine):
     # Given a 1000-character constant expanded to 2**15 strings by a shape ONNX shape inference cannot read (Concat):
     # ONNX Runtime's folding cap counts 1 MB (32 bytes each), the strings hold 34 MB
     text = "S" * 1000
@@ -322,7 +301,7 @@ def test_string_constants_inference_cannot_size_stay_within_the_budget(warm_engi
     model = _summed(nodes, "f")
     engine = Engine(max_constant_bytes=8 * MiB)
 
-    grown = _peak_growth(lambda: engine.inspect("strings", model.SerializeToString()))
+    grown = mf_peak_rss_growth(lambda: engine.inspect("strings", model.SerializeToString()))
 
     assert grown < 16 * MiB  # not folded: computed at run time instead
     assert engine.run("strings", lambda: b"", {"x": np.zeros(1, np.float32)})["y"] == [float(2 ** 15)]
@@ -384,7 +363,7 @@ def test_string_outputs_are_counted_with_their_characters(mf_settings):
                 forge.predict("tile", {"s": [text]})
             assert refused.value.status == 413 and "208000 bytes" in str(refused.value)
 
-        assert _cached_predictions(forge) == 1
+        assert len(mf_cached_keys(forge)) == 1
 
 
 def test_zipmap_string_labels_are_counted_in_every_row(mf_settings):
@@ -407,7 +386,7 @@ def test_zipmap_string_labels_are_counted_in_every_row(mf_settings):
 
         # Then it is refused naming the size, and only the small answer is cached
         assert refused.value.status == 413 and "401600 bytes" in str(refused.value)
-        assert _cached_predictions(forge) == 1
+        assert len(mf_cached_keys(forge)) == 1
 
 
 @pytest.mark.parametrize("copier", ["Tile", "Concat"])
@@ -421,24 +400,24 @@ def test_request_strings_a_model_copies_are_bounded_before_the_run(tmp_path, cop
                     helper.make_node("Gather", ["big", "i"], ["y"], axis=0)],
                    [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
                    [helper.make_tensor_value_info("y", TensorProto.STRING, [1])])
-    env = isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),
+    env = mf_isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),
                        MODELFORGE_MAX_ARENA_BYTES=str(8 * MiB))
-    server = start_server(tmp_path / "server", env)
+    server = mf_start_server(tmp_path / "server", env)
     try:
         def predict(text: str) -> tuple[int, dict]:
             body = orjson.dumps({"model_id": "tile", "input_data": {"s": [text]}})
-            status, answer = http("POST", server.url + "modelforge/predict", body, server.token)
+            status, answer = mf_http("POST", server.url + "modelforge/predict", body, server.token)
             return status, orjson.loads(answer)
 
-        assert http("PUT", server.url + "modelforge/models/tile", model.SerializeToString(), server.token)[0] == 201
+        assert mf_http("PUT", server.url + "modelforge/models/tile", model.SerializeToString(), server.token)[0] == 201
         status, body = predict("d" * 40)  # 4 MB of copies: served
         assert status == 200 and body["output_data"] == {"y": ["d" * 40]}
-        start = _status("VmHWM", server.pid)
+        start = mf_proc_status("VmHWM", server.pid)
 
         status, body = predict("D" * 1000)
 
         assert status == 413 and "100000 times" in body["message"] and "MODELFORGE_MAX_ARENA_BYTES" in body["message"]
-        assert _status("VmHWM", server.pid) - start < 16 * MiB  # not run: 100 MB otherwise
+        assert mf_proc_status("VmHWM", server.pid) - start < 16 * MiB  # not run: 100 MB otherwise
     finally:
         server.stop()
 

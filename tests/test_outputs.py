@@ -16,8 +16,7 @@ from modelforge_jupyter.core.errors import ModelExistsError
 from modelforge_jupyter.kernel import bench_plot, bench_tables, markup, model_list, outputs
 from modelforge_jupyter.core.records import PredictionResult
 
-from .mf_plugin import SAMPLES, mf_raw_run
-from .test_magics import ip, run  # noqa: F401 (the shell fixture)
+from .mf_plugin import SAMPLES, mf_raw_run, mf_run_cell
 
 IRIS, IRIS_V2, RF, DIABETES = (SAMPLES / f for f in ("iris.onnx", "iris_v2.onnx", "breast_cancer_rf.onnx",
                                                      "diabetes.onnx"))
@@ -43,20 +42,20 @@ def check_fits_and_themes(page: str) -> None:
 
 
 # -- a prediction -------------------------------------------------------------------------------------------------
-def test_a_prediction_leads_with_name_time_and_cache_status(ip, mf_forge):  # noqa: F811
+def test_a_prediction_leads_with_name_time_and_cache_status(mf_ip, mf_forge):
     # Given iris registered under the name the user types
-    run(ip, f"%mf_register iris {IRIS}")
-    ip.user_ns["X"] = X3
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
+    mf_ip.user_ns["X"] = X3
 
     # When the same input is predicted twice (a miss, then a hit)
-    miss = run(ip, "%mf_predict iris X")
-    hit = run(ip, "%mf_predict iris X")
+    miss = mf_run_cell(mf_ip, "%mf_predict iris X")
+    hit = mf_run_cell(mf_ip, "%mf_predict iris X")
 
     # Then each head names the model as typed (no uuid), with its time and whether the cache answered
     assert (miss.cached, hit.cached, miss.model_name) == (False, True, "iris")
     rec = mf_forge.get("iris")
     for r, status in ((miss, "cache miss"), (hit, "cache hit")):
-        text, page = bundle(ip, r)
+        text, page = bundle(mf_ip, r)
         ms = outputs.fmt_ms(r.inference_time_ms)
         head = text.splitlines()[0]
         assert head == f"iris v1 · {ms} ms · {status}" and not UUID.search(head)
@@ -69,7 +68,7 @@ def test_a_prediction_leads_with_name_time_and_cache_status(ip, mf_forge):  # no
 
     # and the table puts the label first, emphasised, then each class probability with three fixed decimals
     label, proba = mf_raw_run(IRIS, {"float_input": X3})
-    text, page = bundle(ip, miss)
+    text, page = bundle(mf_ip, miss)
     lines = text.splitlines()
     assert lines[1].split() == ["row", "output_label", "P(0)", "P(1)", "P(2)"]
     want = [[str(i), str(label[i])] + [outputs.fmt_probability(proba[i][k]) for k in (0, 1, 2)] for i in range(3)]
@@ -82,14 +81,14 @@ def test_a_prediction_leads_with_name_time_and_cache_status(ip, mf_forge):  # no
 
 
 @EMBEDDED
-def test_label_first_for_tensor_outputs_and_one_float_format_per_column(ip):  # noqa: F811
-    run(ip, f"%mf_register rf {RF}")
-    run(ip, f"%mf_register diabetes {DIABETES}")
-    ip.user_ns["B"], ip.user_ns["D"] = np.float32([[1.0] * 30] * 2), np.float32([[0.01] * 10, [1e-9] * 10])
+def test_label_first_for_tensor_outputs_and_one_float_format_per_column(mf_ip):
+    mf_run_cell(mf_ip, f"%mf_register rf {RF}")
+    mf_run_cell(mf_ip, f"%mf_register diabetes {DIABETES}")
+    mf_ip.user_ns["B"], mf_ip.user_ns["D"] = np.float32([[1.0] * 30] * 2), np.float32([[0.01] * 10, [1e-9] * 10])
 
-    rf_text, _ = bundle(ip, run(ip, "%mf_predict rf B"))
-    diabetes = run(ip, "%mf_predict diabetes D")
-    d_text, _ = bundle(ip, diabetes)
+    rf_text, _ = bundle(mf_ip, mf_run_cell(mf_ip, "%mf_predict rf B"))
+    diabetes = mf_run_cell(mf_ip, "%mf_predict diabetes D")
+    d_text, _ = bundle(mf_ip, diabetes)
 
     assert rf_text.splitlines()[1].split() == ["row", "label", "probabilities[0]", "probabilities[1]"]
     assert all(re.fullmatch(r"\d\.\d{3}", c) for line in rf_text.splitlines()[3:5] for c in line.split()[2:])
@@ -120,14 +119,14 @@ def test_numbers_for_a_glance():
 
 # -- %mf_models, %mf_register, %mf_update -------------------------------------------------------------------------
 @EMBEDDED
-def test_models_table_is_compact_and_to_df_has_everything(ip, mf_forge, capsys):  # noqa: F811
-    run(ip, f"%mf_register iris {IRIS}")
-    run(ip, f"%mf_update iris {IRIS_V2}")
-    run(ip, f"%mf_register rf {RF}")
+def test_models_table_is_compact_and_to_df_has_everything(mf_ip, mf_forge, capsys):
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
+    mf_run_cell(mf_ip, f"%mf_update iris {IRIS_V2}")
+    mf_run_cell(mf_ip, f"%mf_register rf {RF}")
     iris, rf = mf_forge.get("iris"), mf_forge.get("rf")
 
-    table = run(ip, "%mf_models")
-    text, page = bundle(ip, table)
+    table = mf_run_cell(mf_ip, "%mf_models")
+    text, page = bundle(mf_ip, table)
     later = model_list.ModelsTable(mf_forge.models(), now=iris.updated_at + timedelta(minutes=3, seconds=5))
 
     # Then one line per model: name, versions, dtype and shape, outputs by name and kind, size, age, short id
@@ -153,9 +152,9 @@ def test_models_table_is_compact_and_to_df_has_everything(ip, mf_forge, capsys):
 
 
 @EMBEDDED
-def test_register_and_update_print_a_check_and_the_compact_signature(ip, capsys):  # noqa: F811
-    run(ip, f"%mf_register iris {IRIS}")
-    run(ip, f"%mf_update iris {IRIS_V2}")
+def test_register_and_update_print_a_check_and_the_compact_signature(mf_ip, capsys):
+    mf_run_cell(mf_ip, f"%mf_register iris {IRIS}")
+    mf_run_cell(mf_ip, f"%mf_update iris {IRIS_V2}")
 
     assert capsys.readouterr().out == (
         "✓ registered iris v1\n"
@@ -168,9 +167,9 @@ def test_register_and_update_print_a_check_and_the_compact_signature(ip, capsys)
 
 # -- refusal hints -----------------------------------------------------------------------------------------------
 @EMBEDDED
-def test_refusals_name_the_next_step(ip, mf_forge, tmp_path, capsys):  # noqa: F811
+def test_refusals_name_the_next_step(mf_ip, mf_forge, tmp_path, capsys):
     # Given an empty registry, then iris and iris_v2-like names
-    empty = ip.run_cell("%mf_predict iris [[1, 2, 3, 4]]")
+    empty = mf_ip.run_cell("%mf_predict iris [[1, 2, 3, 4]]")
     first = capsys.readouterr().err
     mf_forge.register("iris", IRIS)
     mf_forge.register("rf", RF)
@@ -189,7 +188,7 @@ def test_refusals_name_the_next_step(ip, mf_forge, tmp_path, capsys):  # noqa: F
     see = "%mf_models lists the registered models\n"
     errs = []
     for src in cells:
-        assert ip.run_cell(src).result is None
+        assert mf_ip.run_cell(src).result is None
         errs.append(capsys.readouterr().err)
 
     assert empty.result is None and first == (
@@ -205,7 +204,7 @@ def test_refusals_name_the_next_step(ip, mf_forge, tmp_path, capsys):  # noqa: F
         "ModelNotFoundError: model 'iris' has no version 7; versions: 1\n",
     ]
     # the line it suggests does what it says; the core's message (the HTTP door's) has no magic syntax in it
-    run(ip, errs[2].split(": ")[-1].strip())
+    mf_run_cell(mf_ip, errs[2].split(": ")[-1].strip())
     assert mf_forge.get("iris").versions == [1, 2]
     with pytest.raises(ModelExistsError) as err:
         mf_forge.register("iris", IRIS)

@@ -32,11 +32,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -46,8 +44,7 @@ import pytest
 
 from modelforge_jupyter.cli.demo import port_taken
 
-from .mf_plugin import mf_skip_unless_ci
-from .mf_server import isolated_env
+from .mf_plugin import MfProcess, mf_embedded, mf_isolated_env, mf_launch, mf_skip_unless_ci
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -197,7 +194,7 @@ def test_readme_convention_parses_and_every_expectation_names_one_block():
 
 def user_env(root: Path) -> dict[str, str]:
     """A user's environment: embedded defaults, fresh Jupyter dirs under ``root``, no venv on PATH."""
-    env = isolated_env(root)
+    env = mf_isolated_env(root)
     env.pop("CELERY_BROKER_URL", None)
     env.pop("VIRTUAL_ENV", None)
     venv_bins = {str(VENV / "bin"), str(Path(sys.prefix) / "bin"), str(VENV.resolve() / "bin")}
@@ -211,9 +208,7 @@ def registry_models(data_dir: Path) -> dict[str, int]:
     """{name: latest version} in the embedded registry under the Jupyter data directory ``data_dir``."""
     from modelforge_jupyter import ModelForge
 
-    mf_dir = data_dir / "modelforge"
-    with ModelForge(database_url=f"sqlite:///{mf_dir / 'registry.db'}", cache_dir=str(mf_dir / "cache"),
-                    redis_url="", celery_broker_url="") as mf:
+    with ModelForge(**mf_embedded(data_dir / "modelforge")) as mf:
         return {m.name: m.version for m in mf.models()}
 
 
@@ -260,48 +255,8 @@ def run_block(block: Block, env: dict[str, str], scratch: Path) -> str:
     return out
 
 
-@dataclass
-class Background:
-    block: Block
-    proc: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return ANSI.sub("", self.log.read_text(errors="replace"))
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        kind, value = self.block.ready
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"README block at line {self.block.line} exited with {self.proc.returncode} before it "
-                            f"was ready:\n{self.output()[-6000:]}")
-            if kind == "ready-log" and value in self.output():
-                return
-            if kind == "ready":
-                try:
-                    with urllib.request.urlopen(value, timeout=2) as answer:
-                        if answer.status == 200:
-                            return
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"README block at line {self.block.line} not ready ({kind}: {value}) after "
-                            f"{timeout:.0f} s:\n{self.output()[-6000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """SIGTERM to the block's process group, SIGKILL after 20 s."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-def start_background(block: Block, env: dict[str, str], scratch: Path) -> Background:
+def start_background(block: Block, env: dict[str, str], scratch: Path) -> MfProcess:
+    """Start ``block`` (a long-running command: a server) in a process group of its own, its output in ``scratch``."""
     kind, value = block.ready
     if kind == "ready":
         port = urllib.parse.urlsplit(value).port or 80
@@ -309,11 +264,17 @@ def start_background(block: Block, env: dict[str, str], scratch: Path) -> Backgr
         if why:
             pytest.fail(f"port {port} is taken ({why}): the README's block at line {block.line} listens there and "
                         "the blocks after it call it; stop what holds it")
-    log = scratch / f"background_{block.line}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(["bash", "-c", block.code], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    return Background(block, proc, log)
+    return mf_launch(["bash", "-c", block.code], scratch / f"background_{block.line}.log", env, REPO, group=True)
+
+
+def background_ready(block: Block, background: MfProcess) -> bool:
+    """Whether the background ``block`` is ready: its log shows its ``ready-log`` text, or its ``ready`` URL answers
+    200."""
+    kind, value = block.ready
+    if kind == "ready-log":
+        return value in ANSI.sub("", background.log)
+    with urllib.request.urlopen(value, timeout=2) as answer:
+        return answer.status == 200
 
 
 def need_services(block: Block) -> None:
@@ -360,12 +321,14 @@ def test_readme_block_runs_as_written_after_the_first_command(group, after_first
     background = start_background(first, env, tmp_path) if first.background else None
     try:
         if background is not None:
-            background.wait_ready()
+            background.wait_ready(lambda: background_ready(first, background), 90,
+                                  f"README block at line {first.line} ({': '.join(first.ready)})")
         for block in group[1:] if background is not None else group:
             check_expected(block, run_block(block, env, tmp_path))
         if background is not None:
+            log = ANSI.sub("", background.log)
             assert background.proc.poll() is None, (
-                f"README block at line {first.line} stopped while its blocks ran:\n{background.output()[-6000:]}")
+                f"README block at line {first.line} stopped while its blocks ran:\n{log[-6000:]}")
     finally:
         if background is not None:
             background.stop()

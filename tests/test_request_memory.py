@@ -17,9 +17,7 @@ from onnx import TensorProto, helper
 from modelforge_jupyter.core.engine import Engine
 from modelforge_jupyter.core.errors import ResourceLimitError
 
-from .mf_server import http, isolated_env, start_server
-from .test_memory import MiB, _status
-from .test_timeout import spin_input, spin_model
+from .mf_plugin import MiB, mf_http, mf_isolated_env, mf_proc_status, mf_spin_input, mf_spin_model, mf_start_server
 
 BUDGET = 32 * MiB
 
@@ -44,26 +42,26 @@ def string_loop(chars: int = 4000) -> onnx.ModelProto:
 
 def test_a_run_past_the_budget_is_stopped_and_the_server_keeps_its_memory(tmp_path):
     # Given a server whose requests may each raise its memory by 32 MiB
-    env = isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),
+    env = mf_isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),
                        MODELFORGE_MAX_REQUEST_MEMORY_BYTES=str(BUDGET))
-    server = start_server(tmp_path / "server", env)
+    server = mf_start_server(tmp_path / "server", env)
     try:
         def predict(n: int) -> tuple[int, dict]:
             body = orjson.dumps({"model_id": "loop", "input_data": n, "use_cache": False})
-            status, answer = http("POST", server.url + "modelforge/predict", body, server.token)
+            status, answer = mf_http("POST", server.url + "modelforge/predict", body, server.token)
             return status, orjson.loads(answer)
 
-        assert http("PUT", server.url + "modelforge/models/loop", string_loop().SerializeToString(),
+        assert mf_http("PUT", server.url + "modelforge/models/loop", string_loop().SerializeToString(),
                     server.token)[0] == 201
         status, body = predict(1000)
         assert status == 200 and body["output_data"] == {"y": [1000, 1]}
-        start = _status("VmHWM", server.pid)
+        start = mf_proc_status("VmHWM", server.pid)
 
         # When a 58-byte request asks 50,000 copies of the 4,000-character string: 200 MB outside the arena
         status, body = predict(50_000)
 
         # Then its run is stopped near the budget: 413 naming it, and the server's peak stayed near it
-        grown = _status("VmHWM", server.pid) - start
+        grown = mf_proc_status("VmHWM", server.pid) - start
         assert grown < BUDGET + 24 * MiB, grown >> 20
         assert status == 413 and f"({BUDGET} bytes: max_request_memory_bytes" in body["message"]
         assert "MODELFORGE_MAX_REQUEST_MEMORY_BYTES" in body["message"] and "/" not in body["message"]
@@ -71,7 +69,7 @@ def test_a_run_past_the_budget_is_stopped_and_the_server_keeps_its_memory(tmp_pa
         # and stopping it again and again does not pile up: what it took went back, small requests are served
         for _ in range(3):
             assert predict(50_000)[0] == 413
-        assert _status("VmRSS", server.pid) - start < 16 * MiB
+        assert mf_proc_status("VmRSS", server.pid) - start < 16 * MiB
         status, body = predict(2000)
         assert status == 200 and body["output_data"] == {"y": [2000, 1]}
     finally:
@@ -81,14 +79,14 @@ def test_a_run_past_the_budget_is_stopped_and_the_server_keeps_its_memory(tmp_pa
 def test_the_run_that_takes_the_memory_is_the_one_stopped():
     # Given a long run that allocates nothing (a CPU-bound Loop), started first, and a string Loop beside it
     engine = Engine(max_request_memory_bytes=BUDGET)
-    spin, strings = spin_model().SerializeToString(), string_loop().SerializeToString()
+    spin, strings = mf_spin_model().SerializeToString(), string_loop().SerializeToString()
     engine.inspect("spin", spin)
     engine.inspect("strings", strings)
     outcome: dict[str, object] = {}
 
     def spin_for_a_while() -> None:
         try:
-            outcome["spin"] = engine.run("spin", lambda: spin, {"x": spin_input(600_000)}, "spin")
+            outcome["spin"] = engine.run("spin", lambda: spin, {"x": mf_spin_input(600_000)}, "spin")
         except Exception as err:  # noqa: BLE001 - recorded for the assertion
             outcome["spin"] = err
 

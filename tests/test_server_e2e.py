@@ -3,112 +3,45 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from modelforge_jupyter.cli.demo import stop_server
-
-from .mf_plugin import SAMPLES, mf_raw_run
+from .mf_plugin import SAMPLES, mf_http, mf_isolated_env, mf_raw_run, mf_start_server
 
 TOKEN = "e2e-token-0123456789"
 BASE_URL = "/mf-e2e/"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mf_jupyter_env(tmp_path) -> dict[str, str]:
     """The environment of an isolated Jupyter: its own config/data/runtime dirs and HOME; no ModelForge variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "MODELFORGE_", "CACHE_"))}
-    for var in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "ENVIRONMENT"):
-        env.pop(var, None)
-    for name in ("config", "data", "runtime", "home"):
-        (tmp_path / name).mkdir()
-    env.update(
-        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
-        JUPYTER_DATA_DIR=str(tmp_path / "data"),
-        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-        HOME=str(tmp_path / "home"),
-        MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"),  # the embedded backend: SQLite + disk cache in tmp_path
-    )
-    return env
+    (tmp_path / "home").mkdir()
+    return mf_isolated_env(tmp_path, HOME=str(tmp_path / "home"),
+                           MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"))  # the embedded backend in tmp_path
 
 
 @pytest.fixture
 def mf_jupyter_server(tmp_path, mf_jupyter_env):
     """``jupyter server`` on a free port of 127.0.0.1 with a token and a non-default base_url; yields its URL."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",
-            f"--IdentityProvider.token={TOKEN}", f"--ServerApp.base_url={BASE_URL}",
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-            f"--ServerApp.root_dir={tmp_path}", f"--ModelForgeApp.cache_dir={tmp_path / 'cli-cache'}",
-        ],
-        env=mf_jupyter_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}{BASE_URL}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if http("GET", url + "api/status")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.1)
-        yield url
-    finally:
-        stop_server(proc)
-        log.close()
+    cli = (f"--ModelForgeApp.cache_dir={tmp_path / 'cli-cache'}",)
+    server = mf_start_server(tmp_path, mf_jupyter_env, BASE_URL, cli, ready="api/status", token=TOKEN)
+    yield server.url
+    server.stop()
 
 
 def http(method: str, url: str, body: bytes | None = None, token: str | None = TOKEN, **headers: str):
-    """(status, headers, body bytes) of one plain urllib request; 4xx/5xx are returned, not raised."""
-    if token:
-        headers["Authorization"] = f"token {token}"
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, err.read()
+    """(status, headers, body bytes) of ``mf_http`` with this file's token by default."""
+    answer = mf_http(method, url, body, token, **headers)
+    return answer[0], answer.headers, answer[1]
 
-
-
-def wait_live(server, seconds: float = 60) -> None:
-    """Wait until ``server`` answers ``modelforge/health/live`` 200; fail (with its log) if it exits or takes longer."""
-    from .mf_server import http as plain_http
-
-    deadline = time.monotonic() + seconds
-    while True:
-        assert server.proc.poll() is None, server.log
-        try:
-            if plain_http("GET", server.url + "modelforge/health/live")[0] == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, server.log
-        time.sleep(0.1)
 
 def test_installed_server_serves_modelforge_under_its_base_url(mf_jupyter_server, tmp_path):
     url = mf_jupyter_server + "modelforge/"
@@ -183,21 +116,17 @@ def test_installed_json_enables_the_extension_under_its_name():
 
 
 def test_a_bad_database_url_is_logged_masked_and_answered_503_while_live(tmp_path):
-    from .mf_server import http as plain_http
-    from .mf_server import isolated_env, start_server
-
     # Given a server whose DATABASE_URL names a driver that is not installed, with a password in it
-    env = isolated_env(tmp_path, DATABASE_URL="postgresql+psycopg2://modelforge:s3cret-pw@127.0.0.1:5432/mf",
-                       MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"))
-    server = start_server(tmp_path / "server", env, wait=False)
+    env = mf_isolated_env(tmp_path, DATABASE_URL="postgresql+psycopg2://modelforge:s3cret-pw@127.0.0.1:5432/mf",
+                          MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"))
+    # the extension loads: liveness answers 200 (the server is started once it does) although ModelForge cannot be built
+    server = mf_start_server(tmp_path / "server", env, ready="modelforge/health/live")
     try:
-        wait_live(server)  # the extension loads: liveness answers 200 although ModelForge cannot be built
-
         # Then every endpoint answers 503 JSON naming the setting, its password masked, and so does the log
         expected = ("ModelForge is misconfigured: DATABASE_URL 'postgresql+psycopg2://modelforge:***@127.0.0.1:5432/mf'"
                     " is not a database URL SQLAlchemy can use: No module named 'psycopg2'")
         for path, token in [("health", None), ("health/ready", None), ("models", server.token)]:
-            code, body = plain_http("GET", server.url + "modelforge/" + path, token=token)
+            code, body = mf_http("GET", server.url + "modelforge/" + path, token=token)
             assert (code, json.loads(body)) == (503, {"message": expected}), path
         log = server.log
         assert f"{expected}; its endpoints answer 503 until the server is restarted with it fixed" in log
@@ -226,17 +155,12 @@ SECRET_CASES = {  # name: (settings in the environment, the secret, the 503 mess
 
 @pytest.mark.parametrize("case", SECRET_CASES)
 def test_no_password_in_a_url_setting_reaches_an_answer_or_the_log(tmp_path, mf_postgres_url, case):
-    from .mf_server import http as plain_http
-    from .mf_server import isolated_env, start_server
-
     # Given a server whose URL settings hold a password: in the query string, or in a URL that cannot be parsed
     settings, secret, message = SECRET_CASES[case]
     settings = {var: url.replace("{pg}", mf_postgres_url) for var, url in settings.items()}
-    env = isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"), **settings)
-    server = start_server(tmp_path / "server", env, wait=False)
+    env = mf_isolated_env(tmp_path, MODELFORGE_DATA_DIR=str(tmp_path / "modelforge"), **settings)
+    server = mf_start_server(tmp_path / "server", env, ready="modelforge/health/live")  # it loads either way: live
     try:
-        wait_live(server)  # the extension loads either way: liveness answers 200
-
         # When every endpoint is called, with and without the token
         answers = {}
         for method, path, token, body in [
@@ -244,7 +168,7 @@ def test_no_password_in_a_url_setting_reaches_an_answer_or_the_log(tmp_path, mf_
             ("GET", "models", server.token, None),
             ("POST", "predict", server.token, b'{"model_id": "x", "input_data": [1]}'),
         ]:
-            answers[path] = plain_http(method, server.url + "modelforge/" + path, body, token=server.token and token)
+            answers[path] = mf_http(method, server.url + "modelforge/" + path, body, token=server.token and token)
 
         # Then a misconfiguration is a 503 naming the setting, its URL masked, and the log holds no secret either
         if message is not None:
@@ -267,22 +191,19 @@ def test_no_password_in_a_url_setting_reaches_an_answer_or_the_log(tmp_path, mf_
 def test_sigterm_stops_the_server_within_seconds_while_its_broker_never_answers(tmp_path, mf_silent_listener):
     from concurrent.futures import ThreadPoolExecutor
 
-    from .mf_server import http as plain_http
-    from .mf_server import isolated_env, start_server
-
     # Given a server whose Celery broker accepts connections and never answers (amqp://: test_invalidation)
     broker = f"redis://127.0.0.1:{mf_silent_listener}/0"
     root = tmp_path / "server"
-    server = start_server(root, isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"),
+    server = mf_start_server(root, mf_isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"),
                                              CELERY_BROKER_URL=broker))  # ready: health answered 200
     iris = (SAMPLES / "iris.onnx").read_bytes()
     v2 = (SAMPLES / "iris_v2.onnx").read_bytes()
     try:
         # When health is polled four at a time and the model changes: each answers (degraded), none hangs
-        assert plain_http("PUT", server.url + "modelforge/models/iris", iris, server.token)[0] == 201
+        assert mf_http("PUT", server.url + "modelforge/models/iris", iris, server.token)[0] == 201
         with ThreadPoolExecutor(5) as pool:
-            polls = [pool.submit(plain_http, "GET", server.url + "modelforge/health") for _ in range(4)]
-            change = pool.submit(plain_http, "PUT", server.url + "modelforge/models/iris", v2, server.token)
+            polls = [pool.submit(mf_http, "GET", server.url + "modelforge/health") for _ in range(4)]
+            change = pool.submit(mf_http, "PUT", server.url + "modelforge/models/iris", v2, server.token)
             answers = [json.loads(p.result(timeout=20)[1]) for p in polls]
             assert change.result(timeout=20)[0] == 200
         assert {(a["status"], a["celery"]) for a in answers} == {("degraded", "disconnected")}
@@ -290,15 +211,15 @@ def test_sigterm_stops_the_server_within_seconds_while_its_broker_never_answers(
         # and SIGTERM arrives while more calls are in flight
         pool = ThreadPoolExecutor(6)
         for _ in range(4):
-            pool.submit(plain_http, "GET", server.url + "modelforge/health")
-        pool.submit(plain_http, "PUT", server.url + "modelforge/models/iris", iris, server.token)
+            pool.submit(mf_http, "GET", server.url + "modelforge/health")
+        pool.submit(mf_http, "PUT", server.url + "modelforge/models/iris", iris, server.token)
         time.sleep(0.3)
         t0 = time.monotonic()
         server.proc.terminate()
         try:
             server.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            pass
+            pass  # the assertion below says so
         took = time.monotonic() - t0
         pool.shutdown(wait=False, cancel_futures=True)
 

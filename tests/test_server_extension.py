@@ -26,7 +26,20 @@ from modelforge_jupyter.server_extension import app as app_module
 from modelforge_jupyter.server_extension.app import ENV_VARS, SETTINGS_TRAITS, ModelForgeApp
 from modelforge_jupyter.core.settings import Settings
 
-from .mf_plugin import POSTGRES_URL, SAMPLES, mf_identity_model, mf_raw_run
+from .mf_plugin import (
+    MF_SECRET,
+    POSTGRES_URL,
+    SAMPLES,
+    mf_external_model,
+    mf_identity_model,
+    mf_proc_status,
+    mf_raw_outputs,
+    mf_raw_providers,
+    mf_raw_run,
+    mf_reset_peak_rss,
+    mf_scale_model,
+    mf_zipmap,
+)
 
 IRIS = SAMPLES / "iris.onnx"
 IRIS_V2 = SAMPLES / "iris_v2.onnx"
@@ -119,10 +132,6 @@ async def mf_put(jp_fetch, name: str, path_or_bytes) -> tuple[int, dict]:
     return await mf_call(
         jp_fetch, "PUT", "models", name, body=data, headers={"Content-Type": "application/octet-stream"}
     )
-
-
-def zipmap(raw_seq) -> list[dict]:
-    return [{str(k): v for k, v in m.items()} for m in raw_seq]
 
 
 # -- health ---------------------------------------------------------------------------------------------------------
@@ -339,8 +348,7 @@ async def test_second_post_is_a_cache_hit_and_use_cache_false_is_not(jp_fetch):
     assert (first["cached"], second["cached"], by_id["cached"], fresh["cached"]) == (False, True, True, False)
     assert second["output_data"] == first["output_data"] == by_id["output_data"] == fresh["output_data"]
     assert second["prediction_id"] != first["prediction_id"]
-    label, proba = mf_raw_run(IRIS, {"float_input": X})
-    assert first["output_data"] == {"output_label": label.tolist(), "output_probability": zipmap(proba)}
+    assert first["output_data"] == mf_raw_outputs(IRIS, {"float_input": X})
 
 
 async def test_version_selects_the_model_version(jp_fetch):
@@ -353,8 +361,8 @@ async def test_version_selects_the_model_version(jp_fetch):
     _, old = await mf_call(jp_fetch, "POST", "predict", body={**request, "version": 1})
 
     assert (new["model_version"], old["model_version"]) == (2, 1)
-    assert new["output_data"]["output_probability"] == zipmap(mf_raw_run(IRIS_V2, {"float_input": X})[1])
-    assert old["output_data"]["output_probability"] == zipmap(mf_raw_run(IRIS, {"float_input": X})[1])
+    assert new["output_data"]["output_probability"] == mf_zipmap(mf_raw_run(IRIS_V2, {"float_input": X})[1])
+    assert old["output_data"]["output_probability"] == mf_zipmap(mf_raw_run(IRIS, {"float_input": X})[1])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -452,13 +460,11 @@ async def test_put_of_a_bad_name_is_400_and_changes_nothing(jp_fetch):
 
 
 async def test_put_of_a_model_with_external_data_is_400_naming_no_path(jp_fetch, tmp_path, monkeypatch):
-    from .test_api import SECRET, external_model
-
     # Given README.md in the server's working directory, which the model's initializer points at
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "README.md").write_bytes(SECRET)
+    (tmp_path / "README.md").write_bytes(MF_SECRET)
 
-    code, err = await mf_put(jp_fetch, "ext", external_model("initializer").SerializeToString())
+    code, err = await mf_put(jp_fetch, "ext", mf_external_model("initializer").SerializeToString())
 
     assert code == 400 and "external" in err["message"] and "save_as_external_data=False" in err["message"]
     assert str(tmp_path) not in err["message"] and "README" not in err["message"]
@@ -468,9 +474,7 @@ async def test_put_of_a_model_with_external_data_is_400_naming_no_path(jp_fetch,
 
 
 async def test_an_optional_input_is_in_the_metadata_and_can_be_overridden(jp_fetch):
-    from .test_tensors import scale_model
-
-    _, rec = await mf_put(jp_fetch, "scaled", scale_model().SerializeToString())
+    _, rec = await mf_put(jp_fetch, "scaled", mf_scale_model().SerializeToString())
     body = {"model_id": "scaled", "input_data": {"x": [[1.5, -2.0]], "scale": 3}}
     code, result = await mf_call(jp_fetch, "POST", "predict", body=body)
 
@@ -911,9 +915,8 @@ async def test_gzip_and_deflate_bodies_are_decompressed(jp_fetch, encoding):
     assert (r.code, record["sha256"]) == (201, hashlib.sha256(IRIS.read_bytes()).hexdigest())
     r = await jp_fetch("modelforge", "predict", method="POST", body=compress(request, encoding),
                        headers=dict(headers), raise_error=False)
-    label, proba = mf_raw_run(IRIS, {"float_input": X})
     assert r.code == 200, r.body
-    assert orjson.loads(r.body)["output_data"] == {"output_label": label.tolist(), "output_probability": zipmap(proba)}
+    assert orjson.loads(r.body)["output_data"] == mf_raw_outputs(IRIS, {"float_input": X})
 
 
 async def test_compressed_bodies_are_limited_decompressed_and_bad_ones_refused(jp_fetch, mf_app):
@@ -1011,11 +1014,9 @@ async def test_every_bad_environment_setting_answers_503_naming_it_and_stays_liv
 
 
 def test_settings_refuse_an_unavailable_execution_provider_naming_the_available_ones():
-    import onnxruntime
-
     with pytest.raises(ValueError) as err:
         Settings(execution_providers="NopeExecutionProvider")
-    available = ", ".join(onnxruntime.get_available_providers())
+    available = ", ".join(mf_raw_providers())
     assert str(err.value) == (
         f"execution_providers: NopeExecutionProvider not available in this onnxruntime; available: {available}"
     )
@@ -1039,11 +1040,6 @@ def test_mask_url_hides_every_password_in_a_text(text, masked):
     assert mask_url(text) == masked
 
 
-def _rss(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{key}:"))
-
-
 async def test_a_predict_body_decoding_to_gigabytes_is_413_before_it_is_read(jp_fetch, mf_app):
     import gzip
 
@@ -1051,9 +1047,7 @@ async def test_a_predict_body_decoding_to_gigabytes_is_413_before_it_is_read(jp_
     # orjson would turn into ~300 MB of list objects (2.2 GB at the 63 MiB the old server let through)
     await mf_put(jp_fetch, "iris", IRIS)
     nested = b'{"model_id": "iris", "input_data": [' + b"[[]]," * (9 * 2**20 // 5) + b"[]]}"
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # the peak RSS starts again from the current RSS
-    before = _rss("VmRSS")
+    before = mf_reset_peak_rss()  # the peak RSS starts again from the current RSS
 
     # When it is posted
     code, err = await mf_call(jp_fetch, "POST", "predict", body=gzip.compress(nested),
@@ -1062,7 +1056,7 @@ async def test_a_predict_body_decoding_to_gigabytes_is_413_before_it_is_read(jp_
     # Then it is refused as too large for a predict body before it is decoded, and memory barely moved
     assert code == 413 and err["message"].endswith(
         f"the limit is {8 * 2**20} bytes (ModelForgeApp.max_predict_body_size)"), err
-    assert _rss("VmHWM") - before < 64 * 2**20
+    assert mf_proc_status("VmHWM") - before < 64 * 2**20
     # and the limit is predict's alone: a model upload above it is still taken
     from onnx import TensorProto, helper, numpy_helper
 

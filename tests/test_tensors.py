@@ -11,7 +11,7 @@ import pytest
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.errors import InvalidInputError
 
-from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run, mf_scale_model, mf_zipmap
 
 CASES = {  # dtype: (nested-list input, numpy dtype raw onnxruntime gets)
     "float32": ([[1, 2.5, -3]], np.float32),
@@ -27,8 +27,8 @@ CASES = {  # dtype: (nested-list input, numpy dtype raw onnxruntime gets)
 
 
 @pytest.fixture
-def forge(tmp_path):
-    with ModelForge(database_url=f"sqlite:///{tmp_path / 'r.db'}", cache_dir=str(tmp_path / "c"), redis_url="") as mf:
+def forge(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings) as mf:
         yield mf
 
 
@@ -110,7 +110,7 @@ def test_zipmap_rows_get_string_keys_and_raw_values(forge, poison):
     first = forge.predict("iris", X)
     hit = forge.predict("iris", X)
 
-    expected = [{str(k): (v if math.isfinite(v) else None) for k, v in m.items()} for m in raw_maps]
+    expected = mf_zipmap(raw_maps, none_for_nan=True)
     assert first.output_data["output_probability"] == expected == hit.output_data["output_probability"]
     assert hit.cached is True
     assert all(list(row) == ["0", "1", "2"] for row in first.output_data["output_probability"])
@@ -165,25 +165,10 @@ def test_values_at_the_edges_of_the_range_convert_exactly(forge, dtype, value):
     assert res.output_data["y"] == raw.tolist()
 
 
-def scale_model():
-    """y = x * scale, where ``scale`` (float32 scalar) is a graph input with an initializer: 2.0 unless given."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "scale"], ["y"])],
-        "scaled",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2]),
-         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor("scale", TensorProto.FLOAT, [], [2.0])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 def test_an_input_with_a_default_is_optional_and_can_be_overridden(mf_forge):
     from modelforge_jupyter.core.records import TensorSpec
 
-    data = scale_model().SerializeToString()
+    data = mf_scale_model().SerializeToString()
     rec = mf_forge.register("scaled", data)
     X = np.array([[1.5, -2.0]], np.float32)
 

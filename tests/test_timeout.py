@@ -18,7 +18,6 @@ import warnings
 import numpy as np
 import orjson
 import pytest
-from onnx import TensorProto, helper
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.deadline import Cancellation, watchdog
@@ -26,43 +25,7 @@ from modelforge_jupyter.core.errors import InferenceTimeoutError, ModelForgeErro
 from modelforge_jupyter.kernel.client import ModelForgeClient
 from modelforge_jupyter.core.settings import Settings
 
-from .mf_plugin import mf_raw_run
-from .mf_server import http, isolated_env, start_server
-
-FOREVER = 1e9  # iterations: hours of work
-
-
-def spin_model(n: int = 256):
-    """One input ``x`` float32 [N, n]; ``y = tanh(... tanh(x @ W) ... @ W)`` applied ``int(max(x))`` times."""
-    w = (np.random.default_rng(0).standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
-    body = helper.make_graph(
-        [helper.make_node("MatMul", ["x_in", "w"], ["mm"]), helper.make_node("Tanh", ["mm"], ["x_out"]),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
-        "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("x_in", TensorProto.FLOAT, ["N", n])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("x_out", TensorProto.FLOAT, ["N", n])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [n, n], w.ravel())],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
-         helper.make_node("Cast", ["top"], ["trips"], to=TensorProto.INT64),
-         helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)],
-        "spin",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def spin_input(trips: float, rows: int = 1) -> np.ndarray:
-    x = np.zeros((rows, 256), np.float32)
-    x[:, 1] = 0.5
-    x[0, 0] = trips
-    return x
-
+from .mf_plugin import FOREVER, mf_http, mf_isolated_env, mf_raw_run, mf_spin_input, mf_spin_model, mf_start_server
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -78,13 +41,13 @@ def cpu_over(seconds: float) -> float:
 
 def test_timeout_stops_the_run_and_the_next_predict_works(mf_settings):
     with ModelForge(**mf_settings, inference_timeout=0.5) as forge:
-        forge.register("spin", spin_model())
-        forge.predict("spin", spin_input(3), use_cache=False)  # warm: the session is loaded
+        forge.register("spin", mf_spin_model())
+        forge.predict("spin", mf_spin_input(3), use_cache=False)  # warm: the session is loaded
 
         # When a run would take hours
         start = time.monotonic()
         with pytest.raises(InferenceTimeoutError) as raised:
-            forge.predict("spin", spin_input(FOREVER))
+            forge.predict("spin", mf_spin_input(FOREVER))
         elapsed = time.monotonic() - start
 
         # Then it is stopped at the limit: 504, naming the model, the limit and the setting; no core keeps spinning
@@ -96,40 +59,38 @@ def test_timeout_stops_the_run_and_the_next_predict_works(mf_settings):
 
         # and nothing was cached: the same request runs (and is stopped) again, here at predict's own timeout=
         with pytest.raises(InferenceTimeoutError, match="'spin' did not finish within 200 ms"):
-            forge.predict("spin", spin_input(FOREVER), timeout=0.2)
+            forge.predict("spin", mf_spin_input(FOREVER), timeout=0.2)
 
         # and the next predict works and equals raw ONNX Runtime
-        x = spin_input(3, rows=2)
+        x = mf_spin_input(3, rows=2)
         result = forge.predict("spin", x)
-        (want,) = mf_raw_run(spin_model().SerializeToString(), {"x": x})
+        (want,) = mf_raw_run(mf_spin_model().SerializeToString(), {"x": x})
         np.testing.assert_array_equal(np.asarray(result.output_data["y"], np.float32), want)
 
 
-def test_timeout_zero_means_no_limit(tmp_path):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
-    with ModelForge(**settings, inference_timeout=0.05) as forge:
-        forge.register("spin", spin_model())
-        forge.predict("spin", spin_input(3))
+def test_timeout_zero_means_no_limit(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings, inference_timeout=0.05) as forge:
+        forge.register("spin", mf_spin_model())
+        forge.predict("spin", mf_spin_input(3))
         trips = 20000  # ~0.2 s: over the setting's 50 ms
 
         with pytest.raises(InferenceTimeoutError, match="within 50 ms"):
-            forge.predict("spin", spin_input(trips), use_cache=False)
-        result = forge.predict("spin", spin_input(trips), use_cache=False, timeout=0)
+            forge.predict("spin", mf_spin_input(trips), use_cache=False)
+        result = forge.predict("spin", mf_spin_input(trips), use_cache=False, timeout=0)
 
         assert len(result.output_data["y"]) == 1
 
 
-def test_a_cancelled_run_stops_and_a_cancelled_request_never_starts(tmp_path):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
-    with ModelForge(**settings, inference_timeout=60) as forge:
-        forge.register("spin", spin_model())
-        forge.predict("spin", spin_input(3))
+def test_a_cancelled_run_stops_and_a_cancelled_request_never_starts(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings, inference_timeout=60) as forge:
+        forge.register("spin", mf_spin_model())
+        forge.predict("spin", mf_spin_input(3))
         cancel = Cancellation()
         errors: list[BaseException] = []
 
         def predict() -> None:
             try:
-                forge.predict("spin", spin_input(FOREVER), cancel=cancel)
+                forge.predict("spin", mf_spin_input(FOREVER), cancel=cancel)
             except BaseException as err:
                 errors.append(err)
 
@@ -152,16 +113,16 @@ def test_a_cancelled_run_stops_and_a_cancelled_request_never_starts(tmp_path):
         # and a request cancelled before it starts does not run at all, not even for a cache lookup
         start = time.monotonic()
         with pytest.raises(RequestCancelledError):
-            forge.predict("spin", spin_input(FOREVER), cancel=cancel)
+            forge.predict("spin", mf_spin_input(FOREVER), cancel=cancel)
         assert time.monotonic() - start < 0.1
 
 
-def test_a_batched_run_is_bounded_and_every_request_of_the_batch_gets_the_error(tmp_path):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": "",
-                "dynamic_batching": True, "max_queue_delay_us": 0, "model_instances": 1, "inference_timeout": 0.5}
+def test_a_batched_run_is_bounded_and_every_request_of_the_batch_gets_the_error(mf_embedded_settings):
+    settings = {**mf_embedded_settings, "dynamic_batching": True, "max_queue_delay_us": 0, "model_instances": 1,
+                "inference_timeout": 0.5}
     with ModelForge(**settings) as forge:
-        forge.register("spin", spin_model())
-        forge.predict("spin", spin_input(3))
+        forge.register("spin", mf_spin_model())
+        forge.predict("spin", mf_spin_input(3))
         runs: list[int] = []  # rows of each session run (run and run_raw both run through run_outputs)
         engine_run_outputs = forge.engine.run_outputs
         forge.engine.run_outputs = lambda *a: runs.append(len(a[2]["x"])) or engine_run_outputs(*a)
@@ -175,10 +136,10 @@ def test_a_batched_run_is_bounded_and_every_request_of_the_batch_gets_the_error(
                 outcomes[name] = err
 
         # Given a first request running alone (the instance is busy), and two that queue behind it as one batch
-        first = threading.Thread(target=predict, args=("first", spin_input(FOREVER)))
+        first = threading.Thread(target=predict, args=("first", mf_spin_input(FOREVER)))
         first.start()
         time.sleep(0.15)
-        queued = [threading.Thread(target=predict, args=(n, spin_input(FOREVER))) for n in ("b", "c")]
+        queued = [threading.Thread(target=predict, args=(n, mf_spin_input(FOREVER))) for n in ("b", "c")]
         start = time.monotonic()
         for t in queued:
             t.start()
@@ -194,13 +155,12 @@ def test_a_batched_run_is_bounded_and_every_request_of_the_batch_gets_the_error(
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "1", True])
-def test_bad_timeouts_are_refused_naming_the_setting(tmp_path, monkeypatch, bad):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
-    with ModelForge(**settings) as forge:
-        forge.register("spin", spin_model())
+def test_bad_timeouts_are_refused_naming_the_setting(mf_embedded_settings, monkeypatch, bad):
+    with ModelForge(**mf_embedded_settings) as forge:
+        forge.register("spin", mf_spin_model())
         refused = r"^timeout must be a number of seconds >= 0 \(0 = no limit\), got"
         with pytest.raises(ModelForgeError, match=refused) as e:
-            forge.predict("spin", spin_input(3), timeout=bad)
+            forge.predict("spin", mf_spin_input(3), timeout=bad)
         assert e.value.status == 400
     if not isinstance(bad, (str, bool)):  # traitlets' Float takes True as 1.0, as it takes 1
         with pytest.raises(ValueError, match="inference_timeout must be a number of seconds >= 0"):
@@ -232,17 +192,17 @@ def server_cpu_over(pid: int, seconds: float) -> float:
 
 
 def predict_body(trips: float) -> bytes:
-    return orjson.dumps({"model_id": "spin", "input_data": {"x": spin_input(trips).tolist()}, "use_cache": False})
+    return orjson.dumps({"model_id": "spin", "input_data": {"x": mf_spin_input(trips).tolist()}, "use_cache": False})
 
 
 def live_server(tmp_path_factory, name: str, **env: str):
     root = tmp_path_factory.mktemp(name)
-    server = start_server(root, isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"), **env))
+    server = mf_start_server(root, mf_isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"), **env))
     try:
-        status, body = http("PUT", server.url + "modelforge/models/spin", spin_model().SerializeToString(),
+        status, body = mf_http("PUT", server.url + "modelforge/models/spin", mf_spin_model().SerializeToString(),
                             server.token)
         assert status == 201, body
-        assert http("POST", server.url + "modelforge/predict", predict_body(3), server.token)[0] == 200  # warm
+        assert mf_http("POST", server.url + "modelforge/predict", predict_body(3), server.token)[0] == 200  # warm
     except BaseException:
         server.stop()
         raise
@@ -269,7 +229,7 @@ def test_http_run_past_the_timeout_answers_504_naming_model_and_limit(timeout_se
     url, token = timeout_server.url, timeout_server.token
 
     start = time.monotonic()
-    status, body = http("POST", url + "modelforge/predict", predict_body(FOREVER), token)
+    status, body = mf_http("POST", url + "modelforge/predict", predict_body(FOREVER), token)
 
     assert time.monotonic() - start < 5.0
     assert status == 504
@@ -279,8 +239,8 @@ def test_http_run_past_the_timeout_answers_504_naming_model_and_limit(timeout_se
     assert server_cpu_over(timeout_server.pid, 1.0) < 0.3  # the run stopped; it did not merely answer
     with ModelForgeClient(timeout_server.url, timeout_server.token) as client:  # a kernel's client: the same error
         with pytest.raises(InferenceTimeoutError, match="'spin' did not finish within 500 ms"):
-            client.predict("spin", {"x": spin_input(FOREVER)}, use_cache=False)
-    status, body = http("POST", url + "modelforge/predict", predict_body(3), token)
+            client.predict("spin", {"x": mf_spin_input(FOREVER)}, use_cache=False)
+    status, body = mf_http("POST", url + "modelforge/predict", predict_body(3), token)
     assert status == 200 and orjson.loads(body)["output_data"]["y"]
 
 
@@ -344,24 +304,23 @@ def test_http_abandoned_requests_do_not_block_the_pool(patient_server):
 
     # and a normal predict is answered at once
     start = time.monotonic()
-    status, body = http("POST", patient_server.url + "modelforge/predict", predict_body(3), patient_server.token)
+    status, body = mf_http("POST", patient_server.url + "modelforge/predict", predict_body(3), patient_server.token)
     assert status == 200 and time.monotonic() - start < 5.0
-    (want,) = mf_raw_run(spin_model().SerializeToString(), {"x": spin_input(3)})
+    (want,) = mf_raw_run(mf_spin_model().SerializeToString(), {"x": mf_spin_input(3)})
     np.testing.assert_array_equal(np.asarray(orjson.loads(body)["output_data"]["y"], np.float32), want)
 
 
-def test_the_watchdog_is_not_woken_per_run_and_works_in_a_forked_child(tmp_path):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
-    with ModelForge(**settings, inference_timeout=30) as forge:
-        sha256 = forge.register("spin", spin_model()).sha256
-        forge.predict("spin", spin_input(3), use_cache=False)
+def test_the_watchdog_is_not_woken_per_run_and_works_in_a_forked_child(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings, inference_timeout=30) as forge:
+        sha256 = forge.register("spin", mf_spin_model()).sha256
+        forge.predict("spin", mf_spin_input(3), use_cache=False)
         dog = watchdog()
         wakeups = dog.wakeups
 
         # Given a steady stream of runs with one timeout, spaced as a client's requests: they need no wake-up of the
         # watchdog thread (a wake-up is a thread switch: about as costly as the run of a small model)
         for _ in range(200):
-            forge.predict("spin", spin_input(1), use_cache=False)
+            forge.predict("spin", mf_spin_input(1), use_cache=False)
             time.sleep(0.001)
         assert dog.wakeups - wakeups <= 2, dog.wakeups - wakeups
 
@@ -372,7 +331,7 @@ def test_the_watchdog_is_not_woken_per_run_and_works_in_a_forked_child(tmp_path)
         if pid == 0:  # the child: exit code 0 only if the run was stopped by its own watchdog
             code = 1
             try:  # the engine alone: the child leaves the parent's database and cache connections alone
-                forge.engine.run(sha256, spin_model().SerializeToString, {"x": spin_input(FOREVER)}, "spin", 0.3)
+                forge.engine.run(sha256, mf_spin_model().SerializeToString, {"x": mf_spin_input(FOREVER)}, "spin", 0.3)
             except InferenceTimeoutError:
                 code = 0 if watchdog() is not dog else 2
             finally:
@@ -387,14 +346,13 @@ def test_the_watchdog_is_not_woken_per_run_and_works_in_a_forked_child(tmp_path)
         assert os.waitstatus_to_exitcode(status[1]) == 0
 
 
-def test_a_huge_timeout_means_practically_no_limit_and_later_timeouts_still_stop_runs(tmp_path):
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "cache_dir": str(tmp_path / "c"), "redis_url": ""}
-    with ModelForge(**settings, inference_timeout=1e10) as forge:
-        forge.register("spin", spin_model())
+def test_a_huge_timeout_means_practically_no_limit_and_later_timeouts_still_stop_runs(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings, inference_timeout=1e10) as forge:
+        forge.register("spin", mf_spin_model())
 
         # When runs are given deadlines past what a thread can wait for (threading.TIMEOUT_MAX ~ 9.2e9 s)
         for timeout in (None, 1e10, 10**30, 1e300):  # None: the setting's 1e10
-            result = forge.predict("spin", spin_input(3), use_cache=False, timeout=timeout)
+            result = forge.predict("spin", mf_spin_input(3), use_cache=False, timeout=timeout)
             assert len(result.output_data["y"]) == 1
         time.sleep(0.2)  # the watchdog has looked at them (it would have died here: OverflowError)
 
@@ -402,5 +360,5 @@ def test_a_huge_timeout_means_practically_no_limit_and_later_timeouts_still_stop
         assert watchdog()._thread.is_alive()
         start = time.monotonic()
         with pytest.raises(InferenceTimeoutError, match="within 300 ms"):
-            forge.predict("spin", spin_input(FOREVER), timeout=0.3)
+            forge.predict("spin", mf_spin_input(FOREVER), timeout=0.3)
         assert time.monotonic() - start < 3.0

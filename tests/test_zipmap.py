@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
@@ -17,8 +16,7 @@ from modelforge_jupyter.core.engine import Engine
 from modelforge_jupyter.core.errors import InferenceError, ResourceLimitError
 from modelforge_jupyter.core.tensors import json_safe, spec_from_ort
 
-from .mf_plugin import SAMPLES, mf_raw_run
-from .test_memory import MiB, _peak_growth, warm_engine  # noqa: F401 - fixture
+from .mf_plugin import SAMPLES, MiB, mf_peak_rss_growth, mf_raw_run, mf_raw_session
 
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
 
@@ -97,11 +95,11 @@ def test_maps_are_raw_onnxruntime_s(case):
 
 
 @pytest.mark.parametrize("case", ["iris", "string labels", "input also an output"])
-def test_output_specs_are_the_original_graph_s(case, tmp_path):
+def test_output_specs_are_the_original_graph_s(case, mf_embedded_settings):
     model, _feed = CASES[case]
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    raw = [spec_from_ort(node) for node in ort.InferenceSession(data).get_outputs()]
-    with ModelForge(database_url=f"sqlite:///{tmp_path / 'r.db'}", cache_dir=str(tmp_path / "c"), redis_url="") as mf:
+    raw = [spec_from_ort(node) for node in mf_raw_session(data, engine_options=False).get_outputs()]
+    with ModelForge(**mf_embedded_settings) as mf:
         record = mf.register("m", data)
     assert record.outputs == raw
     assert raw[-1].dtype.startswith("seq(map(")
@@ -120,7 +118,7 @@ def test_rows_zipmap_refuses_fail_as_onnxruntime_does():
     assert refused.value.status == 422 and "rows of 3 values" in str(refused.value) and "[2, 2]" in str(refused.value)
 
 
-def test_maps_are_sized_before_they_are_built(warm_engine):  # noqa: F811 - the fixture
+def test_maps_are_sized_before_they_are_built(mf_warm_engine):
     # Given ZipMap(ConstantOfShape(shape)), the shape a request's value, and answers limited to 1 MiB
     engine = Engine(max_output_bytes=MiB)
     data = rows_from_request().SerializeToString()
@@ -134,7 +132,7 @@ def test_maps_are_sized_before_they_are_built(warm_engine):  # noqa: F811 - the 
         errors.append(refused.value)
 
     # When a request asks 10⁵ maps: 3.2 MB as counted, ~46 MB of Python dicts had onnxruntime built them
-    grown = _peak_growth(ask)
+    grown = mf_peak_rss_growth(ask)
 
     # Then it is refused from the 800 kB tensor, before any map exists
     assert grown < 4 * MiB, grown

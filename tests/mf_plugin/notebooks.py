@@ -17,8 +17,8 @@ shows), the notebooks start a server of their own for their HTTP cells; here the
 
 After the last notebook cell of a run of them (and in ``pytest_unconfigure`` at the latest) the plugin stops the
 server, drops the database, deletes the Redis keys, restores the environment and removes the directory, so tests
-collected after the notebooks see the environment they would have seen without them. When the services are missing the notebook cells fail (never skip): the notebooks are how
-the published tables are checked.
+collected after the notebooks see the environment they would have seen without them. When the services are missing
+the notebook cells fail (never skip): the notebooks are how the published tables are checked.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from .mf_plugin import POSTGRES_URL, REDIS_URL
-from .mf_server import LiveServer, isolated_env, start_server
+from .jupyter import LiveServer, mf_isolated_env, mf_start_server
+from .services import REDIS_URL, mf_create_database, mf_delete_keys, mf_drop_database, mf_embedded
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 SANITIZE = NOTEBOOKS / "nbval_sanitize.cfg"
 EXPORTED = ("MODELFORGE_URL", "MODELFORGE_TOKEN", "DATABASE_URL", "REDIS_URL", "CACHE_KEY_PREFIX",
             "MODELFORGE_DATA_DIR", "MODELFORGE_CACHE_DIR", "CELERY_BROKER_URL")
@@ -70,8 +70,8 @@ class NotebookServices:
         try:
             self.root = Path(tempfile.mkdtemp(prefix="mf-notebooks-"))
             settings = self._backend_settings()
-            self.server = start_server(self.root / "server", isolated_env(self.root / "jupyter", **settings),
-                                       base_url="/mf-notebooks/")
+            self.server = mf_start_server(self.root / "server", mf_isolated_env(self.root / "jupyter", **settings),
+                                          base_url="/mf-notebooks/")
         except Exception as err:
             self.error = f"notebook services ({self.backend} backend) did not start: {type(err).__name__}: {err}"
             self.stop()
@@ -84,22 +84,13 @@ class NotebookServices:
         settings = {"MODELFORGE_DATA_DIR": str(data), "MODELFORGE_CACHE_DIR": str(data / "cache"),
                     "CACHE_KEY_PREFIX": self.prefix, "CELERY_BROKER_URL": ""}
         if self.backend == "embedded":
-            return settings | {"DATABASE_URL": f"sqlite:///{data / 'registry.db'}", "REDIS_URL": ""}
+            return settings | {"DATABASE_URL": mf_embedded(data)["database_url"], "REDIS_URL": ""}
         import redis
-        import sqlalchemy as sa
 
         with redis.Redis.from_url(REDIS_URL) as client:
             client.ping()
         self.redis = True
-        admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-        try:
-            name = f"mf_nb_{uuid.uuid4().hex[:12]}"
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-            self.database = name
-        finally:
-            admin.dispose()
-        url = sa.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        self.database, url = mf_create_database("mf_nb")
         return settings | {"DATABASE_URL": url, "REDIS_URL": REDIS_URL}
 
     def stop(self) -> None:
@@ -113,19 +104,12 @@ class NotebookServices:
                 else:
                     os.environ[var] = value
         if self.database is not None:
-            import sqlalchemy as sa
-
-            admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
-            admin.dispose()
+            mf_drop_database(self.database)
         if self.redis:
             import redis
 
             with redis.Redis.from_url(REDIS_URL) as client:
-                keys = list(client.scan_iter(match=f"{self.prefix}:*", count=500))
-                if keys:
-                    client.unlink(*keys)
+                mf_delete_keys(client, self.prefix)
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
         self.server = self.database = self.saved_env = self.root = None
