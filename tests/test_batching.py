@@ -48,7 +48,7 @@ def test_concurrent_requests_coalesce_and_each_gets_its_rows(forge):
 
     results = concurrently(lambda X: forge.predict("mlp", X, use_cache=False), inputs)
 
-    (batcher,) = forge._batchers.values()
+    (batcher,) = forge.batchers
     assert batcher.requests == 48 and batcher.batches < 48
     for X, res in zip(inputs, results):
         (proba,) = mf_raw_run(mlp, {"input": X})
@@ -73,7 +73,7 @@ def test_requests_arriving_while_every_instance_is_busy_form_the_next_batch(mf_e
         results = concurrently(lambda X: forge.predict("mlp", X, use_cache=False), inputs)
 
         # Then at most `instances` batches ran at once, requests were merged, and each got its own row
-        (batcher,) = forge._batchers.values()
+        (batcher,) = forge.batchers
         assert batcher.peak_running <= instances and batcher.waits == 0
         assert batcher.requests == 64 and batcher.batches < 64
         for X, res in zip(inputs, results):
@@ -88,7 +88,7 @@ def test_a_single_client_is_not_delayed(forge):
     for _ in range(5):
         forge.predict("rf", X, use_cache=False)
 
-    (batcher,) = forge._batchers.values()
+    (batcher,) = forge.batchers
     assert (batcher.requests, batcher.batches, batcher.waits) == (5, 5, 0)
 
 
@@ -150,7 +150,7 @@ def test_only_models_with_one_input_of_dynamic_leading_dim_are_batched(forge, mf
         lambda _: forge.predict("silero", {"input": audio, "state": np.zeros((2, 1, 128), np.float32), "sr": 16000},
                                 use_cache=False), range(4))
 
-    assert forge._batchers == {} or all(b.requests == 0 for b in forge._batchers.values())
+    assert forge.batchers == () or all(b.requests == 0 for b in forge.batchers)
     assert len({str(r.output_data) for r in results}) == 1
 
 
@@ -171,7 +171,7 @@ def test_a_model_with_two_inputs_is_never_batched_and_each_caller_gets_its_own_a
 
     # Then each gets its own 1 x 1 answer (merged, caller 1 would get a 1 x 16 row of everybody's)
     assert results == [[[4.0 * i]] for i in range(16)]
-    assert forge._batchers == {} or all(b.requests == 0 for b in forge._batchers.values())
+    assert forge.batchers == () or all(b.requests == 0 for b in forge.batchers)
 
 
 class Interrupted(BaseException):
@@ -290,7 +290,7 @@ def test_an_interrupt_at_any_point_of_leading_reaches_only_its_caller(mf_embedde
 
         assert not armed.is_set() and errors == [] and not any(t.is_alive() for t in threads)
         assert len(answered) > before  # the other callers kept being served after the interrupt
-        (batcher,) = forge._batchers.values()
+        (batcher,) = forge.batchers
         (queue,) = batcher._queues.values()
         assert (queue.running, queue.pending, queue.leader, queue.active) == (0, [], None, 0)
 
@@ -320,8 +320,8 @@ def test_per_model_settings_override_the_global_ones(mf_embedded_settings):
         forge.register("diabetes", SAMPLES / "diabetes.onnx")
 
         forge.predict("diabetes", np.zeros((1, 10), np.float32), use_cache=False)
-        assert forge._batchers == {}
+        assert forge.batchers == ()
         forge.predict("rf", np.zeros((1, 30), np.float32), use_cache=False)
-        (batcher,) = forge._batchers.values()
+        (batcher,) = forge.batchers
         assert (batcher.max_batch_size, batcher.max_queue_delay_us, batcher.instances, batcher.requests) == (
             64, 1000, 1, 1)

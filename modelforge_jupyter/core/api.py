@@ -343,6 +343,14 @@ class ModelForge:
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
+    @property
+    def batchers(self) -> tuple[DynamicBatcher, ...]:
+        """The dynamic batchers serving this process's batched models (none until a batched model's first predict;
+        one per distinct ``(max_batch_size, max_queue_delay_us, instances)``), each with its counters since it
+        started: ``requests``, ``batches`` (runs made), ``waits`` (times a leader waited for more requests) and
+        ``peak_running`` (most batches run at once), beside those three settings (the delay in µs)."""
+        return tuple(self._batchers.values())
+
     def close(self) -> None:
         """Release the database pool, the cache client and the loaded sessions."""
         if self.listener is not None:
