@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.core.cache import prediction_key
 from modelforge_jupyter.core.errors import ModelNotFoundError
-from modelforge_jupyter.core.tensors import input_hash, prepare_feed
 
 from .mf_plugin import (
     SAMPLES,
@@ -399,9 +397,8 @@ def test_the_celery_probe_is_per_process_and_a_forked_child_runs_its_own(mf_sile
 
 
 def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(mf_services_settings):
-    prefix = mf_services_settings["cache_key_prefix"]
     with ModelForge(**mf_services_settings) as forge:
-        rec = forge.register("iris", IRIS[0])
+        forge.register("iris", IRIS[0])
         stop = threading.Event()
         inputs = [[[5.9 + i * 0.01, 3.0, 5.1, 1.8]] for i in range(50)]
 
@@ -424,7 +421,7 @@ def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(m
 
         checked = 0
         for x in inputs:
-            key = prediction_key(prefix, rec.id, input_hash(v2.sha256, prepare_feed(v2.inputs, x)))
+            key = forge.cache_key("iris", x, version=v2.version)  # the key a predict of v2 reads
             value = mf_cache_value(forge, key)
             if value is not None:
                 raw = mf_raw_run(IRIS[1], {"float_input": np.array(x, np.float32)})[1][0]
