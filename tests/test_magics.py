@@ -21,6 +21,7 @@ from .mf_plugin import (
     SAMPLES,
     mf_identity_model,
     mf_make_shell,
+    mf_other_setting_value,
     mf_raw_outputs,
     mf_raw_run,
     mf_run_cell,
@@ -343,13 +344,11 @@ def test_config_sets_every_setting_of_the_table_and_the_rebuilt_forge_uses_them(
                                                                                  monkeypatch):
     from modelforge_jupyter.core.settings import ENV_VARS, SETTINGS
 
-    from .test_settings import other_value
-
     # Given a shell whose environment sets no setting, and for each setting of the table a value other than its default
     for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MODELFORGE_DATA_DIR", str(tmp_path / "data"))
-    values = {s.name: other_value(s.name, tmp_path, mf_redis_url) for s in SETTINGS} | {
+    values = {s.name: mf_other_setting_value(s.name, tmp_path, mf_redis_url) for s in SETTINGS} | {
         "cache_key_prefix": mf_redis[1]}
     shell = mf_make_shell()
     try:

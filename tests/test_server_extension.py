@@ -30,6 +30,7 @@ from .mf_plugin import (
     MF_SECRET,
     POSTGRES_URL,
     SAMPLES,
+    mf_bad_setting_values,
     mf_external_model,
     mf_identity_model,
     mf_proc_status,
@@ -984,12 +985,10 @@ async def test_a_setting_modelforge_cannot_use_answers_503_naming_it_and_hides_p
 
 
 def one_bad_value_per_environment_setting() -> list[tuple[str, str]]:
-    """(env var, bad value): the first bad value of every environment setting (tests/test_settings.bad_values) but
-    the URLs, which the fixtures set in the server's config (tests/test_server_e2e gives them in the environment)."""
-    from .test_settings import bad_values
-
+    """(env var, bad value): the first bad value of every environment setting (``mf_bad_setting_values``) but the
+    URLs, which the fixtures set in the server's config (tests/test_server_e2e gives them in the environment)."""
     first: dict[str, str] = {}
-    for name, var, value in bad_values():
+    for name, var, value in mf_bad_setting_values():
         if not name.endswith("_url"):
             first.setdefault(var, value)
     return sorted(first.items())

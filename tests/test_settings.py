@@ -5,23 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from traitlets import Bool, Dict, Float, Int, Unicode
+from traitlets import Unicode
 
 from modelforge_jupyter.server_extension.app import ENV_VARS
 from modelforge_jupyter.core.settings import Settings, check_url, mask_setting_url, mask_url
 
-# A value each kind of setting cannot take, read from the environment
-BAD_BY_TYPE = {Int: ["abc", "1.5", "1e3", "1GB"], Float: ["fast", "nan", "-1", "inf"], Bool: ["maybe", "2"],
-               Dict: ["{not json", "[1]"]}
-# Text settings: the values they refuse, or why any text is a valid value
-BAD_TEXT = {
-    "database_url": ["postgresql+psycopg://u:pa@ss:PSECRET4@127.0.0.1:99999/db", "u:PSECRET@@127.0.0.1/mf",
-                     "postgresql+psycopg://u:PSECRET3]@[::1/db"],
-    "redis_url": ["redis://u:pa@RSECRET6@127.0.0.1:abc/0", "rediss2://u:RSECRET7@127.0.0.1:6379/0"],
-    "celery_broker_url": ["amqp://guest:pa@BSECRET8@127.0.0.1:xx//"],
-    "execution_providers": ["cpuexecutionprovider", "CUDAExecutionProvider", ","],
-}
-ANY_TEXT = {"celery_queue", "cache_key_prefix", "cache_dir", "environment"}  # names and paths: any text is valid
+from .mf_plugin import ANY_TEXT, BAD_TEXT, mf_bad_setting_values, mf_other_setting_value
+
 # Numbers read fine but out of range
 OUT_OF_RANGE = {"CACHE_TTL": "-1", "CACHE_PREDICTION_TTL": "0", "MODELFORGE_REDIS_TIMEOUT": "0",
                 "MODELFORGE_INTRA_OP_NUM_THREADS": "-2", "MODELFORGE_MAX_SESSIONS": "0",
@@ -29,27 +19,14 @@ OUT_OF_RANGE = {"CACHE_TTL": "-1", "CACHE_PREDICTION_TTL": "0", "MODELFORGE_REDI
                 "MODELFORGE_INFERENCE_TIMEOUT": "-1", "MODELFORGE_MODEL_BATCHING": '{"m": {"x": 1}}'}
 
 
-def bad_values() -> list[tuple[str, str, str]]:
-    """(setting, env var, bad value) for every setting that has an environment variable."""
-    cases = []
-    for name, var in sorted(ENV_VARS.items()):
-        trait = Settings.class_traits()[name]
-        if isinstance(trait, Unicode):
-            values = BAD_TEXT.get(name, [])
-        else:
-            values = next(v for kind, v in BAD_BY_TYPE.items() if isinstance(trait, kind))
-        cases += [(name, var, value) for value in values]
-    return cases
-
-
 def test_every_environment_setting_has_bad_values_to_test():
     # A setting added later is covered: by its type, or it must be listed as text that can be bad, or any text
     text = {n for n in ENV_VARS if isinstance(Settings.class_traits()[n], Unicode)}
     assert text == set(BAD_TEXT) | ANY_TEXT
-    assert {name for name, _, _ in bad_values()} == set(ENV_VARS) - ANY_TEXT
+    assert {name for name, _, _ in mf_bad_setting_values()} == set(ENV_VARS) - ANY_TEXT
 
 
-@pytest.mark.parametrize(("name", "var", "value"), bad_values())
+@pytest.mark.parametrize(("name", "var", "value"), mf_bad_setting_values())
 def test_a_bad_environment_value_is_refused_when_settings_are_built_naming_it(monkeypatch, name, var, value):
     monkeypatch.setenv(var, value)
 
@@ -143,25 +120,6 @@ def test_a_driver_error_shows_no_piece_of_a_password_holding_an_at_sign(tmp_path
 
 
 # -- one table: every door's configuration, the environment export and the README come from SETTINGS ----------------
-def other_value(name: str, tmp_path, redis_url: str = "redis://127.0.0.1:6379/0"):
-    """A valid value of setting ``name`` other than its default (a text setting that is checked needs one here)."""
-    from modelforge_jupyter.core.settings import SETTING
-
-    setting = SETTING[name]
-    special = {"database_url": f"sqlite:///{tmp_path / 'other.db'}", "redis_url": redis_url,
-               "celery_broker_url": "memory://", "execution_providers": "CPUExecutionProvider,",
-               "model_batching": {"m": {"max_batch_size": 2, "dynamic_batching": True}}}
-    if name in special:
-        return special[name]
-    value = setting.default_value()
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, (int, float)):
-        return value * 2 + 1
-    assert setting.kind is Unicode and setting.check is None, f"{name}: give other_value a valid value for it"
-    return f"{value}-other"
-
-
 def test_every_setting_of_the_table_is_a_trait_of_settings_the_server_and_the_magics():
     from modelforge_jupyter.core.settings import SETTINGS
     from modelforge_jupyter.kernel.magics import ModelForgeMagics
@@ -180,7 +138,7 @@ def test_every_setting_of_the_table_is_a_trait_of_settings_the_server_and_the_ma
 
 def test_the_environment_a_server_exports_gives_another_process_the_same_settings(tmp_path, monkeypatch):
     # Given settings that differ from every default
-    values = {name: other_value(name, tmp_path) for name in Settings.class_trait_names(config=True)}
+    values = {name: mf_other_setting_value(name, tmp_path) for name in Settings.class_trait_names(config=True)}
     exported = Settings(**values).environ()
 
     # When another process reads its environment (only the exported variables set)

@@ -9,14 +9,15 @@ Fixtures (requested by name):
 - processes (``processes``): ``mf_redis_server`` (a redis-server the test may kill), ``mf_warm_engine`` (one-time
   ONNX Runtime set-up done before a test measures memory);
 - Jupyter (``jupyter``): ``mf_live_server`` (one ``jupyter server`` for the session), ``mf_live_settings``,
-  ``mf_shell`` (IPython shells with the extension);
-- models (``reference``): ``mf_silero_path``;
+  ``mf_shell`` (IPython shells with the extension), ``mf_ip`` (one configured for the backend);
+- the reference (``reference``): ``mf_silero_path``;
 - the notebooks under nbval get their server and backend from hooks (``notebooks``), not from fixtures.
 
 Helpers (imported: ``from .mf_plugin import mf_raw_run``): the raw-onnxruntime reference ``mf_raw_run`` /
 ``mf_raw_outputs`` and the ZipMap normaliser ``mf_zipmap``; test models; ``mf_start_server`` (the launcher of every
 ``jupyter server`` a test starts), ``mf_launch`` / ``mf_stop_process`` / ``mf_wait_until`` for other processes,
-``mf_free_port``, ``mf_http``; the test's own view of the prediction cache (``mf_cached_keys``...).
+``mf_free_port``, ``mf_http``; the test's own view of the prediction cache (``mf_cached_keys``...); values for
+every setting of the table (``setting_values``: ones refused, ones other than the default).
 """
 
 from .jupyter import (
@@ -60,6 +61,7 @@ from .services import (
     mf_service_missing,
     mf_skip_unless_ci,
 )
+from .setting_values import ANY_TEXT, BAD_TEXT, mf_bad_setting_values, mf_other_setting_value
 
 pytest_plugins = [  # the modules with fixtures or hooks; pytest_jupyter's for the in-process server (jp_fetch...)
     "tests.mf_plugin.services",
@@ -71,10 +73,11 @@ pytest_plugins = [  # the modules with fixtures or hooks; pytest_jupyter's for t
 ]
 
 __all__ = [
-    "FOREVER", "MF_SECRET", "POSTGRES_URL", "REDIS_URL", "SAMPLES", "LiveServer", "MfProcess",
-    "mf_cache_ttl", "mf_cache_value", "mf_cached_keys", "mf_embedded", "mf_external_model", "mf_free_port",
-    "mf_http", "mf_identity_model", "mf_isolated_env", "mf_launch", "mf_make_shell", "mf_proc_status",
-    "mf_raw_outputs", "mf_raw_providers", "mf_raw_run", "mf_raw_session", "mf_reset_peak_rss", "mf_run_cell",
-    "mf_run_in_server_kernel", "mf_scale_model", "mf_service_missing", "mf_skip_unless_ci", "mf_spin_input",
-    "mf_spin_model", "mf_start_server", "mf_stop_process", "mf_wait_until", "mf_zipmap",
+    "ANY_TEXT", "BAD_TEXT", "FOREVER", "LiveServer", "MF_SECRET", "MfProcess", "POSTGRES_URL", "REDIS_URL",
+    "SAMPLES", "mf_bad_setting_values", "mf_cache_ttl", "mf_cache_value", "mf_cached_keys", "mf_embedded",
+    "mf_external_model", "mf_free_port", "mf_http", "mf_identity_model", "mf_isolated_env", "mf_launch",
+    "mf_make_shell", "mf_other_setting_value", "mf_proc_status", "mf_raw_outputs", "mf_raw_providers", "mf_raw_run",
+    "mf_raw_session", "mf_reset_peak_rss", "mf_run_cell", "mf_run_in_server_kernel", "mf_scale_model",
+    "mf_service_missing", "mf_skip_unless_ci", "mf_spin_input", "mf_spin_model", "mf_start_server",
+    "mf_stop_process", "mf_wait_until", "mf_zipmap",
 ]
