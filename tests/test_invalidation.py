@@ -430,10 +430,10 @@ def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(m
         assert checked > 0
 
 
-def test_a_redis_that_accepts_and_never_answers_costs_its_deadlines_not_a_hang(tmp_path, mf_silent_listener):
+def test_a_redis_that_accepts_and_never_answers_costs_its_deadlines_not_a_hang(mf_embedded_settings,
+                                                                              mf_silent_listener):
     # Given a REDIS_URL whose server accepts connections and never sends a byte
-    settings = {"database_url": f"sqlite:///{tmp_path / 'r.db'}", "redis_url": f"redis://127.0.0.1:{mf_silent_listener}/0",
-                "celery_broker_url": ""}
+    settings = {**mf_embedded_settings, "redis_url": f"redis://127.0.0.1:{mf_silent_listener}/0"}
 
     # When a ModelForge starts on it (the eviction listener subscribes) and serves a prediction
     t0 = time.perf_counter()
