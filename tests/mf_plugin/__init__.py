@@ -73,11 +73,12 @@ pytest_plugins = [  # the modules with fixtures or hooks; pytest_jupyter's for t
 ]
 
 __all__ = [
-    "ANY_TEXT", "BAD_TEXT", "FOREVER", "LiveServer", "MF_SECRET", "MfProcess", "POSTGRES_URL", "REDIS_URL",
-    "SAMPLES", "mf_bad_setting_values", "mf_cache_ttl", "mf_cache_value", "mf_cached_keys", "mf_embedded",
-    "mf_external_model", "mf_free_port", "mf_http", "mf_identity_model", "mf_isolated_env", "mf_launch",
-    "mf_make_shell", "mf_other_setting_value", "mf_proc_status", "mf_raw_outputs", "mf_raw_providers", "mf_raw_run",
-    "mf_raw_session", "mf_reset_peak_rss", "mf_run_cell", "mf_run_in_server_kernel", "mf_scale_model",
-    "mf_service_missing", "mf_skip_unless_ci", "mf_spin_input", "mf_spin_model", "mf_start_server",
-    "mf_stop_process", "mf_wait_until", "mf_zipmap",
+    "ANY_TEXT", "BAD_TEXT", "FOREVER", "LiveServer", "MF_SECRET", "MfProcess", "MiB", "POSTGRES_URL", "REDIS_URL",
+    "SAMPLES", "mf_bad_setting_values", "mf_cache_ttl", "mf_cache_value", "mf_cached_keys",
+    "mf_constant_of_shape_model", "mf_embedded", "mf_external_model", "mf_free_port", "mf_http",
+    "mf_identity_model", "mf_isolated_env", "mf_launch", "mf_make_shell", "mf_other_setting_value",
+    "mf_peak_rss_growth", "mf_proc_status", "mf_raw_outputs", "mf_raw_providers", "mf_raw_run", "mf_raw_session",
+    "mf_reset_peak_rss", "mf_run_cell", "mf_run_in_server_kernel", "mf_scale_model", "mf_service_missing",
+    "mf_skip_unless_ci", "mf_spin_input", "mf_spin_model", "mf_start_server", "mf_stop_process", "mf_wait_until",
+    "mf_zipmap",
 ]
