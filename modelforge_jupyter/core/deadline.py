@@ -18,7 +18,9 @@ the steady state: the RSS with no run in flight, plus what sessions built since 
 fastest allocation it assumes (``MAX_RATE``) could have used what is left of the budget: every ~0.5 s with 1 GiB left,
 every ``MIN_LOOK`` near the limit. Which run to stop: the process cannot tell which run holds memory, but the kernel
 counts each thread's page faults, the pages it took: the run whose thread took the most since the watchdog first saw
-it running is stopped (ties: the oldest), one at a time; a build's pages are not a run's (``building``). A run is first
+it running is stopped (ties: the oldest), one at a time, if it took at least half of the rise; when none did, the rise
+is not a run's (a request body being decoded, a user's array in the kernel) and becomes the steady state. A build's
+pages are not a run's (``building``). A run is first
 seen at the first look after it starts, before it could have used its budget at ``MAX_RATE``; reading its thread's
 count then (``/proc``, ~15 µs) keeps the runs that end before any look (nearly all) at no cost but 0.05 µs. Once a stopped run has left, what
 the runs still in flight did not take becomes the steady state (memory the C heap keeps after a stop is not charged to
@@ -229,11 +231,23 @@ class Watchdog:
         if grown <= 0:
             self._steady = min(self._steady, rss)
         if grown > budget and (self._victim is None or self._victim not in self._runs):
-            self._victim = max(budgeted, key=lambda run: (thread_faults(run.thread.native_id) - run.faults, -run.started))
-            self._victim.over = grown
-            self._victim.options.terminate = True
+            grown = self._stop_the_taker(budgeted, rss, grown)
         self._look_every = min(MAX_LOOK, max(MIN_LOOK, (budget - grown) / MAX_RATE))
         return now + self._look_every
+
+    def _stop_the_taker(self, budgeted: list[Run], rss: int, grown: int) -> int:
+        """Stop the run whose thread took the most pages, when it took at least half of what the process grew by;
+        else the growth is not a run's (a request body being decoded, a user's array in the kernel): it becomes the
+        steady state and no run is stopped. Returns the growth still charged to the runs."""
+        taken = {run: self._pages((run,)) for run in budgeted}
+        victim = max(budgeted, key=lambda run: (taken[run], -run.started))
+        if 2 * taken[victim] >= grown:
+            self._victim = victim
+            victim.over = grown
+            victim.options.terminate = True
+            return grown
+        self._steady = rss - sum(taken.values()) - self._pages(self._builds)
+        return rss - self._steady
 
     @staticmethod
     def _pages(items: Any) -> int:
