@@ -514,3 +514,24 @@ def test_model_bytes_and_raw_session_give_the_registered_model(mf_forge):
     assert mf_forge.backend in ("registry sqlite, cache disk", "registry postgresql, cache redis")
     with pytest.raises(ModelNotFoundError):
         mf_forge.model_bytes("diabetes", version=2)
+
+
+def test_a_prefix_with_glob_characters_clears_and_invalidates_only_its_own_keys(mf_redis, mf_redis_url):
+    from modelforge_jupyter.core.cache import RedisCache, prediction_key
+
+    client, base = mf_redis
+    own, neighbour = f"{base}?", f"{base}X"  # `?` matches any one character in a Redis glob
+    cache = RedisCache(mf_redis_url)
+    try:
+        cache.set(prediction_key(own, "m1", "h1"), b"1", 60, "m1")
+        cache.set(prediction_key(own, "m1", "h2"), b"2", 60, "m1")
+        client.set(prediction_key(neighbour, "m1", "h1"), b"theirs")
+        client.set(prediction_key(neighbour, "m1", "h3"), b"theirs")
+
+        assert cache.invalidate(own, "m1") == 2
+        assert cache.clear(own) == 0
+        assert client.get(prediction_key(neighbour, "m1", "h1")) == b"theirs"
+        assert client.get(prediction_key(neighbour, "m1", "h3")) == b"theirs"
+    finally:
+        client.delete(prediction_key(neighbour, "m1", "h1"), prediction_key(neighbour, "m1", "h3"))
+        cache.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -60,6 +61,12 @@ def redis_errors() -> tuple[type[Exception], ...]:
     import redis
 
     return (redis.RedisError, OSError)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis ``MATCH`` / ``KEYS`` glob: ``*``, ``?``, ``[``, ``]`` and ``\\``
+    escaped, so that a prefix such as ``team?`` never matches another deployment's keys (``teamX:...``)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def prediction_key(prefix: str, model_id: str, input_hash: str) -> str:
@@ -159,7 +166,7 @@ class RedisCache:
         """
         removed = 0
         keys: list[bytes] = []
-        for key in self.client.scan_iter(match=f"{prediction_key(prefix, model_id, '*')}", count=batch):
+        for key in self.client.scan_iter(match=f"{glob_escape(prediction_key(prefix, model_id, ''))}*", count=batch):
             keys.append(key)
             if len(keys) >= batch:
                 removed += self.client.unlink(*keys)
@@ -173,7 +180,7 @@ class RedisCache:
 
         Raises ``redis.RedisError`` when Redis does not answer."""
         removed = 0
-        keys = list(self.client.scan_iter(match=f"{prefix}:*", count=batch))
+        keys = list(self.client.scan_iter(match=f"{glob_escape(prefix)}:*", count=batch))
         for start in range(0, len(keys), batch):
             removed += self.client.unlink(*keys[start : start + batch])
         return removed
