@@ -5,7 +5,7 @@ Entry points only; heavy modules (onnxruntime, SQLAlchemy, redis) load lazily on
 
 from ._version import __version__
 
-__all__ = ["ModelForge", "__version__"]
+__all__ = ["ModelForge", "Settings", "__version__"]
 
 
 def _jupyter_server_extension_points() -> list[dict]:
@@ -34,4 +34,8 @@ def __getattr__(name: str):
         from .core.api import ModelForge
 
         return ModelForge
+    if name == "Settings":
+        from .core.settings import Settings
+
+        return Settings
     raise AttributeError(f"module 'modelforge_jupyter' has no attribute {name!r}")

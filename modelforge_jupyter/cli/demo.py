@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     """``modelforge-demo [--port N] [--no-server] [--smoke]``: register the sample models, predict, and start a
     Jupyter server with the extension (until Ctrl-C; ``--smoke``: one predict over HTTP, then stop). Returns the exit
     status: 0 done, 1 the port is taken or the server did not answer; argparse exits 2 on usage."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--port", type=tcp_port, default=8888, help="port of the Jupyter server (default 8888)")
     parser.add_argument("--no-server", action="store_true", help="register and predict only; start no server")
     parser.add_argument("--smoke", action="store_true", help="predict once over HTTP, then stop the server")
