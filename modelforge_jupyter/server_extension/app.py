@@ -29,7 +29,7 @@ from traitlets.config import Configurable
 from ..core.errors import ServiceUnavailableError
 from ..core.settings import Settings, mask_url
 from .handlers import default_handlers
-from .pools import ThreadPool
+from ..core.pools import ThreadPool
 
 if TYPE_CHECKING:
     from ..core.api import ModelForge
