@@ -1,8 +1,9 @@
 """The import rules of the package's layers, read from the source (AST), lazy imports inside functions included.
 
 Layers: the core (every module with no HTTP and no IPython: api, registry, cache, engine, protocol, client,
-benchmark...), the doors (``server_extension/``, ``kernel/``, the CLI's ``bench.py`` and ``demo.py``) and the entry
-points (the package's ``__init__``: ``jupyter server`` and ``%load_ext`` hooks, which load the doors lazily).
+benchmark...), the doors (``server_extension/``, ``kernel/``, ``serve/`` (``modelforge serve``), the CLI's
+``bench.py`` and ``demo.py``) and the entry points (the package's ``__init__``: ``jupyter server`` and ``%load_ext``
+hooks, and ``cli/main.py``: the ``modelforge`` command, each of which loads the doors lazily).
 
 Rules: the core imports no door; a door imports no other door; only ``engine.py`` imports onnxruntime; nothing imports
 the package root (its hooks import the doors); and no import cycle among the package's modules. Tests are exempt.
@@ -21,7 +22,10 @@ DOORS = {  # module-name prefix -> door
     f"{PACKAGE}.server_extension": "server_extension",
     f"{PACKAGE}.kernel": "kernel",
     f"{PACKAGE}.cli": "cli",
+    f"{PACKAGE}.serve": "serve",
 }
+# Entry points that route to the doors (each door imported lazily, where it is named): they may import any door.
+ROUTERS = {PACKAGE, f"{PACKAGE}.cli.main"}
 ENGINE = f"{PACKAGE}.core.engine"
 # Import edges let stand for now, each (importer, imported) with why. Keep this list small: each entry is a debt of
 # issue 11 ("Architecture: layers you can see in the folders..."), paid off in its later steps.
@@ -78,8 +82,8 @@ def door(name: str) -> str | None:
 def layer_faults(graph: dict[str, set[str]]) -> list[str]:
     faults = []
     for importer, targets in sorted(graph.items()):
-        if importer == PACKAGE or importer in ENTRY_POINTS:
-            continue  # the entry points: their hooks load the doors (lazily), or re-export at an earlier path
+        if importer in ROUTERS or importer in ENTRY_POINTS:
+            continue  # the entry points: their hooks and subcommands load the doors (lazily), or re-export
         for target in sorted(targets):
             if (importer, target) in ALLOWED:
                 continue
@@ -170,6 +174,7 @@ ENTRY_POINTS = {
     f"{PACKAGE}.settings": "`modelforge_jupyter.settings.Settings`, earlier READMEs' path of core.settings",
     f"{PACKAGE}.services": "package of the documented profiling entry point",
     f"{PACKAGE}.services.onnx": "ONNXService, the performance documentation's profiling entry point",
+    f"{PACKAGE}.cli.main": "the `modelforge` command: routes a subcommand (serve, demo, bench) to its door",
 }
 
 
@@ -213,6 +218,8 @@ def test_the_allow_list_holds_only_edges_that_exist():
          "core module modelforge_jupyter.core.api imports door modelforge_jupyter.kernel.magics"),
         ({"modelforge_jupyter.cli.bench": {"modelforge_jupyter.server_extension.handlers"}},
          "door modelforge_jupyter.cli.bench imports another door, modelforge_jupyter.server_extension.handlers"),
+        ({"modelforge_jupyter.serve.app": {"modelforge_jupyter.server_extension.handlers"}},
+         "door modelforge_jupyter.serve.app imports another door, modelforge_jupyter.server_extension.handlers"),
         ({"modelforge_jupyter.core.api": {"modelforge_jupyter"}},
          "modelforge_jupyter.core.api imports the package root (its entry points load the doors); import the module "
          "itself"),
@@ -220,6 +227,14 @@ def test_the_allow_list_holds_only_edges_that_exist():
 )
 def test_the_checks_catch_a_broken_rule(graph, fault):
     assert layer_faults(graph) == [fault]
+
+
+def test_only_the_modelforge_command_routes_to_other_doors():
+    # cli/main.py (the `modelforge` command) imports the serve door for `modelforge serve`; cli's other modules may not
+    assert f"{PACKAGE}.serve.server" in GRAPH[f"{PACKAGE}.cli.main"]
+    assert layer_faults({f"{PACKAGE}.cli.main": {f"{PACKAGE}.serve.server"}}) == []
+    assert layer_faults({f"{PACKAGE}.cli.demo": {f"{PACKAGE}.serve.server"}}) == [
+        f"door {PACKAGE}.cli.demo imports another door, {PACKAGE}.serve.server"]
 
 
 def test_the_cycle_check_names_the_loop():

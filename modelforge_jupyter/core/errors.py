@@ -76,6 +76,12 @@ class ResourceLimitError(ModelForgeError):
     status = 413
 
 
+class UnsupportedEncodingError(ModelForgeError):
+    """A request body came with a ``Content-Encoding`` other than identity, gzip or deflate (HTTP 415)."""
+
+    status = 415
+
+
 def error_for_status(status: int) -> type[ModelForgeError]:
     """The error class a client raises for an HTTP ``status`` answered by a ModelForge server: the one subclass with
     that status (404 -> ``ModelNotFoundError``, 413 -> ``ResourceLimitError``...), else ``ModelForgeError`` (400 is

@@ -28,7 +28,7 @@ from ..core.errors import ServiceUnavailableError
 from ..core.settings import ENV_VARS, SETTINGS, Settings, SettingsTraits  # noqa: F401  (ENV_VARS: tests read it here)
 from ..core.urls import mask_url
 from .handlers import default_handlers
-from .pools import ThreadPool
+from ..core.pools import ThreadPool
 
 if TYPE_CHECKING:
     from ..core.api import ModelForge

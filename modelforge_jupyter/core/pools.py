@@ -1,4 +1,5 @@
-"""``ThreadPool``: a fixed-size executor of daemon threads, so that a call stuck in a socket never holds the server.
+"""``ThreadPool``: a fixed-size executor of daemon threads, so that a call stuck in a socket never holds a server (the
+Jupyter server extension, ``modelforge serve``).
 
 ``concurrent.futures.ThreadPoolExecutor`` joins its threads when the interpreter exits (``threading._shutdown`` and
 its own atexit hook), so one call blocked on a silent broker or database keeps a SIGTERMed Jupyter server alive for

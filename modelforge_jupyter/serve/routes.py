@@ -1,0 +1,162 @@
+"""The routes of ``modelforge serve``: the Jupyter server extension's ModelForge endpoints, at the server's root.
+
+``GET modelforge/health``, ``GET modelforge/health/live``, ``GET modelforge/health/ready`` (no token needed),
+``POST modelforge/predict``, ``GET modelforge/models``, ``GET|PUT|DELETE modelforge/models/{name}[?version=N]``,
+``POST modelforge/models/{name}/unload[?version=N]``. Each handler parses its request, calls the ``ModelForge`` API
+on a thread of the server (``ServeApp.call``) and answers ``(status, JSON body, extra headers)``, with the same
+answers as the extension: the predict wire format is the core's ``predict_json``, errors the core's family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from ..core.deadline import Cancellation
+from ..core.protocol import version_from_text
+from .http import Refusal, Request
+
+Answer = tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]
+Handler = Callable[[Any, Request, dict[str, str]], Awaitable[Answer]]
+PREFIX = "/modelforge/"
+MODELS = PREFIX + "models/"
+
+
+def ok(data: Any, status: int = 200) -> Answer:
+    return status, orjson.dumps(data), ()
+
+
+def version(query: dict[str, str]) -> int | None:
+    """``?version=N``: absent is None (latest, or every version for DELETE); present, a whole number >= 1
+    (``version_from_text``: 400 otherwise, an empty ``?version=`` included)."""
+    raw = query.get("version")
+    return None if raw is None else version_from_text(raw)
+
+
+# -- health: no token ------------------------------------------------------------------------------------------------
+async def health(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``{status, database, redis, celery, version, environment, timestamp}``; 503 when unhealthy."""
+    answer = await app.health()
+    return ok(answer, 503 if answer["status"] == "unhealthy" else 200)
+
+
+async def live(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``{"status": "alive"}`` whenever the worker runs."""
+    return ok({"status": "alive"})
+
+
+async def ready(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``{"status": "ready"}`` once the ModelForge is built and its registry answers; else 503 saying why."""
+    await app.call("health", app.check_ready)
+    return ok({"status": "ready"})
+
+
+# -- the data plane --------------------------------------------------------------------------------------------------
+async def predict(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """Run a model on ``{"model_id", "input_data", "use_cache"?, "version"?}`` (``protocol.predict_json``).
+
+    The run is stopped (``Cancellation``) when the client closes its connection, or never starts if it was still
+    queued; past ``inference_timeout`` it answers 504.
+    """
+    body = await req.body(*app.options.predict_limit())
+    cancel = Cancellation()
+    # After the body, receive() returns only when the client leaves (or once the answer is sent): then stop the run.
+    watcher = asyncio.ensure_future(req.receive())
+    watcher.add_done_callback(functools.partial(_client_left, cancel))
+    try:
+        return 200, await app.call("data", app.predict_json, body, cancel), ()
+    except asyncio.CancelledError:  # the server stops and gives up waiting: so does the run
+        cancel.cancel("the server is shutting down")
+        raise
+    finally:
+        watcher.cancel()
+
+
+def _client_left(cancel: Cancellation, watcher: asyncio.Future) -> None:
+    if not watcher.cancelled():
+        cancel.cancel()
+
+
+# -- the control plane -----------------------------------------------------------------------------------------------
+async def list_models(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """The latest version of every registered model."""
+    records = await app.forge_call("models")
+    return ok([r.to_dict() for r in records])
+
+
+async def get_model(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    return ok((await app.forge_call("get", req.name, version(query))).to_dict())
+
+
+async def put_model(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """A new version from raw ONNX bytes: 201 with ``Location`` when it registers the name, else 200."""
+    body = await req.body(app.options.max_body_size, "--max-body-size")
+    record, changed = await app.forge_call("save", req.name, body)
+    if changed and record.version == 1:
+        return 201, orjson.dumps(record.to_dict()), ((b"location", (MODELS + quote(record.name, safe="")).encode()),)
+    return ok(record.to_dict())
+
+
+async def delete_model(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    await app.forge_call("delete", req.name, version(query))
+    return 204, b"", ()
+
+
+async def unload(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    unloaded = await app.forge_call("unload", req.name, version(query))
+    return ok({"name": req.name, "unloaded": unloaded})
+
+
+async def not_found(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    raise Refusal(404, f"no ModelForge endpoint at {req.path}")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A route: its handler per method (HEAD answers as GET), whether GET needs no token, the query parameters it
+    takes (None: any, unchecked)."""
+
+    methods: dict[str, Handler]
+    open: bool = False
+    takes: frozenset[str] | None = field(default_factory=frozenset)
+
+    def handler(self, method: str) -> Handler:
+        found = self.methods.get("GET" if method == "HEAD" else method)
+        if found is None:
+            allowed = ", ".join(sorted({*self.methods, *(("HEAD",) if "GET" in self.methods else ())}))
+            raise Refusal(405, f"{method} is not allowed here; allowed: {allowed}", ((b"allow", allowed.encode()),))
+        return found
+
+
+VERSION = frozenset({"version"})
+EXACT = {
+    PREFIX + "health": Endpoint({"GET": health}, open=True),
+    PREFIX + "health/live": Endpoint({"GET": live}, open=True),
+    PREFIX + "health/ready": Endpoint({"GET": ready}, open=True),
+    PREFIX + "predict": Endpoint({"POST": predict}),
+    PREFIX + "models": Endpoint({"GET": list_models}),
+}
+MODEL = Endpoint({"GET": get_model, "PUT": put_model, "DELETE": delete_model}, takes=VERSION)
+UNLOAD = Endpoint({"POST": unload}, takes=VERSION)
+# any query: the path is what is wrong (404)
+NOT_FOUND = Endpoint({m: not_found for m in ("GET", "POST", "PUT", "DELETE", "PATCH")}, takes=None)
+
+
+def route(path: str) -> tuple[Endpoint, str | None]:
+    """(the endpoint of ``path``, the model name it holds or None); ``NOT_FOUND`` for any other path."""
+    endpoint = EXACT.get(path)
+    if endpoint is not None:
+        return endpoint, None
+    if path.startswith(MODELS):
+        name, _, rest = path[len(MODELS):].partition("/")
+        if name and not rest and not path.endswith("/"):
+            return MODEL, name
+        if name and rest == "unload":
+            return UNLOAD, name
+    return NOT_FOUND, None
