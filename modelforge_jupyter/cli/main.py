@@ -14,6 +14,8 @@ COMMANDS = {"serve": "the HTTP routes outside Jupyter, in N processes", "demo": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand ``argv[0]`` (serve, demo, bench) with the rest of ``argv``; returns its exit status (2 and
+    the usage for an unknown or missing subcommand, 0 for ``--help``)."""
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else ""
     if command == "serve":

@@ -155,6 +155,7 @@ class ServeApp:
 
     # -- start and stop ----------------------------------------------------------------------------------------------
     async def lifespan(self, receive: Receive, send: Send) -> None:
+        """ASGI lifespan of one worker: build its ModelForge at startup (after the fork), close it at shutdown."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":

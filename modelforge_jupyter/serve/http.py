@@ -45,6 +45,7 @@ class Request:
         self.headers = {k: v for k, v in scope["headers"] if k in HEADERS_READ}
 
     def header(self, name: bytes) -> str | None:
+        """The request header ``name`` (lower-case bytes) as text, or None when absent."""
         value = self.headers.get(name)
         return None if value is None else value.decode("latin-1")
 
@@ -82,6 +83,7 @@ class Request:
 
 
 def error_body(message: str) -> bytes:
+    """An error's JSON body, ``{"message": ...}``, as the Jupyter extension answers."""
     return orjson.dumps({"message": message})
 
 

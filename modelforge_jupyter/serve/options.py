@@ -36,6 +36,7 @@ class ServeOptions:
     access_log: bool = False
 
     def to_environment(self) -> str:
+        """These options as JSON, for the worker processes uvicorn starts (read back by ``from_environment``)."""
         return json.dumps(asdict(self))
 
     @classmethod

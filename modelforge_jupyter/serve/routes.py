@@ -29,6 +29,7 @@ MODELS = PREFIX + "models/"
 
 
 def ok(data: Any, status: int = 200) -> Answer:
+    """An answer of ``data`` as JSON with ``status``."""
     return status, orjson.dumps(data), ()
 
 
@@ -91,6 +92,7 @@ async def list_models(app: Any, req: Request, query: dict[str, str]) -> Answer:
 
 
 async def get_model(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``GET /modelforge/models/{name}[?version=N]``: 200 the record; 404 unknown; 400 bad version."""
     return ok((await app.forge_call("get", req.name, version(query))).to_dict())
 
 
@@ -104,16 +106,19 @@ async def put_model(app: Any, req: Request, query: dict[str, str]) -> Answer:
 
 
 async def delete_model(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``DELETE /modelforge/models/{name}[?version=N]``: 204 deleted; 404 unknown."""
     await app.forge_call("delete", req.name, version(query))
     return 204, b"", ()
 
 
 async def unload(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``POST /modelforge/models/{name}/unload``: 200 ``{"name", "unloaded"}`` (this worker's engine only)."""
     unloaded = await app.forge_call("unload", req.name, version(query))
     return ok({"name": req.name, "unloaded": unloaded})
 
 
 async def not_found(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """Any other path under ``/modelforge/``: 404 as JSON."""
     raise Refusal(404, f"no ModelForge endpoint at {req.path}")
 
 
@@ -127,6 +132,7 @@ class Endpoint:
     takes: frozenset[str] | None = field(default_factory=frozenset)
 
     def handler(self, method: str) -> Handler:
+        """The handler of ``method`` (HEAD: GET's); 405 with ``Allow`` when the route has none."""
         found = self.methods.get("GET" if method == "HEAD" else method)
         if found is None:
             allowed = ", ".join(sorted({*self.methods, *(("HEAD",) if "GET" in self.methods else ())}))
