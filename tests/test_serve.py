@@ -26,8 +26,7 @@ from sklearn.datasets import load_iris
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.errors import ModelNotFoundError
 
-from .mf_plugin import SAMPLES, mf_raw_run
-from .test_timeout import FOREVER, spin_input, spin_model
+from .mf_plugin import FOREVER, SAMPLES, mf_raw_run, mf_spin_input, mf_spin_model
 
 TOKEN = "serve-token-0123456789"
 TOKEN_NEEDED = "authentication required: send the server's token as the header 'Authorization: token <token>'"
@@ -234,16 +233,16 @@ def embedded(tmp_path: Path) -> dict[str, str]:
 def test_sigterm_lets_the_request_in_flight_finish_then_every_process_exits(tmp_path):
     settings = embedded(tmp_path)
     with ModelForge(**settings) as forge:
-        forge.register("spin", spin_model())
-        forge.predict("spin", spin_input(3), use_cache=False)
+        forge.register("spin", mf_spin_model())
+        forge.predict("spin", mf_spin_input(3), use_cache=False)
         start = time.perf_counter()
-        forge.predict("spin", spin_input(2000), use_cache=False)
+        forge.predict("spin", mf_spin_input(2000), use_cache=False)
         trips = int(2000 * 2.0 / (time.perf_counter() - start))  # ~2 s of work in one run
     server = start_serve(tmp_path, settings)
     try:
         workers = server.workers()
         assert len(workers) == 2
-        x = spin_input(trips)
+        x = mf_spin_input(trips)
         answers: list = []
         slow = threading.Thread(target=lambda: answers.append((predict(server.url, "spin", x), time.monotonic())))
         # Given a slow request in flight
@@ -257,7 +256,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_every_process_exits(tmp_
         ((status, answer), answered_at) = answers[0]
         assert status == 200, answer
         assert answered_at > stopped_at + 0.3
-        (want,) = mf_raw_run(spin_model().SerializeToString(), {"x": x})
+        (want,) = mf_raw_run(mf_spin_model().SerializeToString(), {"x": x})
         np.testing.assert_allclose(answer["output_data"]["y"], want, rtol=1e-5, atol=1e-6)
         # and the supervisor and its workers exit within a few seconds of it
         server.proc.wait(timeout=10)
@@ -273,12 +272,12 @@ def test_sigterm_lets_the_request_in_flight_finish_then_every_process_exits(tmp_
 def test_client_leaving_stops_its_run_and_a_run_past_the_timeout_is_504(tmp_path):
     settings = embedded(tmp_path)
     with ModelForge(**settings) as forge:
-        forge.register("spin", spin_model())
+        forge.register("spin", mf_spin_model())
     env = serve_env(settings, MODELFORGE_INFERENCE_TIMEOUT="60")
     server = start_serve(tmp_path, settings, workers=1, env=env)
     try:
         worker = server.proc.pid  # one worker: the process itself, no supervisor
-        body = json.dumps({"model_id": "spin", "input_data": spin_input(FOREVER).tolist()}).encode()
+        body = json.dumps({"model_id": "spin", "input_data": mf_spin_input(FOREVER).tolist()}).encode()
         port = int(server.url.split(":")[2].split("/")[0])
         # Given a request that would run for hours, When its client closes the connection
         with socket.create_connection(("127.0.0.1", port)) as conn:
@@ -294,7 +293,7 @@ def test_client_leaving_stops_its_run_and_a_run_past_the_timeout_is_504(tmp_path
     env = serve_env(settings, MODELFORGE_INFERENCE_TIMEOUT="0.5")
     server = start_serve(tmp_path, settings, workers=1, env=env)
     try:
-        status, answer = predict(server.url, "spin", spin_input(FOREVER))
+        status, answer = predict(server.url, "spin", mf_spin_input(FOREVER))
         assert status == 504 and "'spin' did not finish within 500 ms" in answer["message"]
     finally:
         server.stop()
