@@ -76,6 +76,21 @@ def test_a_run_past_the_budget_is_stopped_and_the_server_keeps_its_memory(tmp_pa
         server.stop()
 
 
+def spin_in_a_thread(engine: Engine, spin: bytes, outcome: dict[str, object]) -> threading.Thread:
+    """Start a thread running the CPU-bound Loop (allocates nothing, ~1-2 s); ``outcome["spin"]`` gets its answer or
+    the error that stopped it."""
+
+    def spin_for_a_while() -> None:
+        try:
+            outcome["spin"] = engine.run("spin", lambda: spin, {"x": mf_spin_input(600_000)}, "spin")
+        except Exception as err:  # noqa: BLE001 - recorded for the assertion
+            outcome["spin"] = err
+
+    thread = threading.Thread(target=spin_for_a_while)
+    thread.start()
+    return thread
+
+
 def test_the_run_that_takes_the_memory_is_the_one_stopped():
     # Given a long run that allocates nothing (a CPU-bound Loop), started first, and a string Loop beside it
     engine = Engine(max_request_memory_bytes=BUDGET)
@@ -84,14 +99,7 @@ def test_the_run_that_takes_the_memory_is_the_one_stopped():
     engine.inspect("strings", strings)
     outcome: dict[str, object] = {}
 
-    def spin_for_a_while() -> None:
-        try:
-            outcome["spin"] = engine.run("spin", lambda: spin, {"x": mf_spin_input(600_000)}, "spin")
-        except Exception as err:  # noqa: BLE001 - recorded for the assertion
-            outcome["spin"] = err
-
-    innocent = threading.Thread(target=spin_for_a_while)
-    innocent.start()
+    innocent = spin_in_a_thread(engine, spin, outcome)
     time.sleep(0.1)
 
     # When the string Loop takes 200 MB while the other runs
@@ -113,14 +121,7 @@ def test_memory_another_thread_takes_stops_no_run():
     engine.inspect("spin", spin)
     outcome: dict[str, object] = {}
 
-    def spin_for_a_while() -> None:
-        try:
-            outcome["spin"] = engine.run("spin", lambda: spin, {"x": mf_spin_input(600_000)}, "spin")
-        except Exception as err:  # noqa: BLE001 - recorded for the assertion
-            outcome["spin"] = err
-
-    runner = threading.Thread(target=spin_for_a_while)
-    runner.start()
+    runner = spin_in_a_thread(engine, spin, outcome)
     time.sleep(0.1)
 
     # When another thread (a request body being decoded, a user's array) takes 4x the budget while it runs

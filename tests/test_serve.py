@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,10 @@ from sklearn.datasets import load_iris
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.errors import ModelNotFoundError
 
-from .mf_plugin import FOREVER, SAMPLES, mf_raw_run, mf_spin_input, mf_spin_model
+from .mf_plugin import (
+    FOREVER, SAMPLES, mf_free_port, mf_http, mf_launch, mf_raw_run, mf_spin_input, mf_spin_model,
+    mf_stop_process, mf_zipmap,
+)
 
 TOKEN = "serve-token-0123456789"
 TOKEN_NEEDED = "authentication required: send the server's token as the header 'Authorization: token <token>'"
@@ -35,24 +36,12 @@ SETTINGS_ENV = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "cache
                 "cache_key_prefix": "CACHE_KEY_PREFIX", "celery_broker_url": "CELERY_BROKER_URL"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(method: str, url: str, body: bytes | None = None, token: str | None = TOKEN,
          **headers: str) -> tuple[int, Any, bytes]:
-    """(status, headers, body) of one request on a new connection; 4xx/5xx are returned, not raised."""
-    if token:
-        headers["Authorization"] = f"token {token}"
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, answer.headers, answer.read()
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, err.headers, err.read()
+    """(status, headers, body) of one request on a new connection (the plugin's ``mf_http``); 4xx/5xx are returned,
+    not raised."""
+    answer = mf_http(method, url, body, token, **headers)
+    return answer[0], answer.headers, answer[1]
 
 
 @dataclass
@@ -82,13 +71,8 @@ class Serve:
         return found
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        """SIGTERM the supervisor's process group, SIGKILL after 20 s (the plugin's ``mf_stop_process``)."""
+        mf_stop_process(self.proc, 20.0, group=True)
 
 
 def serve_env(settings: dict, **extra: str) -> dict[str, str]:
@@ -102,13 +86,11 @@ def serve_env(settings: dict, **extra: str) -> dict[str, str]:
 def start_serve(tmp_path: Path, settings: dict, *args: str, workers: int = 2, token: str | None = TOKEN,
                 env: dict[str, str] | None = None, wait: bool = True) -> Serve:
     """``modelforge serve`` (``python -m modelforge_jupyter.cli.main serve``) on a free port of 127.0.0.1."""
-    port = free_port()
+    port = mf_free_port()
     cmd = [sys.executable, "-m", "modelforge_jupyter.cli.main", "serve", "--port", str(port), "--workers",
            str(workers), *(["--token", token] if token else []), *args]
     log_path = tmp_path / f"serve-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env if env is not None else serve_env(settings), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc = mf_launch(cmd, log_path, env=env if env is not None else serve_env(settings), group=True).proc
     server = Serve(proc, f"http://127.0.0.1:{port}/modelforge/", log_path)
     deadline = time.monotonic() + 90
     while wait:
@@ -131,11 +113,6 @@ def serve2(mf_settings, tmp_path):
     server.stop()
 
 
-def zipmap(raw_seq) -> list[dict]:
-    """skl2onnx's ZipMap output as ModelForge returns it: keys as strings."""
-    return [{str(k): v for k, v in m.items()} for m in raw_seq]
-
-
 def predict(url: str, model: str, x: np.ndarray, **fields) -> tuple[int, dict]:
     body = json.dumps({"model_id": model, "input_data": x.tolist(), **fields}).encode()
     status, _, answer = http("POST", url + "predict", body)
@@ -148,7 +125,7 @@ def test_two_workers_serve_the_notebooks_registry_with_no_stale_answer(serve2, m
     assert len(serve2.workers()) == 2, serve2.log
     mf_forge.register("iris", IRIS)
     x = load_iris().data[:5].astype(np.float32)
-    want = zipmap(mf_raw_run(IRIS, {"float_input": x})[1])
+    want = mf_zipmap(mf_raw_run(IRIS, {"float_input": x})[1])
 
     # When predictions come over HTTP, each on a new connection (spread over the workers): raw onnxruntime's answer
     for _ in range(12):
@@ -159,7 +136,7 @@ def test_two_workers_serve_the_notebooks_registry_with_no_stale_answer(serve2, m
 
     # When the model is updated in this process: no worker answers from version 1 any more (cache or session)
     mf_forge.update("iris", IRIS_V2)
-    want_v2 = zipmap(mf_raw_run(IRIS_V2, {"float_input": x})[1])
+    want_v2 = mf_zipmap(mf_raw_run(IRIS_V2, {"float_input": x})[1])
     assert want_v2 != want
     for _ in range(12):
         status, answer = predict(url, "iris", x)
@@ -344,7 +321,7 @@ def test_bodies_limited_before_they_are_read_and_compressed_ones_decoded(tmp_pat
 def test_no_token_refuses_to_start_unless_no_auth(tmp_path):
     settings = embedded(tmp_path)
     env = serve_env(settings)
-    cmd = [sys.executable, "-m", "modelforge_jupyter.cli.main", "serve", "--port", str(free_port())]
+    cmd = [sys.executable, "-m", "modelforge_jupyter.cli.main", "serve", "--port", str(mf_free_port())]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no token: give --token TOKEN or set $MODELFORGE_TOKEN" in done.stderr
     assert "--no-auth" in done.stderr
