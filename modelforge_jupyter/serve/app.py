@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core.errors import ModelForgeError, ServiceUnavailableError
+from ..core.forge_holder import ForgeHolder
 from ..core.pools import ThreadPool
 from ..core.settings import Settings, mask_url
 from .http import ClientGone, Receive, Refusal, Request, Send, error_body, respond
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelforge_jupyter.serve")
 T = TypeVar("T")
-RETRY_AFTER = 2.0  # seconds between attempts to build the ModelForge while its registry database is unreachable
 TOKEN_NEEDED = "authentication required: send the server's token as the header 'Authorization: token <token>'"
 SCHEMES = (b"token", b"bearer")
 
@@ -47,13 +46,9 @@ class ServeApp:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.token = None if options.token is None else options.token.encode()
-        self.forge: ModelForge | None = None
+        self.holder = ForgeHolder("ModelForge is stopped: the server is shutting down")
         self.pools: dict[str, ThreadPool] = {}
-        self._settings: Settings | None = None
-        self._forge_lock = threading.Lock()
-        self._forge_error: tuple[float, str] | None = None
         self._health: asyncio.Future | None = None
-        self.stopping = False
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -103,7 +98,7 @@ class ServeApp:
     async def call(self, plane: str, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a thread of ``plane`` ("data", "control" or "health"); 503 once the worker stops."""
         pool = self.pools.get(plane)
-        if pool is None or self.stopping:
+        if pool is None or self.holder.stopped:
             raise ServiceUnavailableError("ModelForge is stopped: the server is shutting down")
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
@@ -129,29 +124,15 @@ class ServeApp:
         if not self.get_forge().registry.ping():
             raise ServiceUnavailableError("model registry database unavailable: it does not answer a query")
 
+    @property
+    def forge(self) -> ModelForge | None:
+        """The worker's ``ModelForge`` once built (None before, and after shutdown)."""
+        return self.holder.forge
+
     def get_forge(self) -> ModelForge:
-        """The worker's ``ModelForge``, built on first use. Blocking: call it on a thread.
-
-        While the registry database is unreachable this raises ``ServiceUnavailableError`` (503), trying again at
-        most every ``RETRY_AFTER`` seconds, so a server started before its database comes up and heals.
-        """
-        forge = self.forge
-        if forge is not None:
-            return forge
-        from ..core.api import ModelForge
-
-        with self._forge_lock:
-            if self.stopping:
-                raise ServiceUnavailableError("ModelForge is stopped: the server is shutting down")
-            if self.forge is None:
-                if self._forge_error is not None and time.monotonic() < self._forge_error[0]:
-                    raise ServiceUnavailableError(self._forge_error[1])
-                try:
-                    self.forge = ModelForge(self._settings)
-                except ServiceUnavailableError as err:
-                    self._forge_error = (time.monotonic() + RETRY_AFTER, str(err))
-                    raise
-            return self.forge
+        """The worker's ``ModelForge``, built on first use (``ForgeHolder.get``). Blocking: call it on a thread.
+        Raises ``ServiceUnavailableError`` (503) while the registry is unreachable or once the worker stops."""
+        return self.holder.get()
 
     # -- start and stop ----------------------------------------------------------------------------------------------
     async def lifespan(self, receive: Receive, send: Send) -> None:
@@ -178,11 +159,13 @@ class ServeApp:
                       "control": ThreadPool(o.control_threads, "modelforge-control"),
                       "health": ThreadPool(1, "modelforge-health")}
         try:
-            self._settings = Settings()
+            self.holder.settings = Settings()
             forge = await self.call("control", self.get_forge)
         except ValueError as err:
             raise StartupError(f"ModelForge is misconfigured: {mask_url(str(err))}") from None
         except ServiceUnavailableError as err:
+            if self.holder.config_error is not None:  # a setting ModelForge cannot use: refuse to start
+                raise StartupError(self.holder.config_error) from None
             log.error("ModelForge: %s; its endpoints answer 503 until the registry is reachable", err)
             return
         self.pools["health"].submit(forge.health)  # the first Celery probe and the broker client, not on a request
@@ -191,18 +174,14 @@ class ServeApp:
         """Refuse new calls, wait for running ones at most ``--shutdown-timeout`` s, then close the ModelForge.
         uvicorn has already waited for the requests in flight; the pools' threads are daemons, so a call stuck in a
         socket cannot keep the process alive."""
-        self.stopping = True
+        self.holder.stopped = True
         pools, self.pools = list(self.pools.values()), {}
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + self.options.shutdown_timeout
         for pool in pools:
             await asyncio.to_thread(pool.shutdown, timeout=max(0.0, deadline - time.monotonic()))
-        forge, self.forge = self.forge, None
-        if forge is not None:
-            closer = threading.Thread(target=forge.close, name="modelforge-close", daemon=True)
-            closer.start()
-            await asyncio.to_thread(closer.join, max(1.0, deadline - time.monotonic()))
+        await self.holder.close(max(1.0, deadline - time.monotonic()))
 
 
 def create_app() -> ServeApp:

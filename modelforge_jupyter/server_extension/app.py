@@ -17,7 +17,6 @@ import asyncio
 import logging
 import math
 import os
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int
 
 from ..core.errors import ServiceUnavailableError
+from ..core.forge_holder import RETRY_AFTER, ForgeHolder  # noqa: F401  (RETRY_AFTER: tests read it here)
 from ..core.settings import ENV_VARS, SETTINGS, Settings, SettingsTraits  # noqa: F401  (ENV_VARS: tests read it here)
 from ..core.urls import mask_url
 from .handlers import default_handlers
@@ -33,7 +33,6 @@ from ..core.pools import ThreadPool
 if TYPE_CHECKING:
     from ..core.api import ModelForge
 
-RETRY_AFTER = 2.0  # seconds between attempts to build the ModelForge while its registry database is unreachable
 
 
 SETTINGS_TRAITS = tuple(s.name for s in SETTINGS)  # the app's traits that are core settings
@@ -79,7 +78,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         "(a batch of ~50,000 rows of 10 float32 features).",
     )
 
-    forge: ModelForge | None = None
+    holder: ForgeHolder | None = None  # the ModelForge, built on first use (``core.forge_holder``)
     executor: ThreadPool | None = None  # the data plane (predict)
     control_executor: ThreadPool | None = None  # model list/get/put/delete/unload
     health_executor: ThreadPool | None = None  # health alone: never queued behind anything else
@@ -118,10 +117,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         core_log = logging.getLogger("modelforge_jupyter")
         core_log.parent = self.log
         core_log.setLevel(self.serverapp.log_level if self.serverapp is not None else logging.INFO)
-        self._forge_lock = threading.Lock()
-        self._forge_error: tuple[float, str] | None = None
-        self._config_error: str | None = None
-        self._stopped = False
+        self.holder = holder = ForgeHolder("ModelForge is stopped: the Jupyter server is shutting down")
         self._health: asyncio.Future | None = None
         self.executor = ThreadPool(max(self.max_workers, 1), "modelforge")
         self.control_executor = ThreadPool(max(self.control_workers, 1), "modelforge-control")
@@ -130,22 +126,22 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
             problem = self.app_setting_error()
             if problem is not None:
                 raise ValueError(problem)
-            self._forge_settings = self.modelforge_settings()
+            holder.settings = self.modelforge_settings()
         except ValueError as err:  # a setting out of range: the endpoints say which (503) rather than vanish (404)
-            self._config_error = f"ModelForge is misconfigured: {mask_url(str(err))}"
-            self.log.error("%s; its endpoints answer 503 until the server is restarted with it fixed", self._config_error)
+            holder.config_error = f"ModelForge is misconfigured: {mask_url(str(err))}"
+            self.log.error("%s; its endpoints answer 503 until the server is restarted with it fixed", holder.config_error)
             return
-        os.environ.update(self._forge_settings.environ())  # kernels started from now on inherit them
+        os.environ.update(holder.settings.environ())  # kernels started from now on inherit them
         try:
             forge = self.get_forge()
         except ServiceUnavailableError as err:
-            if self._config_error is not None:
+            if holder.config_error is not None:
                 self.log.error("%s; its endpoints answer 503 until the server is restarted with it fixed", err)
             else:
                 self.log.error("ModelForge: %s; its endpoints answer 503 until the registry is reachable", err)
             return
         self.health_executor.submit(warm_up, forge)
-        s = self._forge_settings
+        s = holder.settings
         cache = f"redis {mask_url(s.redis_url)}" if s.redis_url else f"disk {s.cache_dir}"
         from ..core.database import shown_url
 
@@ -153,36 +149,16 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         self.log.info("ModelForge: registry %s, cache %s, %d worker threads (+%d control, 1 health)", url, cache,
                       self.max_workers, self.control_workers)
 
+    @property
+    def forge(self) -> ModelForge | None:
+        """The ``ModelForge`` once built (None before, and after the server stopped)."""
+        return self.holder.forge if self.holder is not None else None
+
     def get_forge(self) -> ModelForge:
-        """The ``ModelForge``, built on first use. Blocking: call it in the executor.
-
-        While the registry database is unreachable this raises ``ServiceUnavailableError`` (503), trying again at
-        most every ``RETRY_AFTER`` seconds, so a server started before its database still comes up and heals; with a
-        setting out of range (``Settings`` refused it at start) or one ``ModelForge`` cannot use (a bad
-        ``DATABASE_URL``: ``ValueError``) it raises 503 naming the setting, every time.
-        """
-        forge = self.forge
-        if forge is not None:
-            return forge
-        from ..core.api import ModelForge
-
-        with self._forge_lock:
-            if self._stopped:
-                raise ServiceUnavailableError("ModelForge is stopped: the Jupyter server is shutting down")
-            if self._config_error is not None:
-                raise ServiceUnavailableError(self._config_error)
-            if self.forge is None:
-                if self._forge_error is not None and time.monotonic() < self._forge_error[0]:
-                    raise ServiceUnavailableError(self._forge_error[1])
-                try:
-                    self.forge = ModelForge(self._forge_settings)
-                except ServiceUnavailableError as err:
-                    self._forge_error = (time.monotonic() + RETRY_AFTER, str(err))
-                    raise
-                except ValueError as err:  # a setting ModelForge cannot use: it will not heal by waiting
-                    self._config_error = f"ModelForge is misconfigured: {mask_url(str(err))}"
-                    raise ServiceUnavailableError(self._config_error) from None
-            return self.forge
+        """The ``ModelForge``, built on first use (``ForgeHolder.get``). Blocking: call it in the executor. Raises
+        ``ServiceUnavailableError`` (503) while the registry is unreachable, naming a setting ModelForge cannot use,
+        or once the server is stopping."""
+        return self.holder.get()
 
     def pool(self, plane: str) -> ThreadPool:
         """The executor of ``plane``: "data" (predict), "control" (model CRUD, unload) or "health". Raises
@@ -210,7 +186,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
     async def stop_extension(self) -> None:
         """Cancel queued calls, wait for running ones at most ``shutdown_timeout`` s (all planes together), then
         close the ModelForge. Idempotent."""
-        self._stopped = True
+        self.holder.stopped = True
         pools = [p for p in (self.executor, self.control_executor, self.health_executor) if p is not None]
         self.executor = self.control_executor = self.health_executor = None
         for p in pools:
@@ -222,11 +198,7 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         if stuck:
             self.log.warning("ModelForge: %d calls still running after %.1f s; not waiting for them", stuck,
                              self.shutdown_timeout)
-        forge, self.forge = self.forge, None
-        if forge is not None:  # on a daemon thread too: a stuck call may hold a lock that close() takes
-            closer = threading.Thread(target=forge.close, name="modelforge-close", daemon=True)
-            closer.start()
-            await asyncio.to_thread(closer.join, max(1.0, deadline - time.monotonic()))
+        await self.holder.close(max(1.0, deadline - time.monotonic()))
         logging.getLogger("modelforge_jupyter").parent = logging.getLogger()
 
 
