@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import orjson
 import pytest
 import sqlalchemy as sa
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from modelforge_jupyter.core.errors import InvalidModelError, ModelExistsError, ModelForgeError, ModelNotFoundError
+from modelforge_jupyter.core.outputs import json_data, unpack
 from modelforge_jupyter.core.records import TensorSpec
 
 from .mf_plugin import (
@@ -102,7 +102,7 @@ def test_second_call_is_a_cache_hit_with_same_output(mf_forge, mf_settings):
     prefix = mf_settings.get("cache_key_prefix", "modelforge")
     assert keys[0].startswith(f"{prefix}:prediction:{rec.id}:") and len(keys[0].rsplit(":", 1)[1]) == 64
     assert 0 < mf_cache_ttl(mf_forge, keys[0]) <= 60
-    assert orjson.loads(mf_cache_value(mf_forge, keys[0])) == first.output_data
+    assert json_data(unpack(mf_cache_value(mf_forge, keys[0]))) == first.output_data
 
 
 def test_equal_values_hit_one_key_and_other_shapes_or_versions_do_not(mf_forge):
@@ -495,7 +495,7 @@ def test_cache_key_names_the_key_a_predict_writes_and_clear_cache_removes_every_
     record = mf_forge.get("iris")
     assert key.startswith(f"{mf_forge.settings.cache_key_prefix}:prediction:{record.id}:")
     assert key in mf_cached_keys(mf_forge)
-    assert orjson.loads(mf_cache_value(mf_forge, key)) == mf_forge.predict("iris", x_iris).output_data
+    assert json_data(unpack(mf_cache_value(mf_forge, key))) == mf_forge.predict("iris", x_iris).output_data
     # When the cache is cleared, both predictions go and the next predict is a miss
     assert mf_forge.clear_cache() == 2
     assert mf_cached_keys(mf_forge) == []

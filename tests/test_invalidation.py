@@ -20,6 +20,7 @@ import pytest
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.errors import ModelNotFoundError
+from modelforge_jupyter.core.outputs import json_data, unpack
 
 from .mf_plugin import (
     SAMPLES,
@@ -425,7 +426,7 @@ def test_prediction_in_flight_never_caches_an_old_answer_under_the_new_version(m
             value = mf_cache_value(forge, key)
             if value is not None:
                 raw = mf_raw_run(IRIS[1], {"float_input": np.array(x, np.float32)})[1][0]
-                assert json.loads(value)["output_probability"][0] == mf_zipmap([raw])[0]
+                assert json_data(unpack(value))["output_probability"][0] == mf_zipmap([raw])[0]
                 checked += 1
         assert checked > 0
 

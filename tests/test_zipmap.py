@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.engine import Engine
 from modelforge_jupyter.core.errors import InferenceError, ResourceLimitError
+from modelforge_jupyter.core.outputs import MapRows
 from modelforge_jupyter.core.tensors import json_safe, spec_from_ort
 
 from .mf_plugin import SAMPLES, MiB, mf_peak_rss_growth, mf_raw_run, mf_raw_session
@@ -83,7 +84,8 @@ def test_maps_are_raw_onnxruntime_s(case):
     engine = Engine()
     engine.inspect("m", data)
 
-    names, values = engine.run_raw("m", lambda: data, feed)
+    outputs = engine.predict("m", lambda: data, feed)
+    names, values = list(outputs), [v.maps() if isinstance(v, MapRows) else v for v in outputs.values()]
     answer = engine.run("m", lambda: data, feed)
 
     for got, want in zip(values, raw):

@@ -13,13 +13,13 @@ import uuid
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-import orjson
 
 from .._version import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
+from .outputs import pack, unpack
 from .checks import check_timeout
 from .deadline import Cancellation
 from .engine import Engine, raw_session
@@ -38,6 +38,12 @@ from .urls import mask_url
 log = logging.getLogger(__name__)
 
 ModelSource = str | PathLike | bytes | bytearray | memoryview
+FeedRule = Callable[[ModelRecord, Any], dict]  # (resolved record, input data) -> {input name: ndarray}
+
+
+def _prepare(record: ModelRecord, input_data: Any) -> dict:
+    """The default feed rule: ``tensors.prepare_feed`` on the record's declared inputs."""
+    return prepare_feed(record.inputs, input_data)
 
 
 class ModelForge:
@@ -64,7 +70,7 @@ class ModelForge:
         self._key_prefix = s.cache_key_prefix
         self._prediction_ttl = s.cache_prediction_ttl
         self._timeout = s.inference_timeout
-        self._runners: dict[tuple[str, str], Any] = {}  # (name, sha256) -> engine.run or a batcher's run
+        self._runners: dict[tuple[str, str], Any] = {}  # (name, sha256) -> engine.predict or a batcher's run
         self._batchers: dict[tuple[int, ...], DynamicBatcher] = {}
         self.resolver = Resolver(self.registry, self.cache, s.cache_key_prefix, s.cache_ttl, self._registry_changed)
         self.invalidator = Invalidator(s, self.cache, self.engine)
@@ -139,17 +145,21 @@ class ModelForge:
     # -- predict ---------------------------------------------------------------------------------------------------
     def predict(
         self, model: str, input_data: Any, *, use_cache: bool = True, version: int | None = None,
-        timeout: float | None = None, cancel: Cancellation | None = None,
+        timeout: float | None = None, cancel: Cancellation | None = None, prepare: FeedRule | None = None,
     ) -> PredictionResult:
         """Run ``model`` (name or id; latest version unless ``version``) on ``input_data``.
 
         ``input_data``: ``{input name: nested list | numpy array | scalar}``; a single-input model also takes the bare
         value. Batches go along axis 0. A repeated input within ``CACHE_PREDICTION_TTL`` seconds is a cache hit
-        (``cached=True``, same ``output_data``) unless ``use_cache=False`` or ``CACHE_PREDICTION_ENABLED=false``.
+        (``cached=True``, same ``outputs`` and ``output_data``) unless ``use_cache=False`` or
+        ``CACHE_PREDICTION_ENABLED=false``. The result's ``outputs`` are NumPy arrays (``PredictionResult``).
         ``timeout``: seconds the model run may take (0 = no limit; default the ``inference_timeout`` setting); past it
         the run is stopped and ``InferenceTimeoutError`` (504) raised, naming the model and the limit.
         ``cancel``: a ``deadline.Cancellation`` another thread may trigger to stop the run (or keep it from starting):
         ``RequestCancelledError`` (499). Neither a stopped nor a refused run caches anything.
+        ``prepare``: the rule that turns ``input_data`` into the feed, given the resolved record (default
+        ``tensors.prepare_feed`` on its inputs); a protocol with rules of its own (V2: exact datatypes) passes its own,
+        raising ``InvalidInputError`` (400).
         Raises ``ModelNotFoundError`` (404), ``InvalidInputError`` (400, naming input, expected and given dtype/shape),
         ``InferenceError`` (422), ``ServiceUnavailableError`` (503, registry down). A cache outage never raises.
         """
@@ -166,39 +176,40 @@ class ModelForge:
         if cancel is not None:
             cancel.check(model)
         caching = use_cache and self._caching
-        record, feed, key, hit = self._lookup(model, version, input_data, caching)
+        record, feed, key, hit = self._lookup(model, version, input_data, caching, prepare or _prepare)
         if hit is not None:
-            return self._result(record, feed, orjson.loads(hit), start, cached=True)
+            return self._result(record, feed, hit, start, cached=True)
         run = self._runner(record)
-        output_data = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name,
-                          timeout, cancel)
+        outputs = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name, timeout, cancel)
         if key is not None:
-            self.cache.set(key, orjson.dumps(output_data), self._prediction_ttl, record.id)
-        return self._result(record, feed, output_data, start, cached=False)
+            self.cache.set(key, pack(outputs), self._prediction_ttl, record.id)
+        return self._result(record, feed, outputs, start, cached=False)
 
     def _lookup(
-        self, model: str, version: int | None, input_data: Any, caching: bool
-    ) -> tuple[ModelRecord, dict, str | None, bytes | None]:
-        """Resolve, validate, look up the cache: (record, feed, cache key or None, cached value or None).
+        self, model: str, version: int | None, input_data: Any, caching: bool, prepare: FeedRule
+    ) -> tuple[ModelRecord, dict, str | None, dict | None]:
+        """Resolve, validate, look up the cache: (record, feed, cache key or None, cached outputs or None: a value
+        another version of ModelForge wrote is a miss, ``outputs.unpack``).
 
         With a Redis stamp (PostgreSQL + Redis) a known model costs one round trip, the stamp and the cache value
         together (``resolver``); a record the stamp does not prove current is resolved again from the database.
         """
         try:
-            return self._read(self.resolver.resolve(model, version, proven=False), input_data, caching)
+            return self._read(self.resolver.resolve(model, version, proven=False), input_data, caching, prepare)
         except StaleRecord:  # the registry changed since this process read the record
-            return self._read(self.resolver.resolve(model, version), input_data, caching)
+            return self._read(self.resolver.resolve(model, version), input_data, caching, prepare)
 
-    def _read(self, resolved: Resolved, input_data: Any, caching: bool) -> tuple[ModelRecord, dict, str | None, bytes | None]:
+    def _read(self, resolved: Resolved, input_data: Any, caching: bool,
+              prepare: FeedRule) -> tuple[ModelRecord, dict, str | None, dict | None]:
         record = resolved.record
         try:
-            feed = prepare_feed(record.inputs, input_data)
+            feed = prepare(record, input_data)
         except ModelForgeError:
             if resolved.pending is not None:  # judged by a record not yet proven current: judge again, proven
                 raise StaleRecord from None
             raise
         key = self._cache_key(record, feed) if caching else None
-        return record, feed, key, self.resolver.read(resolved, key)
+        return record, feed, key, unpack(self.resolver.read(resolved, key))
 
     def cache_key(self, model: str, input_data: Any, version: int | None = None) -> str:
         """The cache key a ``predict`` of ``input_data`` reads and writes:
@@ -216,17 +227,18 @@ class ModelForge:
         return prediction_key(self._key_prefix, record.id, input_hash(record.sha256, feed))
 
     def _result(
-        self, record: ModelRecord, feed: dict, output_data: dict, start: float, cached: bool
+        self, record: ModelRecord, feed: dict, outputs: dict, start: float, cached: bool
     ) -> PredictionResult:
         ms = (time.perf_counter() - start) * 1000.0
         if log.isEnabledFor(logging.DEBUG):
             rows = next(iter(feed.values())).shape[:1] if feed else ()
             log.debug("predict %s v%d: batch %s, %.3f ms, cached=%s", record.name, record.version,
                       rows[0] if rows else 1, ms, cached)
-        return PredictionResult(str(uuid.uuid4()), record.id, record.version, output_data, ms, cached, record.name)
+        return PredictionResult(str(uuid.uuid4()), record.id, record.version, None, ms, cached, record.name,
+                                outputs=outputs)
 
     def _runner(self, record: ModelRecord):
-        """``engine.run``, or a dynamic batcher's ``run`` when batching is on for this model and it can batch."""
+        """``engine.predict``, or a dynamic batcher's ``run`` when batching is on for this model and it can batch."""
         key = (record.name, record.sha256)
         run = self._runners.get(key)
         if run is None:
@@ -236,7 +248,7 @@ class ModelForge:
     def _make_runner(self, record: ModelRecord):
         enabled, *key = self.settings.batching_for(record.name)  # max_batch_size, max_queue_delay_us, instances
         if not (enabled and batchable(record.inputs, record.outputs)):
-            return self.engine.run
+            return self.engine.predict
         key = tuple(key)
         batcher = self._batchers.get(key)
         if batcher is None:
@@ -277,8 +289,8 @@ class ModelForge:
             log.warning("eviction listener not restarted (%s)", mask_url(str(err)))
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child: with an eviction listener (whose thread the child lacks), no resolved
-        metadata, so that the child's first lookup asks the registry and restarts the listener there."""
+        """In a forked child with an eviction listener (whose thread it lacks): forget resolved metadata, so that
+        the first lookup asks the registry and restarts the listener."""
         if self.listener is not None:
             self.resolver.forget()
 
@@ -311,18 +323,14 @@ class ModelForge:
         ``degraded`` when Redis or Celery is, else ``healthy``. timestamp: ISO 8601 UTC.
 
         Costs a database and a Redis round trip, each bounded by its deadline (``database_timeout``,
-        ``redis_timeout``). The Celery status is the background probe's (``tasks.celery_probe``), at most
-        ``celery_probe_ttl`` s old: health never waits for the broker, but for the first probe of the process
-        (at most ``broker_timeout`` s).
+        ``redis_timeout``). Celery's status is the background probe's (``tasks.celery_probe``, at most
+        ``celery_probe_ttl`` s old; the process's first waits up to ``broker_timeout`` s).
         """
         from .broker import celery_probe
 
         s = self.settings
         database = "connected" if self.registry.ping() else "disconnected"
-        if s.redis_url:
-            redis = "connected" if self.cache.ping() else "disconnected"
-        else:
-            redis = "not_configured"
+        redis = ("connected" if self.cache.ping() else "disconnected") if s.redis_url else "not_configured"
         if s.celery_broker_url:
             celery = celery_probe(s.celery_broker_url, s.celery_probe_ttl, s.broker_timeout).status()
         else:

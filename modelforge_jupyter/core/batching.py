@@ -39,7 +39,7 @@ from .engine import Engine
 from .errors import InferenceTimeoutError
 from .forksafe import at_fork_in_child
 from .records import TensorSpec
-from .tensors import json_safe
+from .outputs import MapRows
 
 
 def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
@@ -112,8 +112,8 @@ class DynamicBatcher:
         self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = "",
         timeout: float = 0.0, cancel: Cancellation | None = None,
     ) -> dict[str, Any]:
-        """Like ``Engine.run``, but possibly merged with concurrent requests of the same ``timeout`` (s). Raises
-        what ``Engine.run`` raises."""
+        """Like ``Engine.predict`` (the outputs as NumPy, ``outputs``), but possibly merged with concurrent requests
+        of the same ``timeout`` (s). Raises what ``Engine.predict`` raises."""
         with self._lock:
             queue = self._queues.setdefault(sha256, _Queue())
         request = _Request(feed, timeout, cancel)
@@ -274,7 +274,7 @@ class DynamicBatcher:
         feed = {name: np.concatenate([r.feed[name] for r in batch]) for name in batch[0].feed}
         total = sum(r.rows for r in batch)
         try:
-            names, values = self.engine.run_raw(sha256, load_bytes, feed, model_name, batch[0].timeout)
+            outputs = self.engine.predict(sha256, load_bytes, feed, model_name, batch[0].timeout)
         except InferenceTimeoutError as err:  # running them one by one would take as long again, each
             for r in batch:
                 r.error = err
@@ -283,18 +283,18 @@ class DynamicBatcher:
             for r in batch:  # one bad request must fail alone
                 self._run_alone(r, sha256, load_bytes, model_name)
             return
-        if not all(_rows(v) == total for v in values):  # an output without a batch dimension cannot be split
+        if not all(_rows(v) == total for v in outputs.values()):  # an output without a batch dimension cannot be split
             for r in batch:
                 self._run_alone(r, sha256, load_bytes, model_name)
             return
         start = 0
         for r in batch:
-            r.result = {n: json_safe(v[start : start + r.rows]) for n, v in zip(names, values)}
+            r.result = {n: v[start : start + r.rows] for n, v in outputs.items()}
             start += r.rows
 
     def _run_alone(self, r: _Request, sha256: str, load_bytes: Callable, model_name: str) -> None:
         try:
-            r.result = self.engine.run(sha256, load_bytes, r.feed, model_name, r.timeout, r.cancel)
+            r.result = self.engine.predict(sha256, load_bytes, r.feed, model_name, r.timeout, r.cancel)
         except Exception as err:  # an interrupt of the leading caller is not this request's error
             r.error = err
 
@@ -302,6 +302,6 @@ class DynamicBatcher:
 def _rows(value: Any) -> int | None:
     if isinstance(value, np.ndarray):
         return value.shape[0] if value.ndim else None
-    if isinstance(value, list):
+    if isinstance(value, MapRows):
         return len(value)
-    return None
+    return None  # a sequence's length is not a batch

@@ -42,7 +42,8 @@ from .limits import MiB, arena_full, arena_full_error, check_output, check_strin
 from .memory import process_rss, release_free_memory
 from .records import TensorSpec
 from .sessions import LoadedModel, SessionLRU
-from .tensors import NUMPY_DTYPES, json_safe, spec_from_ort
+from .outputs import MapRows, json_data
+from .tensors import NUMPY_DTYPES, spec_from_ort
 from .zipmap import all_float, strip
 
 log = logging.getLogger(__name__)
@@ -221,23 +222,16 @@ class Engine(SessionLRU):
         self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = "",
         timeout: float = 0.0, cancel: Cancellation | None = None,
     ) -> dict[str, Any]:
-        """Run the model on ``feed`` (validated arrays) and return ``{output name: JSON-safe value}``.
+        """Run the model on ``feed`` (validated arrays) and return ``{output name: JSON-safe value}``
+        (``outputs.json_data`` of ``predict``). Raises what ``predict`` raises."""
+        return json_data(self.predict(sha256, load_bytes, feed, model_name, timeout, cancel))
 
-        Raises ``InferenceError`` (HTTP 422) when ONNX Runtime rejects values that passed validation, and what
-        ``run_raw`` raises for ``timeout`` and ``cancel``.
-        """
-        loaded, values, name = self.run_outputs(sha256, load_bytes, feed, model_name, timeout, cancel)
-        if not loaded.zipmaps:
-            return {n: json_safe(v) for n, v in zip(loaded.output_names, values)}
-        return {n: json_safe(v) if z is None else z.json(v, name)
-                for n, v, z in zip(loaded.output_names, values, loaded.zipmaps)}
-
-    def run_raw(
+    def predict(
         self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = "",
         timeout: float = 0.0, cancel: Cancellation | None = None,
-    ) -> tuple[list[str], list[Any]]:
-        """Run the model and return (output names, the values raw ONNX Runtime gives: ndarrays, lists of dicts for
-        ZipMap's maps, lists for sequences).
+    ) -> dict[str, Any]:
+        """Run the model on ``feed`` (validated arrays) and return ``{output name: value}`` as ``outputs`` documents:
+        ndarrays as ONNX Runtime returns them, a ZipMap output as ``MapRows`` (``maps()``: ONNX Runtime's own dicts).
 
         ``timeout`` (s, 0 = none) bounds the run: past it the ``deadline.watchdog()`` sets the run's
         ``RunOptions.terminate`` and this raises ``InferenceTimeoutError`` (504). ``cancel.cancel()`` from another
@@ -245,19 +239,20 @@ class Engine(SessionLRU):
         ONNX Runtime checks the flag between nodes and loop iterations, so one long node finishes first.
         Raises ``ResourceLimitError`` (413) when the run needs more than the arena has left, takes the process more
         than ``max_request_memory_bytes`` above its steady state (stopped by the watchdog), or its outputs hold more
-        than ``max_output_bytes``; ``InferenceError`` (422) when ONNX Runtime rejects the values.
+        than ``max_output_bytes``; ``InferenceError`` (422) when ONNX Runtime rejects values that passed validation.
         """
         loaded, values, name = self.run_outputs(sha256, load_bytes, feed, model_name, timeout, cancel)
-        if loaded.zipmaps:
-            values = [v if z is None else z.maps(v, name) for v, z in zip(values, loaded.zipmaps)]
-        return loaded.output_names, values
+        if not loaded.zipmaps:
+            return dict(zip(loaded.output_names, values))
+        return {n: v if z is None else MapRows(z.rows(v, name), z.keys)
+                for n, v, z in zip(loaded.output_names, values, loaded.zipmaps)}
 
     def run_outputs(
         self, sha256: str, load_bytes: Callable[[], bytes], feed: dict[str, np.ndarray], model_name: str = "",
         timeout: float = 0.0, cancel: Cancellation | None = None,
     ) -> tuple[LoadedModel, list[Any], str]:
-        """The one session run behind ``run`` and ``run_raw``: (the loaded model, the session's outputs once their size
-        is checked: a ZipMap's tensor where the model gives maps, the model's name for messages). Raises as ``run_raw``."""
+        """The one session run behind ``predict``: (the loaded model, the session's outputs once their size is checked: a
+        ZipMap's tensor where the model gives maps, the model's name for messages). Raises as ``predict``."""
         loaded = self.session(sha256, load_bytes)
         name = model_name or sha256[:12]
         if not timeout and cancel is None and not self.max_request_memory_bytes:
@@ -352,13 +347,7 @@ class Engine(SessionLRU):
         if not self.arena_bytes:
             return
         if self._shrinker is None:
-            from onnx import TensorProto, helper
-
-            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-            graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "shrink", [x],
-                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-            self._shrinker = self.create_session(model.SerializeToString())
+            self._shrinker = self.create_session(identity_model())
         self._shrinker.run(None, {"x": np.zeros(1, np.float32)}, self._shrink_options)
 
     def _after_fork_in_child(self) -> None:
@@ -379,6 +368,16 @@ class Engine(SessionLRU):
             self._shrinker = None
             self.arena_bytes = 0
             self._warn_own_arenas = True
+
+
+def identity_model() -> bytes:
+    """ONNX bytes of ``y = Identity(x)``, float32 ``[1]``: the shrinker's model."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "shrink", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
 def _inference_error(err: Exception, model_name: str) -> InferenceError:

@@ -11,16 +11,18 @@ given (``ModelForgeError``, 400, for a version given as text); the status of eac
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from .errors import InvalidInputError, ModelForgeError
+from .outputs import json_ready
 from .records import PredictionResult
 
 MODEL_ID, INPUT_DATA, USE_CACHE, VERSION = "model_id", "input_data", "use_cache", "version"
 VERSION_TEXT = re.compile(r"[0-9]+")
+RESULT_FIELDS = ("prediction_id", "model_id", "model_version", "output_data", "inference_time_ms", "cached")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +137,20 @@ def encode_predict(model: str, input_data: Any, *, use_cache: bool = True, versi
 
 
 def encode_result(result: PredictionResult) -> bytes:
-    """The JSON answer of a predict: ``PredictionResult.to_dict()`` (orjson)."""
-    return orjson.dumps(result.to_dict())
+    """The JSON answer of a predict: ``PredictionResult.to_dict()``, encoded by orjson straight from the NumPy
+    outputs (``outputs.json_ready``) without building ``output_data``'s lists, to the same JSON."""
+    answer = result.to_dict() if result.has_output_data else {
+        "prediction_id": result.prediction_id, "model_id": result.model_id, "model_version": result.model_version,
+        "output_data": {name: json_ready(value) for name, value in result.outputs.items()},
+        "inference_time_ms": result.inference_time_ms, "cached": result.cached,
+    }
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def decode_result(answer: dict[str, Any], model: str) -> PredictionResult:
     """The ``PredictionResult`` of a decoded predict answer, asked for as ``model`` (name or id): the answer names
     the model by id only, so ``model_name`` is ``model`` unless it was that id (an id resolves first)."""
-    values = {f.name: answer[f.name] for f in fields(PredictionResult) if f.name in answer}
+    values = {name: answer[name] for name in RESULT_FIELDS if name in answer}
     values.setdefault("model_name", model if model != answer["model_id"] else "")
     return PredictionResult(**values)
 

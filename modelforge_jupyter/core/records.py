@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
@@ -62,25 +64,54 @@ class ModelRecord:
         return d
 
 
-@dataclass(frozen=True, slots=True)
 class PredictionResult:
     """The answer to one ``predict`` call.
 
-    ``output_data`` maps each output name to a JSON-safe value (nested lists; NaN and ±Inf become ``None``;
-    ZipMap outputs become lists of ``{str(class): probability}``), identical whether it came from the cache or
-    the engine. ``inference_time_ms`` is the wall time ModelForge spent on the call (resolve, validate, cache lookup,
-    session run, output conversion), in milliseconds, so a cache hit reports the cache lookup's cost.
-    ``model_name`` is the model's registered name (``""`` when unknown: a result built from an HTTP answer for a
-    model called by id); it is for display and not part of ``to_dict()``, the HTTP answer.
+    ``outputs`` maps each output name to its value as NumPy (``outputs`` module): an ``np.ndarray`` per tensor, as
+    ONNX Runtime returned it (NaN and ±Inf kept); a ZipMap output as ``MapRows`` (its float32 ``[N, C]`` ``rows`` and
+    class ``keys``; ``maps()`` gives ONNX Runtime's own ``[{label: probability}]``).
+    ``output_data`` maps each output name to a JSON-safe value (nested lists; NaN and ±Inf become ``None``; ZipMap
+    outputs become lists of ``{str(class): probability}``), identical whether it came from the cache or the engine;
+    it is built from ``outputs`` on first read (a result built from a JSON answer has it, and ``outputs`` is then
+    built from it: ``np.asarray`` of each tensor's nested list).
+    ``inference_time_ms`` is the wall time ModelForge spent on the call (resolve, validate, cache lookup, session run),
+    in milliseconds, so a cache hit reports the cache lookup's cost. ``model_name`` is the model's registered name
+    (``""`` when unknown: a result built from an HTTP answer for a model called by id); it is for display and not part
+    of ``to_dict()``, the HTTP answer.
     """
 
-    prediction_id: str
-    model_id: str
-    model_version: int
-    output_data: dict[str, Any]
-    inference_time_ms: float
-    cached: bool
-    model_name: str = ""
+    __slots__ = ("prediction_id", "model_id", "model_version", "inference_time_ms", "cached", "model_name",
+                 "_outputs", "_output_data")
+
+    def __init__(self, prediction_id: str, model_id: str, model_version: int, output_data: dict[str, Any] | None = None,
+                 inference_time_ms: float = 0.0, cached: bool = False, model_name: str = "", *,
+                 outputs: dict[str, Any] | None = None) -> None:
+        if output_data is None and outputs is None:
+            raise TypeError("a PredictionResult needs output_data or outputs")
+        self.prediction_id, self.model_id, self.model_version = prediction_id, model_id, model_version
+        self.inference_time_ms, self.cached, self.model_name = inference_time_ms, cached, model_name
+        self._outputs, self._output_data = outputs, output_data
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """``{output name: np.ndarray | MapRows | other}`` (class docstring)."""
+        if self._outputs is None:
+            self._outputs = {name: _array(value) for name, value in self._output_data.items()}
+        return self._outputs
+
+    @property
+    def output_data(self) -> dict[str, Any]:
+        """``{output name: JSON-safe value}`` (class docstring), built once from ``outputs``."""
+        if self._output_data is None:
+            from .outputs import json_data
+
+            self._output_data = json_data(self._outputs)
+        return self._output_data
+
+    @property
+    def has_output_data(self) -> bool:
+        """True once ``output_data`` exists (read, or given): an encoder may then use it as it is."""
+        return self._output_data is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The documented predict answer: ``{prediction_id, model_id, model_version, output_data,
@@ -93,3 +124,26 @@ class PredictionResult:
             "inference_time_ms": self.inference_time_ms,
             "cached": self.cached,
         }
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the answers are (``to_dict()``, compared through ``output_data``) and the model names too."""
+        if not isinstance(other, PredictionResult):
+            return NotImplemented
+        return self.to_dict() == other.to_dict() and self.model_name == other.model_name
+
+    __hash__ = None  # type: ignore[assignment]  (mutable caches inside: not hashable, as the dataclass was not)
+
+    def __repr__(self) -> str:
+        return (f"PredictionResult(model_name={self.model_name!r}, model_version={self.model_version}, "
+                f"outputs={list(self.outputs)}, cached={self.cached}, inference_time_ms={self.inference_time_ms:.3f})")
+
+
+def _array(value: Any) -> Any:
+    """A JSON output value as NumPy where it is a tensor's nested list (a list of maps, or ``None`` for NaN, as is)."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return value
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        return value
+    return value if array.dtype.kind == "O" else array

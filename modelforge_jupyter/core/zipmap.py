@@ -43,7 +43,6 @@ class ZipMapOutput:
     node: str  # the node's name, for messages
     labels: int  # how many labels the node lists: the columns each row must have
     keys: tuple  # ints or strings, as ONNX Runtime's maps give them
-    json_keys: tuple[str, ...]  # the same as JSON object keys (``tensors.json_safe`` makes every key a string)
     columns: tuple[int, ...] | None
     row_bytes: int  # the answer's bytes a row counts (``MAP_ENTRY`` a key, plus a string key's UTF-8 bytes)
 
@@ -61,17 +60,6 @@ class ZipMapOutput:
         """The maps ONNX Runtime's ZipMap makes of ``tensor`` (float32 ``[N, C]`` or ``[C]``): one dict a row.
         Raises ``InferenceError`` (422) where ONNX Runtime's ZipMap fails (see ``rows``)."""
         return list(map(dict, map(zip, repeat(self.keys), self.rows(tensor, model_name).tolist())))
-
-    def json(self, tensor: np.ndarray, model_name: str) -> list[dict]:
-        """``maps`` as ``tensors.json_safe`` makes them: string keys, NaN and ±Inf as None, built directly."""
-        rows = self.rows(tensor, model_name)
-        if np.isfinite(rows).all():
-            values = rows.tolist()
-        else:
-            values = rows.astype(object)
-            values[~np.isfinite(rows)] = None
-            values = values.tolist()
-        return list(map(dict, map(zip, repeat(self.json_keys), values)))
 
     def rows(self, tensor: np.ndarray, model_name: str) -> np.ndarray:
         """``tensor`` as ``[N, keys]`` in key order. Raises ``InferenceError`` (422) for what ONNX Runtime's ZipMap
@@ -148,7 +136,6 @@ def _output(node: Any, tensor_name: str, labels: list, count: int) -> ZipMapOutp
     row_bytes = sum(MAP_ENTRY + (len(key.encode()) if isinstance(key, str) else 0) for key in keys)
     return ZipMapOutput(
         name=node.output[0], tensor_name=tensor_name, node=node.name or "ZipMap", labels=count, keys=keys,
-        json_keys=tuple(str(key) for key in keys),
         columns=None if columns == tuple(range(count)) else columns, row_bytes=row_bytes,
     )
 
