@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestRegressor
@@ -21,11 +24,12 @@ from sklearn.semi_supervised import LabelPropagation
 from sklearn.tree import DecisionTreeClassifier
 
 from modelforge_jupyter import ModelForge
+from modelforge_jupyter.core import database
 from modelforge_jupyter.core.convert import sample_feed
 from modelforge_jupyter.core.errors import InvalidModelError, ModelForgeError, ModelNotFoundError
 from modelforge_jupyter.core.verify import TOLERANCES
 
-from .mf_plugin import SAMPLES, mf_run_cell
+from .mf_plugin import SAMPLES, mf_embedded, mf_run_cell
 
 NUMERIC = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -174,7 +178,10 @@ def test_a_conversion_that_disagrees_is_refused_showing_the_worst_rows(mf_forge)
     assert info.value.status == 400 and "\n" not in msg
     assert (f"output 'label' vs predict(): {len(differ)} of {len(sample)} rows differ ({shown})") in msg
     assert "output 'probabilities' vs predict_proba():" in msg and "max abs error 1, max rel error" in msg
-    assert "try: a float32 sample" in msg
+    assert "max rel error 1;" in msg and msg.endswith(
+        "the ONNX model computes in float32: rows near a tree threshold that falls between float32 values go the other "
+        "way when float64 steps before the tree (a scaler) are computed in float32; try: fit on float32 data and pass "
+        "a float32 sample (X.astype(np.float32)), or drop the steps trees do not need (scaling)")
     with pytest.raises(ModelNotFoundError):
         mf_forge.get("tree")
     tree = DecisionTreeClassifier(max_depth=6, random_state=0).fit(X, y)
@@ -245,3 +252,45 @@ def test_magics_register_and_update_a_variable_with_its_sample(mf_ip, mf_forge, 
     ]
     assert sorted(m.name for m in mf_forge.models()) == ["fromfile", "lr"]
     assert mf_forge.get("fromfile").conversion is None
+
+
+def alembic_config(conn):
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(database.__file__).parent / "migrations"))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def test_migration_0002_adds_the_conversion_column_to_a_registry_with_models(mf_settings, tmp_path):
+    """A registry written before conversions (revision 0001, one model) is upgraded on first use: the old version's
+    conversion is None and it still predicts; a converted model registers beside it; 0002 downgrades cleanly."""
+    with ModelForge(**mf_embedded(tmp_path / "scratch")) as scratch:  # the specs a 0001 registry would hold
+        iris = scratch.register("iris", SAMPLES / "iris.onnx")
+    engine = sa.create_engine(mf_settings["database_url"])
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+        now = iris.created_at
+        conn.execute(sa.text("INSERT INTO mf_models VALUES (:id, 'iris', 1, :now, :now)"), {"id": iris.id, "now": now})
+        conn.execute(sa.text("INSERT INTO mf_blobs VALUES (:sha, :data, :size, :now)"),
+                     {"sha": iris.sha256, "data": (SAMPLES / "iris.onnx").read_bytes(), "size": iris.size_bytes,
+                      "now": now})
+        conn.execute(sa.text("INSERT INTO mf_model_versions VALUES (:id, 1, :sha, :inputs, :outputs, :now)"),
+                     {"id": iris.id, "sha": iris.sha256, "now": now,
+                      "inputs": json.dumps([s.to_dict() for s in iris.inputs]),
+                      "outputs": json.dumps([s.to_dict() for s in iris.outputs])})
+    X, y = load_iris(return_X_y=True)
+
+    with ModelForge(**mf_settings) as forge:
+        old = forge.get("iris")
+        prediction = forge.predict("iris", X[:2].astype(np.float32))
+        converted = forge.register("lr", LogisticRegression(max_iter=1000).fit(X, y), sample=X[:5])
+
+    assert (old.id, old.sha256, old.conversion) == (iris.id, iris.sha256, None)
+    assert prediction.output_data["output_label"] == [0, 0]
+    assert converted.conversion["converter"] == "skl2onnx"
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        command.downgrade(alembic_config(conn), "0001")
+    columns = [c["name"] for c in sa.inspect(engine).get_columns("mf_model_versions")]
+    engine.dispose()
+    assert columns == ["model_id", "version", "sha256", "inputs", "outputs", "created_at"]

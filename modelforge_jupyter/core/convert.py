@@ -28,6 +28,7 @@ import numpy as np
 from .errors import InvalidModelError, ModelForgeError, first_line
 from .modelfile import check_self_contained, read_model_file
 from .records import TensorSpec
+from .verify import verify
 
 SUPPORTED = ("a fitted scikit-learn estimator or Pipeline (converted by skl2onnx), or an XGBoost or LightGBM model "
              "(converted by onnxmltools: pip install 'modelforge_jupyter[convert]')")
@@ -83,8 +84,6 @@ def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = Fals
         sha256 = hashlib.sha256(data).hexdigest()
         inputs, outputs = engine.inspect(sha256, data)
         return Source(data, sha256, inputs, outputs)
-    from .verify import verify
-
     if sample is None:
         raise ModelForgeError(
             f"a fitted {type(model).__name__} needs sample=: a few rows of its input (a 2-D numpy array or a pandas "
@@ -97,8 +96,10 @@ def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = Fals
             raise
         converted = to_onnx(model, sample, zipmap, float32=True)
         source = _inspect(engine, converted.data)
-    verdict = verify(engine, source, model, sample, name)
-    return Source(source.data, source.sha256, source.inputs, source.outputs, verdict.record(converted, sample))
+    feed = sample_feed(sample)
+    verdict = verify(engine, source, model, sample, feed, name)
+    cast_float64 = converted.float32 and any(a.dtype == np.float64 for a in feed.values())
+    return Source(source.data, source.sha256, source.inputs, source.outputs, verdict.record(converted, cast_float64))
 
 
 def _inspect(engine: Any, data: bytes) -> Source:

@@ -19,8 +19,9 @@ outputs are paired in order with the original's ``predict`` and, for a classifie
     and libm differences.
   - float16: rtol 1e-2, atol 1e-3 (11 bits).
 
-A mismatch raises ``InvalidModelError`` (400) showing the worst rows (row index, expected, got), the maximum absolute
-and relative error, and what to try; nothing is stored.
+The relative error is ``|got - expected| / |expected|`` over the elements with ``|expected| >= atol`` (smaller ones are
+judged by the absolute error alone). A mismatch raises ``InvalidModelError`` (400) showing the worst rows (row index,
+expected, got), the maximum absolute and relative error, and what to try; nothing is stored.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ TOLERANCES: dict[str, tuple[float, float]] = {  # ONNX output dtype -> (rtol, at
     "float16": (1e-2, 1e-3),
 }
 WORST_ROWS = 3  # rows a refusal shows per output
-TRY = ("try: a float32 sample with the model fitted on float32 data (X.astype(np.float32)), so that scikit-learn and "
-       "ONNX see the same values: trees whose thresholds fall between float32 values, or float64 preprocessing before "
-       "them (a scaler), send rows near a threshold the other way in float32")
+TRY_FLOAT32 = ("the ONNX model computes in float32: rows near a tree threshold that falls between float32 values go "
+               "the other way when float64 steps before the tree (a scaler) are computed in float32; try: fit on float32 "
+               "data and pass a float32 sample (X.astype(np.float32)), or drop the steps trees do not need (scaling)")
+TRY_OTHER = ("try: a float32 sample (X.astype(np.float32)) and model fitted on it, or the converter's options for this "
+             "estimator (skl2onnx documents them per estimator)")
 
 
 @dataclass
@@ -56,12 +59,10 @@ class Verdict:
     tolerance: dict[str, dict[str, float]] = field(default_factory=dict)
     compared: dict[str, str] = field(default_factory=dict)
 
-    def record(self, converted: Any, sample: Any) -> dict[str, Any]:
+    def record(self, converted: Any, cast_float64: bool) -> dict[str, Any]:
         """The version's ``conversion`` record (JSON-safe): ``{converter, converter_version, source, sample_rows,
-        compared, tolerance, max_abs_error, max_rel_error}``, plus ``note`` when float inputs were declared float32
-        for a float64 sample (``convert`` module docstring). ``converted`` is the ``convert.Converted``."""
-        from .convert import has_float64
-
+        compared, tolerance, max_abs_error, max_rel_error}``, plus ``note`` when ``cast_float64``: float inputs
+        declared float32 for a float64 sample (``convert`` module docstring). ``converted``: a ``convert.Converted``."""
         rec = {
             "converter": converted.converter,
             "converter_version": converted.converter_version,
@@ -72,20 +73,19 @@ class Verdict:
             "max_abs_error": self.max_abs_error,
             "max_rel_error": self.max_rel_error,
         }
-        if converted.float32 and has_float64(sample):
+        if cast_float64:
             rec["note"] = "float inputs declared float32 (the sample's float64 is cast, as requests are)"
         return rec
 
 
-def verify(engine: Any, source: Any, model: Any, sample: Any, name: str = "") -> Verdict:
-    """Run ``source`` (a ``convert.Source`` whose session ``engine`` holds) on ``sample`` through ``engine`` and
-    compare with ``model`` (module docstring). Returns the ``Verdict``; raises ``InvalidModelError`` (400) on a
-    mismatch, ``ModelForgeError`` (400) when the original's ``predict`` fails on the sample. On a refusal the
-    session is unloaded from ``engine``."""
-    from .convert import sample_feed
-
+def verify(engine: Any, source: Any, model: Any, sample: Any, sample_feed: dict[str, Any], name: str = "") -> Verdict:
+    """Run ``source`` (a ``convert.Source`` whose session ``engine`` holds) on ``sample_feed`` (``sample`` as the
+    converted model's inputs: ``convert.sample_feed``) through ``engine`` and compare with ``model``'s answers on
+    ``sample`` (module docstring). Returns the ``Verdict``; raises ``InvalidModelError`` (400) on a mismatch,
+    ``ModelForgeError`` (400) when the original's ``predict`` fails on the sample. On a refusal the session is
+    unloaded from ``engine``."""
     expected = _expected(model, sample)
-    feed = prepare_feed(source.inputs, sample_feed(sample))
+    feed = prepare_feed(source.inputs, sample_feed)
     try:
         names, values = engine.run_raw(source.sha256, lambda: source.data, feed, name or "converted model")
         rows = len(next(iter(feed.values())))
@@ -98,7 +98,8 @@ def verify(engine: Any, source: Any, model: Any, sample: Any, name: str = "") ->
         if problems:
             raise InvalidModelError(
                 f"the converted model disagrees with the original on the sample ({rows} rows): " + "; ".join(problems)
-                + f"; max abs error {verdict.max_abs_error:.3g}, max rel error {verdict.max_rel_error:.3g}; {TRY}")
+                + f"; max abs error {verdict.max_abs_error:.3g}, max rel error {verdict.max_rel_error:.3g}; "
+                + (TRY_FLOAT32 if any(s.dtype == "float32" for s in source.inputs) else TRY_OTHER))
     except ModelForgeError:
         engine.unload(source.sha256)
         raise
@@ -149,9 +150,10 @@ def _compare_scores(verdict: Verdict, what: str, got: np.ndarray, exp: np.ndarra
     both_nan = np.isnan(g) & np.isnan(e)
     err = np.where(both_nan, 0.0, np.abs(g - e))
     err = np.where(np.isnan(err), np.inf, err)  # NaN on one side only: as far off as can be
-    rel = err / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    scale = np.abs(np.where(np.isnan(e), 0.0, e))
+    rel = np.where(scale >= atol, err / np.maximum(scale, atol), 0.0)  # values under atol: judged absolutely
     verdict.max_abs_error = max(verdict.max_abs_error, float(err.max()))
-    verdict.max_rel_error = max(verdict.max_rel_error, float(np.where(err == 0, 0.0, rel).max()))
+    verdict.max_rel_error = max(verdict.max_rel_error, float(rel.max()))
     over = err / (atol + rtol * np.abs(e))
     by_row = over.reshape(len(over), -1).max(axis=1)
     bad = np.flatnonzero(by_row > 1.0)
