@@ -204,6 +204,8 @@ def test_refusals_say_what_is_wrong_in_one_line(mf_forge):
         (dict(model=fitted, sample=X[0]), ModelForgeError, "sample must be 2-D [rows, features]"),
         (dict(model=fitted, sample=X[:, :3]), ModelForgeError, "the original model's predict() failed on the sample"),
         (dict(model=SAMPLES / "iris.onnx", sample=X), ModelForgeError, "sample is for a fitted model to convert"),
+        (dict(model=SAMPLES / "iris.onnx", zipmap=True), ModelForgeError, "zipmap is for a fitted model to convert"),
+        (dict(model=None), InvalidModelError, "cannot convert a builtins.NoneType: ModelForge converts"),
     ]
     for kwargs, cls, start in cases:
         with pytest.raises(cls) as info:

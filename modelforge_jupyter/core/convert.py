@@ -74,17 +74,19 @@ def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = Fals
     A file's external data is packed in; bytes or a ``ModelProto`` with external data raise ``InvalidModelError``
     (400, ``modelfile``). A fitted object is converted (module docstring) and verified on ``sample`` through
     ``engine`` (``verify.verify``): a mismatch, a conversion failure or an unsupported object raises
-    ``InvalidModelError`` (400); a fitted object without ``sample``, or ``sample`` given with a file, raises
-    ``ModelForgeError`` (400). ``name`` is the model's name for messages.
+    ``InvalidModelError`` (400); a fitted object without ``sample``, or ``sample`` / ``zipmap`` given with ONNX,
+    raises ``ModelForgeError`` (400). ``zipmap`` applies to classifiers. ``name`` is the model's name for messages.
     """
     if is_model_file_source(model):
-        if sample is not None:
-            raise ModelForgeError("sample is for a fitted model to convert; this model is already ONNX")
+        if sample is not None or zipmap:
+            what = "sample" if sample is not None else "zipmap"
+            raise ModelForgeError(f"{what} is for a fitted model to convert; this model is already ONNX")
         data = _read_onnx(model)
         sha256 = hashlib.sha256(data).hexdigest()
         inputs, outputs = engine.inspect(sha256, data)
         return Source(data, sha256, inputs, outputs)
     if sample is None:
+        converter_kind(model)  # an object ModelForge cannot convert says so first
         raise ModelForgeError(
             f"a fitted {type(model).__name__} needs sample=: a few rows of its input (a 2-D numpy array or a pandas "
             "DataFrame) to set the ONNX input signature and to check the conversion on")
@@ -134,11 +136,7 @@ def to_onnx(model: Any, sample: Any, zipmap: bool = False, float32: bool = False
     """Convert fitted ``model`` to ONNX with the input signature of ``sample`` (module docstring); ``float32``
     declares float inputs float32 whatever the sample's float dtype. Raises ``InvalidModelError`` (400) naming what is
     supported for another object, saying an estimator is not fitted, or giving the converter's reason in one line."""
-    top = type(model).__module__.split(".")[0]
-    kind = top if top in ("xgboost", "lightgbm") else "sklearn" if _is_sklearn(model) else None
-    if kind is None:
-        raise InvalidModelError(f"cannot convert a {_class_name(model)}: ModelForge converts {SUPPORTED}, or "
-                                "registers an ONNX file, bytes or onnx.ModelProto")
+    kind = converter_kind(model)
     _check_fitted(model)
     classifier = _is_classifier(model)
     if kind == "sklearn":
@@ -169,6 +167,17 @@ def to_onnx(model: Any, sample: Any, zipmap: bool = False, float32: bool = False
         raise InvalidModelError(
             f"{converter} {version} cannot convert this {_class_name(model)}: {first_line(err)}") from None
     return Converted(proto.SerializeToString(), converter, version, _class_name(model), float32)
+
+
+def converter_kind(model: Any) -> str:
+    """``"xgboost"``, ``"lightgbm"`` or ``"sklearn"``: the kind of converter ``model`` needs. Raises
+    ``InvalidModelError`` (400) naming what is supported for any other object."""
+    top = type(model).__module__.split(".")[0]
+    kind = top if top in ("xgboost", "lightgbm") else "sklearn" if _is_sklearn(model) else None
+    if kind is None:
+        raise InvalidModelError(f"cannot convert a {_class_name(model)}: ModelForge converts {SUPPORTED}, or "
+                                "registers an ONNX file, bytes or onnx.ModelProto")
+    return kind
 
 
 def _is_sklearn(model: Any) -> bool:
