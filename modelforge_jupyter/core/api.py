@@ -6,27 +6,25 @@ registry's generation) -> tensors (validate, convert) -> cache (lookup) -> engin
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from os import PathLike
-from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from .._version import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
-from .outputs import pack, unpack
 from .checks import check_timeout
+from .convert import read_source
 from .deadline import Cancellation
 from .engine import Engine, raw_session
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .forksafe import at_fork_in_child
 from .invalidation import EvictionListener, Invalidator, prune_sessions
-from .modelfile import check_self_contained, read_model_file
+from .outputs import pack, unpack
 from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
@@ -37,7 +35,8 @@ from .urls import mask_url
 
 log = logging.getLogger(__name__)
 
-ModelSource = str | PathLike | bytes | bytearray | memoryview
+# A path, ONNX bytes, an ``onnx.ModelProto``, or a fitted estimator / pipeline to convert (``convert``)
+ModelSource = str | PathLike | bytes | bytearray | memoryview | Any
 FeedRule = Callable[[ModelRecord, Any], dict]  # (resolved record, input data) -> {input name: ndarray}
 
 
@@ -80,32 +79,39 @@ class ModelForge:
         at_fork_in_child(self._after_fork_in_child)
 
     # -- registry --------------------------------------------------------------------------------------------------
-    def register(self, name: str, model: ModelSource) -> ModelRecord:
-        """Register ONNX ``model`` (a path or the bytes) as version 1 of ``name``.
+    def register(self, name: str, model: ModelSource, sample: Any = None, zipmap: bool = False) -> ModelRecord:
+        """Register ``model`` as version 1 of ``name``: an ONNX file's path, ONNX bytes, an ``onnx.ModelProto``, or a
+        fitted scikit-learn estimator / Pipeline (XGBoost, LightGBM with the ``convert`` extra) with ``sample``, a few
+        rows of its input (2-D numpy array or DataFrame), converted and verified on them first (``convert``,
+        ``verify``; ``zipmap=True``: classifier probabilities as {class: probability} maps). The record's
+        ``conversion`` then says by what, within what tolerance and with what measured error.
 
-        Raises ``ModelExistsError`` (409) if the name is taken, ``InvalidModelError`` (400) if ONNX Runtime cannot
-        load the bytes; the registry is unchanged on error.
+        Raises ``ModelExistsError`` (409) if the name is taken; ``InvalidModelError`` (400) if ONNX Runtime cannot
+        load the bytes, the object cannot be converted, or the converted model disagrees with the original on
+        ``sample`` (the message shows the worst rows); ``ModelForgeError`` (400) for a fitted object without
+        ``sample``. The registry is unchanged on error.
         """
         check_name(name)
-        data, sha256 = _read_model(model)
-        inputs, outputs = self.engine.inspect(sha256, data)
+        src = read_source(self.engine, model, sample, zipmap, name)
         with self.resolver.writing():
-            return self.registry.register(name, data, sha256, inputs, outputs)
+            return self.registry.register(name, src.data, src.sha256, src.inputs, src.outputs, src.conversion)
 
-    def update(self, name: str, model: ModelSource) -> ModelRecord:
-        """Add a version of ``name`` with new ONNX bytes; the same bytes as the latest version add none.
-
-        Returns the latest record. Raises ``ModelNotFoundError`` (404) for an unknown model, ``InvalidModelError``.
+    def update(self, name: str, model: ModelSource, sample: Any = None, zipmap: bool = False) -> ModelRecord:
+        """Add a version of ``name`` from ``model`` (as ``register``: ONNX, or a fitted object with ``sample``); the
+        same bytes as the latest version add none. Returns the latest record. Raises ``ModelNotFoundError`` (404) for
+        an unknown model, and what ``register`` raises for the source.
         """
-        return self.save(name, model, create=False)[0]
+        return self.save(name, model, create=False, sample=sample, zipmap=zipmap)[0]
 
-    def save(self, name: str, model: ModelSource, create: bool = True) -> tuple[ModelRecord, bool]:
-        """Register ``name`` (unless ``create`` is False: 404) or add a version to it: returns (record, changed),
-        changed being False only when the bytes equal the latest version's. (HTTP ``PUT models/{name}`` uses this;
-        concurrent saves of a new name all succeed: one registers, the others add versions.)"""
+    def save(self, name: str, model: ModelSource, create: bool = True, sample: Any = None,
+             zipmap: bool = False) -> tuple[ModelRecord, bool]:
+        """Register ``name`` (unless ``create`` is False: 404) or add a version to it, ``model`` read as ``register``
+        reads it: returns (record, changed), changed being False only when the bytes equal the latest version's. (HTTP
+        ``PUT models/{name}`` uses this; concurrent saves of a new name all succeed: one registers, the others add
+        versions.)"""
         check_name(name)
-        data, sha256 = _read_model(model)
-        inputs, outputs = self.engine.inspect(sha256, data)
+        src = read_source(self.engine, model, sample, zipmap, name)
+        data, sha256, inputs, outputs, conversion = src.data, src.sha256, src.inputs, src.outputs, src.conversion
         try:
             latest = self.registry.resolve(name)
         except ModelNotFoundError:
@@ -113,11 +119,11 @@ class ModelForge:
                 raise ModelNotFoundError(f"model {name!r} is not registered; register it first") from None
             try:
                 with self.resolver.writing():
-                    return self.registry.register(name, data, sha256, inputs, outputs), True
+                    return self.registry.register(name, data, sha256, inputs, outputs, conversion), True
             except ModelExistsError:  # registered meanwhile by another request: add a version to it
                 latest = self.registry.resolve(name)
         with self.resolver.writing():
-            record, changed = self.registry.update(name, data, sha256, inputs, outputs)
+            record, changed = self.registry.update(name, data, sha256, inputs, outputs, conversion)
         if changed:
             self.invalidator.model_changed(record.id, [latest.sha256])
         return record, changed
@@ -373,28 +379,3 @@ class ModelForge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _read_model(model: ModelSource) -> tuple[bytes, str]:
-    """(bytes, sha256 hex) of a model given as a path, bytes or an ``onnx.ModelProto``: self-contained bytes.
-
-    A file's external data (tensors kept in other files beside it) is packed in; bytes or a ``ModelProto`` with
-    external data raise ``InvalidModelError`` (400) saying how to save the model inline (``modelfile``).
-    """
-    if hasattr(model, "SerializeToString"):
-        data = model.SerializeToString()
-        check_self_contained(data)
-    elif isinstance(model, (bytes, bytearray, memoryview)):
-        data = bytes(model)
-        check_self_contained(data)
-    elif isinstance(model, (str, PathLike)):
-        path = Path(model).expanduser()
-        try:
-            data = read_model_file(path)
-        except FileNotFoundError:
-            raise ModelForgeError(f"no model file at {str(path)!r}") from None
-        except IsADirectoryError:
-            raise ModelForgeError(f"{str(path)!r} is a directory, not an ONNX file") from None
-    else:
-        raise ModelForgeError(f"a model is a path or ONNX bytes, got {type(model).__name__}")
-    return data, hashlib.sha256(data).hexdigest()

@@ -366,6 +366,10 @@ def _inferred_types(model: Any) -> dict[str, Any]:
 
 
 def _collect(graph: Any, types: dict[str, Any]) -> None:
+    from onnx.helper import make_tensor_type_proto
+
+    for tensor in graph.initializer:  # not graph inputs since IR 4: no value_info of their own (Gather's indices...)
+        types[tensor.name] = make_tensor_type_proto(tensor.data_type, list(tensor.dims))
     for value in (*graph.input, *graph.value_info, *graph.output):
         types[value.name] = value.type
     for node in graph.node:

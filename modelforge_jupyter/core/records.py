@@ -41,6 +41,10 @@ class ModelRecord:
     ``version`` counts from 1 and never reuses a number. ``sha256`` is the hex digest of the ONNX bytes, which the
     registry stores content-addressed. ``created_at`` is when the name was first registered; ``updated_at`` when this
     version was registered (both timezone-aware UTC). ``size_bytes`` is the ONNX file's size.
+    ``conversion`` is None for a version registered as ONNX; for one converted from a fitted object
+    (``convert``), ``{converter, converter_version, source, sample_rows, compared, tolerance, max_abs_error,
+    max_rel_error}`` (``verify.Verdict.record``): the converter and its version, the original's class, the tolerance
+    by output dtype and the largest errors measured on the sample.
     """
 
     id: str
@@ -53,6 +57,7 @@ class ModelRecord:
     updated_at: datetime
     size_bytes: int = 0
     versions: list[int] = field(default_factory=list)
+    conversion: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe metadata: timestamps as ISO 8601 UTC strings."""

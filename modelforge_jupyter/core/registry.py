@@ -208,6 +208,7 @@ class Registry:
             updated_at=_utc(v.created_at),
             size_bytes=v.size_bytes,
             versions=list(versions),
+            conversion=v.conversion,
         )
 
     @staticmethod
@@ -223,9 +224,11 @@ class Registry:
 
     # -- writes ----------------------------------------------------------------------------------------------------
     def register(
-        self, name: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
+        self, name: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+        conversion: dict | None = None,
     ) -> ModelRecord:
-        """Add a new model at version 1. Raises ``ModelExistsError`` if ``name`` is taken (use ``update``)."""
+        """Add a new model at version 1 (``conversion``: ``ModelRecord.conversion``). Raises ``ModelExistsError`` if
+        ``name`` is taken (use ``update``)."""
         check_name(name)
         now = datetime.now(UTC)
         try:
@@ -240,7 +243,7 @@ class Registry:
                 conn.execute(
                     insert(models).values(id=model_id, name=name, last_version=1, created_at=now, updated_at=now)
                 )
-                self._add_version(conn, model_id, 1, data, sha256, inputs, outputs, now)
+                self._add_version(conn, model_id, 1, data, sha256, inputs, outputs, now, conversion)
                 record = self._resolve(conn, model_id, 1)
         except IntegrityError:  # a concurrent register of the same name won the unique constraint
             raise ModelExistsError(f"model {name!r} is already registered; use update to add a new version") from None
@@ -248,9 +251,11 @@ class Registry:
         return record
 
     def update(
-        self, model: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
+        self, model: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+        conversion: dict | None = None,
     ) -> tuple[ModelRecord, bool]:
-        """Add a version with new bytes; return (record, created). Same bytes as the latest: (latest, False)."""
+        """Add a version with new bytes (``conversion``: ``ModelRecord.conversion``); return (record, created). Same
+        bytes as the latest: (latest, False), its record unchanged."""
         now = datetime.now(UTC)
         with self._write() as conn:
             row = self._model_row(conn, model)
@@ -261,7 +266,7 @@ class Registry:
                 return latest, False
             version = row.last_version + 1
             conn.execute(update(models).where(models.c.id == row.id).values(last_version=version, updated_at=now))
-            self._add_version(conn, row.id, version, data, sha256, inputs, outputs, now)
+            self._add_version(conn, row.id, version, data, sha256, inputs, outputs, now, conversion)
             record = self._resolve(conn, row.id, version)
         log.info("updated model %r to v%d (sha256 %s, %d bytes)", record.name, version, sha256[:12], len(data))
         return record, True
@@ -294,7 +299,7 @@ class Registry:
         log.info("deleted model %r (%s, id %s)", record.name, what, record.id)
         return record, sorted(set(shas))
 
-    def _add_version(self, conn, model_id, version, data, sha256, inputs, outputs, now) -> None:
+    def _add_version(self, conn, model_id, version, data, sha256, inputs, outputs, now, conversion=None) -> None:
         have = conn.execute(select(func.count()).select_from(blobs).where(blobs.c.sha256 == sha256)).scalar()
         if not have:
             conn.execute(insert(blobs).values(sha256=sha256, data=data, size_bytes=len(data), created_at=now))
@@ -306,6 +311,7 @@ class Registry:
                 inputs=[s.to_dict() for s in inputs],
                 outputs=[s.to_dict() for s in outputs],
                 created_at=now,
+                conversion=conversion,
             )
         )
 

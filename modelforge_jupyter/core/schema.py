@@ -3,7 +3,8 @@
 - ``mf_models``: one row per model name; ``id`` is a uuid stable across versions; ``last_version`` is the highest
   version number ever given, so numbers are never reused after a delete.
 - ``mf_model_versions``: one row per (model, version) with the declared inputs/outputs (JSON lists of TensorSpec
-  dicts) and the sha256 of its ONNX bytes.
+  dicts), the sha256 of its ONNX bytes and, for a version converted from a fitted object, its ``conversion`` (JSON:
+  converter, version, tolerance, measured errors; NULL for a version registered as ONNX).
 - ``mf_blobs``: the ONNX bytes, content-addressed by sha256, so any process connected to the database can load a
   model without a shared filesystem. A blob no version references is deleted with its last version.
 - ``mf_registry_state``: one row whose ``generation`` every write transaction increments first: it serializes writers
@@ -53,6 +54,7 @@ model_versions = Table(
     Column("inputs", JSON, nullable=False),
     Column("outputs", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("conversion", JSON(none_as_null=True), nullable=True),
 )
 
 registry_state = Table(

@@ -19,8 +19,8 @@ from ..core.benchmark import BenchResult
 from ..core.errors import ModelForgeError
 from ..core.records import PredictionResult
 from ..core.settings import SETTINGS, SettingsTraits
-from . import bench_magic, model_list
-from .arguments import evaluate, parse_line, parse_request, strip_comment, unquote, version_arg
+from . import bench_magic, model_list, register_magic
+from .arguments import evaluate, parse_line, parse_request, strip_comment, version_arg
 from .refusals import Refusal, next_step, one_line_errors
 
 
@@ -193,44 +193,42 @@ class ModelForgeMagics(Magics, SettingsTraits):
             return model_list.ModelsTable(self.forge.models())
 
     @line_magic
+    @needs_local_scope
     @magic_arguments()
     @argument("name", help="the new model's name")
-    @argument("path", help="path of the ONNX file (quote it if it has spaces)")
-    def mf_register(self, line: str) -> None:
-        """Register an ONNX file as version 1 of a new model.
+    @argument("model", help="an ONNX file's path (quote it if it has spaces), or a variable: a fitted model, ONNX bytes")
+    @argument("--sample", metavar="EXPR", default=None, help="rows of a fitted model's input (numpy array, DataFrame)")
+    @argument("--zipmap", action="store_true", help="a converted classifier's probabilities as {class: p} maps")
+    def mf_register(self, line: str, local_ns: dict | None = None) -> None:
+        """Register an ONNX file, or a fitted model converted and verified on ``--sample``, as version 1 of a model.
 
-        Example::
+        MODEL naming a variable is that object (write ``./name`` for a file of the same name); otherwise a path.
+
+        Examples::
 
             %mf_register iris modelforge_jupyter/sample_models/iris.onnx
+            %mf_register churn pipe --sample X_test[:100]
         """
         with one_line_errors(self._hint) as refusal:
-            args = parse_line(self.mf_register, line)
-            refusal.model, refusal.path = args.name, args.path
-            rec = self.forge.register(args.name, unquote(args.path))
-            print("\n".join([f"✓ registered {rec.name} v{rec.version}", *model_list.signature_lines(rec)]))
+            register_magic.register(self, parse_line(self.mf_register, line), refusal, local_ns, update=False)
 
     @line_magic
+    @needs_local_scope
     @magic_arguments()
     @argument("name", help="a registered model's name")
-    @argument("path", help="path of the new ONNX file (quote it if it has spaces)")
-    def mf_update(self, line: str) -> None:
-        """Add a version of a registered model (the same bytes as its latest version add none).
+    @argument("model", help="the new ONNX file's path, or a variable: a fitted model, ONNX bytes")
+    @argument("--sample", metavar="EXPR", default=None, help="rows of a fitted model's input (numpy array, DataFrame)")
+    @argument("--zipmap", action="store_true", help="a converted classifier's probabilities as {class: p} maps")
+    def mf_update(self, line: str, local_ns: dict | None = None) -> None:
+        """Add a version of a registered model from a file or a fitted model (the same bytes as its latest add none).
 
-        Example::
+        Examples::
 
             %mf_update iris modelforge_jupyter/sample_models/iris_v2.onnx
+            %mf_update churn pipe --sample X_test[:100]
         """
         with one_line_errors(self._hint) as refusal:
-            args = parse_line(self.mf_update, line)
-            refusal.model, refusal.path = args.name, args.path
-            before = self.forge.get(args.name)
-            rec = self.forge.update(args.name, unquote(args.path))
-            if rec.version == before.version:
-                print(f"{rec.name} unchanged: v{rec.version} already has these bytes")
-            else:
-                versions = ", ".join(map(str, rec.versions))
-                print("\n".join([f"✓ updated {rec.name} to v{rec.version} (versions {versions})",
-                                 *model_list.signature_lines(rec)]))
+            register_magic.register(self, parse_line(self.mf_update, line), refusal, local_ns, update=True)
 
     @line_magic
     @magic_arguments()
