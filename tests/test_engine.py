@@ -65,9 +65,9 @@ def _os_threads() -> int:
 
 
 def test_hundred_models_mean_no_thread_pools_and_at_most_max_sessions_loaded(mf_settings):
-    """Sessions run on the caller's thread (intra_op_num_threads=1, inter 1): loading 100 models adds no OS thread,
-    and only ``max_sessions`` of them stay loaded."""
-    with ModelForge(**mf_settings, max_sessions=8) as forge:
+    """A server's sessions run on the caller's thread (server_intra_op_num_threads=1, inter 1): loading 100 models
+    adds no OS thread, and only ``max_sessions`` of them stay loaded."""
+    with ModelForge(**mf_settings, max_sessions=8, serving=True) as forge:
         before = _os_threads()
         for k in range(1, 101):
             forge.register(f"m{k}", mf_identity_model("float32", [None, k]).SerializeToString())
@@ -77,6 +77,26 @@ def test_hundred_models_mean_no_thread_pools_and_at_most_max_sessions_loaded(mf_
         assert _os_threads() - before <= 1  # not one pool per model (ORT's default would add one thread per session)
         assert len(forge.engine.loaded()) == 8
         assert forge.engine.loads == 100
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to tell one thread from one per core")
+def test_threads_per_use_a_kernel_s_session_takes_every_core_a_server_s_one(mf_settings, tmp_path):
+    # Given the same settings, a ModelForge built as in a kernel or script, and one built as a server builds it
+    model = mf_identity_model("float32", [None, 2]).SerializeToString()
+    for serving, want in ((False, 0), (True, 1)):
+        with ModelForge(**mf_settings, serving=serving) as forge:
+            forge.save("threads", model)
+            forge.predict("threads", np.ones((1000, 2), np.float32), use_cache=False)  # the process's threads started
+            forge.unload("threads")
+            before = _os_threads()
+            # When its session is loaded again for a prediction
+            forge.predict("threads", np.ones((1000, 2), np.float32), use_cache=False)
+            # Then the kernel's uses ONNX Runtime's default (one thread per physical core: a pool of at least one
+            # more thread), the server's runs on the caller's thread alone
+            assert forge.engine.intra_op_num_threads == want
+            assert forge.engine.session_options().intra_op_num_threads == want
+            added = _os_threads() - before
+            assert added >= 1 if not serving else added == 0, (serving, added)
 
 
 def test_session_options_are_the_documented_ones():

@@ -578,7 +578,7 @@ def slow_model(matmuls: int = 120, n: int = 1024) -> bytes:
 async def test_slow_prediction_does_not_block_the_ioloop(jp_fetch, mf_app):
     # Given a model whose every run takes ~1 s on one ONNX Runtime thread
     model = slow_model()
-    assert mf_app.forge.settings.intra_op_num_threads == 1
+    assert mf_app.forge.engine.intra_op_num_threads == 1  # a server's sessions: server_intra_op_num_threads
     await mf_put(jp_fetch, "slow", model)
     request = {"model_id": "slow", "input_data": [[0.5]], "use_cache": False}
 

@@ -49,17 +49,19 @@ class ModelForge:
     """Register ONNX models and serve predictions from one engine, one registry and one prediction cache.
 
     ``ModelForge()`` reads settings from the environment (``DATABASE_URL``, ``REDIS_URL``, ``CACHE_*``...); keyword
-    arguments override them (``ModelForge(database_url=..., redis_url=...)``), or pass a ``Settings``.
+    arguments override them (``ModelForge(database_url=..., redis_url=...)``), or pass a ``Settings``. ``serving``:
+    built by a server (``server_intra_op_num_threads`` threads per session, default 1), else by a kernel or a script
+    (``intra_op_num_threads``, default one per physical core).
     Errors are ``ModelForgeError`` subclasses, each with the HTTP ``status`` a server would answer.
     """
 
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(self, settings: Settings | None = None, *, serving: bool = False, **overrides: Any) -> None:
         self.settings = settings if settings is not None else Settings(**overrides)
         s = self.settings
         self.registry = Registry(s.database_url, s.database_timeout)
         self.cache = open_cache(s)
-        self.engine = Engine(
-            s.max_sessions, s.intra_op_num_threads, s.providers, max_session_bytes=s.max_session_bytes,
+        self.engine = Engine(  # threads per use: a server's requests share the cores, a kernel's batch takes them all
+            s.max_sessions, s.server_intra_op_num_threads if serving else s.intra_op_num_threads, s.providers, max_session_bytes=s.max_session_bytes,
             max_constant_bytes=s.max_constant_bytes, max_arena_bytes=s.max_arena_bytes,
             max_output_bytes=s.max_output_bytes, max_request_memory_bytes=s.max_request_memory_bytes,
         )

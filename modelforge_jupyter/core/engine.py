@@ -1,7 +1,8 @@
 """The ONNX Runtime engine: one per process, holding an LRU of ``InferenceSession``s keyed by the model's sha256
 (``sessions``). Every session gets the same ``SessionOptions``: graph optimizations at ``ORT_ENABLE_ALL``,
-``intra_op_num_threads`` from settings (default 1, so N loaded models never mean N thread pools on a 2-core machine;
-see shared/notes/serving.md §d), spinning off.
+``intra_op_num_threads`` per use (a server's sessions 1, so that N loaded models never mean N thread pools and
+concurrent requests share the cores; a kernel's one per physical core, so that a big batch uses them all: settings
+``server_intra_op_num_threads`` and ``intra_op_num_threads``), spinning off.
 
 Memory bounds (README, "Memory: what is bounded and how"; the checks themselves are in ``limits``):
 - before a session is built, the constants it would compute are sized from the graph (``footprint``): over

@@ -57,7 +57,7 @@ class ForgeHolder:
                 if self._error is not None and time.monotonic() < self._error[0]:
                     raise ServiceUnavailableError(self._error[1])
                 try:
-                    self.forge = ModelForge(self.settings)
+                    self.forge = ModelForge(self.settings, serving=True)
                 except ServiceUnavailableError as err:
                     self._error = (time.monotonic() + self._retry_after, str(err))
                     raise

@@ -239,9 +239,15 @@ SETTINGS: tuple[Setting, ...] = (
             "holds outside its arena included (strings copied in Loop/Scan bodies...): while runs are in flight the "
             "watchdog reads the RSS, and past it stops the run whose thread took the most pages, answering 413. "
             "0: not watched.", BYTES),
-    Setting("intra_op_num_threads", Int, "MODELFORGE_INTRA_OP_NUM_THREADS", 1,
-            "ONNX Runtime intra-op threads per session: 1 runs each run on one thread, so N loaded models never mean N "
-            "thread pools; 0 lets ONNX Runtime use one per physical core.",
+    Setting("intra_op_num_threads", Int, "MODELFORGE_INTRA_OP_NUM_THREADS", 0,
+            "ONNX Runtime intra-op threads per session in a kernel or a script (the Python API, the magics, the "
+            "demo): 0, ONNX Runtime's own default, one per physical core, so that a big batch uses them all as a "
+            "plain InferenceSession would. The servers use server_intra_op_num_threads.",
+            at_least(0, "", " (0: one per physical core)")),
+    Setting("server_intra_op_num_threads", Int, "MODELFORGE_SERVER_INTRA_OP_NUM_THREADS", 1,
+            "ONNX Runtime intra-op threads per session in a server (the Jupyter server extension, modelforge serve): "
+            "1 runs each request on its executor thread, so concurrent requests share the cores and N loaded models "
+            "never mean N thread pools; 0: one per physical core.",
             at_least(0, "", " (0: one per physical core)")),
     Setting("execution_providers", Unicode, "MODELFORGE_EXECUTION_PROVIDERS", "CPUExecutionProvider",
             "Comma-separated ONNX Runtime execution providers, in priority order; one this onnxruntime build does not "
