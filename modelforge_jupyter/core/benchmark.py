@@ -232,6 +232,16 @@ def plan_bench(mf, name: str, batch_sizes: Iterable[int] | None = None, input_da
     return plan
 
 
+def threads_note(mf) -> str:
+    """ONNX Runtime intra-op threads per session in this process (the raw paths' ``SessionOptions`` are the same),
+    and the settings for kernels/scripts and for servers (0: one per physical core, ONNX Runtime's default), e.g.
+    ``intra-op threads 0 here (kernels 0: intra_op_num_threads, servers 1: server_intra_op_num_threads)``."""
+    s = mf.settings
+    return (f"intra-op threads {mf.engine.intra_op_num_threads} here (kernels {s.intra_op_num_threads}: "
+            f"intra_op_num_threads, servers {s.server_intra_op_num_threads}: server_intra_op_num_threads; "
+            f"0 = one per core)")
+
+
 def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
               on_cell: Callable[[int, int, Row | None], None] | None = None, server=None) -> BenchResult:
     """Measure every path of ``plan`` on each of its batch sizes, in order; raw paths first, so ratios exist.
@@ -271,7 +281,8 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
             done += 1
             if on_cell is not None:
                 on_cell(done, plan.total, row)
-    return BenchResult(record.name, record.version, mf.backend, plan.batch_sizes, budget, tuple(rows), tuple(notes))
+    return BenchResult(record.name, record.version, f"{mf.backend}, {threads_note(mf)}", plan.batch_sizes, budget,
+                       tuple(rows), tuple(notes))
 
 
 def _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch) -> list[float] | None:
