@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from modelforge_jupyter._version import __version__
 
 from .mf_plugin import SAMPLES, LiveServer, mf_embedded, mf_http, mf_identity_model, mf_isolated_env, mf_raw_run
-from .mf_plugin import mf_cached_keys, mf_service_missing, mf_start_server
+from .mf_plugin import FOREVER, mf_cached_keys, mf_service_missing, mf_spin_input, mf_spin_model, mf_start_server
 from .mf_plugin.services import REDIS_URL, mf_create_database, mf_delete_keys, mf_drop_database
 
 BASE_URL = "/user/v2-test/"
@@ -56,6 +56,7 @@ MODELS = {  # name -> ONNX bytes, registered once per server
     "pair": pair_model().SerializeToString(),
     "iris": IRIS.read_bytes(),
     "forest": FOREST.read_bytes(),
+    "spin": mf_spin_model().SerializeToString(),  # runs as long as its input says
 }
 
 
@@ -175,6 +176,9 @@ def test_model_metadata_and_ready(v2):
     with pytest.raises(InferenceServerException) as err:
         c.get_model_metadata("nope", headers=h())
     assert (err.value.status(), err.value.message()) == ("404", "model 'nope' is not registered")
+    with pytest.raises(InferenceServerException) as err:
+        c.get_model_config("iris", headers=h())  # Triton's model_configuration extension: not served
+    assert err.value.status() == "404" and "no Open Inference Protocol endpoint at" in err.value.message()
     status, body = mf_http("GET", v2.url + "v2/models/iris/versions/one", None, v2.server.token)
     assert (status, json.loads(body)) == (400, {"error": "version must be a whole number >= 1, got 'one'"})
 
@@ -421,3 +425,27 @@ def test_bytes_elements_that_disagree_with_the_shape(v2):
     with pytest.raises(InferenceServerException) as err:
         raw_case(head, data, model="id_string")(v2)
     assert err.value.status() == "400" and "element 1 of 3 has no 4-byte length" in err.value.message()
+
+
+def test_a_client_that_closes_its_connection_cancels_its_run(v2):
+    import socket
+    import time
+    import urllib.parse
+
+    x = mf_spin_input(FOREVER)
+    head = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}]})
+    body = head + x.tobytes()
+    parts = urllib.parse.urlsplit(v2.url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.sendall((f"POST {parts.path}v2/models/spin/infer HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                  f"Authorization: token {v2.server.token}\r\nInference-Header-Content-Length: {len(head)}\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    time.sleep(0.5)  # running
+    sock.close()
+
+    deadline = time.monotonic() + 10
+    while "prediction of model 'spin' cancelled" not in v2.server.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "499 POST" in v2.server.log and "prediction of model 'spin' cancelled" in v2.server.log
+    assert v2.client.is_server_live()

@@ -125,6 +125,22 @@ class V2InferHandler(V2Handler, CancellableHandler):
         return infer(self.extensionapp.get_forge(), name, version, body, header_length, cancel)
 
 
+class V2NotFoundHandler(V2Handler):
+    """404 ``{"error"}`` for any other path under ``modelforge/v2/`` (Triton's ``config``, ``stats``, repository
+    extensions are not served), so that a V2 client reads the reason rather than failing on ``{"message"}``."""
+
+    def check_query(self) -> None:
+        """Any query: the path is what is wrong (404)."""
+
+    def _not_found(self) -> None:
+        raise web.HTTPError(404, "%s", f"no Open Inference Protocol endpoint at {self.request.path}; this server "
+                            f"has health, server and model metadata, model ready and infer")
+
+    # one wrapper per verb: @authorized remembers the action of the first method it served
+    get = web.authenticated(authorized(_not_found))
+    post = web.authenticated(authorized(_not_found))
+
+
 # -- URL to handler mappings (before handlers.NotFoundHandler's catch-all) ------------------------------------------
 _model = r"modelforge/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 v2_handlers = [
@@ -134,4 +150,5 @@ v2_handlers = [
     (_model, V2ModelHandler),
     (rf"{_model}/ready", V2ModelReadyHandler),
     (rf"{_model}/infer", V2InferHandler),
+    (r"modelforge/v2/.*", V2NotFoundHandler),
 ]
