@@ -77,6 +77,13 @@ EXPECT = {
         r"^ 204$",
         r"^ 204$",
     ],
+    "zipmap_labels": [  # the V2 example (tritonclient)
+        r"^True \{'name': 'modelforge', 'version': '[^']+', 'extensions': \['binary_tensor_data'\]\}$",
+        r"^\{'name': 'demo_iris', 'versions': \['1', '2'\], 'platform': 'onnxruntime_onnx'.*'shape': \[-1, 3\]\}\]\}$",
+        r"^\[0 2\]$",
+        r"^\[0,1,2\] \[\[",
+        r"^400 unexpected shape for input 'float_input' for model 'demo_iris'\. Expected \[-1,4\], got \[1,3\]$",
+    ],
     "%mf_register iris": [r"registered iris v1", r"updated iris to v2", r"deleted iris \(v1,",
                           r"deleted iris \(all versions", r"p50_ms"],
 }

@@ -179,6 +179,12 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
             )
         return await asyncio.shield(check)
 
+    def check_ready(self) -> None:
+        """Raise ``ServiceUnavailableError`` (503) unless the ModelForge is built and its registry database answers
+        a query (naming the setting it cannot use, or the database error). Blocking: call it in the health executor."""
+        if not self.get_forge().registry.ping():
+            raise ServiceUnavailableError("model registry database unavailable: it does not answer a query")
+
     def initialize_handlers(self) -> None:
         """Mount the ModelForge routes (``handlers.default_handlers``) under the server's base_url."""
         self.handlers.extend(default_handlers)

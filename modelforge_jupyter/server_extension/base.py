@@ -4,8 +4,8 @@ Authentication and authorization through Jupyter (``@authorized`` on every verb,
 parameters an endpoint declares (any other is a 400 naming it; Jupyter's ``token``, ``_xsrf`` and
 ``no_track_activity`` aside), request bodies streamed and ``Content-Encoding: gzip`` or ``deflate`` decompressed as
 they arrive (any other encoding: 415; over the endpoint's limit, decompressed: 413 before it is read whole), and every
-error as a JSON body ``{"message": ...}`` with the server's CORS headers, a ``ModelForgeError`` answering with its own
-``status``.
+error as JSON (``error_body``: ``{"message": ...}``; V2's ``{"error": ...}``) with the server's CORS headers, a
+``ModelForgeError`` answering with its own ``status``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from ..core.deadline import Cancellation
 from ..core.errors import ModelForgeError
 
 AUTH_RESOURCE = "modelforge"
@@ -212,7 +213,11 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
             message = "internal server error; the Jupyter server log has the details"
         else:
             message = responses.get(status_code, "error")
-        self.finish(orjson.dumps({"message": message}))
+        self.finish(self.error_body(message))
+
+    def error_body(self, message: str) -> bytes:
+        """The JSON body of an error answer: ``{"message": message}`` (a protocol with its own shape overrides it)."""
+        return orjson.dumps({"message": message})
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """A refused request (``ModelForgeError``) is one warning line without traceback; anything else is logged
@@ -229,3 +234,27 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
             m for m in cls.SUPPORTED_METHODS
             if getattr(cls, m.lower()) is not web.RequestHandler._unimplemented_method and m != "OPTIONS"
         ]
+
+
+class CancellableHandler(ModelForgeHandler):
+    """A data-plane endpoint that runs a model: the predict body limit, and the request's ``Cancellation``, which a
+    client closing its connection triggers (its run is stopped, or a queued one never starts: 499)."""
+
+    @property
+    def body_limit(self) -> tuple[int, str]:
+        """A JSON body decodes to up to ~32x its size in Python objects, so these take at most
+        ``max_predict_body_size`` (and never more than ``max_body_size``)."""
+        body, predict = self.extensionapp.body_limits()
+        return (predict, "max_predict_body_size") if predict < body else (body, "max_body_size")
+
+    async def prepare(self) -> None:
+        """Make the request's ``Cancellation`` first (the client may leave at any point), then the base's checks."""
+        self.cancellation = Cancellation()
+        await super().prepare()
+
+    def on_connection_close(self) -> None:
+        """The client left: stop its run (``RunOptions.terminate``) or keep a queued one from starting (499)."""
+        super().on_connection_close()
+        cancellation = getattr(self, "cancellation", None)
+        if cancellation is not None:
+            cancellation.cancel()

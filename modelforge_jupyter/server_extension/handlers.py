@@ -2,8 +2,9 @@
 
 Routes (relative to the server's base_url): ``GET modelforge/health``, ``GET modelforge/health/live`` and
 ``GET modelforge/health/ready`` (no token needed), ``POST modelforge/predict``, ``GET modelforge/models``,
-``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``. HEAD answers as GET without the
-body, with the same authentication. What every endpoint shares (authorization, query parameters, bodies, errors as
+``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``; the Open Inference
+Protocol's ``modelforge/v2/...`` (``v2_handlers``). HEAD answers as GET without the body, with the same
+authentication. What every endpoint shares (authorization, query parameters, bodies, errors as
 JSON) is ``base.ModelForgeHandler``; the predict request's wire format is ``core.protocol``.
 """
 
@@ -17,9 +18,9 @@ from tornado import web
 from tornado.escape import url_escape
 
 from ..core.deadline import Cancellation
-from ..core.errors import ServiceUnavailableError
 from ..core.protocol import predict_json
-from .base import ModelForgeHandler
+from .base import CancellableHandler, ModelForgeHandler
+from .v2_handlers import v2_handlers
 
 
 class HealthHandler(ModelForgeHandler):
@@ -52,43 +53,19 @@ class ReadinessHandler(ModelForgeHandler):
     @allow_unauthenticated
     async def get(self) -> None:
         """``GET modelforge/health/ready``: 200 ``{"status": "ready"}``, or 503 ``{"message"}`` saying why not."""
-        await self.run_blocking(self._check)
+        await self.run_blocking(self.extensionapp.check_ready)
         self.write_json({"status": "ready"})
 
-    def _check(self) -> None:
-        forge = self.extensionapp.get_forge()  # 503 naming the setting, or the database error, when not built
-        if not forge.registry.ping():
-            raise ServiceUnavailableError("model registry database unavailable: it does not answer a query")
 
-
-class PredictHandler(ModelForgeHandler):
+class PredictHandler(CancellableHandler):
     """Run a model on ``{"model_id", "input_data", "use_cache"?, "version"?}``; a batch goes along axis 0.
 
     A run past ``inference_timeout`` answers 504 (``InferenceTimeoutError``). A client that closes its connection
-    cancels its request: the run in progress is stopped; a request still queued for the executor never runs the
-    model.
+    cancels its request (``base.CancellableHandler``): the run in progress is stopped; a request still queued for the
+    executor never runs the model.
     """
 
     plane = "data"
-
-    @property
-    def body_limit(self) -> tuple[int, str]:
-        """A JSON body decodes to up to ~32x its size in Python objects, so predict takes at most
-        ``max_predict_body_size`` (and never more than ``max_body_size``)."""
-        body, predict = self.extensionapp.body_limits()
-        return (predict, "max_predict_body_size") if predict < body else (body, "max_body_size")
-
-    async def prepare(self) -> None:
-        """Make the request's ``Cancellation`` first, then the base's checks (auth, query, body limit)."""
-        self.cancellation = Cancellation()  # before anything awaits: the client may leave at any point
-        await super().prepare()
-
-    def on_connection_close(self) -> None:
-        """The client left: stop its run (``RunOptions.terminate``) or keep a queued one from starting (499)."""
-        super().on_connection_close()
-        cancellation = getattr(self, "cancellation", None)
-        if cancellation is not None:
-            cancellation.cancel()
 
     @web.authenticated
     @authorized
@@ -187,5 +164,6 @@ default_handlers = [
     (r"modelforge/models", ModelsHandler),
     (rf"modelforge/models/{_name}", ModelHandler),
     (rf"modelforge/models/{_name}/unload", UnloadHandler),
+    *v2_handlers,  # the Open Inference Protocol (V2) under modelforge/v2
     (r"modelforge(?:/.*)?", NotFoundHandler),
 ]
