@@ -241,8 +241,6 @@ def test_a_rank0_input(v2):
         assert result.as_numpy("y").shape == () and result.as_numpy("y") == np.float32(2.5)
 
 
-@pytest.mark.xfail(strict=True, reason="outputs._pack_one caches a rank-0 output through np.ascontiguousarray, "
-                   "which makes it [1]: a cache hit answers shape [1] (core/outputs.py, the lead's)")
 def test_a_rank0_output_keeps_its_shape_on_a_cache_hit(v2):
     x = np.array(uuid.uuid4().int % 1000, np.float32)
     first, hit = (v2.infer("scalar", {"x": x}) for _ in range(2))
