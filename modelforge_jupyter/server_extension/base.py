@@ -24,11 +24,10 @@ from tornado import web
 
 from ..core.deadline import Cancellation
 from ..core.errors import ModelForgeError
+from .fastpath import DataPlaneMixin
 
 AUTH_RESOURCE = "modelforge"
-TOKEN_NEEDED = (
-    "authentication required: send the Jupyter server's token as the header 'Authorization: token <token>'"
-)
+TOKEN_NEEDED = "authentication required: send the Jupyter server's token as the header 'Authorization: token <token>'"
 JUPYTER_QUERY_PARAMS = frozenset({"token", "_xsrf", "no_track_activity"})  # read by jupyter_server itself
 # Content-Encoding of a request body -> zlib wbits of its decompressor (tritonclient sends gzip or deflate, i.e. zlib)
 BODY_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -236,14 +235,14 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         ]
 
 
-class CancellableHandler(ModelForgeHandler):
-    """A data-plane endpoint that runs a model: the predict body limit, and the request's ``Cancellation``, which a
-    client closing its connection triggers (its run is stopped, or a queued one never starts: 499)."""
+class CancellableHandler(DataPlaneMixin, ModelForgeHandler):
+    """A data-plane endpoint that runs a model: the lean path through Jupyter (``fastpath``), the predict body limit,
+    and the request's ``Cancellation``, which a client closing its connection triggers (its run is stopped, or a
+    queued one never starts: 499)."""
 
     @property
     def body_limit(self) -> tuple[int, str]:
-        """A JSON body decodes to up to ~32x its size in Python objects, so these take at most
-        ``max_predict_body_size`` (and never more than ``max_body_size``)."""
+        """``max_predict_body_size`` (JSON decodes to up to ~32x its size in objects), never over ``max_body_size``."""
         body, predict = self.extensionapp.body_limits()
         return (predict, "max_predict_body_size") if predict < body else (body, "max_body_size")
 
