@@ -1067,3 +1067,43 @@ async def test_a_predict_body_decoding_to_gigabytes_is_413_before_it_is_read(jp_
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1536])], [weights])
     big = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
     assert len(big) > 8 * 2**20 and (await mf_put(jp_fetch, "big", big))[0] == 201
+
+
+@pytest.mark.parametrize("mf_backend", ["services"])
+async def test_a_proven_cache_hit_is_answered_on_the_loop_and_an_update_is_never_stale(jp_fetch, mf_app, mf_settings):
+    # Given iris registered and one prediction made (a miss: the executor runs it and caches it)
+    await mf_put(jp_fetch, "iris", IRIS.read_bytes())
+    x = [[6.1, 2.8, 4.7, 1.2]]
+    request = {"model_id": "iris", "input_data": x}
+    miss = await mf_call(jp_fetch, "POST", "predict", body=request)
+    hits = mf_app.loop_hits()
+    answered = hits.answered
+    # When the same input is predicted again: a hit, proven and answered on the event loop, equal to the miss
+    hit = await mf_call(jp_fetch, "POST", "predict", body=request)
+    assert hit[1]["cached"] and hit[1]["output_data"] == miss[1]["output_data"] and hits.answered == answered + 1
+    # and a V2 request for the same tensors too (one cache entry, one round trip)
+    v2 = await jp_fetch("modelforge", "v2", "models", "iris", "infer", method="POST", body=orjson.dumps(
+        {"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4], "data": x[0]}]}))
+    assert orjson.loads(v2.body)["parameters"] == {"cached": True} and hits.answered == answered + 2
+    # When another process (another ModelForge on the same registry and cache) updates the model
+    from modelforge_jupyter import ModelForge
+
+    with ModelForge(**mf_settings) as other:
+        other.update("iris", IRIS_V2)
+        want = other.predict("iris", x, use_cache=False).output_data
+    # Then the loop cannot prove the remembered record (the stamp moved): the executor answers the new version
+    after = await mf_call(jp_fetch, "POST", "predict", body=request)
+    assert after[1]["model_version"] == 2 and after[1]["output_data"] == want and hits.answered == answered + 2
+    # and input the rules refuse is never answered on the loop: the executor's 400 names it, as always
+    bad = await mf_call(jp_fetch, "POST", "predict", body={"model_id": "iris", "input_data": [[1, 2]]})
+    assert bad[0] == 400 and "float_input" in bad[1]["message"] and hits.answered == answered + 2
+
+
+@pytest.mark.parametrize("mf_backend", ["embedded"])
+async def test_embedded_hits_stay_in_the_executor(jp_fetch, mf_app):
+    # SQLite and the disk cache are blocking reads: no loop hits there
+    await mf_put(jp_fetch, "iris", IRIS.read_bytes())
+    for _ in range(2):
+        status, answer = await mf_call(jp_fetch, "POST", "predict", body={"model_id": "iris", "input_data": [[1, 2, 3, 4]]})
+        assert status == 200
+    assert answer["cached"] and mf_app.loop_hits() is None

@@ -70,12 +70,23 @@ class Resolver:
         ``pending`` its generation, for ``read`` to prove. Raises ``ModelNotFoundError`` (404),
         ``ServiceUnavailableError`` (503, database down).
         """
-        if not proven and self.stamp is not None:
-            generation, records = self._remembered
-            entry = records.get((model, version))
-            if entry is not None and entry[1] > time.monotonic() and generation is not None:
-                return Resolved(entry[0], generation)
+        if not proven:
+            remembered = self.remembered(model, version)
+            if remembered is not None:
+                return remembered
         return Resolved(self._resolve_proven(model, version))
+
+    def remembered(self, model: str, version: int | None = None) -> Resolved | None:
+        """The remembered record of ``model`` at ``version`` with the generation it was read at (``pending``), for a
+        stamp to prove; None without a stamp, or when it is not remembered (or older than ``metadata_ttl``). Asks
+        no one: an event loop may call it (``loop_hits``)."""
+        if self.stamp is None:
+            return None
+        generation, records = self._remembered
+        entry = records.get((model, version))
+        if entry is not None and entry[1] > time.monotonic() and generation is not None:
+            return Resolved(entry[0], generation)
+        return None
 
     def read(self, resolved: Resolved, key: str | None) -> bytes | None:
         """The cached value at ``key`` (None: a miss, or no key), proving a pending record in the same round trip.

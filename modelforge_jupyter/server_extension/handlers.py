@@ -73,7 +73,11 @@ class PredictHandler(CancellableHandler):
         """``POST modelforge/predict``: 200 ``{prediction_id, model_id, model_version, output_data,
         inference_time_ms, cached}`` (``protocol.encode_result``); 400 bad input naming the input, expected and given
         dtype/shape; 404 unknown model; 413 answer over ``max_output_bytes``; 504 past ``inference_timeout``."""
-        self.write_json(await self.run_blocking(functools.partial(self._predict, self.body, self.cancellation)))
+        body, hits = self.body, self.extensionapp.loop_hits()
+        answer = await hits.answer_json(body) if hits is not None else None  # a proven cache hit, on the loop
+        if answer is None:
+            answer = await self.run_blocking(functools.partial(self._predict, body, self.cancellation))
+        self.write_json(answer)
 
     def _predict(self, body: bytes, cancel: Cancellation) -> bytes:
         """Decode, predict and encode in one executor call: a large batch's JSON never blocks the IOLoop either."""

@@ -113,9 +113,12 @@ class V2InferHandler(V2Handler, CancellableHandler):
     async def post(self, name: str, version: str | None = None) -> None:
         """200 the outputs (``core.v2.infer``); 400 invalid request naming the input, expected and given datatype or
         shape; 404 unknown model or version; 413 body over its limit; 504 past ``inference_timeout``."""
-        call = functools.partial(self._infer, name, version, self.body, self.request.headers.get(BINARY_HEADER),
-                                 self.cancellation)
-        self.write_v2(*await self.run_blocking(call))
+        body, header_length, hits = self.body, self.request.headers.get(BINARY_HEADER), self.extensionapp.loop_hits()
+        answer = await hits.answer_v2(name, version, body, header_length) if hits is not None else None
+        if answer is None:  # not a cache hit proven on the loop (``core.loop_hits``): the executor answers it
+            call = functools.partial(self._infer, name, version, body, header_length, self.cancellation)
+            answer = await self.run_blocking(call)
+        self.write_v2(*answer)
 
     def _infer(self, name: str, version: str | None, body: bytes, header_length: str | None,
                cancel: Cancellation) -> tuple[bytes, int | None]:

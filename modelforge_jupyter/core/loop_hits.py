@@ -1,0 +1,145 @@
+"""Cache hits answered on the event loop, with no executor hop: where the registry is PostgreSQL and the cache Redis.
+
+A predict of a model this process has resolved before costs one Redis round trip when its answer is cached: the
+registry stamp and the value, together (``resolver``, ``freshness``). ``LoopHits`` makes that round trip with
+``redis.asyncio`` (hiredis), so a server answers such a hit on its event loop, without handing the call to an
+executor thread and back. Nothing here blocks, and nothing here writes:
+- the record must be remembered (``Resolver.remembered``: no database query), the request small
+  (``LOOP_BODY_BYTES``: decoding and validating it take microseconds), and the stamp must prove the record current,
+  exactly as the executor's path proves it;
+- anything else (no remembered record, a stamp that does not match, a miss, an input the rules refuse, a value
+  another version wrote, Redis slow or down, the cache's breaker open) answers None, and the caller runs the full
+  ``predict`` in its executor, which answers it as always (the 400 naming the input, the run, the cache write).
+A SQLite registry or a disk cache is a blocking read: those hits stay in the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+from .cache import prediction_key
+from .outputs import unpack
+from .records import PredictionResult
+from .tensors import input_hash, prepare_feed
+
+log = logging.getLogger(__name__)
+
+LOOP_BODY_BYTES = 16 * 1024  # larger bodies are decoded in the executor: a big JSON decode would hold the loop
+
+
+class LoopHits:
+    """Answer proven cache hits of ``forge`` (a ``ModelForge`` on PostgreSQL + Redis) on the running event loop.
+
+    ``answered`` and ``passed`` count the requests answered here and those handed back to the caller (None)."""
+
+    def __init__(self, forge: Any) -> None:
+        self.forge = forge
+        self.answered = 0
+        self.passed = 0
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    def usable(forge: Any) -> bool:
+        """True when ``forge``'s hits can be proven without blocking: a Redis stamp (PostgreSQL + Redis) and the
+        prediction cache on."""
+        return forge.resolver.stamp is not None and forge.settings.cache_prediction_enabled
+
+    async def predict(self, model: str, input_data: Any, version: int | None = None,
+                      prepare: Any = None) -> PredictionResult | None:
+        """The cached ``PredictionResult`` of ``ModelForge.predict(model, input_data, version=version,
+        prepare=prepare)`` (``cached=True``), or None when it is not a hit this can prove on the loop (module
+        docstring). Never raises for a request: a refusal is the executor's to answer."""
+        start = time.perf_counter()
+        forge = self.forge
+        resolved = forge.resolver.remembered(model, version)
+        if resolved is None or forge.cache.breaker.open():
+            return self._pass()
+        record = resolved.record
+        try:
+            feed = prepare(record, input_data) if prepare is not None else prepare_feed(record.inputs, input_data)
+        except Exception:  # the executor answers the refusal, judged on a proven record
+            return self._pass()
+        key = prediction_key(forge.settings.cache_key_prefix, record.id, input_hash(record.sha256, feed))
+        try:
+            stamp, value = await self._read(forge.resolver.stamp, key)
+        except Exception as err:  # Redis slow or down: the executor's client and breaker deal with it
+            log.debug("loop hit not read (%s); the executor answers", err)
+            return self._pass()
+        if stamp is None or int(stamp) != resolved.pending or value is None:
+            return self._pass()
+        outputs = unpack(value)
+        if outputs is None:
+            return self._pass()
+        self.answered += 1
+        ms = (time.perf_counter() - start) * 1000.0
+        return PredictionResult(str(uuid.uuid4()), record.id, record.version, None, ms, True, record.name,
+                                outputs=outputs)
+
+    async def answer_json(self, body: bytes) -> bytes | None:
+        """The answer of ``POST modelforge/predict`` with ``body`` (``protocol.predict_json``'s bytes) when it is a
+        proven hit, else None (a body over ``LOOP_BODY_BYTES``, ``use_cache`` false, or anything ``predict`` passes)."""
+        from .protocol import encode_result, parse_predict
+
+        if len(body) > LOOP_BODY_BYTES:
+            return self._pass()
+        try:
+            request = parse_predict(body)
+        except Exception:
+            return self._pass()
+        if not request.use_cache:
+            return self._pass()
+        result = await self.predict(request.model, request.input_data, request.version)
+        return encode_result(result) if result is not None else None
+
+    async def answer_v2(self, model: str, version: str | None, body: bytes,
+                        header_length: str | None) -> tuple[bytes, int | None] | None:
+        """The answer of a V2 ``infer`` (``v2.infer``'s (body, JSON header length)) when it is a proven hit, else
+        None, as ``answer_json``."""
+        from .v2 import feed, url_version
+        from .v2_codec import encode_response, parse_infer
+
+        if len(body) > LOOP_BODY_BYTES:
+            return self._pass()
+        try:
+            number, request = url_version(version), parse_infer(body, header_length)
+        except Exception:
+            return self._pass()
+        if not request.use_cache:
+            return self._pass()
+        result = await self.predict(model, request, number, prepare=feed)
+        if result is None:
+            return None
+        return encode_response(result.model_name, result.model_version, result.outputs, request, result.cached)
+
+    def _pass(self) -> None:
+        self.passed += 1
+        return None
+
+    async def _read(self, stamp: Any, key: str) -> tuple[bytes | None, bytes | None]:
+        values = await self._redis().mget([stamp.stamp_key, key])
+        return values[0], values[1]
+
+    def _redis(self) -> Any:
+        """The ``redis.asyncio`` client of the running loop (one per loop: a client is bound to the loop it was
+        made on), with the cache's ``redis_timeout``."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            import redis.asyncio
+
+            s = self.forge.settings
+            self._client = redis.asyncio.Redis.from_url(s.redis_url, socket_timeout=s.redis_timeout,
+                                                        socket_connect_timeout=s.redis_timeout)
+            self._loop = loop
+        return self._client
+
+    async def close(self) -> None:
+        """Close the asyncio client's connections (on its loop)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
