@@ -83,8 +83,9 @@ def test_hundred_models_mean_no_thread_pools_and_at_most_max_sessions_loaded(mf_
 def test_threads_per_use_a_kernel_s_session_takes_every_core_a_server_s_one(mf_settings, tmp_path):
     # Given the same settings, a ModelForge built as in a kernel or script, and one built as a server builds it
     model = mf_identity_model("float32", [None, 2]).SerializeToString()
+    defaults = {k: v for k, v in mf_settings.items() if k != "intra_op_num_threads"}  # the product's defaults
     for serving, want in ((False, 0), (True, 1)):
-        with ModelForge(**mf_settings, serving=serving) as forge:
+        with ModelForge(**defaults, serving=serving) as forge:
             forge.save("threads", model)
             forge.predict("threads", np.ones((1000, 2), np.float32), use_cache=False)  # the process's threads started
             forge.unload("threads")
@@ -97,6 +98,14 @@ def test_threads_per_use_a_kernel_s_session_takes_every_core_a_server_s_one(mf_s
             assert forge.engine.session_options().intra_op_num_threads == want
             added = _os_threads() - before
             assert added >= 1 if not serving else added == 0, (serving, added)
+            # and whatever the count, the forest answers as raw ONNX Runtime with the same SessionOptions, bit for bit
+            forge.save("rf", SAMPLES / "breast_cancer_rf.onnx")
+            raw = forge.raw_session("rf")
+            for rows in (1, 1000):
+                x = load_breast_cancer().data[:rows].astype(np.float32)
+                got = forge.predict("rf", x, use_cache=False).outputs
+                for output, want_value in zip(got, raw.run(None, {"float_input": x})):
+                    np.testing.assert_array_equal(got[output], want_value)
 
 
 def test_session_options_are_the_documented_ones():

@@ -75,6 +75,12 @@ def mf_delete_keys(client, prefix: str) -> None:
         client.unlink(*keys)
 
 
+# The test ModelForges run one intra-op thread, as the servers and the raw reference (``mf_raw_session``) do: a tree
+# ensemble sums its trees in another order with another thread count, so outputs compared bit for bit need the same
+# count. The kernel's default (one per core) is tested on its own (test_engine's threads-per-use test).
+REFERENCE_THREADS = {"intra_op_num_threads": 1}
+
+
 def mf_embedded(data_dir: Path) -> dict[str, str]:
     """``ModelForge(**...)`` keyword arguments of the embedded backend under ``data_dir``: the SQLite registry
     ``registry.db`` and the disk cache ``cache/`` (the layout of ``MODELFORGE_DATA_DIR``), no Redis, no broker."""
@@ -144,13 +150,13 @@ def mf_services_settings(mf_postgres_url, mf_redis, mf_redis_url) -> dict:
     """``ModelForge(**...)`` keyword arguments for PostgreSQL + Redis: this test's database and key prefix, no
     broker (the cleanup runs eagerly)."""
     return {"database_url": mf_postgres_url, "redis_url": mf_redis_url, "cache_key_prefix": mf_redis[1],
-            "celery_broker_url": ""}
+            "celery_broker_url": "", **REFERENCE_THREADS}
 
 
 @pytest.fixture
 def mf_embedded_settings(tmp_path) -> dict:
     """``ModelForge(**...)`` keyword arguments for the embedded backend in the test's tmp_path (``mf_embedded``)."""
-    return mf_embedded(tmp_path)
+    return {**mf_embedded(tmp_path), **REFERENCE_THREADS}
 
 
 @pytest.fixture(params=list(BROKERS))
