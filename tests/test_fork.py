@@ -26,6 +26,7 @@ from sklearn.datasets import load_iris
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.batching import DynamicBatcher
 from modelforge_jupyter.core.engine import Engine
+from modelforge_jupyter.core.outputs import json_data
 
 from .mf_plugin import FOREVER, SAMPLES, mf_raw_outputs, mf_raw_run, mf_spin_input, mf_spin_model
 
@@ -304,7 +305,7 @@ def test_child_batches_though_a_batch_was_in_flight_in_another_thread_at_the_for
     assert started.wait(10)
     try:
         # When the child sends a request for that model: it must lead its own batch
-        with forked(lambda: batcher.run("iris", lambda: data, feed)) as child:
+        with forked(lambda: json_data(batcher.run("iris", lambda: data, feed))) as child:
             out = child.join()
     finally:
         finish.set()

@@ -186,14 +186,13 @@ def pack(outputs: dict[str, Any]) -> bytes:
 
 def _pack_one(name: str, value: Any) -> tuple[dict[str, Any], Any]:
     if isinstance(value, MapRows):
-        rows = np.ascontiguousarray(value.rows)
+        rows = value.rows
         return {"name": name, "kind": "maps", "dtype": rows.dtype.str, "shape": rows.shape,
-                "keys": list(value.keys)}, rows.data.cast("B")
+                "keys": list(value.keys)}, rows.tobytes()
     if isinstance(value, np.ndarray) and value.dtype.kind == "O":
         return {"name": name, "kind": "strings", "shape": value.shape}, strings_to_bytes(value)
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        data = np.ascontiguousarray(value)
-        return {"name": name, "kind": "tensor", "dtype": data.dtype.str, "shape": data.shape}, data.tobytes()
+        return {"name": name, "kind": "tensor", "dtype": value.dtype.str, "shape": value.shape}, value.tobytes()
     return {"name": name, "kind": "json", "value": json_safe(value)}, None
 
 

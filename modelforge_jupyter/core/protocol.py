@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 
 from .errors import InvalidInputError, ModelForgeError
-from .outputs import json_ready
 from .records import PredictionResult
 
 MODEL_ID, INPUT_DATA, USE_CACHE, VERSION = "model_id", "input_data", "use_cache", "version"
@@ -139,6 +138,8 @@ def encode_predict(model: str, input_data: Any, *, use_cache: bool = True, versi
 def encode_result(result: PredictionResult) -> bytes:
     """The JSON answer of a predict: ``PredictionResult.to_dict()``, encoded by orjson straight from the NumPy
     outputs (``outputs.json_ready``) without building ``output_data``'s lists, to the same JSON."""
+    from .outputs import json_ready  # not at import: ``jupyter server extension list`` imports this module, no numpy
+
     answer = result.to_dict() if result.has_output_data else {
         "prediction_id": result.prediction_id, "model_id": result.model_id, "model_version": result.model_version,
         "output_data": {name: json_ready(value) for name, value in result.outputs.items()},

@@ -6,8 +6,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import numpy as np
-
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
@@ -140,6 +138,8 @@ class PredictionResult:
 
 def _array(value: Any) -> Any:
     """A JSON output value as NumPy where it is a tensor's nested list (a list of maps, or ``None`` for NaN, as is)."""
+    import numpy as np  # not at import: ``jupyter server extension list`` imports this module, and needs no numpy
+
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return value
     try:
