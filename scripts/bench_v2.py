@@ -23,17 +23,20 @@ N threads each with its own client calling ``infer``: requests/s, p50, p99.
 
     .venv/bin/python scripts/bench_v2.py                       # starts an isolated jupyter server (embedded)
     .venv/bin/python scripts/bench_v2.py --url http://127.0.0.1:8888/ --token "$TOKEN"
+    .venv/bin/python scripts/bench_v2.py --serve               # the same against `modelforge serve` (uvicorn)
+    .venv/bin/python scripts/bench_v2.py --asgi                # the server's side alone, no socket
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 os.environ.setdefault("MODELFORGE_INTRA_OP_NUM_THREADS", "1")  # the server started below inherits it
@@ -46,11 +49,116 @@ from bench_http import jupyter_server  # noqa: E402
 
 from modelforge_jupyter import ModelForge  # noqa: E402
 from modelforge_jupyter.cli.bench import summarize, timed  # noqa: E402
-from modelforge_jupyter.core.client import ModelForgeClient  # noqa: E402
+from modelforge_jupyter.core.client import ModelForgeClient, ServerUnreachableError  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "modelforge_jupyter" / "sample_models"
 ROUNDS = 5
 MODELS = {"breast_cancer_rf": SAMPLES / "breast_cancer_rf.onnx", "iris": SAMPLES / "iris.onnx"}
+
+
+@contextmanager
+def modelforge_serve():
+    """``modelforge serve --workers 1`` on a free port with an embedded registry and disk cache in a temporary
+    directory: (url, token)."""
+    import socket
+    import subprocess
+
+    from modelforge_jupyter.cli.demo import stop_server
+
+    token = os.urandom(16).hex()
+    with tempfile.TemporaryDirectory(prefix="mf-serve-") as tmp, socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFORGE_", "CACHE_"))}
+        env.update(DATABASE_URL=f"sqlite:///{tmp}/registry.db", REDIS_URL="", MODELFORGE_CACHE_DIR=f"{tmp}/cache",
+                   CELERY_BROKER_URL="", MODELFORGE_INTRA_OP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "modelforge_jupyter.cli.main", "serve", "--port", str(port), "--workers", "1",
+               "--token", token]
+        with open(f"{tmp}/serve.log", "wb") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                url = f"http://127.0.0.1:{port}/"
+                client = ModelForgeClient(url, token, timeout=5)
+                for _ in range(600):
+                    try:
+                        if client.request("GET", "health/ready")[0] == 200:
+                            break
+                    except ServerUnreachableError:
+                        pass
+                    if proc.poll() is not None:
+                        sys.exit(Path(f"{tmp}/serve.log").read_text())
+                    time.sleep(0.1)
+                client.close()
+                yield url, token
+            finally:
+                stop_server(proc, timeout=30)
+
+
+async def asgi(args) -> None:
+    """Print the server's own time per request (µs, best of 3 rounds): ``modelforge serve``'s ``ServeApp`` called
+    in this process with the request already in memory, V2 binary infer beside ``POST modelforge/predict``, cache
+    off. What is left of a client's latency is the network, the HTTP server's parsing (uvicorn, tornado) and the
+    client."""
+    import asyncio
+
+    tmp = tempfile.mkdtemp(prefix="mf-asgi-")
+    os.environ.update(DATABASE_URL=f"sqlite:///{tmp}/r.db", REDIS_URL="", MODELFORGE_CACHE_DIR=f"{tmp}/c",
+                      CELERY_BROKER_URL="")
+    from modelforge_jupyter.core.protocol import encode_predict
+    from modelforge_jupyter.core.v2_client import encode_infer
+    from modelforge_jupyter.serve.app import ServeApp
+    from modelforge_jupyter.serve.options import ServeOptions
+
+    with ModelForge() as mf:
+        for name, path in MODELS.items():
+            mf.register(name, path)
+    app = ServeApp(ServeOptions(token="t"))
+
+    async def call(path: str, body: bytes, headers: list) -> None:
+        sent, left, done = [], [{"type": "http.request", "body": body, "more_body": False}], asyncio.Event()
+
+        async def receive():
+            if left:
+                return left.pop()
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+                 "headers": [(b"authorization", b"token t"), *headers]}
+        await app(scope, receive, send)
+        done.set()
+        assert sent[0]["status"] == 200, sent
+
+    await app.startup()
+    print("# the server's side alone: modelforge serve's ASGI app in process, µs per request (best of 3), cache off")
+    print("| model            | batch | V2 binary µs | MF JSON µs | MF JSON / V2 |\n"
+          "|------------------|-------|--------------|------------|--------------|")
+    try:
+        for name in MODELS:
+            for batch in (int(b) for b in args.batch.split(",")):
+                x = np.resize(dataset(name), (batch, dataset(name).shape[1]))
+                body, length = encode_infer({"float_input": x}, use_cache=False)
+                calls = {"v2": (f"/modelforge/v2/models/{name}/infer", body,
+                                [(b"inference-header-content-length", str(length).encode())]),
+                         "json": ("/modelforge/predict", encode_predict(name, {"float_input": x.tolist()},
+                                                                        use_cache=False), [])}
+                best = {}
+                for _ in range(3):
+                    for label, request in calls.items():
+                        count = 1000 if batch <= 10 else 50
+                        start = time.perf_counter()
+                        for _ in range(count):
+                            await call(*request)
+                        took = (time.perf_counter() - start) / count * 1e6
+                        best[label] = min(best.get(label, took), took)
+                print(f"| {name:<16} | {batch:>5} | {best['v2']:>12,.0f} | {best['json']:>10,.0f} | "
+                      f"{best['json'] / best['v2']:>12.2f} |")
+    finally:
+        await app.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def dataset(name: str) -> np.ndarray:
@@ -66,14 +174,26 @@ def main() -> None:
     p.add_argument("--batch", default="1,1000", help="comma-separated batch sizes")
     p.add_argument("--seconds", type=float, default=2.0, help="time per cell")
     p.add_argument("--concurrency", default="1,16", help="async_infer concurrency levels")
+    p.add_argument("--asgi", action="store_true", help="only the server's side: `modelforge serve`'s ASGI app called "
+                   "in this process (no socket, no client), V2 binary vs ModelForge JSON per request")
+    p.add_argument("--serve", action="store_true", help="start `modelforge serve --workers 1` (uvicorn) instead of "
+                   "a jupyter server: the same V2 routes behind a lighter HTTP stack")
     args = p.parse_args()
-    server = nullcontext((args.url, args.token)) if args.url else jupyter_server([])
+    if args.asgi:
+        import asyncio
+
+        asyncio.run(asgi(args))
+        return
+    if args.url:
+        server = nullcontext((args.url, args.token))
+    else:
+        server = modelforge_serve() if args.serve else jupyter_server([])
     with server as (url, token), tempfile.TemporaryDirectory(prefix="mf-bench-v2-") as tmp:
         with ModelForge(database_url=f"sqlite:///{tmp}/r.db", cache_dir=f"{tmp}/c") as mf:
-            run(mf, url, token, args)
+            run(mf, url, token, args, "modelforge serve --workers 1" if args.serve and not args.url else "jupyter server")
 
 
-def run(mf, url: str, token: str, args) -> None:
+def run(mf, url: str, token: str, args, kind: str) -> None:
     import tritonclient.http as tc
 
     assert mf.engine.session_options().intra_op_num_threads == 1
@@ -88,7 +208,7 @@ def run(mf, url: str, token: str, args) -> None:
             uploaded.append(name)
     auth = {"Authorization": f"token {token}"}
     triton = tc.InferenceServerClient(url=url.removeprefix("http://").rstrip("/") + "/modelforge")
-    print(f"# V2 vs raw ONNX Runtime vs ModelForge JSON; server {url}; {args.seconds} s per cell; cache off; "
+    print(f"# V2 vs raw ONNX Runtime vs ModelForge JSON; {kind} {url}; {args.seconds} s per cell; cache off; "
           f"1 intra-op thread; Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     head = f"| {'model':<16} | {'batch':>5} | {'path':<28} | {'p50 ms':>8} | {'p99 ms':>8} | {'pred/s':>11} | " \
            f"{'pred/s @p50':>11} | {'x raw':>6} | {'x MF JSON':>9} |"
