@@ -16,7 +16,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from modelforge_jupyter import ModelForge
-from modelforge_jupyter.cli.bench import HTTP_PATHS, Budget, check_served, main, plan_bench, run_bench
+from modelforge_jupyter.cli.bench import HTTP_PATHS, V2_PATHS, Budget, check_served, main, plan_bench, run_bench
 from modelforge_jupyter.core.errors import ModelForgeError, ModelNotFoundError
 from modelforge_jupyter.kernel.client import (
     ModelForgeClient,
@@ -113,6 +113,51 @@ def test_client_predicts_as_the_kernel_does_and_shares_its_cache(mf_live_server,
         ModelForgeClient("http://127.0.0.1:9/").health()
 
 
+def test_client_infer_speaks_v2_binary_and_equals_raw_onnxruntime(mf_live_server, shared_forge, model):
+    from sklearn.datasets import load_breast_cancer
+
+    forest = SAMPLES / "breast_cancer_rf.onnx"
+    shared_forge.register("http_v2_forest", forest)
+    try:
+        x = np.resize(load_breast_cancer().data.astype(np.float32), (200, 30))
+        xi = load_iris().data[::7].astype(np.float32)
+        with connect(mf_live_server.url, mf_live_server.token) as server:
+            assert server.has_v2 and "binary_tensor_data" in server.v2_metadata()["extensions"]
+            # the forest, binary both ways: raw onnxruntime's arrays, dtypes included
+            got = server.infer("http_v2_forest", {"float_input": x}, use_cache=False)
+            label, proba = mf_raw_run(forest, {"float_input": x})
+            assert list(got) == ["label", "probabilities"]
+            assert (got["label"].dtype, got["probabilities"].dtype) == (label.dtype, proba.dtype)
+            np.testing.assert_array_equal(got["label"], label)
+            np.testing.assert_array_equal(got["probabilities"], proba)
+            # iris: ZipMap as float32 [N, 3] in label order, the labels in the answer; the outputs filter; a version
+            body, length = server.infer_body({"float_input": xi})
+            answer = server.post_infer(model, body, length, version=1)
+            labels, maps = mf_raw_run(IRIS, {"float_input": xi})
+            np.testing.assert_array_equal(answer.outputs["output_label"], labels)
+            assert answer.labels == {"output_probability": [0, 1, 2]} and answer.model_version == 1
+            np.testing.assert_array_equal(answer.outputs["output_probability"],
+                                          np.array([[m[k] for k in (0, 1, 2)] for m in maps], np.float32))
+            only = server.infer(model, {"float_input": xi}, outputs=["output_label"])
+            assert list(only) == ["output_label"]
+            # one cache entry with the kernel's predict: the V2 call above cached it
+            assert shared_forge.predict(model, xi).cached and server.post_infer(model, body, length).cached
+            # refusals: Triton's wording, the ModelForgeError of the status
+            with pytest.raises(ModelForgeError, match=r"inference input data-type is 'FP64', model expects 'FP32' "
+                                                      r"for input 'float_input' of model .*\(HTTP 400, POST ") as err:
+                server.infer(model, {"float_input": xi.astype(np.float64)})
+            assert err.value.status == 400
+            with pytest.raises(ModelNotFoundError, match=r"model 'nope' is not registered \(HTTP 404"):
+                server.infer("nope", {"float_input": xi})
+            with pytest.raises(ModelNotFoundError, match=r"has no version 9; versions: 1 \(HTTP 404"):
+                server.infer(model, {"float_input": xi}, version=9)
+        # a server without V2 routes (here: a path that is no ModelForge) is told apart
+        with ModelForgeClient(mf_live_server.url + "elsewhere/", mf_live_server.token) as other:
+            assert other.v2_metadata() is None and not other.has_v2
+    finally:
+        shared_forge.delete("http_v2_forest")
+
+
 def test_run_bench_measures_the_endpoint_beside_raw_onnxruntime(mf_live_server, shared_forge, model):
     plan = plan_bench(shared_forge, model, [1, 16], paths=("raw_ort", "api_cache_off", *HTTP_PATHS))
 
@@ -127,6 +172,23 @@ def test_run_bench_measures_the_endpoint_beside_raw_onnxruntime(mf_live_server, 
         if r.path in HTTP_PATHS:
             raw = result.row(r.batch, "raw_ort")
             assert r.ratio_p50 == pytest.approx(r.p50_ms / raw.p50_ms) and r.ratio_p50 > 1
+            assert r.predictions_per_s > 0
+
+
+def test_run_bench_measures_v2_binary_beside_the_json_endpoint(mf_live_server, shared_forge, model):
+    paths = ("raw_ort", *HTTP_PATHS, *V2_PATHS)
+    plan = plan_bench(shared_forge, model, [1, 32], paths=paths)
+
+    with connect(mf_live_server.url, mf_live_server.token) as server:
+        assert server.has_v2
+        result = run_bench(shared_forge, plan, Budget(iterations=5, warmup=2), server=server)
+
+    assert [(r.batch, r.path) for r in result.rows] == [(b, p) for b in (1, 32) for p in paths]
+    assert result.notes == ()  # the V2 cache-hit row found its entry cached
+    for r in result.rows:
+        assert r.iterations == 5 and 0 < r.p50_ms <= r.p95_ms <= r.p99_ms
+        if r.path in V2_PATHS:
+            assert r.ratio_p50 == pytest.approx(r.p50_ms / result.row(r.batch, "raw_ort").p50_ms) and r.ratio_p50 > 1
             assert r.predictions_per_s > 0
 
 
@@ -154,13 +216,18 @@ def test_magic_bench_http_uses_the_configured_server(mf_live_server, mf_live_set
     res = ip.user_ns["res"]
     ip.run_cell("from modelforge_jupyter.kernel.client import find_server\nfound = find_server()").raise_error()
     assert (ip.user_ns["found"].url, ip.user_ns["found"].source) == (mf_live_server.url, "config")
-    assert [(r.batch, r.path) for r in res.rows if r.path.startswith("http")] == [
-        (b, p) for b in (1, 8) for p in HTTP_PATHS]
+    assert [(r.batch, r.path) for r in res.rows if r.path.startswith(("http", "v2"))] == [
+        (b, p) for b in (1, 8) for p in HTTP_PATHS + V2_PATHS]
+    for r in res.rows:  # the V2 binary rows have real figures, each with its ratio to raw ORT at its batch
+        if r.path in V2_PATHS:
+            assert r.iterations == 3 and 0 < r.p50_ms <= r.p99_ms and r.predictions_per_s > 0
+            assert r.ratio_p50 == pytest.approx(r.p50_ms / res.row(r.batch, "raw_ort").p50_ms)
     out = capsys.readouterr()
-    assert out.err == "" and out.out.count(" http_hit ") == 2
-    # --no-cache drops both cache-hit paths
+    assert out.err == "" and out.out.count(" http_hit ") == 2 and out.out.count(" v2_miss ") == 2
+    # --no-cache drops the cache-hit paths
     ip.run_cell(f"res = %mf_bench {model} --http --no-cache --batch-sizes 2 --iterations 2 --text").raise_error()
-    assert [r.path for r in ip.user_ns["res"].rows] == ["raw_cold", "cold", "raw_ort", "api_cache_off", "http_miss"]
+    assert [r.path for r in ip.user_ns["res"].rows] == ["raw_cold", "cold", "raw_ort", "api_cache_off", "http_miss",
+                                                        "v2_miss"]
 
 
 def test_magic_bench_http_without_a_server_prints_one_line(mf_live_settings, model, no_server_env, mf_shell, capsys):
@@ -193,7 +260,7 @@ def test_magic_bench_http_in_a_kernel_the_server_started_finds_it_unconfigured(m
     assert env["stdout"] == f"None {mf_live_server.pid}\n"
     assert bench["error"] == "" and bench["stderr"] == "", bench
     assert paths["stdout"] == str(["raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit", "http_miss",
-                                   "http_hit"]) + "\n"
+                                   "http_hit", "v2_miss", "v2_hit"]) + "\n"
     assert found["stdout"] == f"{mf_live_server.url} the Jupyter server of this kernel (pid {mf_live_server.pid})\n"
 
 
@@ -223,11 +290,13 @@ def test_cli_http_uploads_missing_samples_measures_and_deletes_them(mf_live_serv
 
     assert code == 0
     rows = orjson.loads(out.read_bytes())["rows"]
-    assert [(r["batch"], r["path"]) for r in rows if r["path"].startswith("http")] == [
-        (1, "http_miss"), (1, "http_hit"), (4, "http_miss"), (4, "http_hit")]
+    assert [(r["batch"], r["path"]) for r in rows if r["path"].startswith(("http", "v2"))] == [
+        (b, p) for b in (1, 4) for p in ("http_miss", "http_hit", "v2_miss", "v2_hit")]
     text = capsys.readouterr().out
     assert f"HTTP: POST {mf_live_server.url}modelforge/predict, one keep-alive connection" in text
-    assert text.count(" http_miss ") == 2
+    assert f"V2: POST {mf_live_server.url}modelforge/v2/models/{{model}}/infer, binary tensors" in text
+    assert text.count(" http_miss ") == 2 and text.count(" v2_hit ") == 2
+    assert "V2 binary cache off, batch 4: >= 0.5x raw predictions/s" in text
     # the server's registry is as it was: the uploaded sample is gone
     status, body = mf_http("GET", mf_live_server.url + "modelforge/models/iris", token=mf_live_server.token)
     assert status == 404, body

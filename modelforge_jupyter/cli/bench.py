@@ -32,6 +32,7 @@ from ..core.benchmark import (  # noqa: F401  (re-exported: ``modelforge_jupyter
     LABELS,
     MAGIC_PATHS,
     RAW_OF,
+    V2_PATHS,
     BenchPlan,
     BenchResult,
     Budget,
@@ -73,9 +74,9 @@ def served_samples(server, names: Iterable[str], uploaded: list[str]) -> None:
 
 def bench_model(mf, name: str, batches: list[int], seconds: float, server=None) -> list[Row]:
     """Register sample model ``name`` (if new) and measure the CLI's warm paths on each batch size (and the HTTP
-    paths with ``server``)."""
+    paths with ``server``, and its V2 binary paths when it has V2)."""
     mf.save(name, sample_path(SAMPLE_MODELS[name]))
-    paths = CLI_PATHS + (HTTP_PATHS if server is not None else ())
+    paths = CLI_PATHS + (HTTP_PATHS + (V2_PATHS if server.has_v2 else ()) if server is not None else ())
     plan = plan_bench(mf, name, batches, paths=paths)
     return list(run_bench(mf, plan, Budget(seconds=seconds), server=server).rows)
 
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ModelForge vs raw ONNX Runtime ({backend}; Python {sys.version.split()[0]})")
     if server is not None:
         print(f"HTTP: POST {server.url}modelforge/predict, one keep-alive connection")
+        if server.has_v2:
+            print(f"V2: POST {server.url}modelforge/v2/models/{{model}}/infer, binary tensors, the same connection")
     print(format_table(rows))
     verdicts = budget(rows, "redis" if "cache redis" in backend else "disk")
     print("\nBudget, checked on the figures above:")

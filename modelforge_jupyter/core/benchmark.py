@@ -14,7 +14,11 @@ with the same ``SessionOptions`` and providers (``ModelForge.raw_session``), Mod
   body (orjson), ``predict`` with the cache off (nested lists converted to arrays), encode the answer, in this process;
 - ``http_miss`` / ``http_hit``: ``POST <base_url>modelforge/predict`` on a running Jupyter server over one keep-alive
   connection (``client.ModelForgeClient``), with ``"use_cache": false`` / an input already cached; the request body
-  is encoded once, the answer is read and decoded (orjson) in every timed call.
+  is encoded once, the answer is read and decoded (orjson) in every timed call;
+- ``v2_miss`` / ``v2_hit``: the same server's Open Inference Protocol, ``POST <base_url>modelforge/v2/models/{m}/infer``
+  with binary tensors in and out (``ModelForgeClient.infer_body`` / ``post_infer``), with ``use_cache`` false / an
+  input already cached; the body is encoded once, the answer read and decoded to NumPy arrays in every timed call.
+  Only when the server has V2 (``ModelForgeClient.has_v2``): the doors add them beside ``http_*``.
 
 Each cell reports p50 / p95 / p99 latency in ms, throughput in predictions/s (rows of the batch per second over all
 timed calls) and the p50 ratio to the raw path beside it (``raw_cold`` for ``cold``, ``raw_ort`` for the others).
@@ -37,13 +41,16 @@ BATCH_SIZES = (1, 10, 100, 1000)
 MAGIC_PATHS = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")
 CLI_PATHS = ("raw_ort", "raw_ort_default", "api_cache_off", "api_miss", "api_hit", "json_floor")
 HTTP_PATHS = ("http_miss", "http_hit")  # after raw_ort in a plan: their ratio is to it
+V2_PATHS = ("v2_miss", "v2_hit")  # likewise; only when the server has V2
 RAW_OF = {"cold": "raw_cold", "raw_ort_default": "raw_ort", "api_cache_off": "raw_ort", "api_miss": "raw_ort",
-          "api_hit": "raw_ort", "json_floor": "raw_ort", "http_miss": "raw_ort", "http_hit": "raw_ort"}
+          "api_hit": "raw_ort", "json_floor": "raw_ort", "http_miss": "raw_ort", "http_hit": "raw_ort",
+          "v2_miss": "raw_ort", "v2_hit": "raw_ort"}
 LABELS = {
     "raw_cold": "raw ORT cold", "cold": "cold", "raw_ort": "raw ORT", "raw_ort_default": "raw ORT, ORT defaults",
     "api_cache_off": "warm (cache off)", "api_miss": "cache miss", "api_hit": "cache hit",
     "json_floor": "JSON floor (no HTTP)", "raw_cache_get": "raw cache GET", "consistency_check": "consistency check",
     "http_miss": "HTTP cache off", "http_hit": "HTTP cache hit",
+    "v2_miss": "V2 binary cache off", "v2_hit": "V2 binary cache hit",
 }
 
 
@@ -248,13 +255,13 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
 
     ``on_cell(done, total, row)`` runs after each cell (``row`` None when a cache path could not be measured: the
     cache did not answer, or no float input to vary for a miss). ``server`` (a ``client.ModelForgeClient``)
-    is needed for the ``http_*`` paths, and must serve the same bytes under the model's name. Raises
+    is needed for the ``http_*`` and ``v2_*`` paths, and must serve the same bytes under the model's name. Raises
     ``ModelForgeError`` if a batch size's input is refused or the server serves another model.
     """
     record, name = plan.record, plan.name
-    if any(p in HTTP_PATHS for p in plan.paths):
+    if any(p in HTTP_PATHS + V2_PATHS for p in plan.paths):
         if server is None:
-            raise ValueError(f"paths {HTTP_PATHS} need a server (kernel.client.connect())")
+            raise ValueError(f"paths {HTTP_PATHS + V2_PATHS} need a server (kernel.client.connect())")
         check_served(server, record)
     model_bytes = mf.model_bytes(record.id, record.version)
     raw = mf.raw_session(model_bytes)
@@ -269,6 +276,8 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
         for path in plan.paths:
             if path in HTTP_PATHS:
                 ms = _measure_http(server, name, path, feed, budget, notes, batch)
+            elif path in V2_PATHS:
+                ms = _measure_v2(server, name, path, feed, budget, notes, batch)
             else:
                 ms = _measure(mf, name, path, feed, budget, raw, model_bytes, notes, batch)
             row = None
@@ -347,6 +356,17 @@ def _measure_http(server, name, path, feed, budget, notes, batch) -> list[float]
         notes.append(f"batch {batch}: {LABELS[path]} not measured: the server's prediction cache did not answer")
         return None
     return budget.timed(lambda i: server.post_predict(body))
+
+
+def _measure_v2(server, name, path, feed, budget, notes, batch) -> list[float] | None:
+    """Latencies (ms) of a V2 binary infer with ``feed``: cache off, or an input the server has cached."""
+    use_cache = path == "v2_hit"
+    body, length = server.infer_body(feed, use_cache=use_cache)
+    server.post_infer(name, body, length)  # session loaded on the server, and the answer cached for a hit
+    if use_cache and not server.post_infer(name, body, length).cached:
+        notes.append(f"batch {batch}: {LABELS[path]} not measured: the server's prediction cache did not answer")
+        return None
+    return budget.timed(lambda i: server.post_infer(name, body, length))
 
 
 HEADER = (f"{'model':<17}{'batch':>6}  {'path':<18}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'pred/s':>12}"

@@ -13,7 +13,9 @@
 A client keeps one keep-alive ``http.client`` connection (not thread-safe: one client per thread), sends the token as
 ``Authorization: token <token>`` and encodes its requests with the wire format (``protocol``: orjson, numpy arrays as
 nested lists). An error answer raises
-the ``ModelForgeError`` of its status (404 ``ModelNotFoundError``...) with the server's message.
+the ``ModelForgeError`` of its status (404 ``ModelNotFoundError``...) with the server's message. ``infer`` speaks the
+Open Inference Protocol (KServe V2) with binary tensors (``v2_client``), NumPy in and out, when the server has it
+(``has_v2``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,7 +34,11 @@ from .errors import ModelForgeError, error_for_status
 from .protocol import decode_result, dumps, encode_predict  # noqa: F401  (dumps: the JSON of a request)
 from .records import PredictionResult
 
+if TYPE_CHECKING:
+    import numpy as np
+
 ENV_URL, ENV_TOKEN = "MODELFORGE_URL", "MODELFORGE_TOKEN"
+V2_HEADER = "Inference-Header-Content-Length"
 RETRIED = (http.client.RemoteDisconnected, http.client.CannotSendRequest, ConnectionResetError, BrokenPipeError)
 
 
@@ -133,6 +139,7 @@ class ModelForgeClient:
         self._headers = {"Authorization": f"token {self.server.token}"} if self.server.token else {}
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        self._v2: bool | None = None
 
     def __repr__(self) -> str:
         return f"<ModelForgeClient {self.url}modelforge/ ({self.server.source})>"
@@ -150,7 +157,14 @@ class ModelForgeClient:
 
         Raises ``ServerUnreachableError`` when the server cannot be reached or does not answer in ``timeout`` s.
         """
-        headers = dict(self._headers)
+        status, _, data = self.exchange(method, path, body, content_type)
+        return status, data
+
+    def exchange(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
+                 headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+        """(status, response headers (``http.client.HTTPMessage``), body bytes) of ``method
+        <base_url>modelforge/<path>`` with extra request ``headers``; as ``request`` otherwise."""
+        headers = {**self._headers, **(headers or {})}
         if body is not None:
             headers["Content-Type"] = content_type
         for attempt in (1, 2):
@@ -159,7 +173,7 @@ class ModelForgeClient:
             try:
                 conn.request(method, self._base + path, body=body, headers=headers)
                 response = conn.getresponse()
-                return response.status, response.read()
+                return response.status, response.headers, response.read()
             except RETRIED as err:
                 self.close()
                 if not reused or attempt == 2:
@@ -185,7 +199,8 @@ class ModelForgeClient:
 
     def _error(self, status: int, data: bytes, method: str, path: str) -> ModelForgeError:
         try:
-            message = orjson.loads(data)["message"]
+            answer = orjson.loads(data)
+            message = answer["message"] if "message" in answer else answer["error"]  # V2's routes: {"error"}
         except (orjson.JSONDecodeError, KeyError, TypeError):
             message = data[:200].decode(errors="replace") or http.client.responses.get(status, "error")
         err = error_for_status(status)(f"{message} (HTTP {status}, {method} {self.url}modelforge/{path})")
@@ -246,3 +261,58 @@ class ModelForgeClient:
         """
         answer = self.post_predict(self.predict_body(model, input_data, use_cache=use_cache, version=version))
         return decode_result(answer, model)
+
+    # -- the Open Inference Protocol (KServe V2), binary tensors -------------------------------------------------
+    def v2_metadata(self) -> dict[str, Any] | None:
+        """``GET modelforge/v2``: ``{"name", "version", "extensions"}``, or None when the server has no V2 routes
+        (an older ModelForge answers 404). Raises ``ModelForgeError`` for another error status (403...)."""
+        status, data = self.request("GET", "v2")
+        if status == 404:
+            return None
+        if status >= 400:
+            raise self._error(status, data, "GET", "v2")
+        return orjson.loads(data)
+
+    @property
+    def has_v2(self) -> bool:
+        """Whether the server answers ``GET modelforge/v2`` with the binary tensor extension (asked once, then
+        remembered by this client)."""
+        if self._v2 is None:
+            meta = self.v2_metadata()
+            self._v2 = meta is not None and "binary_tensor_data" in meta.get("extensions", ())
+        return self._v2
+
+    def infer_body(self, inputs: dict[str, Any], *, outputs: list[str] | None = None,
+                   use_cache: bool = True) -> tuple[bytes, int]:
+        """(body, JSON header length) of a V2 infer with binary inputs and outputs (``v2_client.encode_infer``)."""
+        from .v2_client import encode_infer
+
+        return encode_infer(inputs, outputs=outputs, use_cache=use_cache)
+
+    def post_infer(self, model: str, body: bytes, header_length: int, version: int | None = None) -> Any:
+        """``POST modelforge/v2/models/{model}[/versions/{version}]/infer`` with an encoded body (``infer_body``):
+        the decoded ``v2_client.V2Answer``. An error status raises its ``ModelForgeError`` with the server's
+        message (400 naming the input, expected and given datatype or shape; 404 unknown model or version)."""
+        from .v2_client import decode_infer
+
+        path = f"v2/models/{urllib.parse.quote(model, safe='')}"
+        path += f"/versions/{version}/infer" if version is not None else "/infer"
+        status, headers, data = self.exchange("POST", path, body, "application/octet-stream",
+                                              {V2_HEADER: str(header_length)})
+        if status >= 400:
+            raise self._error(status, data, "POST", path)
+        length = headers.get(V2_HEADER)
+        return decode_infer(data, int(length) if length is not None else None)
+
+    def infer(self, model: str, inputs: dict[str, Any], version: int | None = None, outputs: list[str] | None = None,
+              *, use_cache: bool = True) -> dict[str, np.ndarray]:
+        """Run ``model`` on the server through V2 with binary tensors: ``{output name: np.ndarray}``.
+
+        ``inputs``: ``{input name: array}``, each of the model's exact dtype and shape (V2 converts nothing: a float64
+        array for a float32 input is refused, 400). ``outputs``: the names to return (None: every output).
+        A ZipMap output comes back as float32 ``[N, C]``, the probabilities in label order (``post_infer``'s
+        ``labels`` has the labels); a string output as an object array of ``str``. The prediction cache is the one
+        ``predict`` uses (same entries). Raises ``ModelForgeError`` (400, 404, 403...), ``ServerUnreachableError``.
+        """
+        body, length = self.infer_body(inputs, outputs=outputs, use_cache=use_cache)
+        return self.post_infer(model, body, length, version).outputs

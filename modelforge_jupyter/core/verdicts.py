@@ -25,7 +25,9 @@ def budget(rows: list[Row], cache_backend: str = "redis") -> list[Verdict]:
     - cold: p50 <= 1.5x raw session creation + first run, + 2 ms;
     - cache hit (``cache_backend`` redis): p50 <= 2x a raw Redis GET of the same key;
     - HTTP, batch 1: p50 <= 0.5 ms, cache off and cache hit;
-    - HTTP, largest batch: predictions/s >= 0.8x the in-process JSON floor (``json_floor``).
+    - HTTP, largest batch: predictions/s >= 0.8x the in-process JSON floor (``json_floor``);
+    - V2 binary cache off (issue 12): largest batch >= 0.5x raw ORT's and >= 2x HTTP JSON's predictions/s; batch 1
+      p50 <= HTTP JSON's.
 
     Lines whose rows were not measured are left out.
     """
@@ -61,6 +63,7 @@ def budget(rows: list[Row], cache_backend: str = "redis") -> list[Verdict]:
         if floor and http and large > small:
             out.append(_throughput_verdict(f"HTTP cache off, batch {large}: >= 0.8x JSON floor predictions/s",
                                            http, floor))
+        out += _v2_verdicts(at, model, small, large)
     for i, r in enumerate(rows[:-1]):
         hit = rows[i + 1]
         if r.path == "raw_cache_get" and hit.path == "api_hit" and cache_backend == "redis":
@@ -70,11 +73,28 @@ def budget(rows: list[Row], cache_backend: str = "redis") -> list[Verdict]:
     return out
 
 
-def _throughput_verdict(line: str, row: Row, reference: Row) -> Verdict:
-    """``row``'s predictions/s >= 0.8x ``reference``'s."""
+def _throughput_verdict(line: str, row: Row, reference: Row, least: float = 0.8) -> Verdict:
+    """``row``'s predictions/s >= ``least`` x ``reference``'s."""
     ratio = row.predictions_per_s / reference.predictions_per_s
     return Verdict(line, row.model, f"{row.predictions_per_s:,.0f} / {reference.predictions_per_s:,.0f} = "
-                   f"{ratio:.2f}x", ratio >= 0.8)
+                   f"{ratio:.2f}x", ratio >= least)
+
+
+def _v2_verdicts(at: dict, model: str, small: int, large: int) -> list[Verdict]:
+    """Issue 12's lines on the V2 binary rows (cache off): at the largest batch >= 0.5x raw ORT's and >= 2x the
+    JSON endpoint's predictions/s; at batch 1 a p50 no slower than the JSON endpoint's."""
+    out = []
+    v2, raw, http = (at.get((model, large, p)) for p in ("v2_miss", "raw_ort", "http_miss"))
+    if v2 and raw and large > small:
+        out.append(_throughput_verdict(f"V2 binary cache off, batch {large}: >= 0.5x raw predictions/s", v2, raw, 0.5))
+    if v2 and http and large > small:
+        out.append(_throughput_verdict(f"V2 binary cache off, batch {large}: >= 2x HTTP JSON predictions/s", v2, http,
+                                       2.0))
+    v2, http = at.get((model, 1, "v2_miss")), at.get((model, 1, "http_miss"))
+    if v2 and http:
+        out.append(Verdict("V2 binary cache off, batch 1: p50 <= HTTP JSON p50", model,
+                           f"{v2.p50_ms:.3f} ms vs {http.p50_ms:.3f} ms", v2.p50_ms <= http.p50_ms))
+    return out
 
 
 def format_budget(verdicts: list[Verdict]) -> str:

@@ -1,7 +1,8 @@
 """What ``%mf_bench`` does once its line is parsed: plan, show the dashboard (or a text table), measure, finish.
 
 The measuring itself is the core's (``benchmark.plan_bench`` / ``run_bench``, shared with the CLI); this module turns
-the magic's options into a plan and a budget, opens the server connection of ``--http``, and picks the view:
+the magic's options into a plan and a budget, opens the server connection of ``--http`` (its V2 binary rows too
+when the server has V2), and picks the view:
 ``dashboard.BenchDashboard`` in a widget frontend, ``dashboard.TextReport`` elsewhere (``ModelForgeMagics.widgets``).
 """
 
@@ -16,6 +17,7 @@ from ..core.benchmark import (
     BATCH_SIZES,
     HTTP_PATHS,
     MAGIC_PATHS,
+    V2_PATHS,
     BenchPlan,
     BenchResult,
     Budget,
@@ -43,6 +45,8 @@ def bench(magics: Any, args: Any, local_ns: dict | None) -> BenchResult:
             from ..core.client import connect
 
             server = stack.enter_context(connect(magics.server_url, magics.server_token))
+            if server.has_v2:  # the V2 binary rows beside the JSON ones
+                paths += [p for p in V2_PATHS if not (args.no_cache and p == "v2_hit")]
         mf = magics.forge
         plan = plan_bench(mf, args.model, batch_sizes, input_data, paths)
         if server is not None:

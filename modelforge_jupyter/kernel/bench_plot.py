@@ -14,6 +14,7 @@ GREY = "#8c8c8c"
 PATH_STYLES = {
     "cold": ("#9467bd", "o"), "api_cache_off": ("#1f77b4", "o"), "api_miss": ("#17becf", "o"),
     "api_hit": ("#2ca02c", "o"), "http_miss": ("#ff7f0e", "o"), "http_hit": ("#bcbd22", "o"),
+    "v2_miss": ("#d62728", "o"), "v2_hit": ("#e377c2", "o"),
     "raw_ort": (GREY, "o"), "raw_cold": (GREY, "s"),
 }
 # Text, ticks and grid in a mid grey on a transparent figure: readable on the light and the dark JupyterLab theme.

@@ -12,7 +12,8 @@ from ..core.benchmark import LABELS, RAW_OF, BenchResult, Row
 from .markup import Markup, block, html_table, small
 
 # ModelForge paths first (each with its ratio to raw), then the raw ONNX Runtime paths they are compared with.
-DISPLAY_ORDER = ("cold", "api_cache_off", "api_miss", "api_hit", "http_miss", "http_hit", "raw_ort", "raw_cold")
+DISPLAY_ORDER = ("cold", "api_cache_off", "api_miss", "api_hit", "http_miss", "http_hit", "v2_miss", "v2_hit",
+                 "raw_ort", "raw_cold")
 PENDING = "…"
 # The switch: its label -> (Row field, what the figure is, whether more is better).
 METRICS = {

@@ -6,8 +6,9 @@ ModelForge call runs on a thread (``call``): predictions on the data plane (``--
 delete/unload on the control plane (``--control-threads``), health on a thread of its own, so the event loop only
 parses HTTP and a long prediction never delays a model change or a probe.
 
-Authentication: every route but the three health GETs needs ``Authorization: token <token>`` (or ``Bearer``);
-without it, or with another token, the answer is 403 ``{"message": ...}``, as the Jupyter server extension's.
+Authentication: every route but the health GETs (ModelForge's three, V2's live and ready) needs ``Authorization:
+token <token>`` (or ``Bearer``); without it, or with another token, the answer is 403 ``{"message": ...}`` (V2's
+``{"error": ...}``), as the Jupyter server extension's.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from ..core.errors import ModelForgeError, ServiceUnavailableError
 from ..core.forge_holder import ForgeHolder
 from ..core.pools import ThreadPool
 from ..core.settings import Settings, mask_url
-from .http import ClientGone, Receive, Refusal, Request, Send, error_body, respond
+from .http import ClientGone, Receive, Refusal, Request, Send, respond
 from .options import ServeOptions
 from .routes import route
+from .v2_routes import route_v2
 
 if TYPE_CHECKING:
     from ..core.api import ModelForge
@@ -59,9 +61,11 @@ class ServeApp:
 
     # -- one request -------------------------------------------------------------------------------------------------
     async def http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        """Authenticate, route, check the query, run the handler; answer JSON, errors as ``{"message"}``."""
-        endpoint, name = route(scope["path"])
-        req = Request(scope, receive, name)
+        """Authenticate, route, check the query, run the handler; answer JSON (or V2's binary), errors as
+        ``{"message"}`` (V2's routes: ``{"error"}``)."""
+        path = scope["path"]
+        endpoint, name, version = route_v2(path) or (*route(path), None)
+        req = Request(scope, receive, name, version)
         method = req.method
         extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
@@ -73,15 +77,15 @@ class ServeApp:
         except ClientGone:
             return
         except Refusal as refusal:
-            status, body, extra = refusal.status, error_body(refusal.message), refusal.headers
+            status, body, extra = refusal.status, endpoint.error(refusal.message), refusal.headers
         except ModelForgeError as err:
-            status, body = err.status, error_body(str(err))
+            status, body = err.status, endpoint.error(str(err))
             if status == 413:  # the rest of the body may still be on its way: do not keep reading it
                 extra = ((b"connection", b"close"),)
             log.log(logging.WARNING if status >= 500 else logging.INFO, "%d %s %s: %s", status, method, req.path, err)
         except Exception:
             log.exception("%s %s failed", method, req.path)
-            status, body = 500, error_body("internal server error; the server log has the details")
+            status, body = 500, endpoint.error("internal server error; the server log has the details")
         await respond(send, status, body, extra, head=method == "HEAD")
 
     def authorized(self, req: Request) -> bool:

@@ -18,7 +18,8 @@ from ..core.bodies import BodyReader
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON_TYPE = (b"content-type", b"application/json")
-HEADERS_READ = frozenset({b"authorization", b"content-encoding", b"content-length"})
+HEADERS_READ = frozenset({b"authorization", b"content-encoding", b"content-length",
+                          b"inference-header-content-length"})
 
 
 class Refusal(Exception):
@@ -34,12 +35,13 @@ class ClientGone(Exception):
 
 
 class Request:
-    """One request: ``method``, ``path``, the model ``name`` its path holds (if any) and the headers routes read."""
+    """One request: ``method``, ``path``, the model ``name`` and ``version`` text its path holds (if any) and the
+    headers routes read."""
 
-    __slots__ = ("scope", "receive", "method", "path", "name", "headers")
+    __slots__ = ("scope", "receive", "method", "path", "name", "version", "headers")
 
-    def __init__(self, scope: dict[str, Any], receive: Receive, name: str | None) -> None:
-        self.scope, self.receive, self.name = scope, receive, name
+    def __init__(self, scope: dict[str, Any], receive: Receive, name: str | None, version: str | None = None) -> None:
+        self.scope, self.receive, self.name, self.version = scope, receive, name, version
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers = {k: v for k, v in scope["headers"] if k in HEADERS_READ}
@@ -89,11 +91,13 @@ def error_body(message: str) -> bytes:
 
 async def respond(send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = (),
                   head: bool = False) -> None:
-    """Send one whole answer: JSON ``body`` (none for a 204, nor for a HEAD request, which gets the same headers)."""
+    """Send one whole answer: ``body``, JSON unless ``headers`` give a Content-Type (none for a 204, nor for a HEAD
+    request, which gets the same headers)."""
     if status == 204:
         start: list[tuple[bytes, bytes]] = [*headers]
         body = b""
     else:
-        start = [JSON_TYPE, (b"content-length", b"%d" % len(body)), *headers]
+        typed = any(name == b"content-type" for name, _ in headers)
+        start = [*(() if typed else (JSON_TYPE,)), (b"content-length", b"%d" % len(body)), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": b"" if head else body})

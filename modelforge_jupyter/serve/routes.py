@@ -4,7 +4,8 @@
 ``POST modelforge/predict``, ``GET modelforge/models``, ``GET|PUT|DELETE modelforge/models/{name}[?version=N]``,
 ``POST modelforge/models/{name}/unload[?version=N]``. Each handler parses its request, calls the ``ModelForge`` API
 on a thread of the server (``ServeApp.call``) and answers ``(status, JSON body, extra headers)``, with the same
-answers as the extension: the predict wire format is the core's ``predict_json``, errors the core's family.
+answers as the extension: the predict wire format is the core's ``predict_json``, errors the core's family. The
+Open Inference Protocol's routes under ``modelforge/v2`` are ``v2_routes``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import orjson
 
 from ..core.deadline import Cancellation
 from ..core.protocol import version_from_text
-from .http import Refusal, Request
+from .http import Refusal, Request, error_body
 
 Answer = tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]
 Handler = Callable[[Any, Request, dict[str, str]], Awaitable[Answer]]
@@ -66,12 +67,18 @@ async def predict(app: Any, req: Request, query: dict[str, str]) -> Answer:
     queued; past ``inference_timeout`` it answers 504.
     """
     body = await req.body(*app.options.predict_limit())
+    return 200, await data_call(app, req, app.predict_json, body), ()
+
+
+async def data_call(app: Any, req: Request, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args, cancel)`` on the data plane, once the body is read: ``cancel`` (a ``Cancellation``) stops the run
+    when the client closes its connection, or keeps a queued one from starting; and when the server gives up."""
     cancel = Cancellation()
     # After the body, receive() returns only when the client leaves (or once the answer is sent): then stop the run.
     watcher = asyncio.ensure_future(req.receive())
     watcher.add_done_callback(functools.partial(_client_left, cancel))
     try:
-        return 200, await app.call("data", app.predict_json, body, cancel), ()
+        return await app.call("data", fn, *args, cancel)
     except asyncio.CancelledError:  # the server stops and gives up waiting: so does the run
         cancel.cancel("the server is shutting down")
         raise
@@ -125,11 +132,12 @@ async def not_found(app: Any, req: Request, query: dict[str, str]) -> Answer:
 @dataclass(frozen=True)
 class Endpoint:
     """A route: its handler per method (HEAD answers as GET), whether GET needs no token, the query parameters it
-    takes (None: any, unchecked)."""
+    takes (None: any, unchecked), how its errors' bodies are written."""
 
     methods: dict[str, Handler]
     open: bool = False
     takes: frozenset[str] | None = field(default_factory=frozenset)
+    error: Callable[[str], bytes] = error_body  # an error's body: ``{"message"}``, V2's ``{"error"}``
 
     def handler(self, method: str) -> Handler:
         """The handler of ``method`` (HEAD: GET's); 405 with ``Allow`` when the route has none."""
