@@ -77,6 +77,8 @@ EXPECT = {
         r"^ 204$",
         r"^ 204$",
     ],
+    "%mf_register digits": [r"registered digits v1", r"^quantize: dynamic int8 \(2 weights\) .* 100\.0%",
+                            r"checked on 297 rows of the sample", r"deleted digits \(all versions"],
     "%mf_register iris": [r"registered iris v1", r"updated iris to v2", r"deleted iris \(v1,",
                           r"deleted iris \(all versions", r"p50_ms"],
 }
