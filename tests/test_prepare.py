@@ -60,7 +60,7 @@ def test_dynamic_quantisation_of_an_mlp_gives_a_smaller_model_and_reports_its_ag
     assert (step["step"], step["mode"], step["weights_quantized"]) == ("quantize", "dynamic", 3)
     assert step["label_agreement"] == pytest.approx(agreement) and agreement >= MIN_LABEL_AGREEMENT
     assert step["max_score_error"] == pytest.approx(error, rel=1e-6) and 0 < error <= MAX_SCORE_ERROR
-    assert step["tolerance"] == {"min_label_agreement": 0.99, "max_score_error": 0.05}
+    assert step["tolerance"] == {"min_label_agreement": 0.99, "max_score_error": 0.1}
     assert prep["sample"] == {"rows": len(X), "kind": "given"}
     assert prep["size_before"] == len(mf_forge.model_bytes("digits-f32")) == step["size_before"]
     assert prep["size_after"] == rec.size_bytes == step["size_after"] < prep["size_before"] / 3  # int8 weights
@@ -118,7 +118,7 @@ def test_refusals_nothing_to_quantise_answers_changed_bad_options(mf_forge):
          "quantize: nothing to quantise: the model has no MatMul or Gemm"),
         (dict(model=outlier_model(), quantize="dynamic", sample=X[:20].astype(np.float32)), InvalidModelError,
          "the quantised model changes the answers on the sample (20 rows): label agreement 0.0% (at least 99.0%), "
-         f"max score error {0.011 * X[:20].astype(np.float32).sum(axis=1).max():.3g} (at most 0.05); row 0 label "
+         f"max score error {0.011 * X[:20].astype(np.float32).sum(axis=1).max():.3g} (at most 0.1); row 0 label "
          "[1] -> [0], row 1 label [1] -> [0], row 2 label [1] -> [0]; register it without quantize="),  # scores -> 0
         (dict(model=IRIS, quantize="dynamic"), ModelForgeError, "quantize='dynamic' needs a sample to check"),
         (dict(model=IRIS, quantize="static"), ModelForgeError, "quantize must be 'dynamic' (or left out), got 'static'"),

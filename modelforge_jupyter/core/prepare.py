@@ -17,10 +17,12 @@ Steps, in this order, each on the previous step's model:
     are that close: well under 1 % of a sample for a classifier that separates its classes; more is a change of answers.
   - ``max_score_error``: ``max |quantised - float|`` over the float outputs' elements, divided by
     ``max(1, max |float|)``: probabilities and scores in [0, 1] judged absolutely, larger outputs (regression
-    targets, logits) relative to their largest value; at most ``MAX_SCORE_ERROR`` (0.05). Int8 rounds each weight and
-    activation to 1/255 of its range (0.4 %); over a few layers that is 1-2 % of the output's scale (measured: 1.4 %
-    for an MLP 64-256-128-10 on digits), while a quantisation that breaks a model (saturated uint8 x int8 products on
-    CPUs without VNNI, an outlier weight that flattens the rest to 0) is off by tens of percent.
+    targets, logits) relative to their largest value; at most ``MAX_SCORE_ERROR`` (0.1). Int8 rounds each weight and
+    activation to 1/255 of its range (0.4 %); over a few layers that is a few % of the output's scale (measured on a
+    scaled MLP 64-256-128-10 on digits: 4.0 % on 297 held-out rows, 1.1 % when fitted on all of them; up to 2x more
+    is left for CPUs without VNNI, whose uint8 x int8 products may saturate), while a quantisation that breaks a
+    model (an outlier weight that flattens the rest to 0, activations far outside the sample's range) is off by
+    tens of percent.
 
   Outside either bound: ``InvalidModelError`` (400) showing both figures and the rows whose label changed; nothing is
   stored. The sample: a fitted object's ``sample``; for ONNX ``sample`` is an input as ``predict`` takes it
@@ -55,7 +57,7 @@ from .tensors import prepare_feed
 
 QUANTIZE_MODES = ("dynamic",)
 MIN_LABEL_AGREEMENT = 0.99  # module docstring
-MAX_SCORE_ERROR = 0.05
+MAX_SCORE_ERROR = 0.1
 SYNTHETIC = "synthetic"  # sample= value: rows built from the declared inputs
 SYNTHETIC_ROWS = 100
 MEASURE_BATCHES = (1, 1000)
