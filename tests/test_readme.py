@@ -84,6 +84,8 @@ EXPECT = {
         r"^\[0,1,2\] \[\[",
         r"^400 unexpected shape for input 'float_input' for model 'demo_iris'\. Expected \[-1,4\], got \[1,3\]$",
     ],
+    "%mf_register digits": [r"registered digits v1", r"^quantize: dynamic int8 \(2 weights\) .* 100\.0%",
+                            r"checked on 297 rows of the sample", r"deleted digits \(all versions"],
     "%mf_register iris": [r"registered iris v1", r"updated iris to v2", r"deleted iris \(v1,",
                           r"deleted iris \(all versions", r"p50_ms"],
 }

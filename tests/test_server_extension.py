@@ -263,9 +263,10 @@ async def test_get_list_and_versions_of_models(jp_fetch):
     assert code == 200 and [(m["name"], m["version"]) for m in models] == [("diabetes", 1), ("iris", 2)]
     assert set(latest) == {
         "id", "name", "version", "sha256", "inputs", "outputs", "created_at", "updated_at", "size_bytes", "versions",
-        "conversion",
+        "conversion", "preparation",
     }
     assert latest["conversion"] is None  # registered as ONNX; a converted version's: tests/test_convert.py
+    assert latest["preparation"] is None  # not prepared; a prepared version's: tests/test_prepare.py
     assert latest["version"] == 2 and latest["created_at"] <= latest["updated_at"]
     assert v1["version"] == 1 and v1["sha256"] == hashlib.sha256(IRIS.read_bytes()).hexdigest()
     assert by_id == latest

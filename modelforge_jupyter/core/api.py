@@ -18,7 +18,7 @@ from .._version import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
 from .checks import check_timeout
-from .convert import read_source
+from .prepare import read_prepared
 from .deadline import Cancellation
 from .engine import Engine, raw_session
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
@@ -81,38 +81,49 @@ class ModelForge:
         at_fork_in_child(self._after_fork_in_child)
 
     # -- registry --------------------------------------------------------------------------------------------------
-    def register(self, name: str, model: ModelSource, sample: Any = None, zipmap: bool = False) -> ModelRecord:
+    def register(self, name: str, model: ModelSource, sample: Any = None, zipmap: bool = False, *,
+                 quantize: str | None = None, outputs: list[str] | str | None = None,
+                 measure: bool = False) -> ModelRecord:
         """Register ``model`` as version 1 of ``name``: an ONNX file's path, ONNX bytes, an ``onnx.ModelProto``, or a
         fitted scikit-learn estimator / Pipeline (XGBoost, LightGBM with the ``convert`` extra) with ``sample``, a few
         rows of its input (2-D numpy array or DataFrame), converted and verified on them first (``convert``,
         ``verify``; ``zipmap=True``: classifier probabilities as {class: probability} maps). The record's
         ``conversion`` then says by what, within what tolerance and with what measured error.
+        Prepared for serving (``prepare``): ``outputs`` keeps only the outputs named (list, or names separated by
+        commas), ``quantize="dynamic"`` quantises MatMul / Gemm weights to int8, checked on ``sample`` (for ONNX: an
+        input as ``predict`` takes it, or ``"synthetic"``); ``measure`` adds p50 latency at batch 1 and 1000 before
+        and after. The record's ``preparation`` says what each step did (sizes in bytes, agreement, latency).
 
         Raises ``ModelExistsError`` (409) if the name is taken; ``InvalidModelError`` (400) if ONNX Runtime cannot
-        load the bytes, the object cannot be converted, or the converted model disagrees with the original on
-        ``sample`` (the message shows the worst rows); ``ModelForgeError`` (400) for a fitted object without
-        ``sample``. The registry is unchanged on error.
+        load the bytes, the object cannot be converted, the converted model disagrees with the original on
+        ``sample`` (the message shows the worst rows) or the quantised one with the float one; ``ModelForgeError``
+        (400) for a fitted object without ``sample``, a bad option, an unknown output, nothing to quantise. The
+        registry is unchanged on error.
         """
         check_name(name)
-        src = read_source(self.engine, model, sample, zipmap, name)
+        src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
         with self.resolver.writing():
-            return self.registry.register(name, src.data, src.sha256, src.inputs, src.outputs, src.conversion)
+            return self.registry.register(name, src.data, src.sha256, src.inputs, src.outputs, src.conversion,
+                                          src.preparation)
 
-    def update(self, name: str, model: ModelSource, sample: Any = None, zipmap: bool = False) -> ModelRecord:
-        """Add a version of ``name`` from ``model`` (as ``register``: ONNX, or a fitted object with ``sample``); the
-        same bytes as the latest version add none. Returns the latest record. Raises ``ModelNotFoundError`` (404) for
-        an unknown model, and what ``register`` raises for the source.
+    def update(self, name: str, model: ModelSource, sample: Any = None, zipmap: bool = False,
+               **prepare: Any) -> ModelRecord:
+        """Add a version of ``name`` from ``model`` (as ``register``: ONNX, or a fitted object with ``sample``;
+        ``prepare``: ``quantize``, ``outputs``, ``measure`` as ``register`` takes them); the same bytes as the latest
+        version add none. Returns the latest record. Raises ``ModelNotFoundError`` (404) for an unknown model, and
+        what ``register`` raises for the source.
         """
-        return self.save(name, model, create=False, sample=sample, zipmap=zipmap)[0]
+        return self.save(name, model, create=False, sample=sample, zipmap=zipmap, **prepare)[0]
 
-    def save(self, name: str, model: ModelSource, create: bool = True, sample: Any = None,
-             zipmap: bool = False) -> tuple[ModelRecord, bool]:
-        """Register ``name`` (unless ``create`` is False: 404) or add a version to it, ``model`` read as ``register``
-        reads it: returns (record, changed), changed being False only when the bytes equal the latest version's. (HTTP
-        ``PUT models/{name}`` uses this; concurrent saves of a new name all succeed: one registers, the others add
-        versions.)"""
+    def save(self, name: str, model: ModelSource, create: bool = True, sample: Any = None, zipmap: bool = False, *,
+             quantize: str | None = None, outputs: list[str] | str | None = None,
+             measure: bool = False) -> tuple[ModelRecord, bool]:
+        """Register ``name`` (unless ``create`` is False: 404) or add a version to it, ``model`` read and prepared as
+        ``register`` does: returns (record, changed), changed being False only when the bytes equal the latest
+        version's. (HTTP ``PUT models/{name}`` uses this; concurrent saves of a new name all succeed: one registers,
+        the others add versions.)"""
         check_name(name)
-        src = read_source(self.engine, model, sample, zipmap, name)
+        src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
         data, sha256, inputs, outputs, conversion = src.data, src.sha256, src.inputs, src.outputs, src.conversion
         try:
             latest = self.registry.resolve(name)
@@ -121,11 +132,12 @@ class ModelForge:
                 raise ModelNotFoundError(f"model {name!r} is not registered; register it first") from None
             try:
                 with self.resolver.writing():
-                    return self.registry.register(name, data, sha256, inputs, outputs, conversion), True
+                    return self.registry.register(name, data, sha256, inputs, outputs, conversion,
+                                                  src.preparation), True
             except ModelExistsError:  # registered meanwhile by another request: add a version to it
                 latest = self.registry.resolve(name)
         with self.resolver.writing():
-            record, changed = self.registry.update(name, data, sha256, inputs, outputs, conversion)
+            record, changed = self.registry.update(name, data, sha256, inputs, outputs, conversion, src.preparation)
         if changed:
             self.invalidator.model_changed(record.id, [latest.sha256])
         return record, changed

@@ -52,13 +52,15 @@ class Converted:
 class Source:
     """A model source read for the registry: its self-contained ONNX ``data``, ``sha256`` (hex), declared
     ``inputs`` / ``outputs`` (the engine's ``inspect``) and, for a converted object, its ``conversion`` record
-    (``verify.Verdict.record``: converter, version, tolerance, measured errors), else None."""
+    (``verify.Verdict.record``: converter, version, tolerance, measured errors), else None; ``preparation`` what
+    ``prepare`` did to it (``prepare`` module docstring), else None."""
 
     data: bytes
     sha256: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     conversion: dict[str, Any] | None = field(default=None)
+    preparation: dict[str, Any] | None = field(default=None)
 
 
 def is_model_file_source(model: Any) -> bool:
@@ -67,7 +69,8 @@ def is_model_file_source(model: Any) -> bool:
     return isinstance(model, (str, PathLike, bytes, bytearray, memoryview)) or hasattr(model, "SerializeToString")
 
 
-def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = False, name: str = "") -> Source:
+def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = False, name: str = "",
+                float32: bool = False) -> Source:
     """Read ``model`` (a path, ONNX bytes, an ``onnx.ModelProto``, or a fitted object with ``sample``) into a
     ``Source``, its session left warm in ``engine`` (``Engine.inspect``).
 
@@ -75,7 +78,8 @@ def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = Fals
     (400, ``modelfile``). A fitted object is converted (module docstring) and verified on ``sample`` through
     ``engine`` (``verify.verify``): a mismatch, a conversion failure or an unsupported object raises
     ``InvalidModelError`` (400); a fitted object without ``sample``, or ``sample`` / ``zipmap`` given with ONNX,
-    raises ``ModelForgeError`` (400). ``zipmap`` applies to classifiers. ``name`` is the model's name for messages.
+    raises ``ModelForgeError`` (400). ``zipmap`` applies to classifiers; ``float32`` declares a fitted object's float
+    inputs float32 whatever the sample's dtype (quantisation takes float32 weights). ``name``: for messages.
     """
     if is_model_file_source(model):
         if sample is not None or zipmap:
@@ -90,7 +94,7 @@ def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = Fals
         raise ModelForgeError(
             f"a fitted {type(model).__name__} needs sample=: a few rows of its input (a 2-D numpy array or a pandas "
             "DataFrame) to set the ONNX input signature and to check the conversion on")
-    converted = to_onnx(model, sample, zipmap)
+    converted = to_onnx(model, sample, zipmap, float32)
     try:
         source = _inspect(engine, converted.data)
     except InvalidModelError:

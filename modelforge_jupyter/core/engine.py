@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,7 @@ from .forksafe import at_fork_in_child, park
 from .limits import MiB, arena_full, arena_full_error, check_output, check_string_copies, request_memory_error
 from .memory import process_rss, release_free_memory
 from .records import TensorSpec
+from .samples import identity_model
 from .sessions import LoadedModel, SessionLRU
 from .outputs import MapRows, json_data
 from .tensors import NUMPY_DTYPES, spec_from_ort
@@ -90,18 +93,10 @@ class Engine(SessionLRU):
     """LRU of ONNX Runtime sessions (``sessions``) bounded by ``max_sessions`` and ``max_session_bytes``; the only
     place that talks to ONNX Runtime. Byte limits (0: none) are the settings of the same names (module docstring)."""
 
-    def __init__(
-        self,
-        max_sessions: int = 32,
-        intra_op_num_threads: int = 1,
-        providers: list[str] | None = None,
-        *,
-        max_session_bytes: int = 512 * MiB,
-        max_constant_bytes: int = 64 * MiB,
-        max_arena_bytes: int = 1024 * MiB,
-        max_output_bytes: int = 8 * MiB,
-        max_request_memory_bytes: int = 1024 * MiB,
-    ) -> None:
+    def __init__(self, max_sessions: int = 32, intra_op_num_threads: int = 1, providers: list[str] | None = None, *,
+                 max_session_bytes: int = 512 * MiB, max_constant_bytes: int = 64 * MiB,
+                 max_arena_bytes: int = 1024 * MiB, max_output_bytes: int = 8 * MiB,
+                 max_request_memory_bytes: int = 1024 * MiB) -> None:
         super().__init__(max_sessions, max_session_bytes)
         self.intra_op_num_threads = intra_op_num_threads
         self.providers = providers or ["CPUExecutionProvider"]
@@ -371,16 +366,6 @@ class Engine(SessionLRU):
             self._warn_own_arenas = True
 
 
-def identity_model() -> bytes:
-    """ONNX bytes of ``y = Identity(x)``, float32 ``[1]``: the shrinker's model."""
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "shrink", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
-
-
 def _inference_error(err: Exception, model_name: str) -> InferenceError:
     return InferenceError(f"model {model_name!r} failed on this input: {first_line(err)}")
 
@@ -398,3 +383,15 @@ def raw_session(model: bytes | str | os.PathLike, options: ort.SessionOptions | 
 def available_providers() -> list[str]:
     """The execution providers this onnxruntime build offers (``onnxruntime.get_available_providers()``)."""
     return ort.get_available_providers()
+
+
+def quantize_dynamic(model: Any, op_types: list[str]) -> bytes:
+    """ONNX bytes of ``model`` (an ``onnx.ModelProto``) with the constant weights of its ``op_types`` nodes in int8 by
+    ONNX Runtime's dynamic quantisation (QInt8 weights per tensor, uint8 activations quantised at run time): here, as
+    only this module imports onnxruntime; ``prepare`` checks the result. Raises what the quantiser raises."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic as quantize
+
+    with tempfile.TemporaryDirectory(prefix="mf-quantize-") as tmp:
+        out = os.path.join(tmp, "quantized.onnx")
+        quantize(model, out, op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8)
+        return Path(out).read_bytes()

@@ -44,7 +44,9 @@ class ModelRecord:
     ``conversion`` is None for a version registered as ONNX; for one converted from a fitted object
     (``convert``), ``{converter, converter_version, source, sample_rows, compared, tolerance, max_abs_error,
     max_rel_error}`` (``verify.Verdict.record``): the converter and its version, the original's class, the tolerance
-    by output dtype and the largest errors measured on the sample.
+    by output dtype and the largest errors measured on the sample. ``preparation`` is None unless the version was
+    prepared for serving (``register(..., quantize=, outputs=, measure=)``): what each step did, sizes in bytes before
+    and after, the answers' agreement and, when measured, p50 latency in ms (``prepare`` module docstring).
     """
 
     id: str
@@ -58,6 +60,7 @@ class ModelRecord:
     size_bytes: int = 0
     versions: list[int] = field(default_factory=list)
     conversion: dict[str, Any] | None = None
+    preparation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe metadata: timestamps as ISO 8601 UTC strings."""

@@ -59,6 +59,16 @@ def check_name(name: str) -> str:
     return name
 
 
+PREPARATION = "preparation"  # key of a version's preparation inside its ``conversion`` JSON column (no migration)
+
+
+def _column(conversion: dict | None, preparation: dict | None) -> dict | None:
+    """The ``conversion`` column of a version: its conversion record, with ``preparation`` under ``PREPARATION``."""
+    if preparation is None:
+        return conversion
+    return {**(conversion or {}), PREPARATION: preparation}
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -208,7 +218,8 @@ class Registry:
             updated_at=_utc(v.created_at),
             size_bytes=v.size_bytes,
             versions=list(versions),
-            conversion=v.conversion,
+            conversion={k: c for k, c in (v.conversion or {}).items() if k != PREPARATION} or None,
+            preparation=(v.conversion or {}).get(PREPARATION),
         )
 
     @staticmethod
@@ -225,10 +236,10 @@ class Registry:
     # -- writes ----------------------------------------------------------------------------------------------------
     def register(
         self, name: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-        conversion: dict | None = None,
+        conversion: dict | None = None, preparation: dict | None = None,
     ) -> ModelRecord:
-        """Add a new model at version 1 (``conversion``: ``ModelRecord.conversion``). Raises ``ModelExistsError`` if
-        ``name`` is taken (use ``update``)."""
+        """Add a new model at version 1 (``conversion``, ``preparation``: ``ModelRecord``'s). Raises
+        ``ModelExistsError`` if ``name`` is taken (use ``update``)."""
         check_name(name)
         now = datetime.now(UTC)
         try:
@@ -243,7 +254,8 @@ class Registry:
                 conn.execute(
                     insert(models).values(id=model_id, name=name, last_version=1, created_at=now, updated_at=now)
                 )
-                self._add_version(conn, model_id, 1, data, sha256, inputs, outputs, now, conversion)
+                column = _column(conversion, preparation)
+                self._add_version(conn, model_id, 1, data, sha256, inputs, outputs, now, column)
                 record = self._resolve(conn, model_id, 1)
         except IntegrityError:  # a concurrent register of the same name won the unique constraint
             raise ModelExistsError(f"model {name!r} is already registered; use update to add a new version") from None
@@ -252,10 +264,10 @@ class Registry:
 
     def update(
         self, model: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-        conversion: dict | None = None,
+        conversion: dict | None = None, preparation: dict | None = None,
     ) -> tuple[ModelRecord, bool]:
-        """Add a version with new bytes (``conversion``: ``ModelRecord.conversion``); return (record, created). Same
-        bytes as the latest: (latest, False), its record unchanged."""
+        """Add a version with new bytes (``conversion``, ``preparation``: ``ModelRecord``'s); return (record,
+        created). Same bytes as the latest: (latest, False), its record unchanged."""
         now = datetime.now(UTC)
         with self._write() as conn:
             row = self._model_row(conn, model)
@@ -266,7 +278,8 @@ class Registry:
                 return latest, False
             version = row.last_version + 1
             conn.execute(update(models).where(models.c.id == row.id).values(last_version=version, updated_at=now))
-            self._add_version(conn, row.id, version, data, sha256, inputs, outputs, now, conversion)
+            column = _column(conversion, preparation)
+            self._add_version(conn, row.id, version, data, sha256, inputs, outputs, now, column)
             record = self._resolve(conn, row.id, version)
         log.info("updated model %r to v%d (sha256 %s, %d bytes)", record.name, version, sha256[:12], len(data))
         return record, True

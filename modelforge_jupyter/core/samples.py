@@ -22,6 +22,16 @@ def sample_path(filename: str) -> Path:
     return Path(str(files("modelforge_jupyter") / "sample_models" / filename))
 
 
+def identity_model() -> bytes:
+    """ONNX bytes of ``y = Identity(x)``, float32 ``[1]``: the engine's shrinker's model."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "shrink", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
 def build_wide_mlp(features: int = 256, hidden: int = 2048, classes: int = 10, seed: int = 0,
                    layers: int = 2) -> bytes:
     """ONNX bytes of a float32 MLP ``input [N, features] -> hidden (x layers) -> softmax [N, classes]``.

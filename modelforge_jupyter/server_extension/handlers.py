@@ -98,7 +98,10 @@ class ModelsHandler(ModelForgeHandler):
 class ModelHandler(ModelForgeHandler):
     """One model: its metadata (GET), a new version from raw ONNX bytes (PUT), deletion (DELETE)."""
 
-    query_params = frozenset({"version"})
+    @property
+    def query_params(self) -> frozenset[str]:
+        """PUT takes ``quantize`` and ``outputs`` (each once), GET and DELETE ``version``: any other is a 400."""
+        return frozenset({"quantize", "outputs"} if self.request.method == "PUT" else {"version"})
 
     @web.authenticated
     @authorized
@@ -110,9 +113,14 @@ class ModelHandler(ModelForgeHandler):
     @web.authenticated
     @authorized
     async def put(self, name: str) -> None:
-        """``PUT modelforge/models/{name}`` with raw ONNX bytes: 201 + ``Location`` registered (version 1), 200 a new
-        version or the same bytes (no new version); 400 invalid model or name; 413 body over its limit."""
-        record, changed = await self.forge_call("save", name, self.body)
+        """``PUT modelforge/models/{name}[?quantize=dynamic][&outputs=a,b]`` with raw ONNX bytes: 201 + ``Location``
+        registered (version 1), 200 a new version or the same bytes (no new version); 400 invalid model or name, a bad
+        ``quantize`` / ``outputs`` value, an unknown output, nothing to quantise or a quantised model off its float one
+        (checked on synthetic rows: ``prepare.SYNTHETIC``); 413 body over its limit. The record's ``preparation``
+        says what the steps did."""
+        quantize, outputs = self.get_query_argument("quantize", None), self.get_query_argument("outputs", None)
+        record, changed = await self.forge_call("save", name, self.body, quantize=quantize, outputs=outputs,
+                                                sample="synthetic" if quantize is not None else None)
         created = changed and record.version == 1
         if created:  # escaped: a header value with a newline would raise after the model was written
             location = url_path_join(self.base_url, "modelforge", "models", url_escape(record.name, plus=False))
