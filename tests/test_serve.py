@@ -23,6 +23,7 @@ from sklearn.datasets import load_iris
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.errors import ModelNotFoundError
+from modelforge_jupyter.core.settings import ENV_VARS
 
 from .mf_plugin import (
     FOREVER, SAMPLES, mf_free_port, mf_http, mf_launch, mf_raw_run, mf_spin_input, mf_spin_model,
@@ -32,8 +33,7 @@ from .mf_plugin import (
 TOKEN = "serve-token-0123456789"
 TOKEN_NEEDED = "authentication required: send the server's token as the header 'Authorization: token <token>'"
 IRIS, IRIS_V2, FOREST = SAMPLES / "iris.onnx", SAMPLES / "iris_v2.onnx", SAMPLES / "breast_cancer_rf.onnx"
-SETTINGS_ENV = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "cache_dir": "MODELFORGE_CACHE_DIR",
-                "cache_key_prefix": "CACHE_KEY_PREFIX", "celery_broker_url": "CELERY_BROKER_URL"}
+SETTINGS_ENV = ENV_VARS  # setting -> its environment variable (the core's settings table)
 
 
 def http(method: str, url: str, body: bytes | None = None, token: str | None = TOKEN,

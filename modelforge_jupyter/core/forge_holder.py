@@ -17,6 +17,7 @@ from .urls import mask_url
 
 if TYPE_CHECKING:
     from .api import ModelForge
+    from .loop_hits import LoopHits
     from .settings import Settings
 
 RETRY_AFTER = 2.0  # seconds between attempts to build the ModelForge while its registry database is unreachable
@@ -35,6 +36,20 @@ class ForgeHolder:
         self._retry_after = retry_after
         self._error: tuple[float, str] | None = None  # (when to try again, why the last attempt failed)
         self._lock = threading.Lock()
+        self._loop_hits: LoopHits | bool | None = None  # of the built ModelForge; False: its hits need a thread
+
+    def loop_hits(self) -> LoopHits | None:
+        """The ``loop_hits.LoopHits`` of the built ModelForge when its cache hits can be proven without blocking
+        (PostgreSQL + Redis, cache on), else None (not built yet, or hits that stay in the executor)."""
+        forge = self.forge
+        if forge is None:
+            return None
+        hits = self._loop_hits
+        if hits is None or (hits and hits.forge is not forge):
+            from .loop_hits import LoopHits
+
+            hits = self._loop_hits = LoopHits(forge) if LoopHits.usable(forge) else False
+        return hits or None
 
     def get(self) -> ModelForge:
         """The ModelForge, built on first use. Blocking: call it on a thread.
@@ -70,6 +85,12 @@ class ForgeHolder:
         """Refuse later ``get`` calls and close the ModelForge, waiting at most ``wait`` s: on a daemon thread, since
         a call stuck in a socket may hold a lock ``close()`` takes. Idempotent."""
         self.stopped = True
+        hits, self._loop_hits = self._loop_hits, None
+        if hits:
+            try:
+                await asyncio.wait_for(hits.close(), wait)
+            except Exception:  # noqa: BLE001 - a Redis that does not answer at shutdown: its sockets go with us
+                pass
         forge, self.forge = self.forge, None
         if forge is not None:
             closer = threading.Thread(target=forge.close, name="modelforge-close", daemon=True)

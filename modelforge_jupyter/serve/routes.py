@@ -67,7 +67,9 @@ async def predict(app: Any, req: Request, query: dict[str, str]) -> Answer:
     queued; past ``inference_timeout`` it answers 504.
     """
     body = await req.body(*app.options.predict_limit())
-    return 200, await data_call(app, req, app.predict_json, body), ()
+    hits = app.holder.loop_hits()
+    answer = await hits.answer_json(body) if hits is not None else None  # a proven cache hit, on the loop
+    return 200, answer if answer is not None else await data_call(app, req, app.predict_json, body), ()
 
 
 async def data_call(app: Any, req: Request, fn: Callable[..., Any], *args: Any) -> Any:

@@ -55,7 +55,9 @@ async def infer(app: Any, req: Request, query: dict[str, str]) -> Answer:
     ``Inference-Header-Content-Length`` (the JSON's bytes)."""
     body = await req.body(*app.options.predict_limit())
     header_length = req.header(BINARY_HEADER)
-    answer, length = await data_call(app, req, _infer, app, req.name, req.version, body, header_length)
+    hits = app.holder.loop_hits()
+    hit = await hits.answer_v2(req.name, req.version, body, header_length) if hits is not None else None
+    answer, length = hit or await data_call(app, req, _infer, app, req.name, req.version, body, header_length)
     if length is None:
         return 200, answer, ()
     return 200, answer, (BINARY_TYPE, (BINARY_HEADER, b"%d" % length))

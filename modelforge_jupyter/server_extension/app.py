@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int
@@ -80,7 +80,6 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
     )
 
     holder: ForgeHolder | None = None  # the ModelForge, built on first use (``core.forge_holder``)
-    _loop_hits: Any = None  # LoopHits of the built ModelForge, False where its hits cannot be proven on the loop
     executor: ThreadPool | None = None  # the data plane (predict)
     control_executor: ThreadPool | None = None  # model list/get/put/delete/unload
     health_executor: ThreadPool | None = None  # health alone: never queued behind anything else
@@ -157,17 +156,8 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         return self.holder.forge if self.holder is not None else None
 
     def loop_hits(self) -> LoopHits | None:
-        """The ``core.loop_hits.LoopHits`` of the built ModelForge when its hits can be proven without blocking
-        (PostgreSQL + Redis, cache on), else None: the data plane's handlers then use the executor alone."""
-        forge = self.forge
-        if forge is None:
-            return None
-        hits = self._loop_hits
-        if hits is None or (hits and hits.forge is not forge):
-            from ..core.loop_hits import LoopHits
-
-            hits = self._loop_hits = LoopHits(forge) if LoopHits.usable(forge) else False
-        return hits or None
+        """``ForgeHolder.loop_hits``: proven cache hits answered on the event loop, or None."""
+        return self.holder.loop_hits() if self.holder is not None else None
 
     def get_forge(self) -> ModelForge:
         """The ``ModelForge``, built on first use (``ForgeHolder.get``). Blocking: call it in the executor. Raises
@@ -219,8 +209,6 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
         if stuck:
             self.log.warning("ModelForge: %d calls still running after %.1f s; not waiting for them", stuck,
                              self.shutdown_timeout)
-        if self._loop_hits:
-            await self._loop_hits.close()
         await self.holder.close(max(1.0, deadline - time.monotonic()))
         logging.getLogger("modelforge_jupyter").parent = logging.getLogger()
 
