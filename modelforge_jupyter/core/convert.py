@@ -96,24 +96,26 @@ def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = Fals
             "DataFrame) to set the ONNX input signature and to check the conversion on")
     converted = to_onnx(model, sample, zipmap, float32)
     try:
-        source = _inspect(engine, converted.data)
+        source = inspect_source(engine, converted.data)
     except InvalidModelError:
         if converted.float32 or not has_float64(sample):
             raise
         converted = to_onnx(model, sample, zipmap, float32=True)
-        source = _inspect(engine, converted.data)
+        source = inspect_source(engine, converted.data)
     feed = sample_feed(sample)
     verdict = verify(engine, source, model, sample, feed, name)
     cast_float64 = converted.float32 and any(a.dtype == np.float64 for a in feed.values())
     return Source(source.data, source.sha256, source.inputs, source.outputs, verdict.record(converted, cast_float64))
 
 
-def _inspect(engine: Any, data: bytes) -> Source:
+def inspect_source(engine: Any, data: bytes, what: str = "converted") -> Source:
+    """The ``Source`` of ONNX bytes a step made (``what``: converted, pruned, quantised), loaded by ``engine``.
+    Raises ``InvalidModelError`` (400) naming the step when ONNX Runtime cannot load them."""
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         inputs, outputs = engine.inspect(sha256, data)
     except InvalidModelError as err:
-        raise InvalidModelError(f"ONNX Runtime cannot load the converted model: {err}") from None
+        raise InvalidModelError(f"ONNX Runtime cannot load the {what} model: {err}") from None
     return Source(data, sha256, inputs, outputs)
 
 

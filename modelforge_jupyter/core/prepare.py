@@ -49,7 +49,7 @@ import numpy as np
 from .batches import fixed_batch, resize_batch
 from .batches import sample_feed as synthetic_feed
 from .benchmark import timed
-from .convert import Source, is_model_file_source, read_source, sample_feed
+from .convert import Source, inspect_source, is_model_file_source, read_source, sample_feed
 from .engine import quantize_dynamic
 from .errors import InvalidModelError, ModelForgeError, first_line
 from .outputs import MapRows
@@ -151,17 +151,6 @@ def _rows(feed: dict) -> int:
     return int(next(iter(feed.values())).shape[0]) if feed and next(iter(feed.values())).ndim else 1
 
 
-def _inspect(engine: Any, data: bytes, what: str) -> Source:
-    import hashlib
-
-    sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        inputs, outputs = engine.inspect(sha256, data)
-    except InvalidModelError as err:
-        raise InvalidModelError(f"ONNX Runtime cannot load the {what} model: {err}") from None
-    return Source(data, sha256, inputs, outputs)
-
-
 def _run(engine: Any, src: Source, feed: dict, name: str) -> dict[str, np.ndarray]:
     out = engine.predict(src.sha256, lambda: src.data, feed, name or "prepared model")
     return {k: v.rows if isinstance(v, MapRows) else np.asarray(v) for k, v in out.items()}
@@ -190,7 +179,7 @@ def _prune(engine: Any, src: Source, outputs: list[str], feed: dict, name: str, 
             model.producer_version
         cut.doc_string, cut.model_version, cut.domain = model.doc_string, model.model_version, model.domain
         cut.metadata_props.extend(model.metadata_props)
-    after = _inspect(engine, cut.SerializeToString(), "pruned") if cut is not model else src
+    after = inspect_source(engine, cut.SerializeToString(), "pruned") if cut is not model else src
     before_out, after_out = _run(engine, src, feed, name), _run(engine, after, feed, name)
     agreement, error, _ = _compare({k: before_out[k] for k in kept}, after_out)
     steps.append({"step": "outputs", "kept": kept, "dropped": [o for o in declared if o not in kept],
@@ -258,7 +247,7 @@ def _quantize(engine: Any, src: Source, feed: dict, name: str, steps: list) -> S
         raise InvalidModelError(f"ONNX Runtime's quantiser cannot quantise this model: {first_line(err)}") from None
     finally:
         logging.getLogger().removeFilter(quiet)
-    quantized = _inspect(engine, data, "quantised")
+    quantized = inspect_source(engine, data, "quantised")
     before_out, after_out = _run(engine, src, feed, name), _run(engine, quantized, feed, name)
     agreement, error, changed = _compare(before_out, after_out)
     if (agreement is not None and agreement < MIN_LABEL_AGREEMENT) or (error is not None and error > MAX_SCORE_ERROR):

@@ -32,6 +32,7 @@ import orjson
 
 from .errors import InvalidInputError
 from .outputs import MapRows, bytes_to_elements, json_ready, json_safe, strings_to_bytes
+from .protocol import json_object
 
 # V2 datatype -> ModelForge dtype name (records' TensorSpec.dtype); the NumPy dtype of each is ``NUMPY``'s.
 DATATYPES = {
@@ -95,7 +96,7 @@ def parse_infer(body: bytes, header_length: str | None = None) -> V2Request:
             raise InvalidInputError(f"Inference-Header-Content-Length is {size} but the body has only {len(view)} "
                                     f"bytes: the request is truncated")
         head, tail = view[:size], view[size:]
-    request = _object(head)
+    request = json_object(bytes(head))  # the core's rule: 400 for an empty, malformed or non-object body
     unknown = [key for key in request if key not in REQUEST_FIELDS]
     if unknown:
         raise InvalidInputError(f"unknown field(s) {', '.join(map(repr, unknown))} in the infer request; it takes "
@@ -117,18 +118,6 @@ def parse_infer(body: bytes, header_length: str | None = None) -> V2Request:
         raise InvalidInputError(f"{len(tail) - at} bytes of binary data follow the last input's: the inputs' "
                                 f"binary_data_size add up to {at} bytes")
     return V2Request(inputs, request_id, parameters, _outputs(request.get("outputs")), binary_output, use_cache)
-
-
-def _object(head: memoryview) -> dict[str, Any]:
-    if not len(head):
-        raise InvalidInputError("empty infer request: send a JSON object with 'inputs'")
-    try:
-        value = orjson.loads(head)
-    except orjson.JSONDecodeError as err:
-        raise InvalidInputError(f"malformed JSON in the infer request: {err}") from None
-    if not isinstance(value, dict):
-        raise InvalidInputError(f"the infer request must be a JSON object, got a JSON {type(value).__name__}")
-    return value
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
