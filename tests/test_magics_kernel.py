@@ -21,6 +21,10 @@ from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_outputs, mf_raw_run
 IRIS = SAMPLES / "iris.onnx"
 SAMPLE = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
+# a kernel's ModelForge: the embedded backend, and one intra-op thread per core (the servers keep one per session)
+KERNEL_BACKEND = ("registry sqlite, cache disk, intra-op threads 0 here (kernels 0: intra_op_num_threads, servers 1: "
+                  "server_intra_op_num_threads; 0 = one per core)")
+
 
 def widget_states(nb) -> dict[str, list[dict]]:
     """``{model_name: [state, ...]}`` of the widgets nbclient stored in the notebook metadata."""
@@ -93,7 +97,7 @@ def test_notebook_registers_predicts_and_benchmarks_in_a_kernel(tmp_path, monkey
     (compact,) = [s["value"] for s in states["HTMLModel"] if "<tbody>" in s["value"]]
     assert compact.split("<tbody>")[1].count("<tr>") == 5 and "…" not in compact
     assert "OutputModel" not in states  # the plot is an ordinary output, not inside the widget
-    assert summary[0]["text"] == "10 (1, 10) registry sqlite, cache disk\n"
+    assert summary[0]["text"] == f"10 (1, 10) {KERNEL_BACKEND}\n"
     # --text in a kernel: the rows on stdout as they are measured, then the plot as a plain image output
     *rows, plot, returned = text
     assert {o["name"] for o in rows} == {"stdout"} and plot["output_type"] == "display_data"
@@ -140,7 +144,7 @@ def test_comments_function_locals_and_a_fixed_batch_bench_in_a_kernel_render_wit
     dash, plot, table = bench
     assert "application/vnd.jupyter.widget-view+json" in dash["data"]
     header, _, *lines = dash["data"]["text/plain"].splitlines()[1:]
-    assert header.split()[-4:] == ["1", "10", "100", "1000"] and lines[-2:] == [note, "registry sqlite, cache disk"]
+    assert header.split()[-4:] == ["1", "10", "100", "1000"] and lines[-2:] == [note, KERNEL_BACKEND]
     assert [line.split()[-3:] for line in lines[:-2]] == [["—"] * 3] * 5
     assert "image/png" in plot["data"] and table["data"] == shown[0]["data"]
     assert (shown[0]["output_type"], "<table" in shown[0]["data"]["text/html"]) == ("execute_result", True)

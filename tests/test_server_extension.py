@@ -93,7 +93,9 @@ def jp_server_config(
             "allow_unauthenticated_access": False,
             **mf_serverapp_overrides,
         },
-        "ModelForgeApp": {**mf_settings, "max_workers": 2, **mf_server_overrides},
+        # a setting the test gives in the environment is not also given as a trait (a trait wins over the environment)
+        "ModelForgeApp": {**{k: v for k, v in mf_settings.items() if ENV_VARS.get(k) not in mf_env}, "max_workers": 2,
+                          **mf_server_overrides},
     }
 
 

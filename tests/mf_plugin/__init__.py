@@ -54,6 +54,7 @@ from .reference import SAMPLES, mf_raw_outputs, mf_raw_providers, mf_raw_run, mf
 from .services import (
     POSTGRES_URL,
     REDIS_URL,
+    REFERENCE_THREADS,
     mf_cache_ttl,
     mf_cache_value,
     mf_cached_keys,
@@ -74,6 +75,7 @@ pytest_plugins = [  # the modules with fixtures or hooks; pytest_jupyter's for t
 
 __all__ = [
     "ANY_TEXT", "BAD_TEXT", "FOREVER", "LiveServer", "MF_SECRET", "MfProcess", "MiB", "POSTGRES_URL", "REDIS_URL",
+    "REFERENCE_THREADS",
     "SAMPLES", "mf_bad_setting_values", "mf_cache_ttl", "mf_cache_value", "mf_cached_keys",
     "mf_constant_of_shape_model", "mf_embedded", "mf_external_model", "mf_free_port", "mf_http",
     "mf_identity_model", "mf_isolated_env", "mf_launch", "mf_make_shell", "mf_other_setting_value",
