@@ -132,3 +132,25 @@ def test_successes_are_not_logged_at_the_default_level_but_counted_and_failures_
 def test_the_embedded_registry_of_the_servers_is_their_own(default_server):
     # the servers' registries are under their own roots: nothing here touched another test's
     assert (default_server.root / "modelforge").exists() and mf_embedded(default_server.root / "modelforge")
+
+
+def test_debug_is_shown_only_when_a_handler_emits_it():
+    import logging
+
+    from modelforge_jupyter.server_extension.fastpath import debug_shown
+
+    # Jupyter's logger: the logger at DEBUG (traitlets), its handler at --log-level (INFO by default)
+    logger = logging.getLogger(f"mf-test-{time.monotonic_ns()}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        assert logger.isEnabledFor(logging.DEBUG) and not debug_shown(logger)
+        handler.setLevel(logging.DEBUG)  # --log-level=DEBUG
+        assert debug_shown(logger)
+        logger.setLevel(logging.INFO)
+        assert not debug_shown(logger)
+    finally:
+        logger.removeHandler(handler)

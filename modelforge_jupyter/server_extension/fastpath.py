@@ -38,13 +38,27 @@ class DataPlaneMixin:
     def _log(self) -> None:
         """Tornado's per-request log call: a success below DEBUG only feeds Jupyter's request-duration metric."""
         handler: Any = self
-        if handler.get_status() < 300 and not handler.log.isEnabledFor(logging.DEBUG):
+        if handler.get_status() < 300 and not debug_shown(handler.log):
             if getattr(handler.serverapp, "record_http_request_metrics", True):
                 from jupyter_server.prometheus.log_functions import prometheus_log_method
 
                 prometheus_log_method(handler)
             return
         super()._log()  # type: ignore[misc]
+
+
+def debug_shown(logger: logging.Logger) -> bool:
+    """True when a DEBUG record of ``logger`` would reach a handler that emits it. Jupyter's logger is itself at
+    DEBUG (traitlets sets it so) and filters at its handler's level (``--log-level``, INFO by default), so
+    ``isEnabledFor`` alone would say yes and every success would still be formatted, then dropped."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return False
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(h.level <= logging.DEBUG for h in current.handlers):
+            return True
+        current = current.parent if current.propagate else None
+    return False
 
 
 async def header_token_user(handler: Any) -> None:
