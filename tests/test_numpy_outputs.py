@@ -98,12 +98,18 @@ def test_outputs_equal_raw_onnxruntime_s_on_a_miss_and_on_a_hit(mf_forge):
             assert result.output_data == {k: json_safe(v) for k, v in want.items()}
 
 
-def test_an_entry_an_older_process_wrote_is_a_miss_and_is_replaced(mf_forge):
-    # Given the cache entry of a prediction holding an older version's value (the JSON of output_data)
+@pytest.mark.parametrize("foreign", [
+    orjson.dumps({"y": [[9.0, 9.0]]}),  # an older version's value: the JSON of output_data
+    pack({}),  # tagged, but no outputs
+    pack({"z": np.float32([[9, 9]])}),  # tagged, another model's outputs
+    pack({"y": np.float32([[9, 9]]), "z": np.float32([1])}),  # tagged, one output too many
+])
+def test_an_entry_another_writer_left_is_a_miss_and_is_replaced(mf_forge, foreign):
+    # Given the cache entry of a prediction holding a value this model version did not write
     model = mf_forge.register("id", mf_identity_model("float32", [None, 2]))
     x = np.float32([[1, 2]])
     key = mf_forge.cache_key("id", x)
-    mf_forge.cache.set(key, orjson.dumps({"y": [[9.0, 9.0]]}), 60, model.id)
+    mf_forge.cache.set(key, foreign, 60, model.id)
     # When the same input is predicted
     result = mf_forge.predict("id", x)
     # Then it is a miss computed by the engine (not the old value, not an error), and the entry now holds the new form

@@ -229,7 +229,7 @@ class ModelForge:
                 raise StaleRecord from None
             raise
         key = self._cache_key(record, feed) if caching else None
-        return record, feed, key, unpack(self.resolver.read(resolved, key))
+        return record, feed, key, unpack(self.resolver.read(resolved, key), [o.name for o in record.outputs])
 
     def cache_key(self, model: str, input_data: Any, version: int | None = None) -> str:
         """The cache key a ``predict`` of ``input_data`` reads and writes:

@@ -72,7 +72,7 @@ class LoopHits:
             return self._pass()
         if stamp is None or int(stamp) != resolved.pending or value is None:
             return self._pass()
-        outputs = unpack(value)
+        outputs = unpack(value, [o.name for o in record.outputs])
         if outputs is None:
             return self._pass()
         self.answered += 1

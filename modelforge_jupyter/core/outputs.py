@@ -196,15 +196,17 @@ def _pack_one(name: str, value: Any) -> tuple[dict[str, Any], Any]:
     return {"name": name, "kind": "json", "value": json_safe(value)}, None
 
 
-def unpack(data: bytes | None) -> dict[str, Any] | None:
+def unpack(data: bytes | None, names: list[str] | None = None) -> dict[str, Any] | None:
     """The outputs a cache value holds (arrays copied out of ``data``: writable, as a computed answer's), or None
-    when ``data`` is None or not a value this version wrote (another tag, or not parseable): a cache miss."""
+    when its outputs are not exactly ``names`` (the model version's output names, when given), or when ``data`` is None or not a value this version wrote (another tag, or not parseable): a cache miss."""
     if data is None or len(data) < _HEADER.size or data[:4] != TAG:
         return None
     try:
         _tag, size = _HEADER.unpack_from(data)
         start = _HEADER.size + size
         header = orjson.loads(data[_HEADER.size : start].rstrip(b"\0"))
+        if names is not None and [entry["name"] for entry in header] != names:
+            return None  # not this version's outputs: a value written by something else is a miss
         body = memoryview(data)[start:]
         return {entry["name"]: _unpack_one(entry, body) for entry in header}
     except (ValueError, KeyError, TypeError):  # orjson.JSONDecodeError is a ValueError
