@@ -154,3 +154,30 @@ def test_debug_is_shown_only_when_a_handler_emits_it():
         assert not debug_shown(logger)
     finally:
         logger.removeHandler(handler)
+
+
+def test_a_refusal_before_the_body_says_connection_close_and_the_client_carries_on(default_server):
+    import socket
+
+    import tritonclient.http as tc
+
+    s = default_server
+    host, port = s.url.split("//")[1].split("/")[0].split(":")
+    # Given one keep-alive connection: a request refused before its body is read (no token) answers 403 with
+    # "Connection: close" (Tornado drops such a connection; a client must know to open another)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"POST {s.url.split(port, 1)[1]}modelforge/predict HTTP/1.1\r\nHost: x\r\n"
+                     f"Content-Length: 0\r\n\r\n".encode())
+        head = conn.recv(65536).split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 403") and b"\r\nconnection: close" in head, head
+    # When tritonclient alternates refused and accepted calls on one client, Then every accepted call succeeds
+    client = tc.InferenceServerClient(url=f"{host}:{port}{s.url.split(port, 1)[1]}modelforge")
+    x = tc.InferInput("float_input", [1, 4], "FP32")
+    x.set_data_from_numpy(np.float32(X))
+    for _ in range(20):
+        try:
+            client.infer("iris", [x], headers={"Authorization": "token bad"})
+        except Exception as err:  # noqa: BLE001 - the refusal itself
+            assert "403" in str(getattr(err, "status", lambda: "")()) or "authentication" in str(err), err
+        assert client.infer("iris", [x], headers={"Authorization": f"token {s.token}"}).as_numpy("output_label") == [0]
+    client.close()

@@ -64,6 +64,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         self._chunks: list[bytes] = []
         self._body_size = 0
         self._inflate: Any = None  # a zlib decompressobj while a compressed body streams in
+        self._unread = True  # refused before its body is read: Tornado then closes the connection (write_error says so)
         await super().prepare()
         method = getattr(self, self.request.method.lower(), None)
         if self.current_user is None and not getattr(method, "__allow_unauthenticated", False):
@@ -83,6 +84,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
                 raise web.HTTPError(413, "%s", self._too_large(int(length)))
         if limit > self.serverapp.max_body_size:
             self.request.connection.set_max_body_size(limit)
+        self._unread = False
 
     def check_query(self) -> None:
         """Refuse (400 naming it) a query parameter this endpoint does not take, or one given more than once: a
@@ -139,6 +141,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
     def _refuse(self, status: int, message: str) -> None:
         """Answer ``status`` while the body streams in, dropping what was read of it."""
         self._chunks.clear()
+        self._unread = True
         self.send_error(status, message=message)
 
     @property
@@ -164,8 +167,7 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
 
     async def forge_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``ModelForge.<method>(*args, **kwargs)`` in the executor of this handler's ``plane``."""
-        app = self.extensionapp
-        return await self.run_blocking(lambda: getattr(app.get_forge(), method)(*args, **kwargs))
+        return await self.run_blocking(lambda: getattr(self.extensionapp.get_forge(), method)(*args, **kwargs))
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` in the bounded executor of this handler's ``plane``, so the IOLoop keeps serving meanwhile
@@ -197,6 +199,8 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
         """Answer ``{"message": ...}``: the ModelForgeError's text, the HTTPError's message, or the status' name."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         self.set_cors_headers()  # send_error's clear() dropped those prepare() set: a browser could not read this
+        if getattr(self, "_unread", False):  # Tornado drops a connection whose request body was not read: say so,
+            self.set_header("Connection", "close")  # so that a keep-alive client opens a new one for its next call
         if "message" in kwargs:
             message = kwargs["message"]
         elif isinstance(exc, ModelForgeError):
@@ -221,18 +225,15 @@ class ModelForgeHandler(ExtensionHandlerMixin, APIHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """A refused request (``ModelForgeError``) is one warning line without traceback; anything else is logged
         as the server's fault, with its traceback."""
-        if isinstance(value, ModelForgeError):  # a refused request, not a server fault: no traceback
-            self.log.warning("%d %s %s: %s", value.status, self.request.method, self.request.path, value)
-        else:
-            super().log_exception(typ, value, tb)
+        if not isinstance(value, ModelForgeError):
+            return super().log_exception(typ, value, tb)
+        self.log.warning("%d %s %s: %s", value.status, self.request.method, self.request.path, value)
 
     @classmethod
     def allowed_methods(cls) -> list[str]:
         """The HTTP methods this endpoint implements, OPTIONS aside: a 405 answer lists them in ``Allow``."""
-        return [
-            m for m in cls.SUPPORTED_METHODS
-            if getattr(cls, m.lower()) is not web.RequestHandler._unimplemented_method and m != "OPTIONS"
-        ]
+        unimplemented = web.RequestHandler._unimplemented_method
+        return [m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower()) is not unimplemented and m != "OPTIONS"]
 
 
 class CancellableHandler(DataPlaneMixin, ModelForgeHandler):
