@@ -83,6 +83,27 @@ def test_pipeline_on_a_dataframe_registers_one_input_per_column_and_predicts_as_
         assert other.get("churn").to_dict()["conversion"] == conv
 
 
+def test_an_estimator_fitted_on_a_numeric_dataframe_takes_its_columns_as_one_input(mf_forge):
+    # Given a plain estimator (no ColumnTransformer) fitted on a numeric DataFrame
+    frame, y = iris_frame()
+    numeric = frame[NUMERIC]
+    model = LogisticRegression(max_iter=500).fit(numeric, y)
+    # When it is registered with the DataFrame as its sample
+    rec = mf_forge.register("lr_frame", model, sample=numeric.iloc[::3])
+    # Then its columns are one 2-D input, as the estimator saw them, and it predicts as the original
+    assert [(s.name, s.shape) for s in rec.inputs] == [("input", [None, len(NUMERIC)])]
+    result = mf_forge.predict("lr_frame", numeric.to_numpy(), use_cache=False)
+    assert result.output_data["label"] == model.predict(numeric).tolist()
+    # and text columns without a ColumnTransformer to route them are refused, naming them
+    with pytest.raises(ModelForgeError, match=r"text columns \('size'\) need a model that routes columns by name"):
+        mf_forge.register("lr_text", model, sample=frame.iloc[::3])
+
+
+def test_a_path_that_is_no_file_says_so_before_sample_is_questioned(mf_forge):
+    with pytest.raises(ModelForgeError, match=r"^no model file at 'undefined_var'"):
+        mf_forge.register("x", "undefined_var", sample=np.zeros((2, 2)))
+
+
 def test_gradient_boosting_on_float64_rows_is_converted_with_float32_inputs(mf_forge):
     X, y = load_breast_cancer(return_X_y=True)
     model = GradientBoostingClassifier(n_estimators=10, random_state=0).fit(X, y)

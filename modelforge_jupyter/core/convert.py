@@ -82,10 +82,10 @@ def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = Fals
     inputs float32 whatever the sample's dtype (quantisation takes float32 weights). ``name``: for messages.
     """
     if is_model_file_source(model):
+        data = _read_onnx(model)  # first: a path that is no file says so (a misspelt variable name, say)
         if sample is not None or zipmap:
             what = "sample" if sample is not None else "zipmap"
             raise ModelForgeError(f"{what} is for a fitted model to convert; this model is already ONNX")
-        data = _read_onnx(model)
         sha256 = hashlib.sha256(data).hexdigest()
         inputs, outputs = engine.inspect(sha256, data)
         return Source(data, sha256, inputs, outputs)
@@ -94,15 +94,16 @@ def read_source(engine: Any, model: Any, sample: Any = None, zipmap: bool = Fals
         raise ModelForgeError(
             f"a fitted {type(model).__name__} needs sample=: a few rows of its input (a 2-D numpy array or a pandas "
             "DataFrame) to set the ONNX input signature and to check the conversion on")
-    converted = to_onnx(model, sample, zipmap, float32)
+    onnx_sample = model_sample(model, sample)
+    converted = to_onnx(model, onnx_sample, zipmap, float32)
     try:
         source = inspect_source(engine, converted.data)
     except InvalidModelError:
-        if converted.float32 or not has_float64(sample):
+        if converted.float32 or not has_float64(onnx_sample):
             raise
-        converted = to_onnx(model, sample, zipmap, float32=True)
+        converted = to_onnx(model, onnx_sample, zipmap, float32=True)
         source = inspect_source(engine, converted.data)
-    feed = sample_feed(sample)
+    feed = sample_feed(onnx_sample)
     verdict = verify(engine, source, model, sample, feed, name)
     cast_float64 = converted.float32 and any(a.dtype == np.float64 for a in feed.values())
     return Source(source.data, source.sha256, source.inputs, source.outputs, verdict.record(converted, cast_float64))
@@ -220,6 +221,31 @@ def _class_name(obj: Any) -> str:
 # -- signature -------------------------------------------------------------------------------------------------------
 def _is_frame(sample: Any) -> bool:
     return hasattr(sample, "columns") and hasattr(sample, "dtypes") and hasattr(sample, "iloc")
+
+
+def model_sample(model: Any, sample: Any) -> Any:
+    """``sample`` as the converted model's inputs are declared from: a DataFrame stays one input per column only
+    for a model that routes its columns by name (a ``ColumnTransformer``, or a ``Pipeline`` starting with one); for
+    any other estimator its columns are one 2-D input ``input`` [rows, columns], as the estimator saw them in
+    ``fit``. Raises ``ModelForgeError`` (400) when such a DataFrame has text columns (they need a ColumnTransformer)."""
+    if not _is_frame(sample) or _routes_columns(model):
+        return sample
+    columns = sample_feed(sample)
+    text = [name for name, arr in columns.items() if arr.dtype.kind == "O"]
+    if text:
+        raise ModelForgeError(
+            f"the sample's text columns ({', '.join(map(repr, text))}) need a model that routes columns by name: a "
+            f"ColumnTransformer, or a Pipeline starting with one; this {type(model).__name__} takes one 2-D input")
+    return np.hstack(list(columns.values()))
+
+
+def _routes_columns(model: Any) -> bool:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    while isinstance(model, Pipeline) and model.steps:
+        model = model.steps[0][1]
+    return isinstance(model, ColumnTransformer)
 
 
 def sample_feed(sample: Any) -> dict[str, np.ndarray]:

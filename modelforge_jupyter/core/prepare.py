@@ -49,7 +49,7 @@ import numpy as np
 from .batches import fixed_batch, resize_batch
 from .batches import sample_feed as synthetic_feed
 from .benchmark import timed
-from .convert import Source, inspect_source, is_model_file_source, read_source, sample_feed
+from .convert import Source, inspect_source, is_model_file_source, model_sample, read_source, sample_feed
 from .engine import quantize_dynamic
 from .errors import InvalidModelError, ModelForgeError, first_line
 from .outputs import MapRows
@@ -98,12 +98,12 @@ def read_prepared(engine: Any, model: Any, name: str = "", sample: Any = None, z
     if not isinstance(measure, bool):
         raise ModelForgeError(f"measure must be True or False, got {measure!r}")
     onnx_source = is_model_file_source(model)
-    if onnx_source and sample is not None and not (quantize or outputs or measure):
-        raise ModelForgeError("sample is for a fitted model to convert, or to check quantize= / outputs= on; this "
-                              "model is already ONNX and has no preparation step")
     if not onnx_source and isinstance(sample, str):
         raise ModelForgeError(f"sample={sample!r} is for ONNX models; a fitted model needs rows of its input")
     source = read_source(engine, model, None if onnx_source else sample, zipmap, name, float32=quantize is not None)
+    if onnx_source and sample is not None and not (quantize or outputs or measure):  # after the file is read
+        raise ModelForgeError("sample is for a fitted model to convert, or to check quantize= / outputs= on; this "
+                              "model is already ONNX and has no preparation step")
     if not (quantize or outputs or measure):
         return source
     feed, kind = _feed(source, model, sample, onnx_source)
@@ -140,7 +140,7 @@ def _feed(source: Source, model: Any, sample: Any, onnx_source: bool) -> tuple[d
             raise ModelForgeError(f"sample must be an input, or {SYNTHETIC!r} for rows built from the declared inputs;"
                                   f" got {sample!r}")
         return synthetic_feed(source.inputs, SYNTHETIC_ROWS), SYNTHETIC
-    given = sample if onnx_source else sample_feed(sample)
+    given = sample if onnx_source else sample_feed(model_sample(model, sample))
     try:
         return prepare_feed(source.inputs, given), "given"
     except ModelForgeError as err:
