@@ -99,6 +99,14 @@ def test_an_estimator_fitted_on_a_numeric_dataframe_takes_its_columns_as_one_inp
         mf_forge.register("lr_text", model, sample=frame.iloc[::3])
 
 
+def test_updating_with_the_same_fitted_model_adds_no_version(mf_forge):
+    X, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(X.astype(np.float32), y)
+    first = mf_forge.register("same", model, sample=X[:20].astype(np.float32))
+    again = mf_forge.update("same", model, sample=X[:20].astype(np.float32))
+    assert (again.version, again.sha256) == (1, first.sha256)
+
+
 def test_a_path_that_is_no_file_says_so_before_sample_is_questioned(mf_forge):
     with pytest.raises(ModelForgeError, match=r"^no model file at 'undefined_var'"):
         mf_forge.register("x", "undefined_var", sample=np.zeros((2, 2)))

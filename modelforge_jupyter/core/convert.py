@@ -173,6 +173,8 @@ def to_onnx(model: Any, sample: Any, zipmap: bool = False, float32: bool = False
     except Exception as err:  # converters raise RuntimeError, TypeError, NotImplementedError... with long texts
         raise InvalidModelError(
             f"{converter} {version} cannot convert this {_class_name(model)}: {first_line(err)}") from None
+    proto.graph.name = type(model).__name__  # skl2onnx names the graph with a random uuid: the same fitted model
+    # would give other bytes each time, so a new version (and a cache flush) on every update with it
     return Converted(proto.SerializeToString(), converter, version, _class_name(model), float32)
 
 
