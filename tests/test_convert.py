@@ -29,7 +29,7 @@ from modelforge_jupyter.core.convert import sample_feed
 from modelforge_jupyter.core.errors import InvalidModelError, ModelForgeError, ModelNotFoundError
 from modelforge_jupyter.core.verify import TOLERANCES
 
-from .mf_plugin import SAMPLES, mf_embedded, mf_run_cell
+from .mf_plugin import SAMPLES, mf_assert_registers_refused, mf_embedded, mf_run_cell
 
 NUMERIC = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -236,12 +236,7 @@ def test_refusals_say_what_is_wrong_in_one_line(mf_forge):
         (dict(model=SAMPLES / "iris.onnx", zipmap=True), ModelForgeError, "zipmap is for a fitted model to convert"),
         (dict(model=None), InvalidModelError, "cannot convert a builtins.NoneType: ModelForge converts"),
     ]
-    for kwargs, cls, start in cases:
-        with pytest.raises(cls) as info:
-            mf_forge.register("m", **kwargs)
-        assert type(info.value) is cls and info.value.status == 400 and "\n" not in str(info.value)
-        assert str(info.value).startswith(start), str(info.value)
-    assert mf_forge.models() == []
+    mf_assert_registers_refused(mf_forge, cases)
 
 
 def test_magics_register_and_update_a_variable_with_its_sample(mf_ip, mf_forge, tmp_path, monkeypatch, capsys):

@@ -24,7 +24,7 @@ from modelforge_jupyter.core.prepare import MAX_SCORE_ERROR, MIN_LABEL_AGREEMENT
 from modelforge_jupyter.core.samples import build_wide_mlp
 from modelforge_jupyter.kernel.preparation import PreparationTable
 
-from .mf_plugin import SAMPLES, mf_http, mf_raw_run, mf_run_cell
+from .mf_plugin import SAMPLES, mf_assert_registers_refused, mf_http, mf_raw_run, mf_run_cell
 
 IRIS = SAMPLES / "iris.onnx"
 
@@ -134,12 +134,7 @@ def test_refusals_nothing_to_quantise_answers_changed_bad_options(mf_forge):
         (dict(model=IRIS, sample=X[:3, :2], measure=True), ModelForgeError, "sample: input 'float_input'"),
         (dict(model=forest, sample="synthetic"), ModelForgeError, "sample='synthetic' is for ONNX models"),
     ]
-    for kwargs, cls, start in cases:
-        with pytest.raises(cls) as info:
-            mf_forge.register("m", **kwargs)
-        assert type(info.value) is cls and info.value.status == 400 and "\n" not in str(info.value)
-        assert str(info.value).startswith(start), str(info.value)
-    assert mf_forge.models() == []
+    mf_assert_registers_refused(mf_forge, cases)
     with pytest.raises(ModelNotFoundError):
         mf_forge.get("m")
 

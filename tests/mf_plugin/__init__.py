@@ -32,6 +32,7 @@ from .jupyter import (
 from .models import (
     FOREVER,
     MF_SECRET,
+    mf_assert_registers_refused,
     mf_constant_of_shape_model,
     mf_external_model,
     mf_identity_model,
@@ -77,6 +78,7 @@ __all__ = [
     "ANY_TEXT", "BAD_TEXT", "FOREVER", "LiveServer", "MF_SECRET", "MfProcess", "MiB", "POSTGRES_URL", "REDIS_URL",
     "REFERENCE_THREADS",
     "SAMPLES", "mf_bad_setting_values", "mf_cache_ttl", "mf_cache_value", "mf_cached_keys",
+    "mf_assert_registers_refused",
     "mf_constant_of_shape_model", "mf_embedded", "mf_external_model", "mf_free_port", "mf_http",
     "mf_identity_model", "mf_isolated_env", "mf_launch", "mf_make_shell", "mf_other_setting_value",
     "mf_peak_rss_growth", "mf_proc_status", "mf_raw_outputs", "mf_raw_providers", "mf_raw_run", "mf_raw_session",

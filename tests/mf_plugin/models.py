@@ -130,3 +130,17 @@ def mf_external_model(where: str, location: str = "README.md", length: int = 8):
         nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))]
     graph = helper.make_graph(nodes, f"external_{where}", inputs, [y], initializers, sparse_initializer=sparse)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def mf_assert_registers_refused(forge, cases) -> None:
+    """Each ``(register keyword arguments, error class, message start)`` of ``cases`` is refused by
+    ``forge.register("m", ...)`` with exactly that class, status 400 and a one-line message starting so; and the
+    registry is left empty."""
+    import pytest
+
+    for kwargs, cls, start in cases:
+        with pytest.raises(cls) as info:
+            forge.register("m", **kwargs)
+        assert type(info.value) is cls and info.value.status == 400 and "\n" not in str(info.value)
+        assert str(info.value).startswith(start), str(info.value)
+    assert forge.models() == []
