@@ -398,6 +398,8 @@ REFUSALS = {
                              "Inference-Header-Content-Length is 10000 but the body has only"),
     "bytes left over": (raw_case(binary_input(32), X.tobytes() + b"\0" * 4), "400",
                         "4 bytes of binary data follow the last input's"),
+    "header length past the JSON": (raw_case(binary_input(32), X.tobytes(), header_length=len(orjson.dumps(
+        binary_input(32))) + 5), "400", "bytes (Inference-Header-Content-Length) are not the JSON header: malformed"),
 }
 
 

@@ -96,7 +96,13 @@ def parse_infer(body: bytes, header_length: str | None = None) -> V2Request:
             raise InvalidInputError(f"Inference-Header-Content-Length is {size} but the body has only {len(view)} "
                                     f"bytes: the request is truncated")
         head, tail = view[:size], view[size:]
-    request = json_object(bytes(head))  # the core's rule: 400 for an empty, malformed or non-object body
+    try:
+        request = json_object(bytes(head))  # the core's rule: 400 for an empty, malformed or non-object body
+    except InvalidInputError as err:
+        if header_length is None:
+            raise
+        raise InvalidInputError(f"the body's first {len(head)} bytes (Inference-Header-Content-Length) are not the "
+                                f"JSON header: {err}") from None
     unknown = [key for key in request if key not in REQUEST_FIELDS]
     if unknown:
         raise InvalidInputError(f"unknown field(s) {', '.join(map(repr, unknown))} in the infer request; it takes "
