@@ -1,5 +1,5 @@
-"""Registering a fitted scikit-learn model: converted (skl2onnx), verified on its sample through the engine, stored
-with its conversion record. Real estimators fitted on scikit-learn's bundled datasets, on both backends."""
+"""Registering a fitted model: converted (skl2onnx; onnxmltools for XGBoost and LightGBM), verified on its sample
+through the engine, stored with its conversion record. Real estimators fitted on scikit-learn's bundled datasets, on both backends."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnxmltools
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from lightgbm import LGBMClassifier, LGBMRegressor
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestRegressor
@@ -22,6 +24,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.semi_supervised import LabelPropagation
 from sklearn.tree import DecisionTreeClassifier
+from xgboost import XGBClassifier, XGBRanker, XGBRegressor
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core import database
@@ -144,6 +147,84 @@ def test_random_forest_regressor_and_mlp_classifier(mf_forge):
     out = mf_forge.predict("mlp", Xi).output_data
     assert out["label"] == mlp.predict(Xi).tolist()
     assert_within(out["probabilities"], mlp.predict_proba(Xi), "float64")
+
+
+BOOSTED = {  # name: (estimator, dataset loader); LightGBM's verbosity=-1: no log lines (warnings are errors here)
+    "xgb_classifier": (lambda: XGBClassifier(n_estimators=20, max_depth=3, random_state=0), load_breast_cancer),
+    "xgb_regressor": (lambda: XGBRegressor(n_estimators=20, max_depth=3, random_state=0), load_diabetes),
+    "lgbm_classifier": (lambda: LGBMClassifier(n_estimators=20, verbosity=-1, random_state=0), load_iris),
+    "lgbm_regressor": (lambda: LGBMRegressor(n_estimators=20, verbosity=-1, random_state=0), load_diabetes),
+}
+
+
+@pytest.mark.parametrize("name", list(BOOSTED))
+def test_xgboost_and_lightgbm_register_by_object_and_predict_as_the_original(mf_forge, name):
+    # Given an XGBoost / LightGBM scikit-learn model fitted on float64 rows of a bundled dataset
+    make, load = BOOSTED[name]
+    X, y = load(return_X_y=True)
+    model = make().fit(X, y)
+    classifier = "classifier" in name
+    # When it is registered by object with a few rows as its sample, then predicted on every row with NumPy
+    rec = mf_forge.register(name, model, sample=X[::4])
+    out = mf_forge.predict(name, X, use_cache=False).output_data
+    # Then its input is float32 (both libraries' trees split in float32) with a dynamic batch, outputs are plain
+    # tensors with one row per input row, labels equal the original's predict() and scores are within tolerance
+    assert [(s.name, s.dtype, s.shape) for s in rec.inputs] == [("input", "float32", [None, X.shape[1]])]
+    if classifier:
+        assert [(s.name, s.shape) for s in rec.outputs] == [
+            ("label", [None]), ("probabilities", [None, len(np.unique(y))])]
+        assert out["label"] == model.predict(X).tolist()
+        assert_within(out["probabilities"], model.predict_proba(X), "float32")
+    else:
+        assert [(s.name, s.dtype, s.shape) for s in rec.outputs] == [("variable", "float32", [None, 1])]
+        assert_within(out["variable"], model.predict(X), "float32")
+    conv = rec.conversion
+    assert (conv["converter"], conv["converter_version"], conv["source"], conv["sample_rows"]) == (
+        "onnxmltools", onnxmltools.__version__, f"{type(model).__module__}.{type(model).__name__}", len(X[::4]))
+    assert conv["compared"] == ({"label": "predict", "probabilities": "predict_proba"} if classifier
+                                else {"variable": "predict"})
+    assert conv["tolerance"] == {"float32": {"rtol": 1e-4, "atol": 1e-4}} and "note" in conv
+    assert 0 < conv["max_abs_error"] <= 1e-4 and conv["max_rel_error"] <= 1e-4  # float32 sums: measured, not 0
+    assert mf_forge.get(name).conversion == conv
+
+
+def test_boosted_models_fitted_on_a_dataframe_or_string_labels_convert(mf_forge):
+    # Given XGBoost fitted on a DataFrame (its trees name the columns: onnxmltools reads only f0, f1...) and LightGBM
+    # fitted with string class labels
+    frame, y = iris_frame()
+    numeric = frame[NUMERIC]
+    xgb = XGBClassifier(n_estimators=10, max_depth=3, random_state=0).fit(numeric, y)
+    species = np.array(["setosa", "versicolor", "virginica"])[y]
+    lgbm = LGBMClassifier(n_estimators=10, verbosity=-1, random_state=0).fit(numeric.to_numpy(), species)
+    # When both are registered and predicted
+    xgb_rec = mf_forge.register("xgb_frame", xgb, sample=numeric.iloc[::3])
+    lgbm_rec = mf_forge.register("lgbm_names", lgbm, sample=numeric.to_numpy()[::3])
+    # Then they answer as the originals, and the user's XGBoost model keeps its feature names
+    assert xgb_rec.inputs[0].shape == [None, len(NUMERIC)] and xgb.get_booster().feature_names == NUMERIC
+    assert mf_forge.predict("xgb_frame", numeric.to_numpy()).output_data["label"] == xgb.predict(numeric).tolist()
+    assert lgbm_rec.outputs[0].dtype == "string"
+    got = mf_forge.predict("lgbm_names", numeric.to_numpy()).output_data["label"]
+    assert got == lgbm.predict(numeric.to_numpy()).tolist() and set(got) == set(species)
+
+
+def test_boosted_models_onnxmltools_cannot_take_are_refused_in_one_line(mf_forge):
+    import lightgbm
+    import xgboost
+
+    X, y = load_iris(return_X_y=True)
+    ranker = XGBRanker(n_estimators=3).fit(X, y, qid=np.repeat(np.arange(15), 10))
+    raw = xgboost.train({"objective": "multi:softprob", "num_class": 3}, xgboost.DMatrix(X, y), 3)
+    raw_lgbm = lightgbm.train({"objective": "regression", "verbosity": -1}, lightgbm.Dataset(X, y), 3)
+    cases = [
+        (dict(model=XGBClassifier(), sample=X), InvalidModelError,
+         "this xgboost.sklearn.XGBClassifier is not fitted: call its fit() first"),
+        (dict(model=raw, sample=X), InvalidModelError,
+         "cannot convert a raw xgboost.core.Booster: register the scikit-learn model it was trained as"),
+        (dict(model=raw_lgbm, sample=X), InvalidModelError, "cannot convert a raw lightgbm.basic.Booster"),
+        (dict(model=ranker, sample=X), InvalidModelError,
+         f"onnxmltools {onnxmltools.__version__} cannot convert this xgboost.sklearn.XGBRanker: "),
+    ]
+    mf_assert_registers_refused(mf_forge, cases)
 
 
 def test_zipmap_true_gives_probability_maps_and_update_adds_a_converted_version(mf_forge):

@@ -3,8 +3,10 @@ fitted object) into the bytes the registry stores.
 
 A fitted object is converted, then verified on ``sample`` through the engine before anything is stored (``verify``):
 
-- scikit-learn estimators and pipelines through skl2onnx; XGBoost and LightGBM models through onnxmltools, an optional
-  extra (``pip install 'modelforge_jupyter[convert]'``); anything else is refused naming what is supported;
+- scikit-learn estimators and pipelines through skl2onnx; XGBoost and LightGBM scikit-learn models (XGBClassifier,
+  XGBRegressor, LGBMClassifier, LGBMRegressor; not a raw ``Booster``, whose ``predict`` answers in another form)
+  through onnxmltools, an optional extra (``pip install 'modelforge_jupyter[convert]'``), always with float32 inputs
+  (their trees split in float32); anything else is refused naming what is supported;
 - the input signature comes from ``sample``: a 2-D numpy array gives one input ``input`` of its dtype and feature
   count, ``[None, features]`` (the batch dynamic); a pandas DataFrame one input per column, named after it, shape
   ``[None, 1]``: string / object / category columns as string tensors, numeric ones as their float / int dtype;
@@ -30,8 +32,9 @@ from .modelfile import check_self_contained, read_model_file
 from .records import TensorSpec
 from .verify import verify
 
-SUPPORTED = ("a fitted scikit-learn estimator or Pipeline (converted by skl2onnx), or an XGBoost or LightGBM model "
-             "(converted by onnxmltools: pip install 'modelforge_jupyter[convert]')")
+SUPPORTED = ("a fitted scikit-learn estimator or Pipeline (converted by skl2onnx), or an XGBoost or LightGBM "
+             "scikit-learn model: XGBClassifier, XGBRegressor, LGBMClassifier, LGBMRegressor (converted by onnxmltools: "
+             "pip install 'modelforge_jupyter[convert]')")
 INPUT = "input"  # the name of a numpy sample's one input
 
 
@@ -144,6 +147,11 @@ def to_onnx(model: Any, sample: Any, zipmap: bool = False, float32: bool = False
     declares float inputs float32 whatever the sample's float dtype. Raises ``InvalidModelError`` (400) naming what is
     supported for another object, saying an estimator is not fitted, or giving the converter's reason in one line."""
     kind = converter_kind(model)
+    if kind != "sklearn" and not _is_sklearn(model):
+        raise InvalidModelError(
+            f"cannot convert a raw {_class_name(model)}: register the scikit-learn model it was trained as "
+            "(XGBClassifier / XGBRegressor, LGBMClassifier / LGBMRegressor), whose predict() the conversion is "
+            "checked against")
     _check_fitted(model)
     classifier = _is_classifier(model)
     if kind == "sklearn":
@@ -164,7 +172,8 @@ def to_onnx(model: Any, sample: Any, zipmap: bool = False, float32: bool = False
         converter, version, float32 = "onnxmltools", onnxmltools.__version__, True  # both run their trees in float32
         types = input_types(sample, True, mltools_common.data_types)
         if kind == "xgboost":
-            convert = lambda: onnxmltools.convert_xgboost(model, initial_types=types)  # noqa: E731
+            unnamed = _without_feature_names(model)
+            convert = lambda: onnxmltools.convert_xgboost(unnamed, initial_types=types)  # noqa: E731
         else:
             convert = lambda: onnxmltools.convert_lightgbm(  # noqa: E731
                 model, initial_types=types, zipmap=bool(zipmap) if classifier else False)
@@ -173,9 +182,34 @@ def to_onnx(model: Any, sample: Any, zipmap: bool = False, float32: bool = False
     except Exception as err:  # converters raise RuntimeError, TypeError, NotImplementedError... with long texts
         raise InvalidModelError(
             f"{converter} {version} cannot convert this {_class_name(model)}: {first_line(err)}") from None
+    if kind != "sklearn":
+        _dynamic_batch_outputs(proto)
     proto.graph.name = type(model).__name__  # skl2onnx names the graph with a random uuid: the same fitted model
     # would give other bytes each time, so a new version (and a cache flush) on every update with it
     return Converted(proto.SerializeToString(), converter, version, _class_name(model), float32)
+
+
+def _without_feature_names(model: Any) -> Any:
+    """A copy of XGBoost ``model`` whose booster has no feature names: fitted on a DataFrame, its trees name the
+    columns, and onnxmltools reads a split's feature index only from names ``f0``, ``f1``... (the ONNX input is one 2-D
+    tensor whose columns are in the order fit saw them). The user's model is left as it is."""
+    booster = model.get_booster()
+    if booster.feature_names is None:
+        return model
+    import copy
+
+    unnamed = copy.deepcopy(model)
+    unnamed.get_booster().feature_names = None
+    return unnamed
+
+
+def _dynamic_batch_outputs(proto: Any) -> None:
+    """Declare the first dimension of ``proto``'s outputs dynamic (the batch), in place: onnxmltools' LightGBM
+    classifier declares its label output [1] while it returns one label per row."""
+    for output in proto.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value"):
+            dims[0].Clear()
 
 
 def converter_kind(model: Any) -> str:
