@@ -40,8 +40,8 @@ ModelSource = str | PathLike | bytes | bytearray | memoryview | Any
 FeedRule = Callable[[ModelRecord, Any], dict]  # (resolved record, input data) -> {input name: ndarray}
 
 
-def _prepare(record: ModelRecord, input_data: Any) -> dict:
-    """The default feed rule: ``tensors.prepare_feed`` on the record's declared inputs."""
+def default_feed(record: ModelRecord, input_data: Any) -> dict:
+    """The default feed rule (``FeedRule``): ``tensors.prepare_feed`` on the record's declared inputs."""
     return prepare_feed(record.inputs, input_data)
 
 
@@ -196,7 +196,7 @@ class ModelForge:
         if cancel is not None:
             cancel.check(model)
         caching = use_cache and self._caching
-        record, feed, key, hit = self._lookup(model, version, input_data, caching, prepare or _prepare)
+        record, feed, key, hit = self._lookup(model, version, input_data, caching, prepare or default_feed)
         if hit is not None:
             return self._result(record, feed, hit, start, cached=True)
         run = self._runner(record)
@@ -228,7 +228,7 @@ class ModelForge:
             if resolved.pending is not None:  # judged by a record not yet proven current: judge again, proven
                 raise StaleRecord from None
             raise
-        key = self._cache_key(record, feed) if caching else None
+        key = self.cache_key_of(record, feed) if caching else None
         return record, feed, key, unpack(self.resolver.read(resolved, key), [o.name for o in record.outputs])
 
     def cache_key(self, model: str, input_data: Any, version: int | None = None) -> str:
@@ -236,14 +236,16 @@ class ModelForge:
         ``{CACHE_KEY_PREFIX}:prediction:{model_id}:{input_hash}`` (``cache.prediction_key``; the hash covers the
         version's sha256 and the converted inputs). Raises as ``predict`` does before a run (404, 400)."""
         record = self.resolver.resolve(model, check_version(version)).record
-        return self._cache_key(record, prepare_feed(record.inputs, input_data))
+        return self.cache_key_of(record, default_feed(record, input_data))
 
     def clear_cache(self) -> int:
         """Delete every cached prediction under ``CACHE_KEY_PREFIX`` (every model's, in every process sharing the
         cache). Returns how many entries went. Raises ``redis.RedisError`` when Redis does not answer."""
         return self.cache.clear(f"{self._key_prefix}:prediction")
 
-    def _cache_key(self, record: ModelRecord, feed: dict) -> str:
+    def cache_key_of(self, record: ModelRecord, feed: dict) -> str:
+        """The cache key of ``feed`` (validated arrays) for ``record``'s version: ``cache.prediction_key`` over
+        ``tensors.input_hash``; no I/O (the event loop's cache hits use it too, ``loop_hits``)."""
         return prediction_key(self._key_prefix, record.id, input_hash(record.sha256, feed))
 
     def _result(

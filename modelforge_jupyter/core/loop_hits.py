@@ -21,10 +21,9 @@ import time
 import uuid
 from typing import Any
 
-from .cache import prediction_key
+from .api import default_feed
 from .outputs import unpack
 from .records import PredictionResult
-from .tensors import input_hash, prepare_feed
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +60,10 @@ class LoopHits:
             return self._pass()
         record = resolved.record
         try:
-            feed = prepare(record, input_data) if prepare is not None else prepare_feed(record.inputs, input_data)
+            feed = (prepare or default_feed)(record, input_data)
         except Exception:  # the executor answers the refusal, judged on a proven record
             return self._pass()
-        key = prediction_key(forge.settings.cache_key_prefix, record.id, input_hash(record.sha256, feed))
+        key = forge.cache_key_of(record, feed)
         try:
             stamp, value = await self._read(forge.resolver.stamp, key)
         except Exception as err:  # Redis slow or down: the executor's client and breaker deal with it

@@ -18,7 +18,6 @@ that no other node reads, with exactly one of the two label attributes. Any othe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -55,11 +54,6 @@ class ZipMapOutput:
     def nbytes(self, tensor: np.ndarray) -> int:
         """Bytes the maps of ``tensor`` count in an answer's size (``limits.output_bytes``), without building them."""
         return (tensor.shape[0] if tensor.ndim == 2 else 1) * self.row_bytes
-
-    def maps(self, tensor: np.ndarray, model_name: str) -> list[dict]:
-        """The maps ONNX Runtime's ZipMap makes of ``tensor`` (float32 ``[N, C]`` or ``[C]``): one dict a row.
-        Raises ``InferenceError`` (422) where ONNX Runtime's ZipMap fails (see ``rows``)."""
-        return list(map(dict, map(zip, repeat(self.keys), self.rows(tensor, model_name).tolist())))
 
     def rows(self, tensor: np.ndarray, model_name: str) -> np.ndarray:
         """``tensor`` as ``[N, keys]`` in key order. Raises ``InferenceError`` (422) for what ONNX Runtime's ZipMap
