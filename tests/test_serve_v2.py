@@ -113,6 +113,8 @@ def test_binary_answer_headers_and_v2_error_bodies(served, mf_forge):
     assert status == 400 and "the request is truncated" in json.loads(body)["error"]
     status, _, body = http("GET", server.url + "v2/models/iris/versions/one")
     assert (status, json.loads(body)) == (400, {"error": "version must be a whole number >= 1, got 'one'"})
+    status, _, body = http("GET", server.url + "v2/models/iris/versions//ready")
+    assert (status, json.loads(body)) == (404, {"error": "no V2 endpoint at /modelforge/v2/models/iris/versions//ready"})
     status, _, body = http("GET", server.url + "v2/models/iris/nowhere")
     assert (status, json.loads(body)) == (404, {"error": "no V2 endpoint at /modelforge/v2/models/iris/nowhere"})
     status, _, body = http("GET", server.url + "v2/health/live", token=None)

@@ -181,6 +181,8 @@ def test_model_metadata_and_ready(v2):
     assert err.value.status() == "404" and "no Open Inference Protocol endpoint at" in err.value.message()
     status, body = mf_http("GET", v2.url + "v2/models/iris/versions/one", None, v2.server.token)
     assert (status, json.loads(body)) == (400, {"error": "version must be a whole number >= 1, got 'one'"})
+    status, body = mf_http("GET", v2.url + "v2/models/iris/versions//ready", None, v2.server.token)
+    assert status == 404  # an empty version is no V2 path, on both doors (test_serve_v2)
 
 
 def test_token_needed_except_for_live_and_ready(v2):
@@ -231,6 +233,11 @@ def test_two_inputs_and_the_outputs_filter(v2):
     np.testing.assert_array_equal(only_d.as_numpy("d"), d)
     outs = d_then_s.get_response()["outputs"]
     assert [(o["name"], "data" in o) for o in outs] == [("d", True), ("s", False)]  # order and encoding as asked
+    # "outputs": [] names no output: all of them, as Triton answers a request without requested outputs
+    head = {"inputs": [{"name": n, "datatype": t, "shape": [5, 2], "data": v.ravel().tolist()}
+                       for n, t, v in (("a", "FP32", a), ("b", "INT64", b))], "outputs": []}
+    status, body = v2.post("v2/models/pair/infer", orjson.dumps(head))
+    assert status == 200 and [o["name"] for o in json.loads(body)["outputs"]] == ["s", "d"]
     np.testing.assert_array_equal(d_then_s.as_numpy("s"), s)
 
 

@@ -8,10 +8,10 @@ binary extension, that JSON (its length in the ``Inference-Header-Content-Length
 bytes, in input order. Each input is ``{"name", "datatype", "shape", "parameters"?, "data"?}``: ``data`` row-major,
 flat or nested, or ``parameters.binary_data_size`` bytes in the tail (little-endian, row-major; BOOL one byte an
 element; BYTES each element a 4-byte little-endian length and its bytes). ``parameters`` values are strings, numbers
-or bools; ``binary_data_output`` (bool) asks for every output in binary, an output's own ``binary_data`` wins;
-``use_cache`` (bool, ModelForge's own, default true) skips the prediction cache when false; others are accepted and
-ignored. Every refusal is an ``InvalidInputError`` (400) naming the field or input, what was expected and what was
-given.
+or bools; ``outputs`` absent or ``[]`` asks for every output (as Triton); ``binary_data_output`` (bool) asks for
+every output in binary, an output's own ``binary_data`` wins; ``use_cache`` (bool, ModelForge's own, default true)
+skips the prediction cache when false; others are accepted and ignored. Every refusal is an ``InvalidInputError``
+(400) naming the field or input, what was expected and what was given.
 
 Response (``encode_response``): ``{"model_name", "model_version", "id"?, "parameters": {"cached": bool}, "outputs":
 [{"name", "datatype", "shape", "data" | "parameters": {"binary_data_size"}}]}``, JSON ``data`` flat row-major with
@@ -236,7 +236,7 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], count: int, dat
 
 
 def _outputs(value: Any) -> dict[str, bool | None] | None:
-    if value is None:
+    if value is None or value == []:  # as Triton: a request that names no output gets them all
         return None
     if not isinstance(value, list):
         raise InvalidInputError("'outputs' must be a list of {name, parameters?} objects")

@@ -105,6 +105,6 @@ def route_v2(path: str) -> tuple[Endpoint, str | None, str | None] | None:
         if len(parts) >= 3 and parts[1] == "versions":
             version, parts = parts[2], parts[2:]
         rest = parts[1:]
-        if name and len(rest) <= 1 and all(rest) and (rest[0] if rest else "") in ACTIONS:
+        if name and version != "" and len(rest) <= 1 and all(rest) and (rest[0] if rest else "") in ACTIONS:
             return ACTIONS[rest[0] if rest else ""], name, version
     return NOT_FOUND, None, None
