@@ -57,8 +57,8 @@ def test_statistics_and_metrics_count_a_known_sequence(mf_forge):
     mf_forge.predict(name, X, use_cache=False)
     with pytest.raises(InvalidInputError):
         mf_forge.predict(name, X[:, :3])
-    unknown = scrape(exposition()[0].decode(), "modelforge_inference_request_failure_total", model="", reason="not_found",
-                     version="")
+    unknown = scrape(exposition()[0].decode(), "modelforge_inference_request_failure_total", model="",
+                     reason="not_found", version="")
     with pytest.raises(ModelNotFoundError):
         mf_forge.predict(name, X, version=9)
 

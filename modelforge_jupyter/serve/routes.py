@@ -3,8 +3,9 @@
 ``GET modelforge/health``, ``GET modelforge/health/live``, ``GET modelforge/health/ready`` (no token needed),
 ``POST modelforge/predict``, ``GET modelforge/models``, ``GET|PUT|DELETE modelforge/models/{name}[?version=N]``,
 ``POST modelforge/models/{name}/unload[?version=N]``, ``GET modelforge/models/{name}/stats[?version=N]``, and
-``GET /metrics`` (Prometheus, every worker's; the token needed as elsewhere). Each handler parses its request, calls the ``ModelForge`` API
-on a thread of the server (``ServeApp.call``) and answers ``(status, JSON body, extra headers)``, with the same
+``GET /metrics`` (Prometheus, every worker's; the token needed as elsewhere). Each handler parses its request, calls
+the ``ModelForge`` API on a thread of the server (``ServeApp.call``) and answers ``(status, JSON body, extra
+headers)``, with the same
 answers as the extension: the predict wire format is the core's ``predict_json``, errors the core's family. The
 Open Inference Protocol's routes under ``modelforge/v2`` are ``v2_routes``.
 """

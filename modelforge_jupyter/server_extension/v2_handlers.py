@@ -3,11 +3,11 @@
 against the Jupyter server unchanged (its token in ``headers={"Authorization": "token ..."}``).
 
 Routes: ``GET v2/health/live`` and ``GET v2/health/ready`` (no token needed, as ModelForge's own health), ``GET v2``,
-``GET v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``, ``GET v2/models[/{name}[/versions/{v}]]/stats``.
-What each answers is ``core.v2``;
-authentication, body limits and streaming, and executors are ``base.ModelForgeHandler``'s. Errors answer Triton's
-status codes (400 invalid request, 404 unknown model or version, 503 unavailable, 500 internal; 413/415/504 as the
-rest of ModelForge) with V2's body ``{"error": "<message>"}``.
+``GET v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``, ``GET
+v2/models[/{name}[/versions/{v}]]/stats``. What each answers is ``core.v2``; authentication, body limits and
+streaming, and executors are ``base.ModelForgeHandler``'s. Errors answer Triton's status codes (400 invalid request,
+404 unknown model or version, 503 unavailable, 500 internal; 413/415/504 as the rest of ModelForge) with V2's body
+``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
