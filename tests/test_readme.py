@@ -77,6 +77,12 @@ EXPECT = {
         r"^ 204$",
         r"^ 204$",
     ],
+    "modelforge/models/demo_iris/stats": [  # metrics and statistics: a miss, then a hit
+        r'^modelforge_inference_request_success_total\{model="demo_iris",version="\d+"\} 2\.0$',
+        r'^modelforge_cache_num_hits_per_model_total\{model="demo_iris",version="\d+"\} 1\.0$',
+        r'^\{"model_stats":\[\{"name":"demo_iris","version":"\d+".*"execution_count":1,.*"success":\{"count":2,.*'
+        r'"cache_hit":\{"count":1,',
+    ],
     "zipmap_labels": [  # the V2 example (tritonclient)
         r"^True \{'name': 'modelforge', 'version': '[^']+', 'extensions': \['binary_tensor_data'\]\}$",
         r"^\{'name': 'demo_iris', 'versions': \['1', '2'\], 'platform': 'onnxruntime_onnx'.*'shape': \[-1, 3\]\}\]\}$",

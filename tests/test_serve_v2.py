@@ -45,7 +45,7 @@ def test_tritonclient_against_modelforge_serve_equals_raw_onnxruntime(served, mf
     # health without a token; metadata with it
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata(headers=dict(AUTH)) == {
-        "name": "modelforge", "version": __version__, "extensions": ["binary_tensor_data"]}
+        "name": "modelforge", "version": __version__, "extensions": ["binary_tensor_data", "statistics"]}
     meta = client.get_model_metadata("iris", headers=dict(AUTH))
     assert (meta["platform"], meta["inputs"]) == (
         "onnxruntime_onnx", [{"name": "float_input", "datatype": "FP32", "shape": [-1, 4]}])

@@ -153,7 +153,7 @@ def test_health_and_server_metadata(v2):
     assert c.is_server_live() and c.is_server_ready()  # no token needed
     assert c.get_server_metadata(headers=v2.headers()) == {
         "name": "modelforge", "version": __version__,
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "statistics"],
     }
     assert mf_http("GET", v2.url + "v2/health/ready", None)[:2] == (200, b'{"ready":true}')
 

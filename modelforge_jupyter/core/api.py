@@ -10,11 +10,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from os import PathLike
 from typing import Any
 
-from .._version import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
 from .checks import check_timeout
@@ -23,7 +21,9 @@ from .deadline import Cancellation
 from .engine import Engine, raw_session
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .forksafe import at_fork_in_child
+from .health import service_health
 from .invalidation import EvictionListener, Invalidator, prune_sessions
+from .metrics import METRICS, statistics
 from .outputs import pack, unpack
 from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
 from .records import ModelRecord, PredictionResult
@@ -183,7 +183,16 @@ class ModelForge:
         Raises ``ModelNotFoundError`` (404), ``InvalidInputError`` (400, naming input, expected and given dtype/shape),
         ``InferenceError`` (422), ``ServiceUnavailableError`` (503, registry down). A cache outage never raises.
         """
-        start = time.perf_counter()
+        start = time.perf_counter_ns()  # counted (``metrics``), failures included
+        try:
+            return self._predict(model, input_data, use_cache, version, timeout, cancel, prepare, start)
+        except Exception as err:
+            METRICS.failed(None if isinstance(err, ModelNotFoundError) else self.resolver.known(model, version), start,
+                           err)
+            raise
+
+    def _predict(self, model: str, input_data: Any, use_cache: bool, version: int | None, timeout: float | None,
+                 cancel: Cancellation | None, prepare: FeedRule | None, start: int) -> PredictionResult:
         check_use_cache(use_cache)
         check_version(version)
         if timeout is None:
@@ -196,20 +205,24 @@ class ModelForge:
         if cancel is not None:
             cancel.check(model)
         caching = use_cache and self._caching
-        record, feed, key, hit = self._lookup(model, version, input_data, caching, prepare or default_feed)
+        record, feed, key, hit, fed = self._lookup(model, version, input_data, caching, prepare or default_feed)
+        looked, stats = time.perf_counter_ns(), METRICS.of(record.name, record.version)
         if hit is not None:
+            stats.hit(start, fed, looked)
             return self._result(record, feed, hit, start, cached=True)
         run = self._runner(record)
-        outputs = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name, timeout, cancel)
+        with stats:  # pending, and the session runs it makes count as this version's executions
+            outputs = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name, timeout, cancel)
         if key is not None:
             self.cache.set(key, pack(outputs), self._prediction_ttl, record.id)
+        stats.executed(start, fed, looked, key is not None)
         return self._result(record, feed, outputs, start, cached=False)
 
     def _lookup(
         self, model: str, version: int | None, input_data: Any, caching: bool, prepare: FeedRule
-    ) -> tuple[ModelRecord, dict, str | None, dict | None]:
+    ) -> tuple[ModelRecord, dict, str | None, dict | None, int]:
         """Resolve, validate, look up the cache: (record, feed, cache key or None, cached outputs or None: a value
-        another version of ModelForge wrote is a miss, ``outputs.unpack``).
+        another version of ModelForge wrote is a miss, ``outputs.unpack``; perf_counter_ns once the feed was ready).
 
         With a Redis stamp (PostgreSQL + Redis) a known model costs one round trip, the stamp and the cache value
         together (``resolver``); a record the stamp does not prove current is resolved again from the database.
@@ -220,7 +233,7 @@ class ModelForge:
             return self._read(self.resolver.resolve(model, version), input_data, caching, prepare)
 
     def _read(self, resolved: Resolved, input_data: Any, caching: bool,
-              prepare: FeedRule) -> tuple[ModelRecord, dict, str | None, dict | None]:
+              prepare: FeedRule) -> tuple[ModelRecord, dict, str | None, dict | None, int]:
         record = resolved.record
         try:
             feed = prepare(record, input_data)
@@ -228,8 +241,9 @@ class ModelForge:
             if resolved.pending is not None:  # judged by a record not yet proven current: judge again, proven
                 raise StaleRecord from None
             raise
+        fed = time.perf_counter_ns()
         key = self.cache_key_of(record, feed) if caching else None
-        return record, feed, key, unpack(self.resolver.read(resolved, key), [o.name for o in record.outputs])
+        return record, feed, key, unpack(self.resolver.read(resolved, key), [o.name for o in record.outputs]), fed
 
     def cache_key(self, model: str, input_data: Any, version: int | None = None) -> str:
         """The cache key a ``predict`` of ``input_data`` reads and writes:
@@ -249,9 +263,9 @@ class ModelForge:
         return prediction_key(self._key_prefix, record.id, input_hash(record.sha256, feed))
 
     def _result(
-        self, record: ModelRecord, feed: dict, outputs: dict, start: float, cached: bool
+        self, record: ModelRecord, feed: dict, outputs: dict, start: int, cached: bool
     ) -> PredictionResult:
-        ms = (time.perf_counter() - start) * 1000.0
+        ms = (time.perf_counter_ns() - start) / 1e6
         if log.isEnabledFor(logging.DEBUG):
             rows = next(iter(feed.values())).shape[:1] if feed else ()
             log.debug("predict %s v%d: batch %s, %.3f ms, cached=%s", record.name, record.version,
@@ -348,30 +362,12 @@ class ModelForge:
         ``redis_timeout``). Celery's status is the background probe's (``tasks.celery_probe``, at most
         ``celery_probe_ttl`` s old; the process's first waits up to ``broker_timeout`` s).
         """
-        from .broker import celery_probe
+        return service_health(self.settings, self.registry, self.cache)
 
-        s = self.settings
-        database = "connected" if self.registry.ping() else "disconnected"
-        redis = ("connected" if self.cache.ping() else "disconnected") if s.redis_url else "not_configured"
-        if s.celery_broker_url:
-            celery = celery_probe(s.celery_broker_url, s.celery_probe_ttl, s.broker_timeout).status()
-        else:
-            celery = "eager"
-        if database != "connected":
-            status = "unhealthy"
-        elif "disconnected" in (redis, celery):
-            status = "degraded"
-        else:
-            status = "healthy"
-        return {
-            "status": status,
-            "database": database,
-            "redis": redis,
-            "celery": celery,
-            "version": __version__,
-            "environment": s.environment,
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+    def statistics(self, model: str | None = None, version: int | None = None) -> dict[str, Any]:
+        """Triton's statistics JSON of this process's predictions, ``{"model_stats": [...]}`` (``metrics.statistics``:
+        every model counted, or ``model``'s versions, or one ``version``). Raises ``ModelNotFoundError`` (404)."""
+        return statistics(self, model, check_version(version))
 
     @property
     def batchers(self) -> tuple[DynamicBatcher, ...]:

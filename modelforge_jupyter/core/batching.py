@@ -38,6 +38,7 @@ from .deadline import Cancellation
 from .engine import Engine
 from .errors import InferenceTimeoutError
 from .forksafe import at_fork_in_child
+from .metrics import last_run, served_by
 from .records import TensorSpec
 from .outputs import MapRows
 
@@ -55,7 +56,8 @@ def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
 
 
 class _Request:
-    __slots__ = ("feed", "rows", "signature", "timeout", "cancel", "done", "lead", "result", "error", "abandoned")
+    __slots__ = ("feed", "rows", "signature", "timeout", "cancel", "done", "lead", "result", "error", "abandoned",
+                 "run")
 
     def __init__(self, feed: dict[str, np.ndarray], timeout: float, cancel: Cancellation | None) -> None:
         self.feed = feed
@@ -68,6 +70,7 @@ class _Request:
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.abandoned = False  # its caller left with an exception: nobody waits for it
+        self.run: tuple[int, int] | None = None  # the session run that answered it (``metrics.last_run``)
 
 
 class _Queue:
@@ -140,6 +143,7 @@ class DynamicBatcher:
                 queue.active -= 1
         if request.error is not None:
             raise request.error
+        served_by(request.run)  # counted with the run that answered it, whichever thread made it
         return request.result  # type: ignore[return-value]
 
     def _lead(self, queue: _Queue, request: _Request, sha256: str, load_bytes: Callable[[], bytes],
@@ -287,14 +291,15 @@ class DynamicBatcher:
             for r in batch:
                 self._run_alone(r, sha256, load_bytes, model_name)
             return
-        start = 0
+        start, run = 0, last_run()
         for r in batch:
-            r.result = {n: v[start : start + r.rows] for n, v in outputs.items()}
+            r.result, r.run = {n: v[start : start + r.rows] for n, v in outputs.items()}, run
             start += r.rows
 
     def _run_alone(self, r: _Request, sha256: str, load_bytes: Callable, model_name: str) -> None:
         try:
             r.result = self.engine.predict(sha256, load_bytes, r.feed, model_name, r.timeout, r.cancel)
+            r.run = last_run()
         except Exception as err:  # an interrupt of the leading caller is not this request's error
             r.error = err
 

@@ -43,6 +43,7 @@ from .footprint import ConstantFootprint, constant_footprint, parsed
 from .forksafe import at_fork_in_child, park
 from .limits import MiB, arena_full, arena_full_error, check_output, check_string_copies, request_memory_error
 from .memory import process_rss, release_free_memory
+from .metrics import METRICS, ran
 from .records import TensorSpec
 from .samples import identity_model
 from .sessions import LoadedModel, SessionLRU
@@ -180,7 +181,7 @@ class Engine(SessionLRU):
                         "of their own, not the arena shared under max_arena_bytes (%d bytes), whose lock may have been "
                         "held at the fork", self.max_arena_bytes)
         with self._build_lock:
-            before = process_rss()
+            before, start = process_rss(), time.perf_counter_ns()
             _in_ort.add(threading.get_ident())
             build = watchdog().building()
             try:
@@ -191,6 +192,7 @@ class Engine(SessionLRU):
                 _in_ort.discard(threading.get_ident())
                 grown = process_rss() - before
                 watchdog().built(build, grown)
+                METRICS.loaded(time.perf_counter_ns() - start)
         return LoadedModel(session, max(grown, len(model_bytes) + footprint.computed_bytes), footprint.string_copies,
                            zipmaps)
 
@@ -318,8 +320,9 @@ class Engine(SessionLRU):
             check_string_copies(loaded.string_copies, feed, self.arena_bytes, name)
         thread = threading.get_ident()
         _in_ort.add(thread)
-        try:
-            return self._run_in_arena(loaded, feed, name, options)
+        start = time.perf_counter_ns()
+        try:  # counted: the run's duration and batch size (``metrics``)
+            return ran(start, feed, self._run_in_arena(loaded, feed, name, options))
         finally:
             _in_ort.discard(thread)
 

@@ -22,6 +22,7 @@ import uuid
 from typing import Any
 
 from .api import default_feed
+from .metrics import METRICS
 from .outputs import unpack
 from .records import PredictionResult
 
@@ -53,7 +54,7 @@ class LoopHits:
         """The cached ``PredictionResult`` of ``ModelForge.predict(model, input_data, version=version,
         prepare=prepare)`` (``cached=True``), or None when it is not a hit this can prove on the loop (module
         docstring). Never raises for a request: a refusal is the executor's to answer."""
-        start = time.perf_counter()
+        start = time.perf_counter_ns()
         forge = self.forge
         resolved = forge.resolver.remembered(model, version)
         if resolved is None or forge.cache.breaker.open():
@@ -63,6 +64,7 @@ class LoopHits:
             feed = (prepare or default_feed)(record, input_data)
         except Exception:  # the executor answers the refusal, judged on a proven record
             return self._pass()
+        fed = time.perf_counter_ns()
         key = forge.cache_key_of(record, feed)
         try:
             stamp, value = await self._read(forge.resolver.stamp, key)
@@ -75,7 +77,8 @@ class LoopHits:
         if outputs is None:
             return self._pass()
         self.answered += 1
-        ms = (time.perf_counter() - start) * 1000.0
+        METRICS.of(record.name, record.version).hit(start, fed, time.perf_counter_ns())  # as ``predict`` counts one
+        ms = (time.perf_counter_ns() - start) / 1e6
         return PredictionResult(str(uuid.uuid4()), record.id, record.version, None, ms, True, record.name,
                                 outputs=outputs)
 

@@ -88,6 +88,15 @@ class Resolver:
             return Resolved(entry[0], generation)
         return None
 
+    def known(self, model: Any, version: Any = None) -> ModelRecord | None:
+        """The record remembered for ``model`` at ``version`` (as given to ``resolve``), whatever its age; None when
+        there is none or they are not a valid lookup. Asks no one (``ModelForge.predict`` labels a failure with it)."""
+        try:
+            entry = self._remembered[1].get((model, version))
+        except TypeError:  # unhashable arguments: a request refused before any lookup
+            return None
+        return entry[0] if entry is not None else None
+
     def read(self, resolved: Resolved, key: str | None) -> bytes | None:
         """The cached value at ``key`` (None: a miss, or no key), proving a pending record in the same round trip.
 

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .forksafe import at_fork_in_child
+from .metrics import METRICS
 from .records import TensorSpec
 from .tensors import spec_from_ort
 from .zipmap import ZipMapOutput
@@ -56,6 +57,7 @@ class SessionLRU:
         self._loading: dict[str, Future] = {}
         self._lock = threading.Lock()
         self.loads = 0  # sessions built since start: cold starts, for tests and statistics
+        METRICS.engines.add(self)  # its loaded sessions are reported (``metrics``)
         at_fork_in_child(self._reset_after_fork)
 
     def load(self, model_bytes: bytes) -> LoadedModel:
@@ -99,6 +101,7 @@ class SessionLRU:
                 len(self._sessions) > self.max_sessions or (self.max_session_bytes and total > self.max_session_bytes)
             ):
                 total -= self._sessions.popitem(last=False)[1].nbytes
+                METRICS.unloaded()
         return loaded
 
     def session_bytes(self) -> int:
@@ -109,7 +112,10 @@ class SessionLRU:
     def unload(self, sha256: str) -> bool:
         """Drop the session for ``sha256``; True if one was loaded."""
         with self._lock:
-            return self._sessions.pop(sha256, None) is not None
+            dropped = self._sessions.pop(sha256, None) is not None
+        if dropped:
+            METRICS.unloaded()
+        return dropped
 
     def loaded(self) -> list[str]:
         """sha256 of every loaded session, least recently used first."""

@@ -4,7 +4,8 @@ answers, for every door that serves it (the Jupyter server extension's ``v2_hand
 
 Endpoints (under ``{base_url}modelforge/``): ``GET v2/health/live``, ``GET v2/health/ready``, ``GET v2`` (server
 metadata, ``server_metadata``), ``GET v2/models/{name}[/versions/{v}]`` (``model_metadata``), ``GET .../ready``
-(``model_ready``), ``POST .../infer`` (``infer``). ``{v}`` is ModelForge's version number (a whole number >= 1, else
+(``model_ready``), ``POST .../infer`` (``infer``), ``GET v2/models[/{name}[/versions/{v}]]/stats``
+(``model_statistics``). ``{v}`` is ModelForge's version number (a whole number >= 1, else
 400; an unknown one 404); ``{name}`` a model's name or id.
 
 Rules of an infer request, as Triton words them (each an ``InvalidInputError``, 400, and nothing run or cached):
@@ -34,7 +35,7 @@ from .records import ModelRecord, TensorSpec
 from .v2_codec import V2_OF_DTYPE, V2Request, encode_response, parse_infer, shape_text
 
 SERVER_NAME = "modelforge"
-EXTENSIONS = ("binary_tensor_data",)  # the Triton extensions served: only what is implemented
+EXTENSIONS = ("binary_tensor_data", "statistics")  # the Triton extensions served: only what is implemented
 PLATFORM = "onnxruntime_onnx"  # as Triton reports an ONNX Runtime model
 
 
@@ -54,6 +55,13 @@ def model_ready(forge: Any, model: str, version: str | None = None) -> dict[str,
     load on first use, so a registered model is ready). Raises ``ModelNotFoundError`` (404), 400 for a bad ``{v}``."""
     record = forge.get(model, url_version(version))
     return {"name": record.name, "ready": True}
+
+
+def model_statistics(forge: Any, model: str | None = None, version: str | None = None) -> dict[str, Any]:
+    """``GET v2/models[/{name}[/versions/{v}]]/stats``, Triton's statistics extension: ``{"model_stats": [{name,
+    version, last_inference, inference_count, execution_count, inference_stats, batch_stats}]}`` of this process
+    (``ModelForge.statistics``). Raises ``ModelNotFoundError`` (404), 400 for a bad ``{v}``."""
+    return forge.statistics(model, url_version(version))
 
 
 def model_metadata(forge: Any, model: str, version: str | None = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,6 +52,8 @@ class ServeApp:
         self.holder = ForgeHolder("ModelForge is stopped: the server is shutting down")
         self.pools: dict[str, ThreadPool] = {}
         self._health: asyncio.Future | None = None
+        self.metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # set by ``modelforge serve`` (``server.run``)
+        self.metric_files: Any = None  # this worker's ``prometheus.MultiProcessFiles``, once started
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -159,6 +162,11 @@ class ServeApp:
         """Build the thread pools and the ModelForge (its registry may still be down: 503 until it answers).
         Raises ``StartupError`` for a setting ModelForge cannot use."""
         o = self.options
+        if self.metrics_dir and os.path.isdir(self.metrics_dir):
+            from ..core.prometheus import MultiProcessFiles
+
+            self.metric_files = MultiProcessFiles(self.metrics_dir)
+            self.metric_files.start()
         self.pools = {"data": ThreadPool(o.threads, "modelforge"),
                       "control": ThreadPool(o.control_threads, "modelforge-control"),
                       "health": ThreadPool(1, "modelforge-health")}
@@ -186,6 +194,18 @@ class ServeApp:
         for pool in pools:
             await asyncio.to_thread(pool.shutdown, timeout=max(0.0, deadline - time.monotonic()))
         await self.holder.close(max(1.0, deadline - time.monotonic()))
+        if self.metric_files is not None:
+            self.metric_files.close()
+
+    def metrics(self) -> tuple[bytes, str]:
+        """(the Prometheus text exposition of every worker's metrics, its content type): this worker's written now,
+        the others' as of their last write (at most a second old). Blocking: call it on a thread."""
+        from ..core.prometheus import exposition
+
+        if self.metric_files is None:  # not started by ``modelforge serve``: this process alone
+            return exposition()
+        self.metric_files.write()
+        return exposition(self.metrics_dir)
 
 
 def create_app() -> ServeApp:

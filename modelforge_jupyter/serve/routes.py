@@ -2,8 +2,10 @@
 
 ``GET modelforge/health``, ``GET modelforge/health/live``, ``GET modelforge/health/ready`` (no token needed),
 ``POST modelforge/predict``, ``GET modelforge/models``, ``GET|PUT|DELETE modelforge/models/{name}[?version=N]``,
-``POST modelforge/models/{name}/unload[?version=N]``. Each handler parses its request, calls the ``ModelForge`` API
-on a thread of the server (``ServeApp.call``) and answers ``(status, JSON body, extra headers)``, with the same
+``POST modelforge/models/{name}/unload[?version=N]``, ``GET modelforge/models/{name}/stats[?version=N]``, and
+``GET /metrics`` (Prometheus, every worker's; the token needed as elsewhere). Each handler parses its request, calls
+the ``ModelForge`` API on a thread of the server (``ServeApp.call``) and answers ``(status, JSON body, extra
+headers)``, with the same
 answers as the extension: the predict wire format is the core's ``predict_json``, errors the core's family. The
 Open Inference Protocol's routes under ``modelforge/v2`` are ``v2_routes``.
 """
@@ -126,6 +128,19 @@ async def unload(app: Any, req: Request, query: dict[str, str]) -> Answer:
     return ok({"name": req.name, "unloaded": unloaded})
 
 
+async def stats(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``GET /modelforge/models/{name}/stats[?version=N]``: 200 Triton's statistics of this worker's process
+    (``ModelForge.statistics``; another worker counts its own); 404 unknown model or version."""
+    return ok(await app.forge_call("statistics", req.name, version(query)))
+
+
+async def metrics(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``GET /metrics``: Prometheus' text exposition of ModelForge's metrics summed over every worker
+    (``ServeApp.metrics``)."""
+    body, content_type = await app.call("control", app.metrics)
+    return 200, body, ((b"content-type", content_type.encode()),)
+
+
 async def not_found(app: Any, req: Request, query: dict[str, str]) -> Answer:
     """Any other path under ``/modelforge/``: 404 as JSON."""
     raise Refusal(404, f"no ModelForge endpoint at {req.path}")
@@ -157,9 +172,11 @@ EXACT = {
     PREFIX + "health/ready": Endpoint({"GET": ready}, open=True),
     PREFIX + "predict": Endpoint({"POST": predict}),
     PREFIX + "models": Endpoint({"GET": list_models}),
+    "/metrics": Endpoint({"GET": metrics}),
 }
 MODEL = Endpoint({"GET": get_model, "PUT": put_model, "DELETE": delete_model}, takes=VERSION)
 UNLOAD = Endpoint({"POST": unload}, takes=VERSION)
+STATS = Endpoint({"GET": stats}, takes=VERSION)
 # any query: the path is what is wrong (404)
 NOT_FOUND = Endpoint({m: not_found for m in ("GET", "POST", "PUT", "DELETE", "PATCH")}, takes=None)
 
@@ -173,6 +190,6 @@ def route(path: str) -> tuple[Endpoint, str | None]:
         name, _, rest = path[len(MODELS):].partition("/")
         if name and not rest and not path.endswith("/"):
             return MODEL, name
-        if name and rest == "unload":
-            return UNLOAD, name
+        if name and rest in ("unload", "stats"):
+            return UNLOAD if rest == "unload" else STATS, name
     return NOT_FOUND, None

@@ -12,24 +12,33 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 from ..core.settings import mask_url
 from .options import OPTIONS_VAR, ServeOptions, add_arguments, options_from_args
 
 APP = "modelforge_jupyter.serve.app:create_app"
+MULTIPROC_VAR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode: where each worker writes
 
 
 def run(options: ServeOptions) -> None:
-    """Serve until SIGTERM or SIGINT (blocking). The workers read ``options`` from the environment."""
+    """Serve until SIGTERM or SIGINT (blocking). The workers read ``options`` from the environment, and write their
+    metrics under ``PROMETHEUS_MULTIPROC_DIR``: a temporary directory of this server's, removed when it stops."""
     import uvicorn
 
     os.environ[OPTIONS_VAR] = options.to_environment()
-    uvicorn.run(
-        APP, factory=True, host=options.host, port=options.port, workers=options.workers, ws="none",
-        lifespan="on", server_header=False, access_log=options.access_log, log_level=options.log_level,
-        timeout_graceful_shutdown=options.shutdown_timeout,
-    )
+    metrics_dir = tempfile.mkdtemp(prefix="modelforge-metrics-")
+    os.environ[MULTIPROC_VAR] = metrics_dir
+    try:
+        uvicorn.run(
+            APP, factory=True, host=options.host, port=options.port, workers=options.workers, ws="none",
+            lifespan="on", server_header=False, access_log=options.access_log, log_level=options.log_level,
+            timeout_graceful_shutdown=options.shutdown_timeout,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def check_settings() -> str:

@@ -3,7 +3,8 @@
 server (its token in ``headers={"Authorization": "token ..."}``).
 
 ``GET /modelforge/v2/health/live`` and ``GET /modelforge/v2/health/ready`` (no token needed), ``GET /modelforge/v2``,
-``GET /modelforge/v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``. What each answers is the
+``GET /modelforge/v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``, ``GET .../stats`` and
+``GET /modelforge/v2/models/stats`` (Triton's statistics, this worker's). What each answers is the
 core's ``v2`` (as the Jupyter extension's ``v2_handlers``); authentication, threads and the body limit are the other
 routes' (``routes``). Errors carry V2's body ``{"error": "<message>"}`` with Triton's status codes (400 invalid
 request, 404 unknown model or version or path, 503 unavailable; 403, 413, 415, 504 as the other routes).
@@ -69,6 +70,12 @@ def _infer(app: Any, name: str, version: str | None, body: bytes, header_length:
     return v2.infer(app.get_forge(), name, version, body, header_length, cancel)
 
 
+async def model_stats(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``{"model_stats": [...]}`` of this worker's process (``core.v2.model_statistics``); 404 unknown model or
+    version; 400 a bad ``{v}``."""
+    return ok(await app.call("control", lambda: v2.model_statistics(app.get_forge(), req.name, req.version)))
+
+
 async def not_found(app: Any, req: Request, query: dict[str, str]) -> Answer:
     """Any other path under ``/modelforge/v2``: 404 ``{"error"}``."""
     raise Refusal(404, f"no V2 endpoint at {req.path}")
@@ -82,13 +89,14 @@ EXACT = {
     V2: _endpoint({"GET": server_metadata}),
     V2 + "/health/live": _endpoint({"GET": live}, open=True),
     V2 + "/health/ready": _endpoint({"GET": ready}, open=True),
+    MODELS + "stats": _endpoint({"GET": model_stats}),  # every model's: "stats" is no model's name here (Triton's)
 }
 MODEL = _endpoint({"GET": model_metadata})
 MODEL_READY = _endpoint({"GET": model_ready})
 INFER = _endpoint({"POST": infer})
 NOT_FOUND = Endpoint({m: not_found for m in ("GET", "POST", "PUT", "DELETE", "PATCH")}, takes=None,
                      error=v2.error_body)
-ACTIONS = {"": MODEL, "ready": MODEL_READY, "infer": INFER}
+ACTIONS = {"": MODEL, "ready": MODEL_READY, "infer": INFER, "stats": _endpoint({"GET": model_stats})}
 
 
 def route_v2(path: str) -> tuple[Endpoint, str | None, str | None] | None:

@@ -133,6 +133,9 @@ class ModelForgeApp(ExtensionApp, SettingsTraits):
             self.log.error("%s; its endpoints answer 503 until the server is restarted with it fixed", holder.config_error)
             return
         os.environ.update(holder.settings.environ())  # kernels started from now on inherit them
+        from ..core.prometheus import register
+
+        register()  # ModelForge's metrics on Jupyter's own /metrics (prometheus_client's REGISTRY)
         try:
             forge = self.get_forge()
         except ServiceUnavailableError as err:

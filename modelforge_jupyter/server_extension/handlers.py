@@ -2,7 +2,9 @@
 
 Routes (relative to the server's base_url): ``GET modelforge/health``, ``GET modelforge/health/live`` and
 ``GET modelforge/health/ready`` (no token needed), ``POST modelforge/predict``, ``GET modelforge/models``,
-``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``; the Open Inference
+``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``, ``GET
+modelforge/models/{name}/stats`` (Triton's statistics; the Prometheus metrics are on Jupyter's own ``/metrics``,
+``core.prometheus``); the Open Inference
 Protocol's ``modelforge/v2/...`` (``v2_handlers``). HEAD answers as GET without the body, with the same
 authentication. What every endpoint shares (authorization, query parameters, bodies, errors as
 JSON) is ``base.ModelForgeHandler``; the predict request's wire format is ``core.protocol``.
@@ -149,6 +151,21 @@ class UnloadHandler(ModelForgeHandler):
         self.write_json({"name": name, "unloaded": unloaded})
 
 
+class ModelStatsHandler(ModelForgeHandler):
+    """Triton's statistics of one model in this server's process (its own counts; a kernel's are its own)."""
+
+    query_params = frozenset({"version"})
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        """``GET modelforge/models/{name}/stats[?version=N]``: 200 ``{"model_stats": [{name, version, last_inference,
+        inference_count, execution_count, inference_stats: {success, fail, queue, compute_input, compute_infer,
+        compute_output, cache_hit, cache_miss: {count, ns}}, batch_stats}]}`` (``ModelForge.statistics``); 404
+        unknown model or version."""
+        self.write_json(await self.forge_call("statistics", name, self.query_version()))
+
+
 class NotFoundHandler(ModelForgeHandler):
     """404 as JSON for any other path under ``modelforge/`` (not the server's HTML page)."""
 
@@ -176,6 +193,7 @@ default_handlers = [
     (r"modelforge/models", ModelsHandler),
     (rf"modelforge/models/{_name}", ModelHandler),
     (rf"modelforge/models/{_name}/unload", UnloadHandler),
+    (rf"modelforge/models/{_name}/stats", ModelStatsHandler),
     *v2_handlers,  # the Open Inference Protocol (V2) under modelforge/v2
     (r"modelforge(?:/.*)?", NotFoundHandler),
 ]

@@ -3,10 +3,11 @@
 against the Jupyter server unchanged (its token in ``headers={"Authorization": "token ..."}``).
 
 Routes: ``GET v2/health/live`` and ``GET v2/health/ready`` (no token needed, as ModelForge's own health), ``GET v2``,
-``GET v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``. What each answers is ``core.v2``;
-authentication, body limits and streaming, and executors are ``base.ModelForgeHandler``'s. Errors answer Triton's
-status codes (400 invalid request, 404 unknown model or version, 503 unavailable, 500 internal; 413/415/504 as the
-rest of ModelForge) with V2's body ``{"error": "<message>"}``.
+``GET v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``, ``GET
+v2/models[/{name}[/versions/{v}]]/stats``. What each answers is ``core.v2``; authentication, body limits and
+streaming, and executors are ``base.ModelForgeHandler``'s. Errors answer Triton's status codes (400 invalid request,
+404 unknown model or version, 503 unavailable, 500 internal; 413/415/504 as the rest of ModelForge) with V2's body
+``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,19 @@ class V2ModelReadyHandler(V2Handler):
         self.write_json(await self.run_blocking(lambda: model_ready(self.extensionapp.get_forge(), name, version)))
 
 
+class V2StatsHandler(V2Handler):
+    """``GET v2/models[/{name}[/versions/{v}]]/stats``: Triton's statistics extension (``core.v2.model_statistics``),
+    this server's process's counts."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str | None = None, version: str | None = None) -> None:
+        """200 ``{"model_stats": [...]}``; 404 unknown model or version; 400 a bad ``{v}``."""
+        from ..core.v2 import model_statistics
+
+        self.write_json(await self.run_blocking(lambda: model_statistics(self.extensionapp.get_forge(), name, version)))
+
+
 class V2InferHandler(V2Handler, CancellableHandler):
     """``POST v2/models/{name}[/versions/{v}]/infer``: JSON, or JSON plus binary tensors (Triton's extension).
 
@@ -129,15 +143,15 @@ class V2InferHandler(V2Handler, CancellableHandler):
 
 
 class V2NotFoundHandler(V2Handler):
-    """404 ``{"error"}`` for any other path under ``modelforge/v2/`` (Triton's ``config``, ``stats``, repository
-    extensions are not served), so that a V2 client reads the reason rather than failing on ``{"message"}``."""
+    """404 ``{"error"}`` for any other path under ``modelforge/v2/`` (Triton's ``config`` and repository extensions
+    are not served), so that a V2 client reads the reason rather than failing on ``{"message"}``."""
 
     def check_query(self) -> None:
         """Any query: the path is what is wrong (404)."""
 
     def _not_found(self) -> None:
         raise web.HTTPError(404, "%s", f"no Open Inference Protocol endpoint at {self.request.path}; this server "
-                            f"has health, server and model metadata, model ready and infer")
+                            f"has health, server and model metadata, model ready, infer and stats")
 
     # one wrapper per verb: @authorized remembers the action of the first method it served
     get = web.authenticated(authorized(_not_found))
@@ -150,8 +164,10 @@ v2_handlers = [
     (r"modelforge/v2/health/live", V2LiveHandler),
     (r"modelforge/v2/health/ready", V2ReadyHandler),
     (r"modelforge/v2", V2ServerHandler),
+    (r"modelforge/v2/models/stats", V2StatsHandler),  # before _model: "stats" is no model's name here (Triton's rule)
     (_model, V2ModelHandler),
     (rf"{_model}/ready", V2ModelReadyHandler),
     (rf"{_model}/infer", V2InferHandler),
+    (rf"{_model}/stats", V2StatsHandler),
     (r"modelforge/v2/.*", V2NotFoundHandler),
 ]
