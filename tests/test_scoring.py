@@ -97,9 +97,9 @@ def test_parquet_directory_in_parquet_parts_and_manifest_out(mf_embedded_setting
 
 
 def test_bad_rows_reported_by_index_the_others_scored(mf_forge):
-    # Given iris rows as a DataFrame whose rows 7 and 523 hold text where numbers belong
+    # Given iris rows as a DataFrame (columns labelled 0-3) whose rows 7 and 523 hold text where numbers belong
     mf_forge.register("iris", IRIS)
-    frame = pd.DataFrame(IRIS_X.astype(object), columns=list("abcd"))
+    frame = pd.DataFrame(IRIS_X.astype(object))
     frame.iloc[7, 1] = "seven"
     frame.iloc[523, 3] = None
     job = mf_forge.score("iris", frame, chunk_rows=100, workers=2)

@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -91,9 +92,13 @@ class LocalRun:
         if not future.cancelled():
             try:
                 outcome = future.result()
-            except Exception as err:  # a worker died (BrokenProcessPool) or the chunk could not reach it
+            except BrokenProcessPool as err:  # a worker died
                 error = ChunkError(chunk.index, chunk.start, chunk.stop, ServiceUnavailableError.status,
                                    f"chunk {chunk.index} was lost: {first_line(err)}", chunk.rows)
+                outcome = ChunkOutcome(chunk.index, np.empty(0, np.int64), None, error=error)
+            except Exception as err:  # a failure outside the model run (reading the chunk, writing its part)
+                error = ChunkError(chunk.index, chunk.start, chunk.stop, 500,
+                                   f"chunk {chunk.index} failed: {type(err).__name__}: {first_line(err)}", chunk.rows)
                 outcome = ChunkOutcome(chunk.index, np.empty(0, np.int64), None, error=error)
         with self._lock:
             if outcome is None:

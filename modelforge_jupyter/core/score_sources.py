@@ -171,29 +171,31 @@ def table_feed(record: ModelRecord, data: Any) -> dict[str, np.ndarray]:
         return prepare_feed(record.inputs, data)
     required = [s.name for s in record.inputs if not s.optional]
     if required and all(name in columns for name in required):
-        named = [s.name for s in record.inputs if s.name in columns]
-        return prepare_feed(record.inputs, {name: _column(data, name) for name in named})
+        return prepare_feed(record.inputs, {s.name: _column(data, columns[s.name]) for s in record.inputs
+                                            if s.name in columns})
     if len(required) != 1:
+        names = list(columns)
         raise ModelForgeError(
             f"the model has inputs {', '.join(map(repr, required))}: name the columns after them "
-            f"(columns given: {', '.join(map(repr, columns[:8]))}{'...' if len(columns) > 8 else ''})")
-    values = [_column(data, name) for name in columns]
-    return prepare_feed(record.inputs, np.column_stack(values) if values else np.empty((0, 0)))
+            f"(columns given: {', '.join(map(repr, names[:8]))}{'...' if len(names) > 8 else ''})")
+    values = [_column(data, label) for label in columns.values()]
+    return prepare_feed(record.inputs, np.column_stack(values))
 
 
-def _columns(data: Any) -> list[str] | None:
+def _columns(data: Any) -> dict[str, Any] | None:
+    """``{column name as text: its label}`` of a DataFrame (labels may be ints) or a Table; None for other data."""
     if hasattr(data, "iloc"):
-        return [str(c) for c in data.columns]
+        return {str(label): label for label in data.columns}
     if hasattr(data, "column_names"):
-        return list(data.column_names)
+        return {name: name for name in data.column_names}
     return None
 
 
-def _column(data: Any, name: str) -> np.ndarray:
+def _column(data: Any, label: Any) -> np.ndarray:
     if hasattr(data, "iloc"):
-        values = data[name].to_numpy()
+        values = data[label].to_numpy()
     else:
-        column = data.column(name)
+        column = data.column(label)
         values = column.to_numpy() if column.type.num_fields == 0 else np.asarray(column.to_pylist(), dtype=object)
     if values.dtype.kind == "O" and len(values) and isinstance(values[0], (list, tuple, np.ndarray)):
         try:
