@@ -59,6 +59,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # Documented answers: {a substring naming one block: regexes its output shows, in that order (re.M)}.
 EXPECT = {
+    "demo_breast_cancer_rf\", X, chunk_rows": [  # batch scoring
+        r"^\[[01]( [01]){4}\] done: 50,000/50,000 rows \(100%\), [\d,]+ rows/s, [\d.]+ s$",
+        r"^done \['part-00000.parquet', 'part-00001.parquet'\]$",
+        r"^\(\(42, \"input 'float_input': expected float32 \[\?, 30\], got mixed or non-numeric values",
+    ],
     "server extension list": [r"modelforge_jupyter\s+enabled", r"modelforge_jupyter \S+ OK"],
     "ONNXService().run_inference": [r"^Inference time: \d+\.\d\dms$"],
     "modelforge/models/iris/unload": [

@@ -29,6 +29,7 @@ from .protocol import check_use_cache, check_version, version_from_text  # noqa:
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
 from .resolver import Resolved, Resolver, StaleRecord
+from .scoring import BatchScoring, close_pool
 from .settings import Settings
 from .tensors import input_hash, prepare_feed
 from .urls import mask_url
@@ -45,7 +46,7 @@ def default_feed(record: ModelRecord, input_data: Any) -> dict:
     return prepare_feed(record.inputs, input_data)
 
 
-class ModelForge:
+class ModelForge(BatchScoring):
     """Register ONNX models and serve predictions from one engine, one registry and one prediction cache.
 
     ``ModelForge()`` reads settings from the environment (``DATABASE_URL``, ``REDIS_URL``, ``CACHE_*``...); keyword
@@ -378,7 +379,8 @@ class ModelForge:
         return tuple(self._batchers.values())
 
     def close(self) -> None:
-        """Release the database pool, the cache client and the loaded sessions."""
+        """Release the scoring pool, the database pool, the cache client and the loaded sessions."""
+        close_pool(self)
         if self.listener is not None:
             self.listener.close()
         self.invalidator.close()

@@ -1,0 +1,236 @@
+"""Batch scoring's input: a data set cut into chunks of rows, and the rule that turns a chunk into a model's feed.
+
+A data set is a NumPy array (rows along axis 0), a pandas DataFrame, a Parquet file, a directory of Parquet files
+(``*.parquet``, in name order) or a list of files and directories; pyarrow reads Parquet. Chunks hold
+``chunk_rows`` rows at most and never span two files, so a worker reads its chunk by path and row range alone
+(the row groups that overlap it: write files with row groups of at most ``chunk_rows`` rows, or each chunk reads
+its whole group).
+
+Columns to inputs (``table_feed``, one rule for frames and Parquet tables): when every required input of the model
+names a column, each input takes its column (a column of equal-length lists becomes a 2-D ``[N, k]`` input);
+otherwise a single-input model takes all the columns side by side, ``[N, columns]``. Values are then validated and
+converted as ``predict`` does (``tensors.prepare_feed``).
+
+Chunks that travel through Redis (``encode`` / ``decode``) are ``npy`` bytes (an array, ``allow_pickle=False``) or an
+Arrow IPC stream (a table): never pickled.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelForgeError, first_line
+from .records import ModelRecord
+from .tensors import prepare_feed
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows ``[start, stop)`` of the data set (row numbers over all its files, from 0); for Parquet, ``file`` and the
+    first row in it (``offset``)."""
+
+    index: int
+    start: int
+    stop: int
+    file: str | None = None
+    offset: int = 0
+
+    @property
+    def rows(self) -> int:
+        """How many rows the chunk holds."""
+        return self.stop - self.start
+
+    def to_json(self) -> dict:
+        """The chunk as JSON data (a Celery task's argument)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data set planned for scoring: ``data`` (in memory, or None for Parquet), its ``rows`` and ``chunks``."""
+
+    kind: str  # "array" | "frame" | "parquet"
+    rows: int
+    chunks: tuple[Chunk, ...]
+    data: Any = None
+
+    def take(self, chunk: Chunk) -> Any:
+        """The chunk's rows as ``predict`` takes them (an array, a DataFrame or a pyarrow Table)."""
+        if self.kind == "parquet":
+            return read_parquet_rows(chunk.file, chunk.offset, chunk.rows)
+        return take_rows(self.data, chunk.start, chunk.stop)
+
+
+def plan(data: Any, chunk_rows: int) -> Source:
+    """Cut ``data`` into chunks of at most ``chunk_rows`` rows. Raises ``ModelForgeError`` (400) for a type it does
+    not read, an empty data set, a path that is neither a Parquet file nor a directory holding some, or a bad
+    ``chunk_rows``."""
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ModelForgeError(f"chunk_rows must be a whole number of rows >= 1, got {chunk_rows!r}")
+    if isinstance(data, (str, PathLike)) or (isinstance(data, (list, tuple)) and data
+                                              and all(isinstance(p, (str, PathLike)) for p in data)):
+        return _plan_parquet(parquet_files(data), chunk_rows)
+    if isinstance(data, np.ndarray):
+        kind = "array"
+    elif type(data).__name__ == "DataFrame" and hasattr(data, "iloc"):
+        kind = "frame"
+    else:
+        raise ModelForgeError(
+            f"score takes a NumPy array, a pandas DataFrame, a Parquet file or directory, or a list of them; "
+            f"got {type(data).__name__}")
+    rows = len(data) if data.ndim else 0
+    if rows == 0:
+        raise ModelForgeError("the data set to score has no rows")
+    chunks = tuple(Chunk(i, start, min(start + chunk_rows, rows))
+                   for i, start in enumerate(range(0, rows, chunk_rows)))
+    return Source(kind, rows, chunks, data)
+
+
+def parquet_files(data: str | PathLike | list) -> list[str]:
+    """The Parquet files ``data`` names, in order: a file, a directory's ``*.parquet`` files by name, or a list of
+    both. Raises ``ModelForgeError`` naming the path that does not exist or holds no Parquet file."""
+    files: list[str] = []
+    for item in data if isinstance(data, (list, tuple)) else [data]:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.parquet") if p.is_file())
+            if not found:
+                raise ModelForgeError(f"directory {path.name!r} holds no *.parquet file")
+            files += [str(p.resolve()) for p in found]
+        elif path.is_file():
+            files.append(str(path.resolve()))
+        else:
+            raise ModelForgeError(f"no file or directory {path.name!r} to score")
+    return files
+
+
+def _plan_parquet(files: list[str], chunk_rows: int) -> Source:
+    import pyarrow.parquet as pq
+
+    chunks: list[Chunk] = []
+    total = 0
+    for file in files:
+        try:
+            rows = pq.ParquetFile(file).metadata.num_rows
+        except Exception as err:  # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
+            raise ModelForgeError(f"{Path(file).name!r} is not a readable Parquet file ({first_line(err)})") from None
+        for offset in range(0, rows, chunk_rows):
+            n = min(chunk_rows, rows - offset)
+            chunks.append(Chunk(len(chunks), total + offset, total + offset + n, file, offset))
+        total += rows
+    if total == 0:
+        raise ModelForgeError("the data set to score has no rows")
+    return Source("parquet", total, tuple(chunks))
+
+
+def read_parquet_rows(file: str, offset: int, rows: int) -> Any:
+    """Rows ``[offset, offset + rows)`` of Parquet ``file`` as a pyarrow Table, reading only the row groups that
+    overlap them."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(file)
+    groups, first, at = [], None, 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if at + n > offset and at < offset + rows:
+            groups.append(g)
+            first = at if first is None else first
+        at += n
+    return pf.read_row_groups(groups).slice(offset - (first or 0), rows)
+
+
+def take_rows(data: Any, start: int, stop: int) -> Any:
+    """Rows ``[start, stop)`` of an array, a DataFrame, a pyarrow Table or a dict of arrays."""
+    if isinstance(data, dict):
+        return {name: take_rows(value, start, stop) for name, value in data.items()}
+    if hasattr(data, "iloc"):
+        return data.iloc[start:stop]
+    if hasattr(data, "slice") and hasattr(data, "num_rows"):
+        return data.slice(start, stop - start)
+    return data[start:stop]
+
+
+def row_count(data: Any) -> int:
+    """Rows in an array, a DataFrame, a pyarrow Table or a dict of arrays (its first)."""
+    if isinstance(data, dict):
+        return row_count(next(iter(data.values())))
+    return data.num_rows if hasattr(data, "num_rows") else len(data)
+
+
+def table_feed(record: ModelRecord, data: Any) -> dict[str, np.ndarray]:
+    """The feed of ``record``'s inputs from ``data``: a DataFrame or pyarrow Table by the columns rule (module
+    docstring), anything else as ``predict`` takes it. Raises ``InvalidInputError`` (400) as ``prepare_feed``."""
+    columns = _columns(data)
+    if columns is None:
+        return prepare_feed(record.inputs, data)
+    required = [s.name for s in record.inputs if not s.optional]
+    if required and all(name in columns for name in required):
+        return prepare_feed(record.inputs, {s.name: _column(data, columns[s.name]) for s in record.inputs
+                                            if s.name in columns})
+    if len(required) != 1:
+        names = list(columns)
+        raise ModelForgeError(
+            f"the model has inputs {', '.join(map(repr, required))}: name the columns after them "
+            f"(columns given: {', '.join(map(repr, names[:8]))}{'...' if len(names) > 8 else ''})")
+    values = [_column(data, label) for label in columns.values()]
+    return prepare_feed(record.inputs, np.column_stack(values))
+
+
+def _columns(data: Any) -> dict[str, Any] | None:
+    """``{column name as text: its label}`` of a DataFrame (labels may be ints) or a Table; None for other data."""
+    if hasattr(data, "iloc"):
+        return {str(label): label for label in data.columns}
+    if hasattr(data, "column_names"):
+        return {name: name for name in data.column_names}
+    return None
+
+
+def _column(data: Any, label: Any) -> np.ndarray:
+    if hasattr(data, "iloc"):
+        values = data[label].to_numpy()
+    else:
+        column = data.column(label)
+        values = column.to_numpy() if column.type.num_fields == 0 else np.asarray(column.to_pylist(), dtype=object)
+    if values.dtype.kind == "O" and len(values) and isinstance(values[0], (list, tuple, np.ndarray)):
+        try:
+            return np.stack([np.asarray(v) for v in values])  # a column of equal-length lists: [N, k]
+        except ValueError:
+            pass  # ragged: prepare_feed names it
+    return values
+
+
+def encode(data: Any) -> tuple[str, bytes]:
+    """A chunk as bytes for Redis: ``("npy", ...)`` for an array, ``("arrow", ...)`` (an IPC stream) for a DataFrame
+    or Table. Raises ``ModelForgeError`` when a DataFrame's columns do not convert to Arrow (mixed object values)."""
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind == "O":
+            raise ModelForgeError("an array of Python objects cannot travel to the workers; use a numeric dtype")
+        buf = io.BytesIO()
+        np.save(buf, data, allow_pickle=False)
+        return "npy", buf.getvalue()
+    import pyarrow as pa
+
+    try:
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as err:
+        raise ModelForgeError(f"the DataFrame cannot travel to the workers as Arrow: {first_line(err)}") from None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return "arrow", sink.getvalue().to_pybytes()
+
+
+def decode(kind: str, payload: bytes) -> Any:
+    """The inverse of ``encode``."""
+    if kind == "npy":
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(payload).read_all()
+
