@@ -161,9 +161,10 @@ class ModelForgeClient:
         return status, data
 
     def exchange(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
-                 headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+                 headers: dict[str, str] | None = None, *, server_path: bool = False) -> tuple[int, Any, bytes]:
         """(status, response headers (``http.client.HTTPMessage``), body bytes) of ``method
-        <base_url>modelforge/<path>`` with extra request ``headers``; as ``request`` otherwise."""
+        <base_url>modelforge/<path>`` (``server_path``: ``<base_url><path>``, a route of the server's own) with
+        extra request ``headers``; as ``request`` otherwise."""
         headers = {**self._headers, **(headers or {})}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -171,7 +172,8 @@ class ModelForgeClient:
             reused = self._conn is not None
             conn = self._connection()
             try:
-                conn.request(method, self._base + path, body=body, headers=headers)
+                base = self._base[:-len("modelforge/")] if server_path else self._base
+                conn.request(method, base + path, body=body, headers=headers)
                 response = conn.getresponse()
                 return response.status, response.headers, response.read()
             except RETRIED as err:
@@ -261,6 +263,18 @@ class ModelForgeClient:
         """
         answer = self.post_predict(self.predict_body(model, input_data, use_cache=use_cache, version=version))
         return decode_result(answer, model)
+
+    def metrics_text(self) -> str:
+        """``GET <base_url>metrics``: the server's Prometheus text exposition (ModelForge's ``modelforge_*`` families
+        beside the server's own; ``modelforge serve``'s summed over its workers). Raises ``ModelForgeError`` for an
+        error status (403 with ``ServerApp.authenticate_prometheus`` and a wrong token), ``ServerUnreachableError``."""
+        status, _, data = self.exchange("GET", "metrics", server_path=True)
+        if status >= 400:
+            why = ": it needs the server's token (ServerApp.authenticate_prometheus)" if status in (401, 403) else ""
+            err = error_for_status(status)(f"GET {self.url}metrics answered HTTP {status}{why}")
+            err.status = status
+            raise err
+        return data.decode()
 
     # -- the Open Inference Protocol (KServe V2), binary tensors -------------------------------------------------
     def v2_metadata(self) -> dict[str, Any] | None:

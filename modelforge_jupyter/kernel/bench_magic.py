@@ -12,6 +12,7 @@ import contextlib
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument
 
 from ..core.benchmark import (
     BATCH_SIZES,
@@ -28,6 +29,25 @@ from ..core.benchmark import (
 from ..core.batches import fixed_batch, parse_batch_sizes
 from . import dashboard
 from .arguments import evaluate
+
+
+def options(magic: Any) -> Any:
+    """Add ``%mf_bench``'s arguments and options to ``magic`` (a ``magic_arguments`` method)."""
+    for option in reversed((
+        argument("model", help="model name or id (its latest version is measured)"),
+        argument("expr", nargs="*", help="the input (default: a sample built from the model's declared inputs)"),
+        argument("--batch-sizes", default=None, metavar="B,B,...",
+                 help="batch sizes (default 1,10,100,1000; with EXPR: its own batch), input resized along axis 0"),
+        argument("--seconds", type=float, default=None, help="time per measured cell in s (default 0.5)"),
+        argument("--iterations", type=int, default=None, help="exact calls per measured cell, instead of --seconds"),
+        argument("--warmup", type=int, default=None, help="untimed calls before each cell (default 20; cold: 2)"),
+        argument("--no-cache", action="store_true", help="do not measure cache hits"),
+        argument("--http", action="store_true",
+                 help="also measure POST modelforge/predict on the Jupyter server (cache off, cache hit)"),
+        argument("--text", action="store_true", help="print a text table instead of the widget dashboard"),
+    )):
+        magic = option(magic)
+    return magic
 
 
 def bench(magics: Any, args: Any, local_ns: dict | None) -> BenchResult:

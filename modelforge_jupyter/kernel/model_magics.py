@@ -19,7 +19,7 @@ from ..core.benchmark import BenchResult
 from ..core.errors import ModelForgeError
 from ..core.records import PredictionResult
 from ..core.settings import SETTINGS, SettingsTraits
-from . import bench_magic, model_list, register_magic
+from . import bench_magic, model_list, register_magic, stats_view
 from .arguments import evaluate, parse_line, parse_request, strip_comment, version_arg
 from .refusals import Refusal, next_step, one_line_errors
 
@@ -133,17 +133,7 @@ class ModelForgeMagics(Magics, SettingsTraits):
     @needs_local_scope
     @no_var_expand
     @magic_arguments()
-    @argument("model", help="model name or id (its latest version is measured)")
-    @argument("expr", nargs="*", help="the input (default: a sample built from the model's declared inputs)")
-    @argument("--batch-sizes", default=None, metavar="B,B,...",
-              help="batch sizes (default 1,10,100,1000; with EXPR: its own batch), input resized along axis 0")
-    @argument("--seconds", type=float, default=None, help="time per measured cell in s (default 0.5)")
-    @argument("--iterations", type=int, default=None, help="exact calls per measured cell, instead of --seconds")
-    @argument("--warmup", type=int, default=None, help="untimed calls before each cell (default 20; cold: 2)")
-    @argument("--no-cache", action="store_true", help="do not measure cache hits")
-    @argument("--http", action="store_true",
-              help="also measure POST modelforge/predict on the Jupyter server (cache off, cache hit)")
-    @argument("--text", action="store_true", help="print a text table instead of the widget dashboard")
+    @bench_magic.options
     def mf_bench(self, line: str, local_ns: dict | None = None) -> BenchResult | None:
         """Measure a model in this kernel beside raw ONNX Runtime; return a ``BenchResult``.
 
@@ -174,6 +164,18 @@ class ModelForgeMagics(Magics, SettingsTraits):
             args = parse_line(self.mf_bench, line)
             refusal.model = args.model
             return bench_magic.bench(self, args, local_ns)
+
+    @line_magic
+    @magic_arguments()
+    @stats_view.options
+    def mf_stats(self, line: str) -> stats_view.StatsDashboard | None:
+        """Live req/s, p50/p99 latency by stage (queue, compute, cache), cache hit ratio and sessions of the Jupyter
+        server (its ``/metrics``, found as for ``%mf_bench --http``) and of this kernel: a dashboard refreshed until
+        Stop, ``.stop()`` or ``--seconds`` (the cell returns at once); with ``--text``, or outside widget frontends, a
+        line per source per interval. E.g. ``dash = %mf_stats iris --interval 2``, later ``dash.stop()``."""
+        with one_line_errors(self._hint) as refusal:
+            refusal.model = (args := parse_line(self.mf_stats, line)).model
+            return stats_view.run(self, args)
 
     @line_magic
     def mf_models(self, line: str) -> model_list.ModelsTable | None:
