@@ -96,8 +96,12 @@ def counting_calls(n: int) -> dict[str, float]:
         now()
         now()
 
-    base = per_call_ns(marks_only, n)
-    return {"hit": per_call_ns(hit, n) - base, "miss": per_call_ns(miss, n) - base}
+    best = {"hit": float("inf"), "miss": float("inf")}
+    for _ in range(5):  # the least of 5 repeats: the box's noise only ever adds
+        base = per_call_ns(marks_only, n // 5)
+        best["hit"] = min(best["hit"], per_call_ns(hit, n // 5) - base)
+        best["miss"] = min(best["miss"], per_call_ns(miss, n // 5) - base)
+    return best
 
 
 def predict_rounds(forge: ModelForge, rounds: int, calls: int) -> dict[str, dict[str, list[float]]]:
@@ -120,7 +124,9 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=2000, help="predicts per round (default 2000)")
     args = p.parse_args()
     calls = counting_calls(args.n)
-    print("Counting alone, per prediction (the calls predict makes; budget 2 µs):")
+    perf_ns = min(per_call_ns(time.perf_counter_ns, 100_000) for _ in range(5))
+    print(f"Counting alone, per prediction (the calls predict makes; budget 2 µs; this box's perf_counter_ns() "
+          f"costs {perf_ns:.0f} ns):")
     for kind, ns in calls.items():
         print(f"  {kind:5s} {ns / 1000:6.2f} µs")
     with tempfile.TemporaryDirectory(prefix="mf-bench-metrics-") as tmp:

@@ -212,7 +212,7 @@ class ModelForge(BatchScoring):
             stats.hit(start, fed, looked)
             return self._result(record, feed, hit, start, cached=True)
         run = self._runner(record)
-        with stats:  # pending, and the session runs it makes count as this version's executions
+        with stats:  # pending meanwhile
             outputs = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name, timeout, cancel)
         if key is not None:
             self.cache.set(key, pack(outputs), self._prediction_ttl, record.id)

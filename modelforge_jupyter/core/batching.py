@@ -143,7 +143,7 @@ class DynamicBatcher:
                 queue.active -= 1
         if request.error is not None:
             raise request.error
-        served_by(request.run)  # counted with the run that answered it, whichever thread made it
+        served_by(request.run)  # counted with the run that answered it
         return request.result  # type: ignore[return-value]
 
     def _lead(self, queue: _Queue, request: _Request, sha256: str, load_bytes: Callable[[], bytes],
@@ -292,8 +292,9 @@ class DynamicBatcher:
                 self._run_alone(r, sha256, load_bytes, model_name)
             return
         start, run = 0, last_run()
-        for r in batch:
-            r.result, r.run = {n: v[start : start + r.rows] for n, v in outputs.items()}, run
+        shared = (run[0], run[1], 0) if run is not None else None  # the run counts once: as the first request's
+        for i, r in enumerate(batch):
+            r.result, r.run = {n: v[start : start + r.rows] for n, v in outputs.items()}, shared if i else run
             start += r.rows
 
     def _run_alone(self, r: _Request, sha256: str, load_bytes: Callable, model_name: str) -> None:

@@ -46,15 +46,15 @@ SUCCESS, FAIL, QUEUE, INPUT, INFER, OUTPUT, HIT, MISS = range(len(STAGES))
 REASONS = {InvalidInputError: "invalid_input", ModelNotFoundError: "not_found", InferenceError: "inference_error",
            InferenceTimeoutError: "timeout", RequestCancelledError: "cancelled", ResourceLimitError: "resource_limit",
            ServiceUnavailableError: "unavailable"}
-MAX_BATCH_SIZES = 4096  # distinct batch sizes kept per model version (batch_stats); runs of others count elsewhere
-# Per thread: ``run``, the (start, end) ns of the session run that served the thread's current request; ``stats``,
-# the ModelStats of the request the thread has in the engine (its runs count as that version's executions)
+MAX_BATCH_SIZES = 4096  # distinct batch sizes kept per model version; runs of others count under OTHER_SIZES
+OTHER_SIZES = -1  # the ``batches`` key of runs whose size was one too many to keep (not in batch_stats)
 _now, _bisect = time.perf_counter_ns, bisect_left
 
 
 class _Thread(threading.local):
-    run: tuple[int, int] | None = None
-    stats: ModelStats | None = None
+    # (start ns, end ns, rows) of the session run that answered the thread's current request; rows 0 when another
+    # thread made it (a dynamic batch's follower), so that each run counts once
+    run: tuple[int, int, int] | None = None
 
 
 _tls = _Thread()
@@ -70,37 +70,29 @@ def reason_of(err: BaseException) -> str:
 
 
 def ran(start_ns: int, feed: dict, values: Any) -> Any:
-    """The engine's hook, returning ``values``: the current thread ran a session on ``feed`` from ``start_ns``
-    (perf_counter_ns) to now; an execution of the model version whose request the thread has in the engine, if
-    any (``ModelStats.__enter__``)."""
-    end = _now()
-    _tls.run = (start_ns, end)
-    stats = _tls.stats
-    if stats is not None:
-        stats.ran(rows(feed), end - start_ns)
+    """The engine's hook, returning ``values``: the current thread ran a session on ``feed`` (its rows: the batch
+    size) from ``start_ns`` (perf_counter_ns) to now."""
+    for array in feed.values():
+        _tls.run = (start_ns, _now(), array.shape[0] if array.ndim else 1)
+        return values
+    _tls.run = (start_ns, _now(), 1)
     return values
 
 
-def rows(feed: dict) -> int:
-    """Rows of ``feed`` (``{input name: ndarray}``): its first input's leading dimension; 1 for a scalar or no input."""
-    for array in feed.values():
-        return array.shape[0] if array.ndim else 1
-    return 1
-
-
-def last_run() -> tuple[int, int] | None:
-    """The (start, end) ns of the last session run this thread made or was served by (``ran``, ``served_by``)."""
+def last_run() -> tuple[int, int, int] | None:
+    """(start ns, end ns, rows) of the last session run this thread made (``ran``) or was served by (``served_by``)."""
     return _tls.run
 
 
-def served_by(run: tuple[int, int] | None) -> None:
-    """A dynamic batch's follower: its request was served by the leader's ``run`` (``last_run`` of that thread)."""
+def served_by(run: tuple[int, int, int] | None) -> None:
+    """The current thread's request was answered by ``run`` (``last_run`` of the thread that made it: a dynamic batch's
+    leader, which gives all but one of the batch's requests the run with rows 0, so that the run counts once)."""
     _tls.run = run
 
 
 class Duration:
-    """One stage of a model version: its requests' histogram over ``_BOUNDS_NS`` (per bucket, not cumulative; the
-    last is +Inf) and their total duration in ns. A copy for readers: ``ModelStats.stage``."""
+    """One stage of a model version, copied for readers (``ModelStats.stage``): its requests' histogram over
+    ``DURATION_BOUNDS_US`` (per bucket, not cumulative; the last is +Inf) and their total duration in ns."""
 
     __slots__ = ("buckets", "ns")
 
@@ -126,24 +118,23 @@ class Duration:
 class ModelStats:
     """The counts of one model version in this process (module docstring).
 
-    Updated with no lock, each update one statement on an int of a list or slot (``x[i] += n``): under CPython's
-    GIL no other thread runs inside one (the interpreter switches threads only at calls and backward jumps), and a
-    lock would double counting's cost (it is most of it: ``scripts/bench_metrics.py``). Readers may see one request's
-    stages half counted; each figure is exact.
+    Updated with no lock, each update one statement on an int of a list (``x[i] += n``): under CPython's GIL no
+    other thread runs inside one (the interpreter switches threads at calls and backward jumps, not between the
+    read and the write of ``+=`` on an int), and locks would double counting's cost (``scripts/bench_metrics.py``).
+    Readers may see one request's stages half counted; each figure is exact.
     """
 
-    __slots__ = ("model", "version", "buckets", "ns", "failures", "counts", "last_ns", "batches", "batch_buckets")
+    __slots__ = ("model", "version", "stages", "failures", "counts", "last_ns", "batches")
 
     def __init__(self, model: str, version: int) -> None:
         self.model = model
         self.version = version
-        self.buckets = tuple([0] * (len(_BOUNDS_NS) + 1) for _ in STAGES)  # per stage (``STAGES``' order)
-        self.ns = [0] * len(STAGES)  # per stage, total
+        # per stage (``STAGES``' order): its histogram's buckets (the last +Inf), then its total ns
+        self.stages = tuple([0] * (len(_BOUNDS_NS) + 2) for _ in STAGES)
         self.failures: dict[str, int] = {}
         self.counts = [0, 0, 0]  # inference_count (rows), execution_count (runs), pending (requests in the engine)
         self.last_ns = 0  # perf_counter_ns of the last request that ended (0: none)
-        self.batches: dict[int, list[int]] = {}  # rows -> [runs, compute_infer ns]
-        self.batch_buckets = [0] * (len(BATCH_BOUNDS) + 1)
+        self.batches: dict[int, list[int]] = {}  # rows -> [runs, compute_infer ns] (``OTHER_SIZES``: the rest)
 
     @property
     def inference_count(self) -> int:
@@ -162,83 +153,84 @@ class ModelStats:
 
     def stage(self, name: str) -> Duration:
         """A copy of stage ``name`` (one of ``STAGES``)."""
-        i = STAGES.index(name)
-        return Duration(list(self.buckets[i]), self.ns[i])
+        values = self.stages[STAGES.index(name)]
+        return Duration(values[:-1], values[-1])
 
     def hit(self, start: int, fed: int, looked: int) -> None:
         """A cache hit: ``predict`` started at ``start``, had its feed at ``fed``, its cached answer at ``looked``
         (perf_counter_ns), and ends now."""
         end = _now()
-        buckets, ns = self.buckets, self.ns
+        success, _, _, _, _, _, hit, _ = self.stages
         d = end - start
-        buckets[SUCCESS][_bisect(_BOUNDS_NS, d)] += 1
-        ns[SUCCESS] += d
+        success[_bisect(_BOUNDS_NS, d)] += 1
+        success[-1] += d
         d = looked - fed
-        buckets[HIT][_bisect(_BOUNDS_NS, d)] += 1
-        ns[HIT] += d
+        hit[_bisect(_BOUNDS_NS, d)] += 1
+        hit[-1] += d
         self.last_ns = end
 
     def executed(self, start: int, fed: int, looked: int, cached: bool) -> None:
         """A request the engine answered: marks as ``hit``'s (``cached``: the cache was looked up, a miss), the
-        session run that served it being the thread's last (``last_run``)."""
+        session run that answered it being the thread's last (``last_run``), counted once (by its maker)."""
         end = _now()
-        run_start, run_end = _tls.run or (looked, looked)
-        buckets, ns, bounds = self.buckets, self.ns, _BOUNDS_NS
+        run_start, run_end, rows = _tls.run or (looked, looked, 0)
+        success, _, queue, compute_input, compute_infer, compute_output, _, miss = self.stages
+        bounds = _BOUNDS_NS
         d = end - start
-        buckets[SUCCESS][_bisect(bounds, d)] += 1
-        ns[SUCCESS] += d
+        success[_bisect(bounds, d)] += 1
+        success[-1] += d
         d = fed - start
-        buckets[INPUT][_bisect(bounds, d)] += 1
-        ns[INPUT] += d
+        compute_input[_bisect(bounds, d)] += 1
+        compute_input[-1] += d
         d = run_start - looked
-        buckets[QUEUE][_bisect(bounds, d)] += 1
-        ns[QUEUE] += d
+        queue[_bisect(bounds, d)] += 1
+        queue[-1] += d
         d = run_end - run_start
-        buckets[INFER][_bisect(bounds, d)] += 1
-        ns[INFER] += d
-        d = end - run_end
-        buckets[OUTPUT][_bisect(bounds, d)] += 1
-        ns[OUTPUT] += d
+        compute_infer[_bisect(bounds, d)] += 1
+        compute_infer[-1] += d
+        e = end - run_end
+        compute_output[_bisect(bounds, e)] += 1
+        compute_output[-1] += e
         if cached:
-            d = looked - fed
-            buckets[MISS][_bisect(bounds, d)] += 1
-            ns[MISS] += d
+            e = looked - fed
+            miss[_bisect(bounds, e)] += 1
+            miss[-1] += e
         self.last_ns = end
-
-    def ran(self, rows: int, ns: int) -> None:
-        """Count a session run of ``rows`` rows (its batch size) that took ``ns``: ``inference_count``,
-        ``execution_count``, batch stats."""
-        counts = self.counts
-        counts[0] += rows
-        counts[1] += 1
-        self.batch_buckets[_bisect(BATCH_BOUNDS, rows)] += 1
-        batch = self.batches.get(rows)
-        if batch is None and len(self.batches) < MAX_BATCH_SIZES:
-            batch = self.batches.setdefault(rows, [0, 0])
-        if batch is not None:
+        if rows:  # this thread made the run: count it, its rows and its batch size
+            counts = self.counts
+            counts[0] += rows
+            counts[1] += 1
+            batch = self.batches.get(rows)
+            if batch is None:
+                batch = self.batches.setdefault(rows if len(self.batches) < MAX_BATCH_SIZES else OTHER_SIZES, [0, 0])
             batch[0] += 1
-            batch[1] += ns
+            batch[1] += d
+
+    def batch_buckets(self) -> list[int]:
+        """Session runs per ``BATCH_BOUNDS`` bucket of their size (per bucket, not cumulative; the last is +Inf)."""
+        buckets = [0] * (len(BATCH_BOUNDS) + 1)
+        for rows, (runs, _) in list(self.batches.items()):
+            buckets[_bisect(BATCH_BOUNDS, rows) if rows != OTHER_SIZES else -1] += runs
+        return buckets
 
     def failed(self, start: int, reason: str) -> None:
         """A request that started at ``start`` (perf_counter_ns) failed now, for ``reason`` (``reason_of``)."""
         end = _now()
         d = end - start
-        self.buckets[FAIL][_bisect(_BOUNDS_NS, d)] += 1
-        self.ns[FAIL] += d
+        fail = self.stages[FAIL]
+        fail[_bisect(_BOUNDS_NS, d)] += 1
+        fail[-1] += d
         failures = self.failures
         failures.setdefault(reason, 0)  # one statement each: two threads may both add the key, never lose a count
         failures[reason] += 1
         self.last_ns = end
 
     def __enter__(self) -> ModelStats:
-        """``with stats:`` around handing a request of this version to the engine: ``pending`` + 1 meanwhile, and the
-        session runs the current thread makes count as this version's executions (``ran``)."""
-        _tls.stats = self
+        """``with stats:`` around handing a request of this version to the engine: ``pending`` + 1 meanwhile."""
         self.counts[2] += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _tls.stats = None
         self.counts[2] -= 1
 
     def to_dict(self, epoch_offset_ns: int) -> dict[str, Any]:
@@ -251,9 +243,9 @@ class ModelStats:
             "last_inference": (self.last_ns + epoch_offset_ns) // 1_000_000 if self.last_ns else 0,
             "inference_count": self.inference_count,
             "execution_count": self.execution_count,
-            "inference_stats": {name: {"count": sum(b), "ns": n} for name, b, n in zip(STAGES, self.buckets, self.ns)},
+            "inference_stats": {name: {"count": sum(v[:-1]), "ns": v[-1]} for name, v in zip(STAGES, self.stages)},
             "batch_stats": [{"batch_size": rows, "compute_infer": {"count": runs, "ns": ns}}
-                            for rows, (runs, ns) in sorted(list(self.batches.items()))],
+                            for rows, (runs, ns) in sorted(list(self.batches.items())) if rows != OTHER_SIZES],
         }
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from .metrics import BATCH_BOUNDS, DURATION_BOUNDS_US, METRICS, STAGES, ModelStats
+from .metrics import BATCH_BOUNDS, DURATION_BOUNDS_US, METRICS, ModelStats
 
 log = logging.getLogger(__name__)
 PREFIX = "modelforge_"
@@ -77,9 +77,8 @@ def samples() -> Iterator[Sample]:
 
 
 def _model_samples(stats: ModelStats, labels: dict[str, str]) -> Iterator[Sample]:
-    index = {name: i for i, name in enumerate(STAGES)}
     for name, text, stage in COUNTERS:
-        yield name, "counter", text, labels, sum(stats.buckets[index[stage]])
+        yield name, "counter", text, labels, stats.stage(stage).count
     for reason, count in sorted(list(stats.failures.items())):
         yield ("inference_request_failure", "counter", "Failed inference requests, by reason",
                {**labels, "reason": reason}, count)
@@ -90,10 +89,10 @@ def _model_samples(stats: ModelStats, labels: dict[str, str]) -> Iterator[Sample
     yield "inference_pending_request_count", "gauge", "Requests in the engine or its batcher now", labels, \
         stats.pending
     for name, text, stage in HISTOGRAMS:
-        i = index[stage]
-        yield name, "histogram", text, labels, (list(stats.buckets[i]), stats.ns[i] / 1000)
+        duration = stats.stage(stage)
+        yield name, "histogram", text, labels, (duration.buckets, duration.ns / 1000)
     yield ("inference_batch_size", "histogram", "Rows per session run (batch size)", labels,
-           (list(stats.batch_buckets), sum(rows * runs for rows, (runs, _) in list(stats.batches.items()))))
+           (stats.batch_buckets(), stats.inference_count))
 
 
 class ModelForgeCollector:
