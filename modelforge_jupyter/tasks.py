@@ -4,6 +4,6 @@ The app and its task live in ``core.tasks``; this module only re-exports them (w
 has always offered) so the worker command stays short.
 """
 
-from .core.tasks import app, celery_probe, celery_status, invalidate_model, make_app  # noqa: F401
+from .core.tasks import app, celery_probe, celery_status, invalidate_model, make_app, score_chunk  # noqa: F401
 
-__all__ = ["app", "celery_probe", "celery_status", "invalidate_model", "make_app"]
+__all__ = ["app", "celery_probe", "celery_status", "invalidate_model", "make_app", "score_chunk"]

@@ -130,12 +130,14 @@ def test_version_pinned_at_submit(mf_forge):
 
 @pytest.fixture
 def spinning(mf_embedded_settings):
-    """A ModelForge with the spin model, and 40 chunks of input that each take ~20 ms or more."""
+    """A ModelForge with the spin model, and 40 one-row chunks: the first two ~0.4 s each, the others ~4 ms."""
     from modelforge_jupyter import ModelForge
 
     with ModelForge(**mf_embedded_settings) as mf:
         mf.register("spin", mf_spin_model().SerializeToString())
-        yield mf, np.repeat(mf_spin_input(300), 40, axis=0)
+        x = np.repeat(mf_spin_input(300), 40, axis=0)
+        x[:2, 0] = 30_000
+        yield mf, x
 
 
 def test_cancel_stops_the_remaining_chunks(spinning):

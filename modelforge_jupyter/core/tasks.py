@@ -8,11 +8,15 @@ reach the broker (configuration, deadlines, the health probe) is ``broker``'s.
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery.signals import worker_init
+
 from .broker import celery_probe, celery_status, make_app
 from .cache import redis_errors
 from .settings import from_environment
 
-__all__ = ["app", "celery_probe", "celery_status", "invalidate_model", "make_app"]
+__all__ = ["app", "celery_probe", "celery_status", "invalidate_model", "make_app", "score_chunk"]
 
 app = make_app(from_environment("celery_broker_url"), queue=from_environment("celery_queue"))
 
@@ -42,4 +46,43 @@ def invalidate_model(model_id: str, key_prefix: str, sha256s: list[str]) -> int:
     finally:
         cache.close()
 
+
+_forges: dict[str, Any] = {}  # this worker process's ModelForge per key prefix, built on its first chunk
+
+
+@app.task(
+    name="modelforge_jupyter.tasks.score_chunk",
+    acks_late=True,
+    autoretry_for=redis_errors(),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=8,
+)
+def score_chunk(spec: dict, chunk: dict, key_prefix: str) -> int:
+    """Score one chunk of a batch-scoring job (``score_celery.run_chunk``) with this worker's ModelForge (its
+    environment's settings, one intra-op thread per session as a server's, the job's key prefix).
+
+    Idempotent (a finished chunk is not scored again); retried with exponential backoff (up to 30 s apart, 8 times)
+    while Redis is away. Returns the rows scored.
+    """
+    from .score_celery import run_chunk
+
+    return run_chunk(_forge(key_prefix), spec, chunk, key_prefix)
+
+
+def _forge(key_prefix: str) -> Any:
+    forge = _forges.get(key_prefix)
+    if forge is None:
+        from .api import ModelForge
+
+        forge = _forges[key_prefix] = ModelForge(serving=True, cache_key_prefix=key_prefix)
+    return forge
+
+
+@worker_init.connect
+def _import_before_fork(**_: Any) -> None:
+    """In the worker's main process, before it forks its pool: import ModelForge (and ONNX Runtime, SQLAlchemy...)
+    once, so that no pool process pays ~1-3 s importing them on its first chunk. (Its ModelForge is built on its
+    first chunk, not at ``worker_process_init``, whose handlers Celery kills past 4 s.)"""
+    from . import api  # noqa: F401
 
