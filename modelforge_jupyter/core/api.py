@@ -10,11 +10,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from os import PathLike
 from typing import Any
 
-from .._version import __version__
 from .batching import DynamicBatcher, batchable
 from .cache import open_cache, prediction_key
 from .checks import check_timeout
@@ -23,7 +21,9 @@ from .deadline import Cancellation
 from .engine import Engine, raw_session
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .forksafe import at_fork_in_child
+from .health import report
 from .invalidation import EvictionListener, Invalidator, prune_sessions
+from .lifecycle import Lifecycle
 from .outputs import pack, unpack
 from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
 from .records import ModelRecord, PredictionResult
@@ -75,6 +75,7 @@ class ModelForge:
         self._batchers: dict[tuple[int, ...], DynamicBatcher] = {}
         self.resolver = Resolver(self.registry, self.cache, s.cache_key_prefix, s.cache_ttl, self._registry_changed)
         self.invalidator = Invalidator(s, self.cache, self.engine)
+        self.lifecycle = Lifecycle(self.engine, self.registry, self.invalidator.announce, s.inference_timeout)
         self.listener = self._listen(s)
         # Fork safety (``forksafe``): each part drops in a forked child what it shares with the parent (database and
         # broker connections, the listener's thread, locks); the child reconnects on first use. No cost per predict.
@@ -89,22 +90,27 @@ class ModelForge:
         rows of its input (2-D numpy array or DataFrame), converted and verified on them first (``convert``,
         ``verify``; ``zipmap=True``: classifier probabilities as {class: probability} maps). The record's
         ``conversion`` then says by what, within what tolerance and with what measured error.
-        Prepared for serving (``prepare``): ``outputs`` keeps only the outputs named (list, or names separated by
+        Warmed up before it is stored (``lifecycle``): run once on ``sample`` (for ONNX: an input as ``predict``
+        takes it), at most 8 rows of which are kept for the other processes' warm-ups, else on an input generated
+        from the declared inputs. Prepared for serving (``prepare``): ``outputs`` keeps only the outputs named (list, or names separated by
         commas), ``quantize="dynamic"`` quantises MatMul / Gemm weights to int8, checked on ``sample`` (for ONNX: an
         input as ``predict`` takes it, or ``"synthetic"``); ``measure`` adds p50 latency at batch 1 and 1000 before
         and after. The record's ``preparation`` says what each step did (sizes in bytes, agreement, latency).
 
         Raises ``ModelExistsError`` (409) if the name is taken; ``InvalidModelError`` (400) if ONNX Runtime cannot
         load the bytes, the object cannot be converted, the converted model disagrees with the original on
-        ``sample`` (the message shows the worst rows) or the quantised one with the float one; ``ModelForgeError``
-        (400) for a fitted object without ``sample``, a bad option, an unknown output, nothing to quantise. The
-        registry is unchanged on error.
+        ``sample`` (the message shows the worst rows) or the quantised one with the float one, or the warm-up run
+        fails (naming why); ``ServiceUnavailableError`` (503) for a warm-up run refused for lack of memory;
+        ``ModelForgeError`` (400) for a fitted object without ``sample``, a bad option, an unknown output, nothing to
+        quantise. The registry is unchanged on error.
         """
         check_name(name)
-        src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
-        with self.resolver.writing():
-            return self.registry.register(name, src.data, src.sha256, src.inputs, src.outputs, src.conversion,
-                                          src.preparation)
+        with self.lifecycle.warming(name):
+            src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
+            warmup = self.lifecycle.warm_up(name, src, model, sample)
+            with self.resolver.writing():
+                return self.registry.register(name, src.data, src.sha256, src.inputs, src.outputs, src.conversion,
+                                              src.preparation, warmup)
 
     def update(self, name: str, model: ModelSource, sample: Any = None, zipmap: bool = False,
                **prepare: Any) -> ModelRecord:
@@ -112,6 +118,10 @@ class ModelForge:
         ``prepare``: ``quantize``, ``outputs``, ``measure`` as ``register`` takes them); the same bytes as the latest
         version add none. Returns the latest record. Raises ``ModelNotFoundError`` (404) for an unknown model, and
         what ``register`` raises for the source.
+
+        Zero downtime: the new version is loaded and warmed here before the commit, requests get the old one
+        meanwhile; once this returns no process answers from the old one (README, "Model updates and deletes"), and
+        the processes that served it start loading the new one at once (``lifecycle``).
         """
         return self.save(name, model, create=False, sample=sample, zipmap=zipmap, **prepare)[0]
 
@@ -123,7 +133,13 @@ class ModelForge:
         version's. (HTTP ``PUT models/{name}`` uses this; concurrent saves of a new name all succeed: one registers,
         the others add versions.)"""
         check_name(name)
-        src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
+        with self.lifecycle.warming(name):
+            src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
+            warmup = self.lifecycle.warm_up(name, src, model, sample)
+            return self._commit(name, src, warmup, create)
+
+    def _commit(self, name: str, src: Any, warmup: dict | None, create: bool) -> tuple[ModelRecord, bool]:
+        """``save``'s registry write of a read and warmed ``src``, then the change's event and cleanup."""
         data, sha256, inputs, outputs, conversion = src.data, src.sha256, src.inputs, src.outputs, src.conversion
         try:
             latest = self.registry.resolve(name)
@@ -133,12 +149,14 @@ class ModelForge:
             try:
                 with self.resolver.writing():
                     return self.registry.register(name, data, sha256, inputs, outputs, conversion,
-                                                  src.preparation), True
+                                                  src.preparation, warmup), True
             except ModelExistsError:  # registered meanwhile by another request: add a version to it
                 latest = self.registry.resolve(name)
         with self.resolver.writing():
-            record, changed = self.registry.update(name, data, sha256, inputs, outputs, conversion, src.preparation)
+            record, changed = self.registry.update(name, data, sha256, inputs, outputs, conversion, src.preparation,
+                                                   warmup)
         if changed:
+            self.lifecycle.updated(record, [latest.sha256])
             self.invalidator.model_changed(record.id, [latest.sha256])
         return record, changed
 
@@ -298,7 +316,7 @@ class ModelForge:
         if not s.redis_url:
             return None
         try:
-            return EvictionListener(s.redis_url, s.cache_key_prefix, self.engine)
+            return EvictionListener(s.redis_url, s.cache_key_prefix, self.engine, self.lifecycle.on_event)
         except Exception as err:  # Redis down at start: sessions are still pruned on registry changes
             log.warning("eviction listener not started (%s)", mask_url(str(err)))
             return None
@@ -337,41 +355,20 @@ class ModelForge:
         """Drop the loaded session of ``name`` from this process's engine (next predict is a cold start)."""
         return self.engine.unload(self.resolver.resolve(name, check_version(version)).record.sha256)
 
+    def load(self, name: str, version: int | None = None) -> ModelRecord:
+        """Reload the session of ``name`` (name or id; latest version unless ``version``) in every process sharing the
+        registry: built anew and warmed here while the loaded one keeps serving, then swapped in; the processes that
+        have it loaded do the same on the change event (Redis; without it, this process only). Returns the record.
+        Raises ``ModelNotFoundError`` (404), and as a warm-up does (``register``: 400, 503; the old session stays)."""
+        record = self.resolver.resolve(name, check_version(version)).record
+        self.lifecycle.reload(record)
+        return record
+
     def health(self) -> dict[str, str]:
-        """``{status, database, redis, celery, version, environment, timestamp}`` as the documented /health.
-
-        database ``connected``/``disconnected``; redis ``connected``/``disconnected``/``not_configured`` (embedded
-        cache); celery ``connected``/``eager``/``disconnected``. status ``unhealthy`` when the database is down,
-        ``degraded`` when Redis or Celery is, else ``healthy``. timestamp: ISO 8601 UTC.
-
-        Costs a database and a Redis round trip, each bounded by its deadline (``database_timeout``,
-        ``redis_timeout``). Celery's status is the background probe's (``tasks.celery_probe``, at most
-        ``celery_probe_ttl`` s old; the process's first waits up to ``broker_timeout`` s).
-        """
-        from .broker import celery_probe
-
-        s = self.settings
-        database = "connected" if self.registry.ping() else "disconnected"
-        redis = ("connected" if self.cache.ping() else "disconnected") if s.redis_url else "not_configured"
-        if s.celery_broker_url:
-            celery = celery_probe(s.celery_broker_url, s.celery_probe_ttl, s.broker_timeout).status()
-        else:
-            celery = "eager"
-        if database != "connected":
-            status = "unhealthy"
-        elif "disconnected" in (redis, celery):
-            status = "degraded"
-        else:
-            status = "healthy"
-        return {
-            "status": status,
-            "database": database,
-            "redis": redis,
-            "celery": celery,
-            "version": __version__,
-            "environment": s.environment,
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+        """``{status, database, redis, celery, version, environment, timestamp}`` as the documented /health
+        (``health.report``: status ``unhealthy`` when the database is down, ``degraded`` when Redis or Celery is).
+        Costs a database and a Redis round trip, each bounded by its deadline; never waits for the broker."""
+        return report(self.settings, self.registry, self.cache)
 
     @property
     def batchers(self) -> tuple[DynamicBatcher, ...]:
@@ -385,6 +382,7 @@ class ModelForge:
         """Release the database pool, the cache client and the loaded sessions."""
         if self.listener is not None:
             self.listener.close()
+        self.lifecycle.close()
         self.invalidator.close()
         self.engine.close()
         self.cache.close()
