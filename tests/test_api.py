@@ -70,7 +70,9 @@ def test_forest_and_regressor_equal_raw_onnxruntime_at_batch(mf_forge, batch):
 
 
 def test_silero_vad_three_inputs_with_rank0_sr(mf_forge, mf_silero_path):
-    rec = mf_forge.register("silero", mf_silero_path)
+    # batch 1 of a generated input is one audio sample with sr 0: the model needs real values to warm up on
+    warmup = {"input": np.zeros((1, 512), np.float32), "state": np.zeros((2, 1, 128), np.float32), "sr": 16000}
+    rec = mf_forge.register("silero", mf_silero_path, sample=warmup)
     assert {s.name: (s.dtype, s.shape) for s in rec.inputs} == {
         "input": ("float32", [None, None]),
         "state": ("float32", [2, None, 128]),

@@ -139,7 +139,9 @@ def test_a_bad_request_in_a_batch_fails_alone(forge):
 
 
 def test_only_models_with_one_input_of_dynamic_leading_dim_are_batched(forge, mf_silero_path):
-    rec = forge.register("silero", mf_silero_path)
+    audio = np.zeros((1, 512), np.float32)
+    rec = forge.register("silero", mf_silero_path,
+                         sample={"input": audio, "state": np.zeros((2, 1, 128), np.float32), "sr": 16000})
     assert not batchable(rec.inputs, rec.outputs)  # state is [2, N, 128]
     rf = forge.register("rf", SAMPLES / "breast_cancer_rf.onnx")
     iris = forge.register("iris", SAMPLES / "iris.onnx")  # ZipMap: a sequence output, split by length

@@ -128,7 +128,7 @@ def test_refusals_nothing_to_quantise_answers_changed_bad_options(mf_forge):
         (dict(model=IRIS, outputs=[]), ModelForgeError, "outputs takes output names separated by commas, none empty"),
         (dict(model=IRIS, outputs=3), ModelForgeError, "outputs takes output names (a list, or names separated"),
         (dict(model=IRIS, measure="yes"), ModelForgeError, "measure must be True or False, got 'yes'"),
-        (dict(model=IRIS, sample=x), ModelForgeError, "sample is for a fitted model to convert, or to check"),
+        (dict(model=IRIS, sample=x[:, :3]), ModelForgeError, "sample: input 'float_input'"),  # its warm-up input
         (dict(model=IRIS, sample="real", outputs="output_label"), ModelForgeError,
          "sample must be an input, or 'synthetic'"),
         (dict(model=IRIS, sample=X[:3, :2], measure=True), ModelForgeError, "sample: input 'float_input'"),

@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from modelforge_jupyter._version import __version__
 
-from .mf_plugin import mf_cached_keys, mf_http, mf_raw_run, mf_zipmap
+from .mf_plugin import mf_cached_keys, mf_http, mf_raw_run, mf_wait_until, mf_zipmap
 from .test_serve import FOREST, IRIS, TOKEN, TOKEN_NEEDED, http, start_serve
 
 AUTH = {"Authorization": f"token {TOKEN}"}
@@ -45,7 +45,8 @@ def test_tritonclient_against_modelforge_serve_equals_raw_onnxruntime(served, mf
     # health without a token; metadata with it
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata(headers=dict(AUTH)) == {
-        "name": "modelforge", "version": __version__, "extensions": ["binary_tensor_data", "statistics"]}
+        "name": "modelforge", "version": __version__,
+        "extensions": ["binary_tensor_data", "statistics", "model_repository"]}
     meta = client.get_model_metadata("iris", headers=dict(AUTH))
     assert (meta["platform"], meta["inputs"]) == (
         "onnxruntime_onnx", [{"name": "float_input", "datatype": "FP32", "shape": [-1, 4]}])
@@ -131,7 +132,9 @@ def test_the_token_is_required_but_for_live_and_ready(served):
                                      "data": [1, 2, 3, 4]}]})
     for method, path, data in (("GET", "v2", None), ("GET", "v2/models/iris", None),
                                ("GET", "v2/models/iris/ready", None), ("GET", "v2/models/iris/versions/1", None),
-                               ("POST", "v2/models/iris/infer", body), ("POST", "v2/health/live", None)):
+                               ("POST", "v2/models/iris/infer", body), ("POST", "v2/health/live", None),
+                               ("POST", "v2/repository/index", None), ("POST", "v2/repository/models/iris/load", None),
+                               ("POST", "v2/repository/models/iris/unload", None)):
         for token in (None, "wrong-token"):
             status, _, answer = http(method, server.url + path, data, token=token)
             assert (status, json.loads(answer)) == (403, {"error": TOKEN_NEEDED}), (method, path, token)
@@ -141,3 +144,27 @@ def test_the_token_is_required_but_for_live_and_ready(served):
     assert err.value.status() == "403" and "token" in err.value.message()
     assert http("GET", server.url + "v2/health/live", token=None)[0] == 200
     assert http("GET", server.url + "v2/health/ready", token=None)[:3:2] == (200, b'{"ready":true}')
+
+
+def test_model_repository_and_the_forced_reload_reach_every_process(served, mf_forge):
+    server, client = served
+    assert client.get_model_repository_index(headers=dict(AUTH)) == [
+        {"name": "forest", "version": "1", "state": "READY"}, {"name": "iris", "version": "1", "state": "READY"}]
+    # Given the test's ModelForge (another process) serving iris: a load through a worker reloads it there too
+    iris = mf_forge.get("iris")
+    mf_forge.predict("iris", np.ones((1, 4), np.float32), use_cache=False)
+    background = mf_forge.lifecycle.background_loads
+    client.load_model("iris", headers=dict(AUTH))
+    status, _, body = http("POST", server.url + "models/iris/load", b"")
+    assert (status, json.loads(body)) == (200, {"name": "iris", "version": 1, "loaded": True})
+    if mf_forge.listener is not None:  # PostgreSQL + Redis: the change event
+        assert mf_wait_until(lambda: mf_forge.lifecycle.background_loads == background + 2, 10)
+    assert mf_forge.engine.loaded() == [iris.sha256]
+    client.unload_model("iris", headers=dict(AUTH))
+    assert client.is_model_ready("iris", headers=dict(AUTH))
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("nope", headers=dict(AUTH))
+    assert (err.value.status(), err.value.message()) == ("404", "model 'nope' is not registered")
+    status, _, body = http("POST", server.url + "v2/repository/index", b"[1]")
+    assert (status, json.loads(body)) == (400, {"error": "the request body must be a JSON object, got list"})
+    assert http("POST", server.url + "models/nope/load", b"")[0] == 404

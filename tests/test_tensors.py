@@ -74,7 +74,8 @@ def test_bad_input_names_input_expected_and_given(forge, dtype, value, message):
 
 
 def test_wrong_or_missing_input_names(forge, mf_silero_path):
-    forge.register("silero", mf_silero_path)
+    forge.register("silero", mf_silero_path, sample={"input": np.zeros((1, 512), np.float32),
+                                                     "state": np.zeros((2, 1, 128), np.float32), "sr": 16000})
 
     with pytest.raises(InvalidInputError, match="unknown: 'audio'; missing: 'input'"):
         forge.predict("silero", {"audio": [[0.0]], "state": np.zeros((2, 1, 128)), "sr": 16000})

@@ -23,6 +23,7 @@ from modelforge_jupyter._version import __version__
 
 from .mf_plugin import SAMPLES, LiveServer, mf_embedded, mf_http, mf_identity_model, mf_isolated_env, mf_raw_run
 from .mf_plugin import FOREVER, mf_cached_keys, mf_service_missing, mf_spin_input, mf_spin_model, mf_start_server
+from .mf_plugin import mf_wait_until
 from .mf_plugin.services import REDIS_URL, mf_create_database, mf_delete_keys, mf_drop_database
 
 BASE_URL = "/user/v2-test/"
@@ -153,7 +154,7 @@ def test_health_and_server_metadata(v2):
     assert c.is_server_live() and c.is_server_ready()  # no token needed
     assert c.get_server_metadata(headers=v2.headers()) == {
         "name": "modelforge", "version": __version__,
-        "extensions": ["binary_tensor_data", "statistics"],
+        "extensions": ["binary_tensor_data", "statistics", "model_repository"],
     }
     assert mf_http("GET", v2.url + "v2/health/ready", None)[:2] == (200, b'{"ready":true}')
 
@@ -185,6 +186,38 @@ def test_model_metadata_and_ready(v2):
     assert status == 404  # an empty version is no V2 path, on both doors (test_serve_v2)
 
 
+def test_model_repository_index_load_and_unload(v2):
+    c, h = v2.client, v2.headers
+    assert c.get_model_repository_index(headers=h()) == [
+        {"name": name, "version": "1", "state": "READY"} for name in sorted(MODELS)]
+    # the forced reload: this server's session rebuilt and warmed; with Redis, another process that has the model
+    # loaded (the test's ModelForge) reloads it on the change event
+    iris = v2.forge.get("iris")
+    v2.forge.predict("iris", np.ones((1, 4), np.float32), use_cache=False)
+    background = v2.forge.lifecycle.background_loads
+    c.load_model("iris", headers=h())
+    status, body = mf_http("POST", v2.url + "models/iris/load", b"", v2.server.token)
+    assert (status, json.loads(body)) == (200, {"name": "iris", "version": 1, "loaded": True})
+    if v2.forge.listener is not None:
+        assert mf_wait_until(lambda: v2.forge.lifecycle.background_loads == background + 2, 10)
+    assert v2.forge.engine.loaded() == [iris.sha256]
+    c.unload_model("iris", headers=h())
+    assert c.is_model_ready("iris", headers=h())  # unloaded here: the next request loads it again
+    np.testing.assert_array_equal(v2.infer("iris", {"float_input": np.ones((1, 4), np.float32)}).as_numpy(
+        "output_label"), mf_raw_run(IRIS, {"float_input": np.ones((1, 4), np.float32)})[0])
+    for call, status, message in (
+        (lambda: c.load_model("nope", headers=h()), "404", "model 'nope' is not registered"),
+        (lambda: c.load_model("iris", config="{}", headers=h()), "400", "load takes no parameters here"),
+        (lambda: c.unload_model("nope", headers=h()), "404", "model 'nope' is not registered"),
+    ):
+        with pytest.raises(InferenceServerException) as err:
+            call()
+        assert err.value.status() == status and err.value.message().startswith(message), err.value.message()
+    status, body = v2.post("v2/repository/index", b'{"ready": "yes"}')
+    assert (status, json.loads(body)) == (400, {"error": "'ready' must be true or false, got 'yes'"})
+    assert mf_http("POST", v2.url + "models/nope/load", b"", v2.server.token)[0] == 404
+
+
 def test_token_needed_except_for_live_and_ready(v2):
     for path in ("v2", "v2/models/iris", "v2/models/iris/ready", "v2/models/iris/versions/1"):
         status, body = mf_http("GET", v2.url + path, None)
@@ -193,6 +226,8 @@ def test_token_needed_except_for_live_and_ready(v2):
                                         "data": [1, 2, 3, 4]}]})
     status, body = v2.post("v2/models/iris/infer", request, token=False)
     assert status == 403 and b"outputs" not in body
+    for path in ("v2/repository/index", "v2/repository/models/iris/load", "v2/repository/models/iris/unload"):
+        assert v2.post(path, b"", token=False)[0] == 403, path
     assert mf_http("GET", v2.url + "v2/health/live", None)[0] == 200
     assert mf_http("GET", v2.url + "v2/health/ready", None)[0] == 200
 

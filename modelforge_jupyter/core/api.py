@@ -23,6 +23,7 @@ from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .forksafe import at_fork_in_child
 from .health import service_health
 from .invalidation import EvictionListener, Invalidator, prune_sessions
+from .lifecycle import Lifecycle
 from .metrics import METRICS, statistics
 from .outputs import pack, unpack
 from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
@@ -76,6 +77,7 @@ class ModelForge(BatchScoring):
         self._batchers: dict[tuple[int, ...], DynamicBatcher] = {}
         self.resolver = Resolver(self.registry, self.cache, s.cache_key_prefix, s.cache_ttl, self._registry_changed)
         self.invalidator = Invalidator(s, self.cache, self.engine)
+        self.lifecycle = Lifecycle(self.engine, self.registry, self.invalidator.announce, s.inference_timeout)
         self.listener = self._listen(s)
         # Fork safety (``forksafe``): each part drops in a forked child what it shares with the parent (database and
         # broker connections, the listener's thread, locks); the child reconnects on first use. No cost per predict.
@@ -90,22 +92,27 @@ class ModelForge(BatchScoring):
         rows of its input (2-D numpy array or DataFrame), converted and verified on them first (``convert``,
         ``verify``; ``zipmap=True``: classifier probabilities as {class: probability} maps). The record's
         ``conversion`` then says by what, within what tolerance and with what measured error.
-        Prepared for serving (``prepare``): ``outputs`` keeps only the outputs named (list, or names separated by
+        Warmed up before it is stored (``lifecycle``): run once on ``sample`` (for ONNX: an input as ``predict``
+        takes it), at most 8 rows of which are kept for the other processes' warm-ups, else on an input generated
+        from the declared inputs. Prepared for serving (``prepare``): ``outputs`` keeps only the outputs named (list, or names separated by
         commas), ``quantize="dynamic"`` quantises MatMul / Gemm weights to int8, checked on ``sample`` (for ONNX: an
         input as ``predict`` takes it, or ``"synthetic"``); ``measure`` adds p50 latency at batch 1 and 1000 before
         and after. The record's ``preparation`` says what each step did (sizes in bytes, agreement, latency).
 
         Raises ``ModelExistsError`` (409) if the name is taken; ``InvalidModelError`` (400) if ONNX Runtime cannot
         load the bytes, the object cannot be converted, the converted model disagrees with the original on
-        ``sample`` (the message shows the worst rows) or the quantised one with the float one; ``ModelForgeError``
-        (400) for a fitted object without ``sample``, a bad option, an unknown output, nothing to quantise. The
-        registry is unchanged on error.
+        ``sample`` (the message shows the worst rows) or the quantised one with the float one, or the warm-up run
+        fails (naming why); ``ServiceUnavailableError`` (503) for a warm-up run refused for lack of memory;
+        ``ModelForgeError`` (400) for a fitted object without ``sample``, a bad option, an unknown output, nothing to
+        quantise. The registry is unchanged on error.
         """
         check_name(name)
-        src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
-        with self.resolver.writing():
-            return self.registry.register(name, src.data, src.sha256, src.inputs, src.outputs, src.conversion,
-                                          src.preparation)
+        with self.lifecycle.warming(name):
+            src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
+            warmup = self.lifecycle.warm_up(name, src, model, sample)
+            with self.resolver.writing():
+                return self.registry.register(name, src.data, src.sha256, src.inputs, src.outputs, src.conversion,
+                                              src.preparation, warmup)
 
     def update(self, name: str, model: ModelSource, sample: Any = None, zipmap: bool = False,
                **prepare: Any) -> ModelRecord:
@@ -113,6 +120,10 @@ class ModelForge(BatchScoring):
         ``prepare``: ``quantize``, ``outputs``, ``measure`` as ``register`` takes them); the same bytes as the latest
         version add none. Returns the latest record. Raises ``ModelNotFoundError`` (404) for an unknown model, and
         what ``register`` raises for the source.
+
+        Zero downtime: the new version is loaded and warmed here before the commit, requests get the old one
+        meanwhile; once this returns no process answers from the old one (README, "Model updates and deletes"), and
+        the processes that served it start loading the new one at once (``lifecycle``).
         """
         return self.save(name, model, create=False, sample=sample, zipmap=zipmap, **prepare)[0]
 
@@ -124,7 +135,13 @@ class ModelForge(BatchScoring):
         version's. (HTTP ``PUT models/{name}`` uses this; concurrent saves of a new name all succeed: one registers,
         the others add versions.)"""
         check_name(name)
-        src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
+        with self.lifecycle.warming(name):
+            src = read_prepared(self.engine, model, name, sample, zipmap, quantize, outputs, measure)
+            warmup = self.lifecycle.warm_up(name, src, model, sample)
+            return self._commit(name, src, warmup, create)
+
+    def _commit(self, name: str, src: Any, warmup: dict | None, create: bool) -> tuple[ModelRecord, bool]:
+        """``save``'s registry write of a read and warmed ``src``, then the change's event and cleanup."""
         data, sha256, inputs, outputs, conversion = src.data, src.sha256, src.inputs, src.outputs, src.conversion
         try:
             latest = self.registry.resolve(name)
@@ -134,12 +151,14 @@ class ModelForge(BatchScoring):
             try:
                 with self.resolver.writing():
                     return self.registry.register(name, data, sha256, inputs, outputs, conversion,
-                                                  src.preparation), True
+                                                  src.preparation, warmup), True
             except ModelExistsError:  # registered meanwhile by another request: add a version to it
                 latest = self.registry.resolve(name)
         with self.resolver.writing():
-            record, changed = self.registry.update(name, data, sha256, inputs, outputs, conversion, src.preparation)
+            record, changed = self.registry.update(name, data, sha256, inputs, outputs, conversion, src.preparation,
+                                                   warmup)
         if changed:
+            self.lifecycle.updated(record, [latest.sha256])
             self.invalidator.model_changed(record.id, [latest.sha256])
         return record, changed
 
@@ -313,7 +332,7 @@ class ModelForge(BatchScoring):
         if not s.redis_url:
             return None
         try:
-            return EvictionListener(s.redis_url, s.cache_key_prefix, self.engine)
+            return EvictionListener(s.redis_url, s.cache_key_prefix, self.engine, self.lifecycle.on_event)
         except Exception as err:  # Redis down at start: sessions are still pruned on registry changes
             log.warning("eviction listener not started (%s)", mask_url(str(err)))
             return None
@@ -352,6 +371,15 @@ class ModelForge(BatchScoring):
         """Drop the loaded session of ``name`` from this process's engine (next predict is a cold start)."""
         return self.engine.unload(self.resolver.resolve(name, check_version(version)).record.sha256)
 
+    def load(self, name: str, version: int | None = None) -> ModelRecord:
+        """Reload the session of ``name`` (name or id; latest version unless ``version``) in every process sharing the
+        registry: built anew and warmed here while the loaded one keeps serving, then swapped in; the processes that
+        have it loaded do the same on the change event (Redis; without it, this process only). Returns the record.
+        Raises ``ModelNotFoundError`` (404), and as a warm-up does (``register``: 400, 503; the old session stays)."""
+        record = self.resolver.resolve(name, check_version(version)).record
+        self.lifecycle.reload(record)
+        return record
+
     def health(self) -> dict[str, str]:
         """``{status, database, redis, celery, version, environment, timestamp}`` as the documented /health.
 
@@ -383,6 +411,7 @@ class ModelForge(BatchScoring):
         close_pool(self)
         if self.listener is not None:
             self.listener.close()
+        self.lifecycle.close()
         self.invalidator.close()
         self.engine.close()
         self.cache.close()

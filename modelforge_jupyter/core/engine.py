@@ -251,8 +251,11 @@ class Engine(SessionLRU):
     ) -> tuple[LoadedModel, list[Any], str]:
         """The one session run behind ``predict``: (the loaded model, the session's outputs once their size is checked: a
         ZipMap's tensor where the model gives maps, the model's name for messages). Raises as ``predict``."""
-        loaded = self.session(sha256, load_bytes)
-        name = model_name or sha256[:12]
+        return self.run_loaded(self.session(sha256, load_bytes), feed, model_name or sha256[:12], timeout, cancel)
+
+    def run_loaded(self, loaded: LoadedModel, feed: dict[str, np.ndarray], name: str, timeout: float = 0.0,
+                   cancel: Cancellation | None = None) -> tuple[LoadedModel, list[Any], str]:
+        """``run_outputs`` on a given loaded model (a reload's warm-up runs the new one before it is installed)."""
         if not timeout and cancel is None and not self.max_request_memory_bytes:
             try:
                 values = self._run(loaded, feed, name, self._run_options())

@@ -35,6 +35,13 @@ class InvalidModelError(ModelForgeError):
     status = 400
 
 
+class ModelNotReadyError(ModelForgeError):
+    """A model or version is not ready to serve here yet: it is being loaded and warmed before its registration
+    commits (HTTP 400, as Triton answers a model ready request for a model that is not ready)."""
+
+    status = 400
+
+
 class InvalidInputError(ModelForgeError):
     """Input data does not match the model's declared inputs: name, dtype, shape or content (HTTP 400)."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -88,6 +88,20 @@ class Invalidator:
                         mask_url(str(err)))
             return "failed"
 
+    def announce(self, event: dict) -> bool:
+        """Publish a change event (``lifecycle``: a version to load, a session to reload) on the events channel, on
+        the Redis cache's client; False without a Redis cache or when Redis does not answer (logged: other
+        processes then load the version on their first request)."""
+        client = getattr(self.cache, "client", None)
+        if client is None:
+            return False
+        try:
+            client.publish(events_channel(self.settings.cache_key_prefix), orjson.dumps(event))
+            return True
+        except Exception as err:  # redis.RedisError, OSError: the event is an optimisation, answers stay correct
+            log.warning("change event for model %s not published (%s)", event.get("model_id"), mask_url(str(err)))
+            return False
+
     def _send(self, model_id: str, shas: list[str]) -> bool:
         """Send the task within ``broker_timeout`` s; False (clean up inline) when it failed now or within the last
         ``cache_retry_after`` s."""
@@ -129,15 +143,18 @@ class Invalidator:
 
 
 class EvictionListener:
-    """Background thread: unload the sessions named by eviction events on ``{prefix}:events`` (Redis pub/sub).
+    """Background thread: unload the sessions named by eviction events on ``{prefix}:events`` (Redis pub/sub), then
+    hand each event to ``on_event`` (the lifecycle's loads and reloads).
 
     In a forked child the thread does not exist and the subscribed socket is the parent's (reading it would take
     the parent's events): both are dropped at the fork, and ``restart`` (which ``ModelForge`` calls on the child's
     first registry lookup) subscribes anew.
     """
 
-    def __init__(self, redis_url: str, prefix: str, engine: Any) -> None:
+    def __init__(self, redis_url: str, prefix: str, engine: Any,
+                 on_event: Callable[[dict, set[str]], None] | None = None) -> None:
         self.engine = engine
+        self.on_event = on_event  # (event, sha256s loaded before its unloads): ``Lifecycle.on_event``
         self.redis_url = redis_url
         self.channel = events_channel(prefix)
         self.events = 0
@@ -180,9 +197,12 @@ class EvictionListener:
     def _on_event(self, message: dict) -> None:
         try:
             event = orjson.loads(message["data"])
+            loaded_before = set(self.engine.loaded())
             for sha in event.get("sha256s", []):
                 self.engine.unload(sha)
             self.events += 1
+            if self.on_event is not None:
+                self.on_event(event, loaded_before)
         except (orjson.JSONDecodeError, TypeError, AttributeError) as err:
             log.warning("ignoring a malformed eviction event: %s", err)
 

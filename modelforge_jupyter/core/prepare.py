@@ -101,10 +101,7 @@ def read_prepared(engine: Any, model: Any, name: str = "", sample: Any = None, z
     if not onnx_source and isinstance(sample, str):
         raise ModelForgeError(f"sample={sample!r} is for ONNX models; a fitted model needs rows of its input")
     source = read_source(engine, model, None if onnx_source else sample, zipmap, name, float32=quantize is not None)
-    if onnx_source and sample is not None and not (quantize or outputs or measure):  # after the file is read
-        raise ModelForgeError("sample is for a fitted model to convert, or to check quantize= / outputs= on; this "
-                              "model is already ONNX and has no preparation step")
-    if not (quantize or outputs or measure):
+    if not (quantize or outputs or measure):  # an ONNX model's sample is then its warm-up input (``lifecycle``)
         return source
     feed, kind = _feed(source, model, sample, onnx_source)
     if quantize and feed is None:

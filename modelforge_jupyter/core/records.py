@@ -47,6 +47,8 @@ class ModelRecord:
     by output dtype and the largest errors measured on the sample. ``preparation`` is None unless the version was
     prepared for serving (``register(..., quantize=, outputs=, measure=)``): what each step did, sizes in bytes before
     and after, the answers' agreement and, when measured, p50 latency in ms (``prepare`` module docstring).
+    ``warmup`` is the input every process warms this version up on (``lifecycle``: ``{rows, feed}``, the feed packed
+    as ``outputs.pack`` in base64), None for an input generated from ``inputs``; not part of ``to_dict()``.
     """
 
     id: str
@@ -61,10 +63,12 @@ class ModelRecord:
     versions: list[int] = field(default_factory=list)
     conversion: dict[str, Any] | None = None
     preparation: dict[str, Any] | None = None
+    warmup: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe metadata: timestamps as ISO 8601 UTC strings."""
+        """JSON-safe metadata: timestamps as ISO 8601 UTC strings (``warmup`` left out)."""
         d = asdict(self)
+        del d["warmup"]
         d["created_at"] = self.created_at.isoformat()
         d["updated_at"] = self.updated_at.isoformat()
         return d

@@ -60,13 +60,14 @@ def check_name(name: str) -> str:
 
 
 PREPARATION = "preparation"  # key of a version's preparation inside its ``conversion`` JSON column (no migration)
+WARMUP = "warmup"  # key of a version's stored warm-up input in the same column (``lifecycle``)
 
 
-def _column(conversion: dict | None, preparation: dict | None) -> dict | None:
-    """The ``conversion`` column of a version: its conversion record, with ``preparation`` under ``PREPARATION``."""
-    if preparation is None:
-        return conversion
-    return {**(conversion or {}), PREPARATION: preparation}
+def _column(conversion: dict | None, preparation: dict | None, warmup: dict | None = None) -> dict | None:
+    """The ``conversion`` column of a version: its conversion record, with ``preparation`` under ``PREPARATION`` and
+    the warm-up input under ``WARMUP``."""
+    extra = {k: v for k, v in ((PREPARATION, preparation), (WARMUP, warmup)) if v is not None}
+    return {**(conversion or {}), **extra} if extra else conversion
 
 
 def _utc(value: datetime) -> datetime:
@@ -218,8 +219,9 @@ class Registry:
             updated_at=_utc(v.created_at),
             size_bytes=v.size_bytes,
             versions=list(versions),
-            conversion={k: c for k, c in (v.conversion or {}).items() if k != PREPARATION} or None,
+            conversion={k: c for k, c in (v.conversion or {}).items() if k not in (PREPARATION, WARMUP)} or None,
             preparation=(v.conversion or {}).get(PREPARATION),
+            warmup=(v.conversion or {}).get(WARMUP),
         )
 
     @staticmethod
@@ -236,9 +238,9 @@ class Registry:
     # -- writes ----------------------------------------------------------------------------------------------------
     def register(
         self, name: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-        conversion: dict | None = None, preparation: dict | None = None,
+        conversion: dict | None = None, preparation: dict | None = None, warmup: dict | None = None,
     ) -> ModelRecord:
-        """Add a new model at version 1 (``conversion``, ``preparation``: ``ModelRecord``'s). Raises
+        """Add a new model at version 1 (``conversion``, ``preparation``, ``warmup``: ``ModelRecord``'s). Raises
         ``ModelExistsError`` if ``name`` is taken (use ``update``)."""
         check_name(name)
         now = datetime.now(UTC)
@@ -254,7 +256,7 @@ class Registry:
                 conn.execute(
                     insert(models).values(id=model_id, name=name, last_version=1, created_at=now, updated_at=now)
                 )
-                column = _column(conversion, preparation)
+                column = _column(conversion, preparation, warmup)
                 self._add_version(conn, model_id, 1, data, sha256, inputs, outputs, now, column)
                 record = self._resolve(conn, model_id, 1)
         except IntegrityError:  # a concurrent register of the same name won the unique constraint
@@ -264,9 +266,9 @@ class Registry:
 
     def update(
         self, model: str, data: bytes, sha256: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-        conversion: dict | None = None, preparation: dict | None = None,
+        conversion: dict | None = None, preparation: dict | None = None, warmup: dict | None = None,
     ) -> tuple[ModelRecord, bool]:
-        """Add a version with new bytes (``conversion``, ``preparation``: ``ModelRecord``'s); return (record,
+        """Add a version with new bytes (``conversion``, ``preparation``, ``warmup``: ``ModelRecord``'s); return (record,
         created). Same bytes as the latest: (latest, False), its record unchanged."""
         now = datetime.now(UTC)
         with self._write() as conn:
@@ -278,7 +280,7 @@ class Registry:
                 return latest, False
             version = row.last_version + 1
             conn.execute(update(models).where(models.c.id == row.id).values(last_version=version, updated_at=now))
-            column = _column(conversion, preparation)
+            column = _column(conversion, preparation, warmup)
             self._add_version(conn, row.id, version, data, sha256, inputs, outputs, now, column)
             record = self._resolve(conn, row.id, version)
         log.info("updated model %r to v%d (sha256 %s, %d bytes)", record.name, version, sha256[:12], len(data))

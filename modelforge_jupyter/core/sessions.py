@@ -55,6 +55,7 @@ class SessionLRU:
         self.max_session_bytes = max_session_bytes
         self._sessions: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, Future] = {}
+        self._reloading: dict[str, Future] = {}
         self._lock = threading.Lock()
         self.loads = 0  # sessions built since start: cold starts, for tests and statistics
         METRICS.engines.add(self)  # its loaded sessions are reported (``metrics``)
@@ -86,6 +87,48 @@ class SessionLRU:
             raise
         with self._lock:
             del self._loading[sha256]
+        future.set_result(loaded)
+        return loaded
+
+    def reload(self, sha256: str, load_bytes: Callable[[], bytes],
+               check: Callable[[LoadedModel], None] | None = None) -> LoadedModel:
+        """Build ``sha256``'s model anew from ``load_bytes()`` while the loaded one keeps serving, run ``check`` on it
+        (a warm-up), then put it in the loaded one's place: no request waits. Not loaded here: as ``session``, then
+        ``check`` (unloaded again if it raises). Concurrent reloads of one sha256 share one build (single flight); a
+        reload while a first load is in flight is that load. Raises what ``load`` or ``check`` raise; the loaded
+        model is kept then."""
+        with self._lock:
+            loading = self._loading.get(sha256)
+            first = sha256 not in self._sessions
+            future = self._reloading.get(sha256)
+            owner = not first and loading is None and future is None
+            if owner:
+                future = self._reloading[sha256] = Future()
+        if loading is not None:
+            return loading.result()
+        if first:
+            loaded = self.session(sha256, load_bytes)
+            try:
+                if check is not None:
+                    check(loaded)
+            except BaseException:
+                self.unload(sha256)
+                raise
+            return loaded
+        if not owner:
+            return future.result()
+        try:
+            loaded = self.load(load_bytes())
+            if check is not None:
+                check(loaded)
+        except BaseException as err:
+            with self._lock:
+                del self._reloading[sha256]
+            future.set_exception(err)
+            raise
+        self._install(sha256, loaded)
+        with self._lock:
+            del self._reloading[sha256]
         future.set_result(loaded)
         return loaded
 
@@ -138,3 +181,4 @@ class SessionLRU:
         threads are gone: a waiter would wait forever). Loaded sessions are kept (see ``Engine``)."""
         self._lock = threading.Lock()
         self._loading = {}
+        self._reloading = {}

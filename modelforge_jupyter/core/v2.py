@@ -4,9 +4,11 @@ answers, for every door that serves it (the Jupyter server extension's ``v2_hand
 
 Endpoints (under ``{base_url}modelforge/``): ``GET v2/health/live``, ``GET v2/health/ready``, ``GET v2`` (server
 metadata, ``server_metadata``), ``GET v2/models/{name}[/versions/{v}]`` (``model_metadata``), ``GET .../ready``
-(``model_ready``), ``POST .../infer`` (``infer``), ``GET v2/models[/{name}[/versions/{v}]]/stats``
-(``model_statistics``). ``{v}`` is ModelForge's version number (a whole number >= 1, else
-400; an unknown one 404); ``{name}`` a model's name or id.
+(``model_ready``), ``POST .../infer`` (``infer``); Triton's statistics extension: ``GET
+v2/models[/{name}[/versions/{v}]]/stats`` (``model_statistics``); its model repository extension: ``POST
+v2/repository/index`` (``repository_index``), ``POST v2/repository/models/{name}/load`` and ``.../unload``
+(``repository_load``, ``repository_unload``: ModelForge's forced reload and unload). ``{v}`` is ModelForge's version
+number (a whole number >= 1, else 400; an unknown one 404); ``{name}`` a model's name or id.
 
 Rules of an infer request, as Triton words them (each an ``InvalidInputError``, 400, and nothing run or cached):
 every required input given once and no other (``unexpected inference input 'z' for model 'm'``); each input's
@@ -29,13 +31,13 @@ from typing import Any
 import orjson
 
 from .._version import __version__
-from .errors import InferenceError, InvalidInputError
+from .errors import InferenceError, InvalidInputError, ModelForgeError, ModelNotFoundError, ModelNotReadyError
 from .protocol import version_from_text
 from .records import ModelRecord, TensorSpec
 from .v2_codec import V2_OF_DTYPE, V2Request, encode_response, parse_infer, shape_text
 
 SERVER_NAME = "modelforge"
-EXTENSIONS = ("binary_tensor_data", "statistics")  # the Triton extensions served: only what is implemented
+EXTENSIONS = ("binary_tensor_data", "statistics", "model_repository")  # the Triton extensions served: only these
 PLATFORM = "onnxruntime_onnx"  # as Triton reports an ONNX Runtime model
 
 
@@ -51,9 +53,19 @@ def url_version(text: str | None) -> int | None:
 
 
 def model_ready(forge: Any, model: str, version: str | None = None) -> dict[str, Any]:
-    """``GET v2/models/{name}[/versions/{v}]/ready``: ``{"name", "ready": true}`` for a registered model (sessions
-    load on first use, so a registered model is ready). Raises ``ModelNotFoundError`` (404), 400 for a bad ``{v}``."""
-    record = forge.get(model, url_version(version))
+    """``GET v2/models/{name}[/versions/{v}]/ready``: ``{"name", "ready": true}`` for a registered version: it was
+    loaded and run once before its registration committed (``lifecycle``), and any process loads it on first use.
+    Raises ``ModelNotReadyError`` (400, Triton's answer for a model not ready: ``tritonclient``'s ``is_model_ready``
+    is then False) while this process loads and warms a version of ``{name}`` not registered yet;
+    ``ModelNotFoundError`` (404) otherwise for an unknown model or version; 400 for a bad ``{v}``."""
+    number = url_version(version)
+    try:
+        record = forge.get(model, number)
+    except ModelNotFoundError:
+        if forge.lifecycle.is_warming(model):
+            raise ModelNotReadyError(f"model {model!r} is not ready: " + (f"version {number}" if number else "a version")
+                                     + " of it is being loaded and warmed up") from None
+        raise
     return {"name": record.name, "ready": True}
 
 
@@ -62,6 +74,61 @@ def model_statistics(forge: Any, model: str | None = None, version: str | None =
     version, last_inference, inference_count, execution_count, inference_stats, batch_stats}]}`` of this process
     (``ModelForge.statistics``). Raises ``ModelNotFoundError`` (404), 400 for a bad ``{v}``."""
     return forge.statistics(model, url_version(version))
+
+
+def repository_index(forge: Any, body: bytes) -> list[dict[str, Any]]:
+    """``POST v2/repository/index`` (body ``{}`` or ``{"ready": bool}``, may be empty): ``[{"name", "version",
+    "state": "READY"}]`` for every registered model's latest version, then ``{"name", "state": "LOADING"}`` for
+    those this process is warming before their first registration (left out with ``"ready": true``).
+    Raises ``ModelForgeError`` (400) for another body."""
+    request = _repository_body(body, ("ready",))
+    ready_only = request.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise ModelForgeError(f"'ready' must be true or false, got {ready_only!r}")
+    index = [{"name": r.name, "version": str(r.version), "state": "READY"} for r in forge.models()]
+    if not ready_only:
+        names = {entry["name"] for entry in index}
+        index += [{"name": n, "state": "LOADING", "reason": "loading and warming up before its registration"}
+                  for n in sorted(forge.lifecycle.warming_names()) if n not in names]
+    return index
+
+
+def repository_load(forge: Any, model: str, body: bytes) -> dict[str, Any]:
+    """``POST v2/repository/models/{name}/load``: ``ModelForge.load`` (the latest version's session reloaded and
+    warmed here, the other processes that have it loaded told to reload it); ``{}``. A body with ``parameters``
+    (Triton's config or file override) is refused (400): models are registered through ``PUT modelforge/models``.
+    Raises ``ModelNotFoundError`` (404), and as ``ModelForge.load`` does (400, 503)."""
+    request = _repository_body(body, ("parameters",))
+    if request.get("parameters"):
+        raise ModelForgeError("load takes no parameters here: register a model or a new version with PUT "
+                              "modelforge/models/{name}; load reloads a registered one")
+    forge.load(model)
+    return {}
+
+
+def repository_unload(forge: Any, model: str, body: bytes) -> dict[str, Any]:
+    """``POST v2/repository/models/{name}/unload``: ``ModelForge.unload`` (this process's session of the latest
+    version dropped; the next request loads it again); ``{}``. Raises ``ModelNotFoundError`` (404)."""
+    _repository_body(body, ("parameters",))
+    forge.unload(model)
+    return {}
+
+
+def _repository_body(body: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A repository request's JSON object body (empty: ``{}``); 400 for another JSON value or an unknown key."""
+    if not body.strip():
+        return {}
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise ModelForgeError(f"the request body is not JSON: {err}") from None
+    if not isinstance(request, dict):
+        raise ModelForgeError(f"the request body must be a JSON object, got {type(request).__name__}")
+    unknown = sorted(set(request) - set(keys))
+    if unknown:
+        raise ModelForgeError(f"unknown field(s) {', '.join(map(repr, unknown))}; this request takes "
+                              f"{', '.join(map(repr, keys))}")
+    return request
 
 
 def model_metadata(forge: Any, model: str, version: str | None = None) -> dict[str, Any]:

@@ -2,12 +2,12 @@
 
 ``GET modelforge/health``, ``GET modelforge/health/live``, ``GET modelforge/health/ready`` (no token needed),
 ``POST modelforge/predict``, ``GET modelforge/models``, ``GET|PUT|DELETE modelforge/models/{name}[?version=N]``,
-``POST modelforge/models/{name}/unload[?version=N]``, ``GET modelforge/models/{name}/stats[?version=N]``, and
-``GET /metrics`` (Prometheus, every worker's; the token needed as elsewhere). Each handler parses its request, calls
-the ``ModelForge`` API on a thread of the server (``ServeApp.call``) and answers ``(status, JSON body, extra
-headers)``, with the same
-answers as the extension: the predict wire format is the core's ``predict_json``, errors the core's family. The
-Open Inference Protocol's routes under ``modelforge/v2`` are ``v2_routes``.
+``POST modelforge/models/{name}/unload[?version=N]`` and ``.../load[?version=N]``, ``GET
+modelforge/models/{name}/stats[?version=N]``, and ``GET /metrics`` (Prometheus, every worker's; the token needed as
+elsewhere). Each handler parses its request, calls the ``ModelForge`` API on a thread of the server
+(``ServeApp.call``) and answers ``(status, JSON body, extra headers)``, with the same answers as the extension: the
+predict wire format is the core's ``predict_json``, errors the core's family. The Open Inference Protocol's routes
+under ``modelforge/v2`` are ``v2_routes``.
 """
 
 from __future__ import annotations
@@ -141,6 +141,13 @@ async def metrics(app: Any, req: Request, query: dict[str, str]) -> Answer:
     return 200, body, ((b"content-type", content_type.encode()),)
 
 
+async def load(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``POST /modelforge/models/{name}/load``: 200 ``{"name", "version", "loaded": true}`` (``ModelForge.load``: every
+    process sharing the registry reloads it)."""
+    record = await app.forge_call("load", req.name, version(query))
+    return ok({"name": record.name, "version": record.version, "loaded": True})
+
+
 async def not_found(app: Any, req: Request, query: dict[str, str]) -> Answer:
     """Any other path under ``/modelforge/``: 404 as JSON."""
     raise Refusal(404, f"no ModelForge endpoint at {req.path}")
@@ -177,6 +184,8 @@ EXACT = {
 MODEL = Endpoint({"GET": get_model, "PUT": put_model, "DELETE": delete_model}, takes=VERSION)
 UNLOAD = Endpoint({"POST": unload}, takes=VERSION)
 STATS = Endpoint({"GET": stats}, takes=VERSION)
+LOAD = Endpoint({"POST": load}, takes=VERSION)
+ACTIONS = {"unload": UNLOAD, "stats": STATS, "load": LOAD}  # modelforge/models/{name}/<action>
 # any query: the path is what is wrong (404)
 NOT_FOUND = Endpoint({m: not_found for m in ("GET", "POST", "PUT", "DELETE", "PATCH")}, takes=None)
 
@@ -190,6 +199,6 @@ def route(path: str) -> tuple[Endpoint, str | None]:
         name, _, rest = path[len(MODELS):].partition("/")
         if name and not rest and not path.endswith("/"):
             return MODEL, name
-        if name and rest in ("unload", "stats"):
-            return UNLOAD if rest == "unload" else STATS, name
+        if name and rest in ACTIONS:
+            return ACTIONS[rest], name
     return NOT_FOUND, None

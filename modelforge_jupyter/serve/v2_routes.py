@@ -4,7 +4,9 @@ server (its token in ``headers={"Authorization": "token ..."}``).
 
 ``GET /modelforge/v2/health/live`` and ``GET /modelforge/v2/health/ready`` (no token needed), ``GET /modelforge/v2``,
 ``GET /modelforge/v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``, ``GET .../stats`` and
-``GET /modelforge/v2/models/stats`` (Triton's statistics, this worker's). What each answers is the
+``GET /modelforge/v2/models/stats`` (Triton's statistics, this worker's); the model repository extension: ``POST
+/modelforge/v2/repository/index``, ``POST /modelforge/v2/repository/models/{name}/load`` and ``.../unload``. What
+each answers is the
 core's ``v2`` (as the Jupyter extension's ``v2_handlers``); authentication, threads and the body limit are the other
 routes' (``routes``). Errors carry V2's body ``{"error": "<message>"}`` with Triton's status codes (400 invalid
 request, 404 unknown model or version or path, 503 unavailable; 403, 413, 415, 504 as the other routes).
@@ -76,6 +78,25 @@ async def model_stats(app: Any, req: Request, query: dict[str, str]) -> Answer:
     return ok(await app.call("control", lambda: v2.model_statistics(app.get_forge(), req.name, req.version)))
 
 
+async def repository_index(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``[{"name", "version", "state"}]`` (``core.v2.repository_index``); 400 for another body than ``{"ready"}``."""
+    body = await req.body(app.options.max_body_size, "--max-body-size")
+    return ok(await app.call("control", lambda: v2.repository_index(app.get_forge(), body)))
+
+
+async def repository_load(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``{}`` once every process sharing the registry was told to reload it and this one did, warmed
+    (``core.v2.repository_load``); 404 unknown; 400 a failed warm-up or parameters; 503 refused for memory."""
+    body = await req.body(app.options.max_body_size, "--max-body-size")
+    return ok(await app.call("control", lambda: v2.repository_load(app.get_forge(), req.name, body)))
+
+
+async def repository_unload(app: Any, req: Request, query: dict[str, str]) -> Answer:
+    """``{}`` once this worker's session is dropped (``core.v2.repository_unload``); 404 unknown."""
+    body = await req.body(app.options.max_body_size, "--max-body-size")
+    return ok(await app.call("control", lambda: v2.repository_unload(app.get_forge(), req.name, body)))
+
+
 async def not_found(app: Any, req: Request, query: dict[str, str]) -> Answer:
     """Any other path under ``/modelforge/v2``: 404 ``{"error"}``."""
     raise Refusal(404, f"no V2 endpoint at {req.path}")
@@ -90,7 +111,10 @@ EXACT = {
     V2 + "/health/live": _endpoint({"GET": live}, open=True),
     V2 + "/health/ready": _endpoint({"GET": ready}, open=True),
     MODELS + "stats": _endpoint({"GET": model_stats}),  # every model's: "stats" is no model's name here (Triton's)
+    V2 + "/repository/index": _endpoint({"POST": repository_index}),
 }
+REPOSITORY = V2 + "/repository/models/"
+REPOSITORY_ACTIONS = {"load": _endpoint({"POST": repository_load}), "unload": _endpoint({"POST": repository_unload})}
 MODEL = _endpoint({"GET": model_metadata})
 MODEL_READY = _endpoint({"GET": model_ready})
 INFER = _endpoint({"POST": infer})
@@ -107,6 +131,10 @@ def route_v2(path: str) -> tuple[Endpoint, str | None, str | None] | None:
     endpoint = EXACT.get(path)
     if endpoint is not None:
         return endpoint, None, None
+    if path.startswith(REPOSITORY):
+        name, _, action = path[len(REPOSITORY):].partition("/")
+        if name and action in REPOSITORY_ACTIONS:
+            return REPOSITORY_ACTIONS[action], name, None
     if path.startswith(MODELS):
         parts = path[len(MODELS):].split("/")
         name, version = parts[0], None

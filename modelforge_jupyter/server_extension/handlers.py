@@ -2,10 +2,10 @@
 
 Routes (relative to the server's base_url): ``GET modelforge/health``, ``GET modelforge/health/live`` and
 ``GET modelforge/health/ready`` (no token needed), ``POST modelforge/predict``, ``GET modelforge/models``,
-``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload``, ``GET
+``GET|PUT|DELETE modelforge/models/{name}``, ``POST modelforge/models/{name}/unload`` and ``.../load``, ``GET
 modelforge/models/{name}/stats`` (Triton's statistics; the Prometheus metrics are on Jupyter's own ``/metrics``,
-``core.prometheus``); the Open Inference
-Protocol's ``modelforge/v2/...`` (``v2_handlers``). HEAD answers as GET without the body, with the same
+``core.prometheus``); the Open Inference Protocol's ``modelforge/v2/...`` (``v2_handlers``). HEAD answers as GET
+without the body, with the same
 authentication. What every endpoint shares (authorization, query parameters, bodies, errors as
 JSON) is ``base.ModelForgeHandler``; the predict request's wire format is ``core.protocol``.
 """
@@ -166,6 +166,20 @@ class ModelStatsHandler(ModelForgeHandler):
         self.write_json(await self.forge_call("statistics", name, self.query_version()))
 
 
+class LoadHandler(ModelForgeHandler):
+    """Reload the model's session, warmed, in every process sharing the registry (``ModelForge.load``)."""
+
+    query_params = frozenset({"version"})
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        """``POST modelforge/models/{name}/load``: 200 ``{"name", "version", "loaded": true}``; 404 unknown; 400 a
+        failed warm-up run, 503 one refused for memory (the loaded session keeps serving then)."""
+        record = await self.forge_call("load", name, self.query_version())
+        self.write_json({"name": record.name, "version": record.version, "loaded": True})
+
+
 class NotFoundHandler(ModelForgeHandler):
     """404 as JSON for any other path under ``modelforge/`` (not the server's HTML page)."""
 
@@ -194,6 +208,7 @@ default_handlers = [
     (rf"modelforge/models/{_name}", ModelHandler),
     (rf"modelforge/models/{_name}/unload", UnloadHandler),
     (rf"modelforge/models/{_name}/stats", ModelStatsHandler),
+    (rf"modelforge/models/{_name}/load", LoadHandler),
     *v2_handlers,  # the Open Inference Protocol (V2) under modelforge/v2
     (r"modelforge(?:/.*)?", NotFoundHandler),
 ]

@@ -4,10 +4,11 @@ against the Jupyter server unchanged (its token in ``headers={"Authorization": "
 
 Routes: ``GET v2/health/live`` and ``GET v2/health/ready`` (no token needed, as ModelForge's own health), ``GET v2``,
 ``GET v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``, ``GET
-v2/models[/{name}[/versions/{v}]]/stats``. What each answers is ``core.v2``; authentication, body limits and
-streaming, and executors are ``base.ModelForgeHandler``'s. Errors answer Triton's status codes (400 invalid request,
-404 unknown model or version, 503 unavailable, 500 internal; 413/415/504 as the rest of ModelForge) with V2's body
-``{"error": "<message>"}``.
+v2/models[/{name}[/versions/{v}]]/stats``; Triton's model repository extension: ``POST v2/repository/index``, ``POST
+v2/repository/models/{name}/load`` and ``.../unload``. What each answers is ``core.v2``; authentication, body limits
+and streaming, and executors are ``base.ModelForgeHandler``'s. Errors answer Triton's status codes (400 invalid
+request, 404 unknown model or version, 503 unavailable, 500 internal; 413/415/504 as the rest of ModelForge) with
+V2's body ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
@@ -142,16 +143,45 @@ class V2InferHandler(V2Handler, CancellableHandler):
         return infer(self.extensionapp.get_forge(), name, version, body, header_length, cancel)
 
 
+class V2RepositoryIndexHandler(V2Handler):
+    """``POST v2/repository/index``: the registered models and their state (``core.v2.repository_index``)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        """200 ``[{"name", "version", "state"}]``; 400 a body other than ``{}`` / ``{"ready": bool}``."""
+        from ..core.v2 import repository_index
+
+        body = self.body
+        self.write_json(await self.run_blocking(lambda: repository_index(self.extensionapp.get_forge(), body)))
+
+
+class V2RepositoryModelHandler(V2Handler):
+    """``POST v2/repository/models/{name}/load`` (every process sharing the registry reloads it, warmed) and
+    ``.../unload`` (this server's session dropped): ``core.v2.repository_load`` / ``repository_unload``."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str, action: str) -> None:
+        """200 ``{}``; 404 unknown model; 400 a failed warm-up run or a body with parameters; 503 a warm-up refused
+        for lack of memory."""
+        from ..core import v2
+
+        call = v2.repository_load if action == "load" else v2.repository_unload
+        body = self.body
+        self.write_json(await self.run_blocking(lambda: call(self.extensionapp.get_forge(), name, body)))
+
+
 class V2NotFoundHandler(V2Handler):
-    """404 ``{"error"}`` for any other path under ``modelforge/v2/`` (Triton's ``config`` and repository extensions
-    are not served), so that a V2 client reads the reason rather than failing on ``{"message"}``."""
+    """404 ``{"error"}`` for any other path under ``modelforge/v2/`` (Triton's ``config`` and other extensions not
+    served), so that a V2 client reads the reason rather than failing on ``{"message"}``."""
 
     def check_query(self) -> None:
         """Any query: the path is what is wrong (404)."""
 
     def _not_found(self) -> None:
         raise web.HTTPError(404, "%s", f"no Open Inference Protocol endpoint at {self.request.path}; this server "
-                            f"has health, server and model metadata, model ready, infer and stats")
+                            f"has health, server and model metadata, model ready, infer, stats and the model repository")
 
     # one wrapper per verb: @authorized remembers the action of the first method it served
     get = web.authenticated(authorized(_not_found))
@@ -169,5 +199,7 @@ v2_handlers = [
     (rf"{_model}/ready", V2ModelReadyHandler),
     (rf"{_model}/infer", V2InferHandler),
     (rf"{_model}/stats", V2StatsHandler),
+    (r"modelforge/v2/repository/index", V2RepositoryIndexHandler),
+    (r"modelforge/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)", V2RepositoryModelHandler),
     (r"modelforge/v2/.*", V2NotFoundHandler),
 ]
