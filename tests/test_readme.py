@@ -88,6 +88,11 @@ EXPECT = {
         r'^\{"model_stats":\[\{"name":"demo_iris","version":"\d+".*"execution_count":1,.*"success":\{"count":2,.*'
         r'"cache_hit":\{"count":1,',
     ],
+    "%mf_stats demo_iris --text": [  # the live counters, read from the server's /metrics and the kernel's own
+        r"^ModelForge live: demo_iris$",
+        r"^server: [\d.,]+ req/s, p50 .*, cache hits .*, \d+ sessions \([\d.]+ MB\)$",
+        r"^kernel: [\d.,]+ req/s, p50 .*, cache hits .*, \d+ sessions \([\d.]+ MB\)$",
+    ],
     "zipmap_labels": [  # the V2 example (tritonclient)
         r"^True \{'name': 'modelforge', 'version': '[^']+', 'extensions': \['binary_tensor_data'\]\}$",
         r"^\{'name': 'demo_iris', 'versions': \['1', '2'\], 'platform': 'onnxruntime_onnx'.*'shape': \[-1, 3\]\}\]\}$",
