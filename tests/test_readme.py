@@ -84,7 +84,7 @@ EXPECT = {
         r'"cache_hit":\{"count":1,',
     ],
     "zipmap_labels": [  # the V2 example (tritonclient)
-        r"^True \{'name': 'modelforge', 'version': '[^']+', 'extensions': \['binary_tensor_data'\]\}$",
+        r"^True \{'name': 'modelforge', 'version': '[^']+', 'extensions': \['binary_tensor_data', 'statistics'\]\}$",
         r"^\{'name': 'demo_iris', 'versions': \['1', '2'\], 'platform': 'onnxruntime_onnx'.*'shape': \[-1, 3\]\}\]\}$",
         r"^\[0 2\]$",
         r"^\[0,1,2\] \[\[",
