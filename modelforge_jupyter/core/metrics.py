@@ -14,9 +14,10 @@ Stages of one request, as Triton splits them (perf_counter_ns marks; a request i
 - ``inference_count`` rows inferred (a batch of N rows counts N; cache hits none), ``execution_count`` session runs
   (a batch of several requests counts once), ``batch_stats`` runs per batch size (rows) with their ``compute_infer``.
 
-Counting costs about a µs a prediction (``scripts/bench_metrics.py`` measures it against a ModelForge without it, in
-one run): plain integers under one uncontended lock per model version, a histogram bucket found by ``bisect``; no
+What counting costs a prediction, ``scripts/bench_metrics.py`` measures in one run (the calls alone, and predict with
+and without them): plain ints in lists, no lock (``ModelStats``), a histogram bucket found by ``bisect``; no
 ``prometheus_client`` call on the data path (its labelled children cost more): exporters read these at scrape time.
+The engine leaves the times of each session run for its thread (``ran``), which the request's ``predict`` reads.
 Counts are this process's, reset in a forked child (its parent's are not its own).
 """
 
