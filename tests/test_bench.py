@@ -92,6 +92,15 @@ def test_run_bench_measures_every_path_with_ratios(mf_forge, monkeypatch):
         assert r.ratio_p50 == (1.0 if r.path.startswith("raw") else pytest.approx(
             r.p50_ms / result.row(r.batch, "raw_cold" if r.path == "cold" else "raw_ort").p50_ms))
     assert result.notes == () and mf_forge.engine.loaded() == [mf_forge.get("rf").sha256]
+    # where the time goes, from ModelForge's own counters: each path through the stages it takes
+    stages = {r.path: [s for s, _ in r.stages_us] for r in result.rows if r.batch == 8}
+    assert stages == {"raw_cold": [], "raw_ort": [], "api_hit": ["cache_hit"],
+                      "cold": ["compute_input", "queue", "compute_infer", "compute_output"],
+                      "api_cache_off": ["compute_input", "queue", "compute_infer", "compute_output"]}
+    assert all(us > 0 for r in result.rows for _, us in r.stages_us)
+    cold, warm = dict(result.row(8, "cold").stages_us), dict(result.row(8, "api_cache_off").stages_us)
+    assert cold["queue"] > warm["queue"]  # a cold call waits for its session to be built
+    assert "where the time goes, mean µs per call by stage" in repr(result)
     assert result.table.to_dict("records") == result.to_dict()["rows"]
     monkeypatch.setitem(sys.modules, "pandas", None)  # without pandas: a list of dicts
     assert result.table == [asdict(r) for r in result.rows]

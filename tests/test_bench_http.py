@@ -173,6 +173,10 @@ def test_run_bench_measures_the_endpoint_beside_raw_onnxruntime(mf_live_server, 
             raw = result.row(r.batch, "raw_ort")
             assert r.ratio_p50 == pytest.approx(r.p50_ms / raw.p50_ms) and r.ratio_p50 > 1
             assert r.predictions_per_s > 0
+    # the stage split of the HTTP paths is the server's own counts (the kernel ran none of those calls)
+    assert [s for s, _ in result.row(16, "http_hit").stages_us] == ["cache_hit"]
+    assert [s for s, _ in result.row(16, "http_miss").stages_us] == [
+        "compute_input", "queue", "compute_infer", "compute_output"]
 
 
 def test_run_bench_measures_v2_binary_beside_the_json_endpoint(mf_live_server, shared_forge, model):

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .batches import batch_of, fixed_batch, resize_batch, sample_feed
+from .bench_stages import format_stages, reader, stage_split
 
 BATCH_SIZES = (1, 10, 100, 1000)
 MAGIC_PATHS = ("raw_cold", "cold", "raw_ort", "api_cache_off", "api_hit")
@@ -67,6 +68,7 @@ class Row:
     predictions_per_s: float
     ratio_p50: float | None = None  # p50 / raw p50 of the same model and batch
     iterations: int = 0
+    stages_us: tuple[tuple[str, float], ...] = ()  # (stage, mean µs per call): ``bench_stages.stage_split``
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,9 @@ class BenchResult:
                 f"{list(self.batch_sizes)} ({self.backend}); .table, .to_dict()")
 
     def __repr__(self) -> str:
-        """The summary line, the table of every row (latency ms, predictions/s, ratio to raw), the notes."""
-        return "\n".join([self.summary(), format_table(self.rows), *self.notes])
+        """The summary line, the table of every row (latency ms, predictions/s, ratio to raw), the stage split, the
+        notes."""
+        return "\n".join([self.summary(), format_table(self.rows), *format_stages(self.rows), *self.notes])
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
@@ -274,6 +277,8 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
         mf.predict(name, feed, use_cache=False)  # refuses a bad input before anything is timed
         raw_p50: dict[str, float] = {}
         for path in plan.paths:
+            counts = reader(path, mf, server, record.name, record.version)
+            before = counts() if counts else None
             if path in HTTP_PATHS:
                 ms = _measure_http(server, name, path, feed, budget, notes, batch)
             elif path in V2_PATHS:
@@ -286,6 +291,8 @@ def run_bench(mf, plan: BenchPlan, budget: Budget = Budget(),
                 if path in RAW_OF.values():
                     raw_p50[path] = row.p50_ms
                     row = replace(row, ratio_p50=1.0)
+                elif counts is not None:
+                    row = replace(row, stages_us=stage_split(before, counts()))
                 rows.append(row)
             done += 1
             if on_cell is not None:

@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.bench_stages import STAGES
 from ..core.benchmark import LABELS, RAW_OF, BenchResult, Row
 from .markup import Markup, block, html_table, small
 
@@ -112,6 +113,17 @@ def full_table(rows: Sequence[Row], batch_sizes: Sequence[int]) -> list[list[Any
     return out
 
 
+def stages_table(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of the stage split (``core.bench_stages``): one row per ModelForge cell that has one, mean µs
+    per call in each stage it went through (blank: not through that stage)."""
+    stages = [s for s in STAGES if any(s in dict(r.stages_us) for r in rows)]
+    by = {(r.batch, r.path): r for r in rows if r.stages_us}
+    out = [[LABELS[path], str(b)] + [f"{dict(by[b, path].stages_us)[s]:,.1f}" if s in dict(by[b, path].stages_us)
+                                     else "" for s in stages]
+           for path in paths_in_order({p for _, p in by}) for b in sorted(b for b, p in by if p == path)]
+    return ["path", "batch", *(f"{s} µs" for s in stages)], out
+
+
 def notes_html(notes: Sequence[str]) -> str:
     """Each note as a small muted line (escaped)."""
     return "".join(small(html.escape(n)) for n in notes)
@@ -122,5 +134,9 @@ def bench_result_html(result: BenchResult) -> str:
     to raw ONNX Runtime), the backend and the notes."""
     head = (f"<div><b>{html.escape(result.model)} v{result.version}</b>: every figure, ModelForge beside raw "
             f"ONNX Runtime</div>")
-    return block(head, html_table(FULL_COLUMNS, full_table(result.rows, result.batch_sizes), right=True),
+    columns, stages = stages_table(result.rows)
+    split = html_table(columns, stages, right=True, caption=small(
+        "where the time goes: mean µs per call in each stage it went through (ModelForge's own counters)")) \
+        if stages else ""
+    return block(head, html_table(FULL_COLUMNS, full_table(result.rows, result.batch_sizes), right=True), split,
                  notes_html([result.summary(), *result.notes]))
