@@ -81,7 +81,8 @@ def test_pipeline_on_a_dataframe_registers_one_input_per_column_and_predicts_as_
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT conversion FROM mf_model_versions")).scalars().all()
     engine.dispose()
-    assert [s if isinstance(s, dict) else json.loads(s) for s in stored] == [conv]
+    (column,) = [s if isinstance(s, dict) else json.loads(s) for s in stored]
+    assert column.pop("warmup")["rows"] == 8 and column == conv  # with the warm-up input: 8 of the sample's rows
     with ModelForge(**mf_settings) as other:
         assert other.get("churn").to_dict()["conversion"] == conv
 
@@ -313,7 +314,7 @@ def test_refusals_say_what_is_wrong_in_one_line(mf_forge):
          "to find a shape calculator for type"),
         (dict(model=fitted, sample=X[0]), ModelForgeError, "sample must be 2-D [rows, features]"),
         (dict(model=fitted, sample=X[:, :3]), ModelForgeError, "the original model's predict() failed on the sample"),
-        (dict(model=SAMPLES / "iris.onnx", sample=X), ModelForgeError, "sample is for a fitted model to convert"),
+        (dict(model=SAMPLES / "iris.onnx", zipmap=True), ModelForgeError, "zipmap is for a fitted model to convert"),
         (dict(model=SAMPLES / "iris.onnx", zipmap=True), ModelForgeError, "zipmap is for a fitted model to convert"),
         (dict(model=None), InvalidModelError, "cannot convert a builtins.NoneType: ModelForge converts"),
     ]

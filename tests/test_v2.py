@@ -200,7 +200,7 @@ def test_model_repository_index_load_and_unload(v2):
     assert (status, json.loads(body)) == (200, {"name": "iris", "version": 1, "loaded": True})
     if v2.forge.listener is not None:
         assert mf_wait_until(lambda: v2.forge.lifecycle.background_loads == background + 2, 10)
-    assert v2.forge.engine.loaded() == [iris.sha256]
+    assert iris.sha256 in v2.forge.engine.loaded()
     c.unload_model("iris", headers=h())
     assert c.is_model_ready("iris", headers=h())  # unloaded here: the next request loads it again
     np.testing.assert_array_equal(v2.infer("iris", {"float_input": np.ones((1, 4), np.float32)}).as_numpy(

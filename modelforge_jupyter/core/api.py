@@ -94,8 +94,8 @@ class ModelForge(BatchScoring):
         ``conversion`` then says by what, within what tolerance and with what measured error.
         Warmed up before it is stored (``lifecycle``): run once on ``sample`` (for ONNX: an input as ``predict``
         takes it), at most 8 rows of which are kept for the other processes' warm-ups, else on an input generated
-        from the declared inputs. Prepared for serving (``prepare``): ``outputs`` keeps only the outputs named (list, or names separated by
-        commas), ``quantize="dynamic"`` quantises MatMul / Gemm weights to int8, checked on ``sample`` (for ONNX: an
+        from the declared inputs. Prepared for serving (``prepare``): ``outputs`` keeps only the outputs named
+        (list, or names separated by commas), ``quantize="dynamic"`` quantises MatMul / Gemm weights to int8, checked on ``sample`` (for ONNX: an
         input as ``predict`` takes it, or ``"synthetic"``); ``measure`` adds p50 latency at batch 1 and 1000 before
         and after. The record's ``preparation`` says what each step did (sizes in bytes, agreement, latency).
 

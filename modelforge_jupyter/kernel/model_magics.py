@@ -199,7 +199,8 @@ class ModelForgeMagics(Magics, SettingsTraits):
     @magic_arguments()
     @argument("name", help="the new model's name")
     @argument("model", help="an ONNX file's path (quote it if it has spaces), or a variable: a fitted model, ONNX bytes")
-    @argument("--sample", metavar="EXPR", default=None, help="rows of a fitted model's input (numpy array, DataFrame)")
+    @argument("--sample", metavar="EXPR", default=None,
+              help="rows of a fitted model's input (numpy array, DataFrame); for a file, the input it warms up on")
     @argument("--zipmap", action="store_true", help="a converted classifier's probabilities as {class: p} maps")
     @register_magic.preparation_options
     def mf_register(self, line: str, local_ns: dict | None = None) -> None:
@@ -207,8 +208,8 @@ class ModelForgeMagics(Magics, SettingsTraits):
 
         MODEL naming a variable is that object (write ``./name`` for a file of the same name); otherwise a path.
         ``--quantize dynamic`` and ``--outputs a,b`` prepare it for serving (``ModelForge.register``; for a file
-        ``--sample`` is an input as ``%mf_predict`` takes it); a table shows size, agreement and p50 ms at batch 1
-        and 1000 before and after each step (unless ``--no-measure``).
+        ``--sample`` is an input as ``%mf_predict`` takes it, also its warm-up input); a table shows size, agreement
+        and p50 ms at batch 1 and 1000 before and after each step (unless ``--no-measure``).
 
         Examples::
 
@@ -224,7 +225,8 @@ class ModelForgeMagics(Magics, SettingsTraits):
     @magic_arguments()
     @argument("name", help="a registered model's name")
     @argument("model", help="the new ONNX file's path, or a variable: a fitted model, ONNX bytes")
-    @argument("--sample", metavar="EXPR", default=None, help="rows of a fitted model's input (numpy array, DataFrame)")
+    @argument("--sample", metavar="EXPR", default=None,
+              help="rows of a fitted model's input (numpy array, DataFrame); for a file, the input it warms up on")
     @argument("--zipmap", action="store_true", help="a converted classifier's probabilities as {class: p} maps")
     @register_magic.preparation_options
     def mf_update(self, line: str, local_ns: dict | None = None) -> None:
