@@ -18,18 +18,18 @@ from .cache import open_cache, prediction_key
 from .checks import check_timeout
 from .prepare import read_prepared
 from .deadline import Cancellation
-from .engine import Engine, raw_session
+from .engine import Engine
 from .errors import ModelExistsError, ModelForgeError, ModelNotFoundError
 from .forksafe import at_fork_in_child
-from .health import service_health
 from .invalidation import EvictionListener, Invalidator, prune_sessions
 from .lifecycle import Lifecycle
-from .metrics import METRICS, statistics
+from .metrics import METRICS
 from .outputs import pack, unpack
 from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
 from .records import ModelRecord, PredictionResult
 from .registry import Registry, check_name
 from .resolver import Resolved, Resolver, StaleRecord
+from .operations import Operations
 from .scoring import BatchScoring, close_pool
 from .settings import Settings
 from .tensors import input_hash, prepare_feed
@@ -47,7 +47,7 @@ def default_feed(record: ModelRecord, input_data: Any) -> dict:
     return prepare_feed(record.inputs, input_data)
 
 
-class ModelForge(BatchScoring):
+class ModelForge(BatchScoring, Operations):
     """Register ONNX models and serve predictions from one engine, one registry and one prediction cache.
 
     ``ModelForge()`` reads settings from the environment (``DATABASE_URL``, ``REDIS_URL``, ``CACHE_*``...); keyword
@@ -63,8 +63,8 @@ class ModelForge(BatchScoring):
         self.registry = Registry(s.database_url, s.database_timeout)
         self.cache = open_cache(s)
         self.engine = Engine(  # threads per use: a server's requests share the cores, a kernel's batch takes them all
-            s.max_sessions, s.server_intra_op_num_threads if serving else s.intra_op_num_threads, s.providers, max_session_bytes=s.max_session_bytes,
-            max_constant_bytes=s.max_constant_bytes, max_arena_bytes=s.max_arena_bytes,
+            s.max_sessions, s.server_intra_op_num_threads if serving else s.intra_op_num_threads, s.providers,
+            max_session_bytes=s.max_session_bytes, max_constant_bytes=s.max_constant_bytes, max_arena_bytes=s.max_arena_bytes,
             max_output_bytes=s.max_output_bytes, max_request_memory_bytes=s.max_request_memory_bytes,
         )
         # Settings read on every predict, copied once: a traitlets attribute read costs about 1 µs. Settings are
@@ -349,62 +349,6 @@ class ModelForge(BatchScoring):
         the first lookup asks the registry and restarts the listener."""
         if self.listener is not None:
             self.resolver.forget()
-
-    # -- operations ------------------------------------------------------------------------------------------------
-    @property
-    def backend(self) -> str:
-        """Where the registry and the cache live, e.g. ``registry postgresql, cache redis`` (no URL, no path)."""
-        return f"registry {self.registry.dialect}, cache {self.cache.backend}"
-
-    def model_bytes(self, name: str, version: int | None = None) -> bytes:
-        """The ONNX bytes registered as ``name`` (name or id) at ``version`` (default latest). Raises 404 as ``get``."""
-        return self.registry.blob(self.get(name, version).sha256)
-
-    def raw_session(self, model: str | bytes, version: int | None = None, *, engine_options: bool = True) -> Any:
-        """A new plain ``onnxruntime.InferenceSession`` of a registered model (name or id) or of ONNX bytes, with
-        the engine's ``SessionOptions`` and execution providers (``engine_options=False``: ONNX Runtime's default
-        options, the engine's providers): the baseline the benchmark compares predictions against. Not cached."""
-        data = model if isinstance(model, bytes) else self.model_bytes(model, version)
-        return raw_session(data, self.engine.session_options() if engine_options else None, self.engine.providers)
-
-    def unload(self, name: str, version: int | None = None) -> bool:
-        """Drop the loaded session of ``name`` from this process's engine (next predict is a cold start)."""
-        return self.engine.unload(self.resolver.resolve(name, check_version(version)).record.sha256)
-
-    def load(self, name: str, version: int | None = None) -> ModelRecord:
-        """Reload the session of ``name`` (name or id; latest version unless ``version``) in every process sharing the
-        registry: built anew and warmed here while the loaded one keeps serving, then swapped in; the processes that
-        have it loaded do the same on the change event (Redis; without it, this process only). Returns the record.
-        Raises ``ModelNotFoundError`` (404), and as a warm-up does (``register``: 400, 503; the old session stays)."""
-        record = self.resolver.resolve(name, check_version(version)).record
-        self.lifecycle.reload(record)
-        return record
-
-    def health(self) -> dict[str, str]:
-        """``{status, database, redis, celery, version, environment, timestamp}`` as the documented /health.
-
-        database ``connected``/``disconnected``; redis ``connected``/``disconnected``/``not_configured`` (embedded
-        cache); celery ``connected``/``eager``/``disconnected``. status ``unhealthy`` when the database is down,
-        ``degraded`` when Redis or Celery is, else ``healthy``. timestamp: ISO 8601 UTC.
-
-        Costs a database and a Redis round trip, each bounded by its deadline (``database_timeout``,
-        ``redis_timeout``). Celery's status is the background probe's (``tasks.celery_probe``, at most
-        ``celery_probe_ttl`` s old; the process's first waits up to ``broker_timeout`` s).
-        """
-        return service_health(self.settings, self.registry, self.cache)
-
-    def statistics(self, model: str | None = None, version: int | None = None) -> dict[str, Any]:
-        """Triton's statistics JSON of this process's predictions, ``{"model_stats": [...]}`` (``metrics.statistics``:
-        every model counted, or ``model``'s versions, or one ``version``). Raises ``ModelNotFoundError`` (404)."""
-        return statistics(self, model, check_version(version))
-
-    @property
-    def batchers(self) -> tuple[DynamicBatcher, ...]:
-        """The dynamic batchers serving this process's batched models (none until a batched model's first predict;
-        one per distinct ``(max_batch_size, max_queue_delay_us, instances)``), each with its counters since it
-        started: ``requests``, ``batches`` (runs made), ``waits`` (times a leader waited for more requests) and
-        ``peak_running`` (most batches run at once), beside those three settings (the delay in µs)."""
-        return tuple(self._batchers.values())
 
     def close(self) -> None:
         """Release the scoring pool, the database pool, the cache client and the loaded sessions."""
