@@ -8,6 +8,7 @@ and the door's public names. The kernel door is split by concern:
 - ``arguments``: how a magic line and a ``%%mf_predict`` cell are read;
 - ``refusals``: a refused request as one line on stderr, with the next step;
 - ``bench_magic``: what ``%mf_bench`` does once its line is parsed;
+- ``stats_magic`` and ``stats_view``: ``%mf_stats`` and its live dashboard;
 - ``outputs`` and ``dashboard``: what the magics show.
 """
 
@@ -20,8 +21,9 @@ from ..core.records import PredictionResult
 from . import dashboard, outputs
 from .arguments import parse_request  # noqa: F401  (public: the %%mf_predict cell's reading)
 from .model_magics import ModelForgeMagics
+from .stats_magic import StatsMagics
 
-__all__ = ["ModelForgeMagics", "load_ipython_extension", "parse_request", "unload_ipython_extension"]
+__all__ = ["ModelForgeMagics", "StatsMagics", "load_ipython_extension", "parse_request", "unload_ipython_extension"]
 
 
 def _pretty_prediction(result: PredictionResult, p: Any, cycle: bool) -> None:
@@ -32,6 +34,7 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics, the ``PredictionResult`` display formatters (HTML table, text table) and the
     ``BenchResult`` one (HTML table of every figure: the core's result does not know its door's rendering)."""
     ipython.register_magics(ModelForgeMagics)
+    ipython.register_magics(StatsMagics)
     formatters = ipython.display_formatter.formatters
     formatters["text/html"].for_type(PredictionResult, outputs.prediction_html)
     formatters["text/plain"].for_type(PredictionResult, _pretty_prediction)
@@ -41,9 +44,12 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """Close the magics' ``ModelForge`` and remove the magics and formatters (``%unload_ext``, ``%reload_ext``)."""
     manager = ipython.magics_manager
-    magics = manager.registry.pop(ModelForgeMagics.__name__, None)
-    if magics is not None:
-        magics.close()
+    for cls in (ModelForgeMagics, StatsMagics):
+        magics = manager.registry.pop(cls.__name__, None)
+        if magics is None:
+            continue
+        if isinstance(magics, ModelForgeMagics):
+            magics.close()
         for kind, names in magics.magics.items():
             for name in names:
                 manager.magics[kind].pop(name, None)

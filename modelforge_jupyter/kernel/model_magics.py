@@ -19,7 +19,7 @@ from ..core.benchmark import BenchResult
 from ..core.errors import ModelForgeError
 from ..core.records import PredictionResult
 from ..core.settings import SETTINGS, SettingsTraits
-from . import bench_magic, model_list, register_magic, stats_view
+from . import bench_magic, model_list, register_magic
 from .arguments import evaluate, parse_line, parse_request, strip_comment, version_arg
 from .refusals import Refusal, next_step, one_line_errors
 
@@ -164,18 +164,6 @@ class ModelForgeMagics(Magics, SettingsTraits):
             args = parse_line(self.mf_bench, line)
             refusal.model = args.model
             return bench_magic.bench(self, args, local_ns)
-
-    @line_magic
-    @magic_arguments()
-    @stats_view.options
-    def mf_stats(self, line: str) -> stats_view.StatsDashboard | None:
-        """Live req/s, p50/p99 latency by stage (queue, compute, cache), cache hit ratio and sessions of the Jupyter
-        server (its ``/metrics``, found as for ``%mf_bench --http``) and of this kernel: a dashboard refreshed until
-        Stop, ``.stop()`` or ``--seconds`` (the cell returns at once); with ``--text``, or outside widget frontends, a
-        line per source per interval. E.g. ``dash = %mf_stats iris --interval 2``, later ``dash.stop()``."""
-        with one_line_errors(self._hint) as refusal:
-            refusal.model = (args := parse_line(self.mf_stats, line)).model
-            return stats_view.run(self, args)
 
     @line_magic
     def mf_models(self, line: str) -> model_list.ModelsTable | None:
