@@ -90,7 +90,11 @@ def ran(start_ns: int, feed: dict, values: Any) -> Any:
     """The engine's hook, returning ``values``: the current thread ran a session on ``feed`` (its rows: the batch
     size) from ``start_ns`` (perf_counter_ns) to now."""
     for array in feed.values():
-        _tls.run = (start_ns, _now(), array.shape[0] if array.ndim else 1)
+        try:
+            rows = len(array)
+        except TypeError:  # a 0-d array: one row
+            rows = 1
+        _tls.run = (start_ns, _now(), rows)
         return values
     _tls.run = (start_ns, _now(), 1)
     return values
@@ -275,7 +279,7 @@ class ModelStats:
         self.counts[2] += 1
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         self.counts[2] -= 1
 
     def to_dict(self, epoch_offset_ns: int) -> dict[str, Any]:
