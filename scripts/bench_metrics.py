@@ -3,7 +3,9 @@ counting against the same ``predict`` with it switched off (a stand-in that coun
 
 The budget (issue 14) is 2 µs a prediction. The first table times exactly the calls ``predict`` makes for counting
 (``METRICS.of``, the perf_counter_ns marks, ``hit`` / ``with stats`` + the engine's ``ran`` + ``executed``), a
-million times each: steady to ~0.1 µs. The second times ``predict`` itself, alternating rounds with counting on and
+million times each, with the folds of what they recorded into the histograms (``ModelStats.fold``: every
+``metrics.FOLD_AT`` requests, and the rest at the end of each repeat, timed with it): the least of 100 interleaved
+repeats, less the least of the same marks without counting, steady to ~0.1 µs. The second times ``predict`` itself, alternating rounds with counting on and
 off so that the box's noise falls on both: its difference should agree with the first within that noise (a predict
 costs tens of µs, so read it as a check, not the figure).
 
@@ -76,7 +78,8 @@ REPEATS = 100  # of the counting calls, each n / 100 (10,000) calls, their folds
 
 
 def counting_calls(n: int) -> dict[str, float]:
-    """ns a prediction spends in counting: per cache hit, per miss (run alone), each the calls ``predict`` makes."""
+    """ns a prediction spends in counting: per cache hit, per miss (run alone), each the calls ``predict`` makes and
+    their share of the folds."""
     feed = {"x": np.zeros((1, 4), np.float32)}
     now = time.perf_counter_ns
     of = metrics.METRICS.of

@@ -14,8 +14,9 @@ Stages of one request, as Triton splits them (perf_counter_ns marks; a request i
 - ``inference_count`` rows inferred (a batch of N rows counts N; cache hits none), ``execution_count`` session runs
   (a batch of several requests counts once), ``batch_stats`` runs per batch size (rows) with their ``compute_infer``.
 
-What counting costs a prediction, ``scripts/bench_metrics.py`` measures in one run (the calls alone, and predict with
-and without them): plain ints in lists, no lock (``ModelStats``), a histogram bucket found by ``bisect``; no
+What counting costs a prediction, ``scripts/bench_metrics.py`` measures in one run (the calls alone with their share of
+the folds, and predict with and without them): the request's perf_counter_ns marks packed into one append to a list,
+no lock, folded into the histograms by NumPy when read or every ``FOLD_AT`` requests (``ModelStats``); no
 ``prometheus_client`` call on the data path (its labelled children cost more): exporters read these at scrape time.
 The engine leaves the times of each session run for its thread (``ran``), which the request's ``predict`` reads.
 Counts are this process's, reset in a forked child (its parent's are not its own).
@@ -127,7 +128,7 @@ class Duration:
         return sum(self.buckets)
 
     def add(self, ns: int) -> None:
-        """Count one of ``ns`` nanoseconds (not on the data path: ``ModelStats`` inlines it)."""
+        """Count one of ``ns`` nanoseconds (session loads; ``ModelStats`` folds its requests with NumPy)."""
         self.buckets[bisect_left(_BOUNDS_NS, ns)] += 1
         self.ns += ns
 
@@ -243,12 +244,19 @@ class ModelStats:
         values[-1] += int(ns.sum())
 
     def _add_runs(self, rows: np.ndarray, infer: np.ndarray) -> None:
+        """Count session runs of ``rows`` (n,) int64 rows each, ``infer`` (n,) int64 ns long."""
+        if not len(rows):
+            return
         self.counts[0] += int(rows.sum())
         self.counts[1] += len(rows)
-        sizes, index = np.unique(rows, return_inverse=True)
-        ns = np.zeros(len(sizes), np.int64)
-        np.add.at(ns, index, infer)
-        for size, runs, total in zip(sizes.tolist(), np.bincount(index).tolist(), ns.tolist()):
+        if rows.min() == rows.max():  # one batch size (no dynamic batching): no sort
+            groups: Any = [(int(rows[0]), len(rows), int(infer.sum()))]
+        else:
+            sizes, index = np.unique(rows, return_inverse=True)
+            ns = np.zeros(len(sizes), np.int64)
+            np.add.at(ns, index, infer)
+            groups = zip(sizes.tolist(), np.bincount(index).tolist(), ns.tolist())
+        for size, runs, total in groups:
             batch = self.batches.get(size)
             if batch is None:
                 batch = self.batches.setdefault(size if len(self.batches) < MAX_BATCH_SIZES else OTHER_SIZES, [0, 0])
