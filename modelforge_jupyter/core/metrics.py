@@ -140,13 +140,14 @@ class Duration:
 class ModelStats:
     """The counts of one model version in this process (module docstring).
 
-    Recorded on the data path as one tuple of the request's perf_counter_ns marks appended to a list (``hit``,
-    ``executed``: no lock, a list's append is atomic under the GIL), folded into the histograms and totals by ``fold``
-    (NumPy: ``searchsorted`` then ``bincount``, exact int64): readers call it first (``stage``, ``to_dict``, the
-    counts), and so does the recording thread when a list reaches ``FOLD_AT`` requests, so that memory stays bounded
-    when nobody reads. A fold takes the first ``n`` entries and deletes exactly those, under a lock of its own: a
-    request recorded meanwhile stays for the next fold, none is lost or counted twice. Failures (rare) are counted
-    at once, under that lock. Readers see whole requests: each figure exact as of the fold.
+    Recorded on the data path as the request's perf_counter_ns marks packed into one bytes (int64s: ``_HIT``,
+    ``_RUN``) appended to a list (``hit``, ``executed``: no lock, a list's append is atomic under the GIL), folded into
+    the histograms and totals by ``fold`` (NumPy: ``searchsorted`` then ``bincount``, exact int64): readers call it
+    first (``stage``, ``to_dict``, the counts), and so does the recording thread when a list reaches ``FOLD_AT``
+    requests, so that memory stays bounded when nobody reads. A fold takes the first ``n`` entries and deletes exactly
+    those, under a lock of its own: a request recorded meanwhile stays for the next fold, none is lost or counted
+    twice (swapping in a new list instead would lose the entry of a thread holding the old one). Failures (rare) are
+    counted at once, under that lock. Readers see whole requests: each figure exact as of the fold.
     """
 
     __slots__ = ("model", "version", "stages", "failures", "counts", "last_ns", "batches", "_hits", "_runs", "_lock")
