@@ -3,7 +3,9 @@ counting against the same ``predict`` with it switched off (a stand-in that coun
 
 The budget (issue 14) is 2 µs a prediction. The first table times exactly the calls ``predict`` makes for counting
 (``METRICS.of``, the perf_counter_ns marks, ``hit`` / ``with stats`` + the engine's ``ran`` + ``executed``), a
-million times each: steady to ~0.1 µs. The second times ``predict`` itself, alternating rounds with counting on and
+million times each, with the folds of what they recorded into the histograms (``ModelStats.fold``: every
+``metrics.FOLD_AT`` requests, and the rest at the end of each repeat, timed with it): the least of 100 interleaved
+repeats, less the least of the same marks without counting, steady to ~0.1 µs. The second times ``predict`` itself, alternating rounds with counting on and
 off so that the box's noise falls on both: its difference should agree with the first within that noise (a predict
 costs tens of µs, so read it as a check, not the figure).
 
@@ -63,19 +65,25 @@ def uncounted():
         api.METRICS, engine.ran = saved
 
 
-def per_call_ns(fn, n: int) -> float:
+def per_call_ns(fn, n: int, then=lambda: None) -> float:
+    """ns per call of ``fn``, ``n`` calls and ``then`` once (timed with them)."""
     start = time.perf_counter_ns()
     for _ in range(n):
         fn()
+    then()
     return (time.perf_counter_ns() - start) / n
 
 
+REPEATS = 100  # of the counting calls, each n / 100 (10,000) calls, their folds (``metrics.FOLD_AT``) and the last
+
+
 def counting_calls(n: int) -> dict[str, float]:
-    """ns a prediction spends in counting: per cache hit, per miss (run alone), each the calls ``predict`` makes."""
+    """ns a prediction spends in counting: per cache hit, per miss (run alone), each the calls ``predict`` makes and
+    their share of the folds."""
     feed = {"x": np.zeros((1, 4), np.float32)}
     now = time.perf_counter_ns
     of = metrics.METRICS.of
-    of("bench", 1)
+    fold = of("bench", 1).fold
 
     def hit() -> None:
         start = now()
@@ -96,12 +104,12 @@ def counting_calls(n: int) -> dict[str, float]:
         now()
         now()
 
-    best = {"hit": float("inf"), "miss": float("inf")}
-    for _ in range(5):  # the least of 5 repeats: the box's noise only ever adds
-        base = per_call_ns(marks_only, n // 5)
-        best["hit"] = min(best["hit"], per_call_ns(hit, n // 5) - base)
-        best["miss"] = min(best["miss"], per_call_ns(miss, n // 5) - base)
-    return best
+    least = {"base": float("inf"), "hit": float("inf"), "miss": float("inf")}
+    for _ in range(REPEATS):  # each the least of its repeats, interleaved: the box's noise only ever adds
+        least["base"] = min(least["base"], per_call_ns(marks_only, n // REPEATS))
+        least["hit"] = min(least["hit"], per_call_ns(hit, n // REPEATS, fold))
+        least["miss"] = min(least["miss"], per_call_ns(miss, n // REPEATS, fold))
+    return {"hit": least["hit"] - least["base"], "miss": least["miss"] - least["base"]}
 
 
 def predict_rounds(forge: ModelForge, rounds: int, calls: int) -> dict[str, dict[str, list[float]]]:

@@ -8,6 +8,8 @@ Counts are per process and every test here shares this one: each test uses model
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import time
 import uuid
 
@@ -133,6 +135,65 @@ def test_a_dynamic_batch_counts_one_execution_of_its_rows(mf_embedded_settings):
     assert counts(s)["success"] == counts(s)["compute_infer"] == counts(s)["queue"] == 48
     # each request counts its batch's run: more compute_infer time in all than the runs took
     assert s["inference_stats"]["compute_infer"]["ns"] > sum(b["compute_infer"]["ns"] for b in s["batch_stats"])
+
+
+def test_folds_racing_predictions_from_threads_lose_nothing():
+    # Given: a version's counts, threads switching every µs, each thread recording hits and executed requests of
+    # its own known durations (past metrics.FOLD_AT, so the recording threads fold too) while a reader folds
+    stats, threads, n = metrics.METRICS.of(unique(), 1), 4, metrics.FOLD_AT + 1500
+    done, reads = threading.Event(), [0]
+
+    def record(t: int) -> None:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            stats.hit(start, start + 1000, start + 1000 + 11 * (t + 1))
+            metrics.served_by((start + 5000, start + 5000 + 20_000 * (t + 1), t + 1))
+            stats.executed(start, start + 1000, start + 1007, True)
+
+    def read() -> None:
+        while not done.is_set():
+            stats.to_dict(0)
+            reads[0] += 1
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        reader = threading.Thread(target=read)
+        reader.start()
+        concurrently(record, range(threads), workers=threads)
+        done.set()
+        reader.join()
+    finally:
+        sys.setswitchinterval(switch)
+
+    # Then: every request counted once, in the buckets of its durations; each run once, by rows
+    s = stats.to_dict(0)
+    assert reads[0] > 1
+    assert counts(s) == {"success": 2 * threads * n, "fail": 0, "queue": threads * n, "compute_input": threads * n,
+                         "compute_infer": threads * n, "compute_output": threads * n, "cache_hit": threads * n,
+                         "cache_miss": threads * n}
+    assert s["inference_stats"]["cache_hit"]["ns"] == sum(11 * (t + 1) for t in range(threads)) * n
+    assert s["inference_stats"]["cache_miss"]["ns"] == 7 * threads * n
+    assert s["inference_stats"]["queue"]["ns"] == (5000 - 1007) * threads * n
+    infer = [20_000 * (t + 1) for t in range(threads)]  # µs 20, 40, 60, 80: buckets "le" 20, 50, 75, 100
+    assert s["inference_stats"]["compute_infer"]["ns"] == sum(infer) * n
+    buckets = [0] * (len(metrics.DURATION_BOUNDS_US) + 1)
+    for ns in infer:
+        buckets[metrics.DURATION_BOUNDS_US.index({20: 20, 40: 50, 60: 75, 80: 100}[ns // 1000])] += n
+    assert stats.stage("compute_infer").buckets == buckets
+    assert (s["inference_count"], s["execution_count"]) == (sum(t + 1 for t in range(threads)) * n, threads * n)
+    assert s["batch_stats"] == [{"batch_size": t + 1, "compute_infer": {"count": n, "ns": infer[t] * n}}
+                                for t in range(threads)]
+
+
+def test_recording_folds_past_its_bound_with_no_reader():
+    stats, start = metrics.METRICS.of(unique(), 1), time.perf_counter_ns()
+    for _ in range(metrics.FOLD_AT - 1):
+        stats.hit(start, start, start)
+    assert stats.last_ns == 0  # recorded, not folded: no reader yet
+    stats.hit(start, start, start)
+    assert stats.last_ns > start  # the FOLD_AT-th folded them all, with no reader
+    assert stats.stage("cache_hit").count == metrics.FOLD_AT
 
 
 @pytest.mark.parametrize(("error", "reason"), [

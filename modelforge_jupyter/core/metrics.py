@@ -14,8 +14,9 @@ Stages of one request, as Triton splits them (perf_counter_ns marks; a request i
 - ``inference_count`` rows inferred (a batch of N rows counts N; cache hits none), ``execution_count`` session runs
   (a batch of several requests counts once), ``batch_stats`` runs per batch size (rows) with their ``compute_infer``.
 
-What counting costs a prediction, ``scripts/bench_metrics.py`` measures in one run (the calls alone, and predict with
-and without them): plain ints in lists, no lock (``ModelStats``), a histogram bucket found by ``bisect``; no
+What counting costs a prediction, ``scripts/bench_metrics.py`` measures in one run (the calls alone with their share of
+the folds, and predict with and without them): the request's perf_counter_ns marks packed into one append to a list,
+no lock, folded into the histograms by NumPy when read or every ``FOLD_AT`` requests (``ModelStats``); no
 ``prometheus_client`` call on the data path (its labelled children cost more): exporters read these at scrape time.
 The engine leaves the times of each session run for its thread (``ran``), which the request's ``predict`` reads.
 Counts are this process's, reset in a forked child (its parent's are not its own).
@@ -23,11 +24,14 @@ Counts are this process's, reset in a forked child (its parent's are not its own
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 import weakref
 from bisect import bisect_left
 from typing import Any
+
+import numpy as np
 
 from .errors import (
     InferenceError, InferenceTimeoutError, InvalidInputError, ModelNotFoundError, RequestCancelledError,
@@ -40,6 +44,8 @@ from .forksafe import at_fork_in_child
 DURATION_BOUNDS_US = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000,
                       50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 _BOUNDS_NS = tuple(b * 1000 for b in DURATION_BOUNDS_US)
+_BOUNDS_NP = np.array(_BOUNDS_NS, np.int64)  # ``np.searchsorted``'s side "left" is ``bisect_left``
+FOLD_AT = 4096  # requests recorded per version and kind (hit, executed) past which the recording thread folds them
 BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)  # rows of a session run
 STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 SUCCESS, FAIL, QUEUE, INPUT, INFER, OUTPUT, HIT, MISS = range(len(STAGES))
@@ -50,6 +56,17 @@ REASONS = {InvalidInputError: "invalid_input", ModelNotFoundError: "not_found", 
 MAX_BATCH_SIZES = 4096  # distinct batch sizes kept per model version; runs of others count under OTHER_SIZES
 OTHER_SIZES = -1  # the ``batches`` key of runs whose size was one too many to keep (not in batch_stats)
 _now, _bisect = time.perf_counter_ns, bisect_left
+# a request's marks, packed as int64s in native order (``ModelStats``): a hit's, an executed request's
+_HIT, _RUN = struct.Struct("=4q").pack, struct.Struct("=8q").pack
+
+
+def _taken(entries: list[bytes], width: int) -> np.ndarray:
+    """The first ``len(entries)`` entries (``width`` int64 each, packed), as an (n, width) array, deleted from
+    ``entries``: another thread's appends meanwhile land after them and stay."""
+    n = len(entries)
+    marks = np.frombuffer(b"".join(entries[:n]), np.int64).reshape(n, width)
+    del entries[:n]
+    return marks
 
 
 class _Thread(threading.local):
@@ -74,7 +91,11 @@ def ran(start_ns: int, feed: dict, values: Any) -> Any:
     """The engine's hook, returning ``values``: the current thread ran a session on ``feed`` (its rows: the batch
     size) from ``start_ns`` (perf_counter_ns) to now."""
     for array in feed.values():
-        _tls.run = (start_ns, _now(), array.shape[0] if array.ndim else 1)
+        try:
+            rows = len(array)
+        except TypeError:  # a 0-d array: one row
+            rows = 1
+        _tls.run = (start_ns, _now(), rows)
         return values
     _tls.run = (start_ns, _now(), 1)
     return values
@@ -107,7 +128,7 @@ class Duration:
         return sum(self.buckets)
 
     def add(self, ns: int) -> None:
-        """Count one of ``ns`` nanoseconds (not on the data path: ``ModelStats`` inlines it)."""
+        """Count one of ``ns`` nanoseconds (session loads; ``ModelStats`` folds its requests with NumPy)."""
         self.buckets[bisect_left(_BOUNDS_NS, ns)] += 1
         self.ns += ns
 
@@ -119,13 +140,17 @@ class Duration:
 class ModelStats:
     """The counts of one model version in this process (module docstring).
 
-    Updated with no lock, each update one statement on an int of a list (``x[i] += n``): under CPython's GIL no
-    other thread runs inside one (the interpreter switches threads at calls and backward jumps, not between the
-    read and the write of ``+=`` on an int), and locks would double counting's cost (``scripts/bench_metrics.py``).
-    Readers may see one request's stages half counted; each figure is exact.
+    Recorded on the data path as the request's perf_counter_ns marks packed into one bytes (int64s: ``_HIT``,
+    ``_RUN``) appended to a list (``hit``, ``executed``: no lock, a list's append is atomic under the GIL), folded into
+    the histograms and totals by ``fold`` (NumPy: ``searchsorted`` then ``bincount``, exact int64): readers call it
+    first (``stage``, ``to_dict``, the counts), and so does the recording thread when a list reaches ``FOLD_AT``
+    requests, so that memory stays bounded when nobody reads. A fold takes the first ``n`` entries and deletes exactly
+    those, under a lock of its own: a request recorded meanwhile stays for the next fold, none is lost or counted
+    twice (swapping in a new list instead would lose the entry of a thread holding the old one). Failures (rare) are
+    counted at once, under that lock. Readers see whole requests: each figure exact as of the fold.
     """
 
-    __slots__ = ("model", "version", "stages", "failures", "counts", "last_ns", "batches")
+    __slots__ = ("model", "version", "stages", "failures", "counts", "last_ns", "batches", "_hits", "_runs", "_lock")
 
     def __init__(self, model: str, version: int) -> None:
         self.model = model
@@ -136,15 +161,21 @@ class ModelStats:
         self.counts = [0, 0, 0]  # inference_count (rows), execution_count (runs), pending (requests in the engine)
         self.last_ns = 0  # perf_counter_ns of the last request that ended (0: none)
         self.batches: dict[int, list[int]] = {}  # rows -> [runs, compute_infer ns] (``OTHER_SIZES``: the rest)
+        self._hits: list[bytes] = []  # (start, fed, looked, end) of cache hits not folded yet, packed (``_HIT``)
+        # (start, fed, looked, run start, run end, end, rows, cached) of executed requests not folded yet (``_RUN``)
+        self._runs: list[bytes] = []
+        self._lock = threading.Lock()  # one fold at a time
 
     @property
     def inference_count(self) -> int:
         """Rows inferred by session runs of this version (a batch of N rows counts N; cache hits none)."""
+        self.fold()
         return self.counts[0]
 
     @property
     def execution_count(self) -> int:
         """Session runs of this version (a batch of several requests counts once)."""
+        self.fold()
         return self.counts[1]
 
     @property
@@ -154,61 +185,88 @@ class ModelStats:
 
     def stage(self, name: str) -> Duration:
         """A copy of stage ``name`` (one of ``STAGES``)."""
+        self.fold()
         values = self.stages[STAGES.index(name)]
         return Duration(values[:-1], values[-1])
 
     def hit(self, start: int, fed: int, looked: int) -> None:
         """A cache hit: ``predict`` started at ``start``, had its feed at ``fed``, its cached answer at ``looked``
         (perf_counter_ns), and ends now."""
-        end = _now()
-        success, _, _, _, _, _, hit, _ = self.stages
-        d = end - start
-        success[_bisect(_BOUNDS_NS, d)] += 1
-        success[-1] += d
-        d = looked - fed
-        hit[_bisect(_BOUNDS_NS, d)] += 1
-        hit[-1] += d
-        self.last_ns = end
+        hits = self._hits
+        hits.append(_HIT(start, fed, looked, _now()))
+        if len(hits) >= FOLD_AT:
+            self.fold(wait=False)
 
     def executed(self, start: int, fed: int, looked: int, cached: bool) -> None:
         """A request the engine answered: marks as ``hit``'s (``cached``: the cache was looked up, a miss), the
         session run that answered it being the thread's last (``last_run``), counted once (by its maker)."""
         end = _now()
         run_start, run_end, rows = _tls.run or (looked, looked, 0)
-        success, _, queue, compute_input, compute_infer, compute_output, _, miss = self.stages
-        bounds = _BOUNDS_NS
-        d = end - start
-        success[_bisect(bounds, d)] += 1
-        success[-1] += d
-        d = fed - start
-        compute_input[_bisect(bounds, d)] += 1
-        compute_input[-1] += d
-        d = run_start - looked
-        queue[_bisect(bounds, d)] += 1
-        queue[-1] += d
-        d = run_end - run_start
-        compute_infer[_bisect(bounds, d)] += 1
-        compute_infer[-1] += d
-        e = end - run_end
-        compute_output[_bisect(bounds, e)] += 1
-        compute_output[-1] += e
-        if cached:
-            e = looked - fed
-            miss[_bisect(bounds, e)] += 1
-            miss[-1] += e
-        self.last_ns = end
-        if rows:  # this thread made the run: count it, its rows and its batch size
-            counts = self.counts
-            counts[0] += rows
-            counts[1] += 1
-            batch = self.batches.get(rows)
+        runs = self._runs
+        runs.append(_RUN(start, fed, looked, run_start, run_end, end, rows, cached))
+        if len(runs) >= FOLD_AT:
+            self.fold(wait=False)
+
+    def fold(self, wait: bool = True) -> None:
+        """Count the requests recorded since the last fold into the stages, counts and batch sizes (class docstring);
+        ``wait``: for another thread's fold to end (False: leave the work to it)."""
+        if not (self._hits or self._runs) or not self._lock.acquire(wait):
+            return
+        try:
+            last = self.last_ns
+            hits = _taken(self._hits, 4)
+            if len(hits):
+                start, fed, looked, end = hits.T
+                self._add(SUCCESS, end - start)
+                self._add(HIT, looked - fed)
+                last = max(last, int(end.max()))
+            runs = _taken(self._runs, 8)
+            if len(runs):
+                start, fed, looked, run_start, run_end, end, rows, cached = runs.T
+                infer = run_end - run_start
+                self._add(SUCCESS, end - start)
+                self._add(INPUT, fed - start)
+                self._add(QUEUE, run_start - looked)
+                self._add(INFER, infer)
+                self._add(OUTPUT, end - run_end)
+                self._add(MISS, (looked - fed)[cached != 0])
+                made = rows > 0  # the runs this version's requests made (a batch's followers have rows 0)
+                self._add_runs(rows[made], infer[made])
+                last = max(last, int(end.max()))
+            self.last_ns = last
+        finally:
+            self._lock.release()
+
+    def _add(self, stage: int, ns: np.ndarray) -> None:
+        """Count durations ``ns`` (n,) int64 into ``stage``."""
+        values = self.stages[stage]
+        for i, n in enumerate(np.bincount(np.searchsorted(_BOUNDS_NP, ns), minlength=len(values) - 1).tolist()):
+            values[i] += n
+        values[-1] += int(ns.sum())
+
+    def _add_runs(self, rows: np.ndarray, infer: np.ndarray) -> None:
+        """Count session runs of ``rows`` (n,) int64 rows each, ``infer`` (n,) int64 ns long."""
+        if not len(rows):
+            return
+        self.counts[0] += int(rows.sum())
+        self.counts[1] += len(rows)
+        if rows.min() == rows.max():  # one batch size (no dynamic batching): no sort
+            groups: Any = [(int(rows[0]), len(rows), int(infer.sum()))]
+        else:
+            sizes, index = np.unique(rows, return_inverse=True)
+            ns = np.zeros(len(sizes), np.int64)
+            np.add.at(ns, index, infer)
+            groups = zip(sizes.tolist(), np.bincount(index).tolist(), ns.tolist())
+        for size, runs, total in groups:
+            batch = self.batches.get(size)
             if batch is None:
-                batch = self.batches.setdefault(rows if len(self.batches) < MAX_BATCH_SIZES else OTHER_SIZES, [0, 0])
-            batch[0] += 1
-            batch[1] += d
+                batch = self.batches.setdefault(size if len(self.batches) < MAX_BATCH_SIZES else OTHER_SIZES, [0, 0])
+            batch[0] += runs
+            batch[1] += total
 
     def batch_buckets(self) -> list[int]:
         """Session runs per ``BATCH_BOUNDS`` bucket of their size (per bucket, not cumulative; the last is +Inf)."""
+        self.fold()
         buckets = [0] * (len(BATCH_BOUNDS) + 1)
         for rows, (runs, _) in list(self.batches.items()):
             buckets[_bisect(BATCH_BOUNDS, rows) if rows != OTHER_SIZES else -1] += runs
@@ -216,28 +274,28 @@ class ModelStats:
 
     def failed(self, start: int, reason: str) -> None:
         """A request that started at ``start`` (perf_counter_ns) failed now, for ``reason`` (``reason_of``)."""
-        end = _now()
-        d = end - start
-        fail = self.stages[FAIL]
-        fail[_bisect(_BOUNDS_NS, d)] += 1
-        fail[-1] += d
-        failures = self.failures
-        failures.setdefault(reason, 0)  # one statement each: two threads may both add the key, never lose a count
-        failures[reason] += 1
-        self.last_ns = end
+        with self._lock:  # not racing a fold's last_ns
+            end = _now()
+            d = end - start
+            fail = self.stages[FAIL]
+            fail[_bisect(_BOUNDS_NS, d)] += 1
+            fail[-1] += d
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+            self.last_ns = max(self.last_ns, end)
 
     def __enter__(self) -> ModelStats:
         """``with stats:`` around handing a request of this version to the engine: ``pending`` + 1 meanwhile."""
         self.counts[2] += 1
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         self.counts[2] -= 1
 
     def to_dict(self, epoch_offset_ns: int) -> dict[str, Any]:
         """Triton's per-model statistics: ``{name, version, last_inference (ms since the epoch, 0: never),
         inference_count, execution_count, inference_stats: {stage: {count, ns}}, batch_stats: [{batch_size,
         compute_infer: {count, ns}}]}`` (``epoch_offset_ns``: ``time.time_ns() - time.perf_counter_ns()``)."""
+        self.fold()
         return {
             "name": self.model,
             "version": str(self.version),
