@@ -231,10 +231,9 @@ class Engine(SessionLRU):
         """Run the model on ``feed`` (validated arrays) and return ``{output name: value}`` as ``outputs`` documents:
         ndarrays as ONNX Runtime returns them, a ZipMap output as ``MapRows`` (``maps()``: ONNX Runtime's own dicts).
 
-        ``timeout`` (s, 0 = none) bounds the run: past it the ``deadline.watchdog()`` sets the run's
-        ``RunOptions.terminate`` and this raises ``InferenceTimeoutError`` (504). ``cancel.cancel()`` from another
-        thread stops it the same way, raising ``RequestCancelledError`` (499); a cancelled request does not start.
-        ONNX Runtime checks the flag between nodes and loop iterations, so one long node finishes first.
+        ``timeout`` (s, 0 = none) bounds the run: past it the ``deadline.watchdog()`` sets ``RunOptions.terminate``
+        (checked between nodes) and this raises ``InferenceTimeoutError`` (504); ``cancel.cancel()`` from another
+        thread stops it the same way (``RequestCancelledError``, 499); a cancelled request does not start.
         Raises ``ResourceLimitError`` (413) when the run needs more than the arena has left, takes the process more
         than ``max_request_memory_bytes`` above its steady state (stopped by the watchdog), or its outputs hold more
         than ``max_output_bytes``; ``InferenceError`` (422) when ONNX Runtime rejects values that passed validation.
@@ -363,9 +362,7 @@ class Engine(SessionLRU):
         sessions are rebuilt with arenas of their own (one warning is logged at the first build)."""
         self._build_lock = threading.Lock()
         if self.arena_bytes and (_in_ort or _arena_unusable):
-            # Another thread was inside ONNX Runtime at the fork: the shared arena's mutex may be held for good. Its
-            # sessions (and the shrinker) are parked, never run nor freed here (freeing returns memory to that
-            # arena); sessions are rebuilt on first use with arenas of their own, uncapped by max_arena_bytes.
+            # the old sessions and shrinker parked: never run nor freed here (freeing returns memory to that arena)
             park(*self._drop_all(), self._shrinker)
             self._shrinker = None
             self.arena_bytes = 0
