@@ -11,10 +11,13 @@ switch to the dark theme (Settings > Theme > JupyterLab Dark) and look again. Ch
   error output (the scratch notebook's one refusal excepted, checked word for word);
 - every ``%mf_bench`` dashboard finished (full green progress bar, "done" in its status line, table filled in),
   followed by its plot and its table of every figure as ordinary outputs;
-- the plot's background is not opaque white in the dark theme (its corner, as drawn on screen, is dark).
+- the plot's background is not opaque white in the dark theme (its corner, as drawn on screen, is dark);
+- the scratch notebook's live ``%mf_stats`` dashboard (the server's and the kernel's readings while the next cell
+  sends requests both ways) stopped with its plot, whose background is dark in the dark theme too.
 
 Saves a screenshot of the first dashboard per theme (``--screenshot``: docs/dashboard.png and the same name with
-``-dark``; well under 300 KB each) and prints a JSON summary of what it saw.
+``-dark``) and of the ``%mf_stats`` one (docs/stats.png, light), well under 300 KB each, and prints a JSON summary of
+what it saw.
 
     .venv/bin/python scripts/check_dashboard.py            # exit 0: as above; 1: not (the reason on stderr)
 
@@ -65,6 +68,11 @@ SCRATCH = [
     '%%mf_predict scratch_iris\n{"input_data": [[5.1, 3.5, 1.4, 0.2]], "use_cache": false}',
     "%mf_predict nope X",
     "%mf_bench scratch_iris --http --seconds 0.05 --warmup 2",
+    "stats = %mf_stats scratch_iris --interval 0.5 --seconds 6",
+    "import time\nfrom modelforge_jupyter.kernel.client import connect\n\nstart, i = time.monotonic(), 0\n"
+    "with connect() as server:  # 2 s of requests to the server and in the kernel, then the dashboard stopped\n"
+    "    while time.monotonic() - start < 2:\n        server.predict('scratch_iris', X + i % 20)\n"
+    "        _ = %mf_predict scratch_iris X + i % 10\n        i += 1\nstats.stop()",
     "%mf_update scratch_iris {sample_path('iris_v2.onnx')}",
     "%mf_bench scratch_iris --batch-sizes 1,10 --iterations 5 --warmup 1 --no-cache --text",
     "%mf_delete scratch_iris --version 1",
@@ -229,13 +237,33 @@ def inspect(page, name: str, m: dict, theme: str) -> dict:
             "switch": box.locator(".widget-toggle-buttons button").all_inner_texts(),
             "header": [c.strip() for c in table.locator("thead tr").first.inner_text().split("\t")],
             "rows": rows,
-            "static_rows": statics.nth(2).locator("tbody tr").count(),
+            "static_rows": statics.nth(2).locator("table").first.locator("tbody tr").count(),
             "plot_width": plot.evaluate("img => img.getBoundingClientRect().width"),
             "plot_corner": corner,
         })
     widest = max((o["scroll"] for o in m["outputs"] if not o["styler"]), default=0)
     return {"outputs": len(m["outputs"]), "widest_output": widest, "area": max((o["client"] for o in m["outputs"]),
-            default=0), "wide_pandas_tables": len(wide) - len(mine), "stderr": m["stderr"], "dashboards": out}
+            default=0), "wide_pandas_tables": len(wide) - len(mine), "stderr": m["stderr"], "dashboards": out,
+            "stats": [stats_dashboard(stats_cells(page).nth(i), name, theme) for i in range(stats_cells(page).count())]}
+
+
+def stats_cells(page):
+    """The visible notebook's ``%mf_stats`` cells (a widget whose title reads "ModelForge live")."""
+    live = page.locator(".widget-html", has_text="ModelForge live")
+    return visible_panel(page).locator(".jp-CodeCell").filter(has=live)
+
+
+def stats_dashboard(cell, name: str, theme: str) -> dict:
+    """What a ``%mf_stats`` dashboard shows once stopped: its headline lines, its plot's width and corner."""
+    box = cell.locator(".widget-vbox").first
+    plot = box.locator("img").first
+    assert plot.evaluate("img => img.naturalWidth") > 300, f"{name}: no %mf_stats plot"
+    corner = plot_corner(plot)
+    if theme == "dark":
+        assert sum(corner[:3]) < 3 * 128, f"{name}: the %mf_stats plot is light in the dark theme: {corner}"
+    return {"text": box.locator(".widget-html").first.inner_text().splitlines(),
+            "stop_disabled": box.locator("button").first.is_disabled(),
+            "plot_width": plot.evaluate("img => img.getBoundingClientRect().width"), "plot_corner": corner}
 
 
 def plot_corner(plot) -> list[int]:
@@ -255,15 +283,15 @@ def set_theme(page, label: str, light: bool) -> None:
     page.wait_for_timeout(1000)  # the theme's CSS applied
 
 
-def screenshot(page, path: Path) -> int:
-    """The first dashboard's cell, from its input to the bottom of its plot, as a PNG; returns its size in bytes.
-
-    Taken in a window as wide as the checked one but taller, so that the dashboard and its plot fit in one image."""
+def screenshot(page, path: Path, cell=None) -> int:
+    """The first dashboard's cell (or ``cell``), from its input to the bottom of its plot, as a PNG; returns its size
+    in bytes. Taken in a window as wide as the checked one but taller, so that the dashboard and its plot fit."""
     from PIL import Image
 
     page.set_viewport_size({**VIEWPORT, "height": 1400})
     try:
-        cell = visible_panel(page).locator(".jp-CodeCell").filter(has=page.locator(".widget-toggle-buttons")).first
+        if cell is None:
+            cell = visible_panel(page).locator(".jp-CodeCell").filter(has=page.locator(".widget-toggle-buttons")).first
         cell.evaluate("el => el.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(300)
         box = cell.bounding_box()
@@ -302,6 +330,8 @@ def check(url: str, token: str, names: list[str], shots: dict[str, Path], profil
                 summary["light"][name] = inspect(page, name, wait_done(page, name, deadline), "light")
             activate(page, names[0])
             summary["screenshots"][str(shots["light"])] = screenshot(page, shots["light"])
+            activate(page, "scratch.ipynb")
+            summary["screenshots"][str(shots["stats"])] = screenshot(page, shots["stats"], stats_cells(page).first)
             set_theme(page, "JupyterLab Dark", light=False)
             for name in names:
                 activate(page, name)
@@ -316,13 +346,14 @@ def check(url: str, token: str, names: list[str], shots: dict[str, Path], profil
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--screenshot", type=Path, default=ROOT / "docs" / "dashboard.png",
-                        help="light theme screenshot; the dark one is NAME-dark.png beside it")
+                        help="light theme screenshot; the dark one is NAME-dark.png beside it, %%mf_stats' stats.png")
     parser.add_argument("--timeout", type=float, default=150.0, help="seconds for every Run All to finish")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"no {CHROMIUM}: apt-get install -y chromium", file=sys.stderr)
         return 1
-    shots = {"light": args.screenshot, "dark": args.screenshot.with_name(f"{args.screenshot.stem}-dark.png")}
+    shots = {"light": args.screenshot, "dark": args.screenshot.with_name(f"{args.screenshot.stem}-dark.png"),
+             "stats": args.screenshot.with_name("stats.png")}
     notebooks = {nb.name: json.loads(nb.read_text()) for nb in NOTEBOOKS} | {"scratch.ipynb": scratch_notebook()}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mf-dashboard-") as tmp_name:

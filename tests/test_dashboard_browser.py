@@ -78,8 +78,19 @@ def test_notebooks_render_in_jupyterlab_within_the_output_area_in_both_themes(ch
             # the plot is see-through: the theme's own background shows at its corner
             corner = d["plot_corner"]
             assert (sum(corner[:3]) > 3 * 200) if theme == "light" else (sum(corner[:3]) < 3 * 100), corner
+        # the live %mf_stats dashboard: stopped, both sources read with the requests the next cell sent
+        (stats,) = seen["scratch.ipynb"]["stats"]
+        assert stats["stop_disabled"] and stats["text"][0] == "ModelForge live: scratch_iris (stopped)", stats
+        for source in ("server", "kernel"):
+            line = next(t for t in stats["text"] if t.startswith(f"{source}: "))
+            pattern = rf"{source}: [\d.,]+ req/s, p50 .* ms, p99 .* ms, cache hits \d+%, \d+ sessions"
+            assert re.match(pattern, line), line
+        assert 600 < stats["plot_width"] <= 1000
+        corner = stats["plot_corner"]
+        assert (sum(corner[:3]) > 3 * 200) if theme == "light" else (sum(corner[:3]) < 3 * 100), corner
     # the screenshots the README shows, small enough to keep in the repository
-    assert set(summary["screenshots"]) == {str(shot), str(shot.with_name("dashboard-dark.png"))}
+    assert set(summary["screenshots"]) == {str(shot), str(shot.with_name("dashboard-dark.png")),
+                                           str(shot.with_name("stats.png"))}
     for path, size in summary["screenshots"].items():
         png = Path(path).read_bytes()
         assert len(png) == size < 300_000

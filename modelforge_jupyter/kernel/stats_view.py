@@ -99,7 +99,8 @@ class StatsDashboard:
 
         self.sources, self.title, self.interval, self.seconds = sources, title, interval, seconds
         self.text = w.HTML()
-        self.plot = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
+        # its natural 940 px (the figure's), shrunk with the output area, never stretched
+        self.plot = w.Image(format="png", width=940, layout=w.Layout(max_width="100%", height="auto"))
         self.button = w.Button(description="Stop", icon="stop", layout=w.Layout(width="auto"))
         self.button.on_click(lambda _: self.stop())
         self.box = w.VBox([self.text, self.plot, self.button], layout=w.Layout(max_width="100%"))
