@@ -158,6 +158,18 @@ def test_cancel_stops_the_remaining_chunks(forge):
         job.result()
 
 
+def test_a_deletion_fails_the_remaining_chunks_naming_it(forge):
+    forge.register("spin", mf_spin_model().SerializeToString())
+    x = np.repeat(mf_spin_input(300), 30, axis=0)
+    x[:2, 0] = 30_000  # the first two chunks keep both pool processes busy ~0.4 s
+    job = forge.score("spin", x, chunk_rows=1)
+    forge.delete("spin")
+    assert job.wait(60)
+    errors = job.errors()
+    assert len(errors) >= 20 and {e.status for e in errors} == {404}
+    assert "model 'spin' version 1 was deleted after the job was submitted" in errors[-1].message
+
+
 def test_worker_processes_killed_mid_job_lose_no_chunk(forge, celery_scoring):
     # Given a job of 24 chunks of ~0.1 s each on the 2 prefork processes
     forge.register("spin", mf_spin_model().SerializeToString())

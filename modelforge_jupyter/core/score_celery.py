@@ -174,16 +174,14 @@ class CeleryRun:
 
     def outcomes(self) -> list[ChunkOutcome]:
         """The finished chunks with their outputs read back from Redis, by index."""
-        parts = self.state.parts()
-        keys = [self.state.key(f"result:{i}") for i in sorted(parts)]
-        values = self.state.client.mget(keys) if keys else []
+        indexes = sorted(self.state.parts())
         outcomes = []
-        for index, value in zip(sorted(parts), values):
-            outputs = unpack(value)
-            if outputs is None:
-                continue
-            row = outputs.pop(ROW)
-            outcomes.append(ChunkOutcome(index, row, outputs))
+        for at in range(0, len(indexes), 64):  # 64 results a round trip: a few MB each at most
+            batch = indexes[at:at + 64]
+            for index, value in zip(batch, self.state.client.mget([self.state.key(f"result:{i}") for i in batch])):
+                outputs = unpack(value)
+                if outputs is not None:  # None: a chunk with no row scored, or written to a file
+                    outcomes.append(ChunkOutcome(index, outputs.pop(ROW), outputs))
         return outcomes
 
     def errors(self) -> list[ChunkError]:
