@@ -7,7 +7,8 @@ registered meanwhile. Two ways to run, one job API:
 - embedded (no ``CELERY_BROKER_URL``): a local process pool of forked workers (``score_local``), each with its own
   ``ModelForge`` on the same settings and one ONNX Runtime intra-op thread per session;
 - Celery (``CELERY_BROKER_URL`` set): each chunk a task on the workers (``score_celery``); job state in Redis, so
-  ``ModelForge.score_job(id)`` attaches from another process.
+  ``ModelForge.score_job(id)`` attaches from another process (without Redis: in the output directory,
+  ``score_state``).
 
 Results are gathered in this process (``result()``: ``{output name: ndarray | MapRows}`` in row order; ``table()``: a
 pyarrow Table with the row numbers) or written by the workers as Parquet (``output=``: ``part-NNNNN.parquet`` per
