@@ -18,6 +18,7 @@ Arrow IPC stream (a table): never pickled.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -129,12 +130,23 @@ def _plan_parquet(files: list[str], chunk_rows: int) -> Source:
     return Source("parquet", total, tuple(chunks))
 
 
+_open_files: dict[tuple, Any] = {}  # (pid, path, mtime, size) -> pyarrow.parquet.ParquetFile: footers read once
+
+
 def read_parquet_rows(file: str, offset: int, rows: int) -> Any:
     """Rows ``[offset, offset + rows)`` of Parquet ``file`` as a pyarrow Table, reading only the row groups that
-    overlap them."""
+    overlap them, on this thread alone (a worker process has one core's share; pyarrow's pool would fight the other
+    workers for it). A process keeps its last 8 files open (their footers parsed once; a file rewritten since is
+    opened again)."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(file)
+    stat = os.stat(file)
+    key = (os.getpid(), file, stat.st_mtime_ns, stat.st_size)
+    pf = _open_files.get(key)
+    if pf is None:
+        if len(_open_files) >= 8:
+            _open_files.pop(next(iter(_open_files)))
+        pf = _open_files[key] = pq.ParquetFile(file)
     groups, first, at = [], None, 0
     for g in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(g).num_rows
@@ -142,7 +154,7 @@ def read_parquet_rows(file: str, offset: int, rows: int) -> Any:
             groups.append(g)
             first = at if first is None else first
         at += n
-    return pf.read_row_groups(groups).slice(offset - (first or 0), rows)
+    return pf.read_row_groups(groups, use_threads=False).slice(offset - (first or 0), rows)
 
 
 def take_rows(data: Any, start: int, stop: int) -> Any:

@@ -84,7 +84,9 @@ def _forge(key_prefix: str) -> Any:
 @worker_init.connect
 def _import_before_fork(**_: Any) -> None:
     """In the worker's main process, before it forks its pool: import ModelForge (and ONNX Runtime, SQLAlchemy...)
-    once, so that no pool process pays ~1-3 s importing them on its first chunk. (Its ModelForge is built on its
-    first chunk, not at ``worker_process_init``, whose handlers Celery kills past 4 s.)"""
-    from . import api  # noqa: F401
+    and pyarrow's Parquet reader once, so that no pool process pays ~1-3 s importing them on its first chunk. (Its
+    ModelForge is built on its first chunk, not at ``worker_process_init``, whose handlers Celery kills past 4 s.)"""
+    import pyarrow.parquet  # noqa: F401
+
+    from . import api, score_celery  # noqa: F401
 
