@@ -199,7 +199,8 @@ def test_without_redis_parquet_and_an_output_directory_keep_the_state_in_files(f
     with ModelForge(**settings) as mf:
         # An array (it would travel through Redis) is refused at once, naming what is needed
         with pytest.raises(ModelForgeError, match="needs REDIS_URL .* or Parquet rows and an output= directory"):
-            mf.score("iris", IRIS_X)
+            mf.score("iris", IRIS_X, output=tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()  # a refused job leaves nothing behind
         # Parquet rows and an output directory: the workers keep the job's state beside the parts
         job = mf.score("iris", tmp_path / "rows.parquet", chunk_rows=250, output=tmp_path / "out")
         manifest = job.result(timeout=60)

@@ -36,18 +36,23 @@ class CeleryRun:
     def __init__(self, spec: JobSpec, state: RedisState | DirState) -> None:
         self.spec, self.state = spec, state
 
+    @staticmethod
+    def check(forge: Any, spec: JobSpec, source: Source) -> None:
+        """Refuse (``ModelForgeError``, 400, naming what is needed) a job with neither Redis nor Parquet rows and an
+        output directory to carry it."""
+        if not (forge.settings.redis_url or (source.kind == "parquet" and spec.output is not None)):
+            raise ModelForgeError(NEEDS)
+
     @classmethod
     def submit(cls, forge: Any, spec: JobSpec, source: Source) -> CeleryRun:
-        """Store the job (and its chunks, in Redis) and send a task per chunk. Raises ``ModelForgeError`` (400)
-        with neither Redis nor Parquet rows and an output directory, ``ServiceUnavailableError`` (503) when Redis
-        or the broker does not take them."""
+        """Store the job (and its chunks, in Redis) and send a task per chunk. Raises as ``check``;
+        ``ServiceUnavailableError`` (503) when Redis or the broker does not take them."""
+        cls.check(forge, spec, source)
         s = forge.settings
         if s.redis_url:
             state: RedisState | DirState = RedisState(redis_client(s.redis_url), s.cache_key_prefix, spec.id)
-        elif source.kind == "parquet" and spec.output is not None:
-            state = DirState(spec.output, spec.id)
         else:
-            raise ModelForgeError(NEEDS)
+            state = DirState(spec.output, spec.id)
         chunks = {}
         if source.kind != "parquet":
             for chunk in source.chunks:
