@@ -177,21 +177,39 @@ def row_count(data: Any) -> int:
 
 def table_feed(record: ModelRecord, data: Any) -> dict[str, np.ndarray]:
     """The feed of ``record``'s inputs from ``data``: a DataFrame or pyarrow Table by the columns rule (module
-    docstring), anything else as ``predict`` takes it. Raises ``InvalidInputError`` (400) as ``prepare_feed``."""
+    docstring), anything else as ``predict`` takes it. Raises ``InvalidInputError`` (400) as ``prepare_feed``, and
+    ``ModelForgeError`` (400) as ``by_name``."""
     columns = _columns(data)
     if columns is None:
         return prepare_feed(record.inputs, data)
-    required = [s.name for s in record.inputs if not s.optional]
-    if required and all(name in columns for name in required):
+    if by_name(record, list(columns)):
         return prepare_feed(record.inputs, {s.name: _column(data, columns[s.name]) for s in record.inputs
                                             if s.name in columns})
+    return prepare_feed(record.inputs, np.column_stack([_column(data, label) for label in columns.values()]))
+
+
+def by_name(record: ModelRecord, columns: list[str]) -> bool:
+    """True when ``columns`` map to ``record``'s inputs by name, False when they all go side by side to its single
+    input. Raises ``ModelForgeError`` (400) when neither applies (a multi-input model, a required input missing)."""
+    required = [s.name for s in record.inputs if not s.optional]
+    if required and all(name in columns for name in required):
+        return True
     if len(required) != 1:
-        names = list(columns)
         raise ModelForgeError(
             f"the model has inputs {', '.join(map(repr, required))}: name the columns after them "
-            f"(columns given: {', '.join(map(repr, names[:8]))}{'...' if len(names) > 8 else ''})")
-    values = [_column(data, label) for label in columns.values()]
-    return prepare_feed(record.inputs, np.column_stack(values))
+            f"(columns given: {', '.join(map(repr, columns[:8]))}{'...' if len(columns) > 8 else ''})")
+    return False
+
+
+def check_columns(record: ModelRecord, source: Source) -> None:
+    """Refuse now (``by_name``'s ``ModelForgeError``) a DataFrame or Parquet data set whose columns cannot feed
+    ``record``, rather than in every chunk; reads the first file's schema only."""
+    if source.kind == "frame":
+        by_name(record, [str(c) for c in source.data.columns])
+    elif source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        by_name(record, pq.read_schema(source.chunks[0].file).names)
 
 
 def _columns(data: Any) -> dict[str, Any] | None:

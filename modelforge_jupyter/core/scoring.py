@@ -28,7 +28,7 @@ from typing import Any
 from .errors import ModelForgeError
 from .score_chunks import ChunkError, JobSpec, Pin, concat_outputs, outputs_table
 from .score_local import LocalRun, close_pool, local_pool  # noqa: F401  (close_pool: ModelForge.close calls it)
-from .score_sources import plan
+from .score_sources import check_columns, plan
 
 DEFAULT_CHUNK_ROWS = 10_000
 POLL_S = 0.05  # how often wait() reads the job's counters
@@ -197,6 +197,7 @@ def submit(forge: Any, model: str, data: Any, *, version: int | None = None, chu
     (locally or on Celery)."""
     record = forge.get(model, version)
     source = plan(data, chunk_rows)
+    check_columns(record, source)
     spec = JobSpec(uuid.uuid4().hex, Pin(record.name, record.id, record.version, record.sha256), source.rows,
                    len(source.chunks), chunk_rows, output_dir(output), time.time())
     if forge.settings.celery_broker_url:
