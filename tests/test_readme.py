@@ -59,6 +59,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # Documented answers: {a substring naming one block: regexes its output shows, in that order (re.M)}.
 EXPECT = {
+    "%mf_score demo_breast_cancer_rf X": [r"^\(20000,\)$"],
     "demo_breast_cancer_rf\", X, chunk_rows": [  # batch scoring
         r"^\[[01]( [01]){4}\] done: 50,000/50,000 rows \(100%\), [\d,]+ rows/s, [\d.]+ s$",
         r"^done \['part-00000.parquet', 'part-00001.parquet'\]$",

@@ -158,6 +158,18 @@ def test_cancel_stops_the_remaining_chunks(forge):
         job.result()
 
 
+def test_a_deletion_fails_the_remaining_chunks_naming_it(forge):
+    forge.register("spin", mf_spin_model().SerializeToString())
+    x = np.repeat(mf_spin_input(300), 30, axis=0)
+    x[:2, 0] = 30_000  # the first two chunks keep both pool processes busy ~0.4 s
+    job = forge.score("spin", x, chunk_rows=1)
+    forge.delete("spin")
+    assert job.wait(60)
+    errors = job.errors()
+    assert len(errors) >= 20 and {e.status for e in errors} == {404}
+    assert "model 'spin' version 1 was deleted after the job was submitted" in errors[-1].message
+
+
 def test_worker_processes_killed_mid_job_lose_no_chunk(forge, celery_scoring):
     # Given a job of 24 chunks of ~0.1 s each on the 2 prefork processes
     forge.register("spin", mf_spin_model().SerializeToString())
@@ -179,11 +191,22 @@ def test_worker_processes_killed_mid_job_lose_no_chunk(forge, celery_scoring):
     assert job.errors() == []
 
 
-def test_a_broker_without_redis_is_refused_naming_what_it_needs(tmp_path):
-    from .mf_plugin import mf_embedded
-
-    settings = {**mf_embedded(tmp_path), "celery_broker_url": BROKERS["rabbitmq"]}
+def test_without_redis_parquet_and_an_output_directory_keep_the_state_in_files(forge, tmp_path):
+    # Given a submitter with the broker and the registry but no Redis
+    forge.register("iris", IRIS)
+    settings = {**_same_settings(forge), "redis_url": "", "cache_dir": str(tmp_path / "cache")}
+    pq.write_table(pa.table({f"f{i}": IRIS_X[:, i] for i in range(4)}), tmp_path / "rows.parquet")
     with ModelForge(**settings) as mf:
-        mf.register("iris", IRIS)
-        with pytest.raises(ModelForgeError, match="needs REDIS_URL"):
-            mf.score("iris", IRIS_X)
+        # An array (it would travel through Redis) is refused at once, naming what is needed
+        with pytest.raises(ModelForgeError, match="needs REDIS_URL .* or Parquet rows and an output= directory"):
+            mf.score("iris", IRIS_X, output=tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()  # a refused job leaves nothing behind
+        # Parquet rows and an output directory: the workers keep the job's state beside the parts
+        job = mf.score("iris", tmp_path / "rows.parquet", chunk_rows=250, output=tmp_path / "out")
+        manifest = job.result(timeout=60)
+    assert [(p["start"], p["rows"]) for p in manifest["parts"]] == [(0, 250), (250, 250), (500, 100)]
+    assert manifest == json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "out" / f".job-{job.id}").iterdir()) == [
+        "part-0.json", "part-1.json", "part-2.json", "spec.json"]
+    label = pa.concat_tables([pq.read_table(tmp_path / "out" / p["file"]) for p in manifest["parts"]])["output_label"]
+    assert np.array_equal(label.to_numpy(), mf_raw_run(IRIS, {"float_input": IRIS_X})[0])

@@ -66,6 +66,9 @@ def test_dataframe_columns_by_name_for_a_multi_input_model(mf_forge):
     outputs = mf_forge.score("abc", frame, chunk_rows=40, workers=1).result(timeout=60)
     (expected,) = mf_raw_run(two_input_model(), {"a": a, "b": b, "c": np.stack([c, -c], axis=1)})
     assert np.array_equal(outputs["y"], expected)
+    # Columns that name no input of a multi-input model are refused at submit, naming the inputs
+    with pytest.raises(ModelForgeError, match="the model has inputs 'a', 'b', 'c': name the columns after them"):
+        mf_forge.score("abc", frame.rename(columns={"a": "x"}))
 
 
 def test_parquet_directory_in_parquet_parts_and_manifest_out(mf_embedded_settings, tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import ModelForgeError, ServiceUnavailableError, first_line
 from .score_chunks import ChunkError, ChunkOutcome, JobSpec, manifest_of, score_chunk, write_manifest
-from .score_sources import Chunk, Source
+from .score_sources import Chunk, Source, read_parquet_rows
 
 _pools: weakref.WeakKeyDictionary[Any, tuple[int, ProcessPoolExecutor]] = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
@@ -65,7 +65,7 @@ def _start_worker(forge_class: type, settings: dict) -> None:
 
 def _score_in_worker(spec: JobSpec, chunk: Chunk, data: Any) -> ChunkOutcome:
     if data is None:  # Parquet: read by path here
-        data = Source("parquet", 0, ()).take(chunk)
+        data = read_parquet_rows(chunk.file, chunk.offset, chunk.rows)
     return score_chunk(_worker_forge, spec.pin, chunk, data, spec.output)
 
 

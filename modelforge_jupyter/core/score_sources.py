@@ -18,6 +18,7 @@ Arrow IPC stream (a table): never pickled.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -129,12 +130,23 @@ def _plan_parquet(files: list[str], chunk_rows: int) -> Source:
     return Source("parquet", total, tuple(chunks))
 
 
+_open_files: dict[tuple, Any] = {}  # (pid, path, mtime, size) -> pyarrow.parquet.ParquetFile: footers read once
+
+
 def read_parquet_rows(file: str, offset: int, rows: int) -> Any:
     """Rows ``[offset, offset + rows)`` of Parquet ``file`` as a pyarrow Table, reading only the row groups that
-    overlap them."""
+    overlap them, on this thread alone (a worker process has one core's share; pyarrow's pool would fight the other
+    workers for it). A process keeps its last 8 files open (their footers parsed once; a file rewritten since is
+    opened again)."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(file)
+    stat = os.stat(file)
+    key = (os.getpid(), file, stat.st_mtime_ns, stat.st_size)
+    pf = _open_files.get(key)
+    if pf is None:
+        if len(_open_files) >= 8:
+            _open_files.pop(next(iter(_open_files)))
+        pf = _open_files[key] = pq.ParquetFile(file)
     groups, first, at = [], None, 0
     for g in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(g).num_rows
@@ -142,7 +154,7 @@ def read_parquet_rows(file: str, offset: int, rows: int) -> Any:
             groups.append(g)
             first = at if first is None else first
         at += n
-    return pf.read_row_groups(groups).slice(offset - (first or 0), rows)
+    return pf.read_row_groups(groups, use_threads=False).slice(offset - (first or 0), rows)
 
 
 def take_rows(data: Any, start: int, stop: int) -> Any:
@@ -165,21 +177,39 @@ def row_count(data: Any) -> int:
 
 def table_feed(record: ModelRecord, data: Any) -> dict[str, np.ndarray]:
     """The feed of ``record``'s inputs from ``data``: a DataFrame or pyarrow Table by the columns rule (module
-    docstring), anything else as ``predict`` takes it. Raises ``InvalidInputError`` (400) as ``prepare_feed``."""
+    docstring), anything else as ``predict`` takes it. Raises ``InvalidInputError`` (400) as ``prepare_feed``, and
+    ``ModelForgeError`` (400) as ``by_name``."""
     columns = _columns(data)
     if columns is None:
         return prepare_feed(record.inputs, data)
-    required = [s.name for s in record.inputs if not s.optional]
-    if required and all(name in columns for name in required):
+    if by_name(record, list(columns)):
         return prepare_feed(record.inputs, {s.name: _column(data, columns[s.name]) for s in record.inputs
                                             if s.name in columns})
+    return prepare_feed(record.inputs, np.column_stack([_column(data, label) for label in columns.values()]))
+
+
+def by_name(record: ModelRecord, columns: list[str]) -> bool:
+    """True when ``columns`` map to ``record``'s inputs by name, False when they all go side by side to its single
+    input. Raises ``ModelForgeError`` (400) when neither applies (a multi-input model, a required input missing)."""
+    required = [s.name for s in record.inputs if not s.optional]
+    if required and all(name in columns for name in required):
+        return True
     if len(required) != 1:
-        names = list(columns)
         raise ModelForgeError(
             f"the model has inputs {', '.join(map(repr, required))}: name the columns after them "
-            f"(columns given: {', '.join(map(repr, names[:8]))}{'...' if len(names) > 8 else ''})")
-    values = [_column(data, label) for label in columns.values()]
-    return prepare_feed(record.inputs, np.column_stack(values))
+            f"(columns given: {', '.join(map(repr, columns[:8]))}{'...' if len(columns) > 8 else ''})")
+    return False
+
+
+def check_columns(record: ModelRecord, source: Source) -> None:
+    """Refuse now (``by_name``'s ``ModelForgeError``) a DataFrame or Parquet data set whose columns cannot feed
+    ``record``, rather than in every chunk; reads the first file's schema only."""
+    if source.kind == "frame":
+        by_name(record, [str(c) for c in source.data.columns])
+    elif source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        by_name(record, pq.read_schema(source.chunks[0].file).names)
 
 
 def _columns(data: Any) -> dict[str, Any] | None:

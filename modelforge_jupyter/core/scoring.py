@@ -7,7 +7,8 @@ registered meanwhile. Two ways to run, one job API:
 - embedded (no ``CELERY_BROKER_URL``): a local process pool of forked workers (``score_local``), each with its own
   ``ModelForge`` on the same settings and one ONNX Runtime intra-op thread per session;
 - Celery (``CELERY_BROKER_URL`` set): each chunk a task on the workers (``score_celery``); job state in Redis, so
-  ``ModelForge.score_job(id)`` attaches from another process.
+  ``ModelForge.score_job(id)`` attaches from another process (without Redis: in the output directory,
+  ``score_state``).
 
 Results are gathered in this process (``result()``: ``{output name: ndarray | MapRows}`` in row order; ``table()``: a
 pyarrow Table with the row numbers) or written by the workers as Parquet (``output=``: ``part-NNNNN.parquet`` per
@@ -27,7 +28,7 @@ from typing import Any
 from .errors import ModelForgeError
 from .score_chunks import ChunkError, JobSpec, Pin, concat_outputs, outputs_table
 from .score_local import LocalRun, close_pool, local_pool  # noqa: F401  (close_pool: ModelForge.close calls it)
-from .score_sources import plan
+from .score_sources import check_columns, plan
 
 DEFAULT_CHUNK_ROWS = 10_000
 POLL_S = 0.05  # how often wait() reads the job's counters
@@ -196,14 +197,19 @@ def submit(forge: Any, model: str, data: Any, *, version: int | None = None, chu
     (locally or on Celery)."""
     record = forge.get(model, version)
     source = plan(data, chunk_rows)
+    check_columns(record, source)
     spec = JobSpec(uuid.uuid4().hex, Pin(record.name, record.id, record.version, record.sha256), source.rows,
-                   len(source.chunks), chunk_rows, prepare_output(output), time.time())
+                   len(source.chunks), chunk_rows, output_dir(output), time.time())
     if forge.settings.celery_broker_url:
         from .score_celery import CeleryRun
 
+        CeleryRun.check(forge, spec, source)  # a refused job leaves nothing behind, not even its directory
+        make_output(spec.output)
         run = CeleryRun.submit(forge, spec, source)
     else:
-        run = LocalRun(local_pool(forge, workers), spec, source)
+        pool = local_pool(forge, workers)
+        make_output(spec.output)
+        run = LocalRun(pool, spec, source)
     job = _jobs[spec.id] = ScoreJob(spec, run)
     return job
 
@@ -219,15 +225,20 @@ def attach(forge: Any, job_id: str) -> ScoreJob:
     return ScoreJob(spec, run)
 
 
-def prepare_output(output: str | os.PathLike | None) -> str | None:
-    """``output`` as an absolute directory, created if missing. Raises ``ModelForgeError`` (400) when it is a file
-    or already holds a job's files (a manifest or part files)."""
+def output_dir(output: str | os.PathLike | None) -> str | None:
+    """``output`` as an absolute directory path (``make_output`` creates it). Raises ``ModelForgeError`` (400) when
+    it is a file or already holds a job's files (a manifest or part files)."""
     if output is None:
         return None
     path = Path(output).resolve()
     if path.exists() and not path.is_dir():
         raise ModelForgeError(f"output {Path(output).name!r} is a file; give a directory for the Parquet parts")
-    if path.is_dir() and any(path.glob("part-*.parquet")) | (path / "manifest.json").exists():
+    if path.is_dir() and (any(path.glob("part-*.parquet")) or (path / "manifest.json").exists()):
         raise ModelForgeError(f"output directory {Path(output).name!r} already holds a job's files; give a new one")
-    path.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def make_output(path: str | None) -> None:
+    """Create the output directory ``output_dir`` gave, if any."""
+    if path is not None:
+        Path(path).mkdir(parents=True, exist_ok=True)

@@ -58,16 +58,18 @@ _forges: dict[str, Any] = {}  # this worker process's ModelForge per key prefix,
     retry_backoff_max=30,
     max_retries=8,
 )
-def score_chunk(spec: dict, chunk: dict, key_prefix: str) -> int:
+def score_chunk(spec: dict, chunk: dict, where: dict) -> int:
     """Score one chunk of a batch-scoring job (``score_celery.run_chunk``) with this worker's ModelForge (its
-    environment's settings, one intra-op thread per session as a server's, the job's key prefix).
+    environment's settings, one intra-op thread per session as a server's; ``where``: the job's state, in Redis
+    under a key prefix, ``{"redis": prefix, "job": id}``, or in its output directory, ``{"dir": path, "job": id}``).
 
     Idempotent (a finished chunk is not scored again); retried with exponential backoff (up to 30 s apart, 8 times)
     while Redis is away. Returns the rows scored.
     """
     from .score_celery import run_chunk
 
-    return run_chunk(_forge(key_prefix), spec, chunk, key_prefix)
+    prefix = where.get("redis") if isinstance(where, dict) else where
+    return run_chunk(_forge(prefix or from_environment("cache_key_prefix")), spec, chunk, where)
 
 
 def _forge(key_prefix: str) -> Any:
@@ -82,7 +84,9 @@ def _forge(key_prefix: str) -> Any:
 @worker_init.connect
 def _import_before_fork(**_: Any) -> None:
     """In the worker's main process, before it forks its pool: import ModelForge (and ONNX Runtime, SQLAlchemy...)
-    once, so that no pool process pays ~1-3 s importing them on its first chunk. (Its ModelForge is built on its
-    first chunk, not at ``worker_process_init``, whose handlers Celery kills past 4 s.)"""
-    from . import api  # noqa: F401
+    and pyarrow's Parquet reader once, so that no pool process pays ~1-3 s importing them on its first chunk. (Its
+    ModelForge is built on its first chunk, not at ``worker_process_init``, whose handlers Celery kills past 4 s.)"""
+    import pyarrow.parquet  # noqa: F401
+
+    from . import api, score_celery  # noqa: F401
 
