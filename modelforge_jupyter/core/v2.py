@@ -32,7 +32,7 @@ import orjson
 
 from .._version import __version__
 from .errors import InferenceError, InvalidInputError, ModelForgeError, ModelNotFoundError, ModelNotReadyError
-from .protocol import version_from_text
+from .protocol import json_object, version_from_text
 from .records import ModelRecord, TensorSpec
 from .v2_codec import V2_OF_DTYPE, V2Request, encode_response, parse_infer, shape_text
 
@@ -116,14 +116,7 @@ def repository_unload(forge: Any, model: str, body: bytes) -> dict[str, Any]:
 
 def _repository_body(body: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
     """A repository request's JSON object body (empty: ``{}``); 400 for another JSON value or an unknown key."""
-    if not body.strip():
-        return {}
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise ModelForgeError(f"the request body is not JSON: {err}") from None
-    if not isinstance(request, dict):
-        raise ModelForgeError(f"the request body must be a JSON object, got {type(request).__name__}")
+    request = json_object(body) if body.strip() else {}
     unknown = sorted(set(request) - set(keys))
     if unknown:
         raise ModelForgeError(f"unknown field(s) {', '.join(map(repr, unknown))}; this request takes "
