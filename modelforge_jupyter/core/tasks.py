@@ -21,14 +21,13 @@ __all__ = ["app", "celery_probe", "celery_status", "invalidate_model", "make_app
 app = make_app(from_environment("celery_broker_url"), queue=from_environment("celery_queue"))
 
 
-@app.task(
-    name="modelforge_jupyter.tasks.invalidate_model",
-    acks_late=True,
-    autoretry_for=redis_errors(),
-    retry_backoff=True,
-    retry_backoff_max=30,
-    max_retries=8,
-)
+# Every task: acknowledged once done (a lost worker's task is redelivered), retried with exponential backoff (up to
+# 30 s apart, 8 times) while Redis is away; each is idempotent
+RETRIED = {"acks_late": True, "autoretry_for": redis_errors(), "retry_backoff": True, "retry_backoff_max": 30,
+           "max_retries": 8}
+
+
+@app.task(name="modelforge_jupyter.tasks.invalidate_model", **RETRIED)
 def invalidate_model(model_id: str, key_prefix: str, sha256s: list[str]) -> int:
     """Delete ``model_id``'s cached predictions under ``key_prefix`` and publish an eviction event for ``sha256s``.
 
@@ -50,14 +49,7 @@ def invalidate_model(model_id: str, key_prefix: str, sha256s: list[str]) -> int:
 _forges: dict[str, Any] = {}  # this worker process's ModelForge per key prefix, built on its first chunk
 
 
-@app.task(
-    name="modelforge_jupyter.tasks.score_chunk",
-    acks_late=True,
-    autoretry_for=redis_errors(),
-    retry_backoff=True,
-    retry_backoff_max=30,
-    max_retries=8,
-)
+@app.task(name="modelforge_jupyter.tasks.score_chunk", **RETRIED)
 def score_chunk(spec: dict, chunk: dict, where: dict) -> int:
     """Score one chunk of a batch-scoring job (``score_celery.run_chunk``) with this worker's ModelForge (its
     environment's settings, one intra-op thread per session as a server's; ``where``: the job's state, in Redis
