@@ -227,3 +227,50 @@ def mf_forge(mf_settings):
     forge = ModelForge(**mf_settings)
     yield forge
     forge.close()
+
+
+# -- one backend for a whole module: for tests that share a process they start once (a server and its workers) ------
+@pytest.fixture(scope="module", params=["embedded", "services"])
+def mf_module_settings(request, tmp_path_factory, mf_redis_url) -> dict:
+    """``mf_settings`` for every test of a module (each module runs once per backend, ids ``[embedded]`` /
+    ``[services]``): a registry, cache and key prefix of its own, dropped after the module's last test. The tests
+    share the registry: ``mf_clear_registry`` gives each test an empty one."""
+    if request.param == "embedded":
+        yield {**mf_embedded(tmp_path_factory.mktemp("module-backend")), **REFERENCE_THREADS}
+        return
+    import redis
+
+    try:
+        name, url = mf_create_database()
+    except Exception as err:
+        mf_service_missing("postgres", err)
+    client = redis.Redis.from_url(mf_redis_url)
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        client.close()
+        mf_drop_database(name)
+        mf_service_missing("redis", err)
+    prefix = f"mftest-{uuid.uuid4().hex[:12]}"
+    yield {"database_url": url, "redis_url": mf_redis_url, "cache_key_prefix": prefix, "celery_broker_url": "",
+           **REFERENCE_THREADS}
+    mf_delete_keys(client, prefix)
+    client.close()
+    mf_drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def mf_module_forge(mf_module_settings):
+    """A ``ModelForge`` on ``mf_module_settings``, closed after the module's last test."""
+    from modelforge_jupyter import ModelForge
+
+    forge = ModelForge(**mf_module_settings)
+    yield forge
+    forge.close()
+
+
+def mf_clear_registry(forge) -> None:
+    """Delete every model of ``forge``'s registry (their cached predictions and sessions go with them): a test on a
+    module's shared backend starts from an empty registry, as one on its own would."""
+    for record in forge.models():
+        forge.delete(record.name)
