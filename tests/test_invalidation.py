@@ -26,6 +26,8 @@ from .mf_plugin import (
     SAMPLES,
     mf_cache_value,
     mf_cached_keys,
+    mf_clear_registry,
+    mf_fresh_services,
     mf_isolated_env,
     mf_launch,
     mf_raw_run,
@@ -109,6 +111,10 @@ class Worker:
         finally:
             app.close()
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.proc.poll() is None
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(30)
@@ -154,23 +160,47 @@ class JupyterServer:
         self.server.stop()
 
 
-@pytest.fixture
-def mf_stack(mf_services_settings, mf_broker, tmp_path):
-    """(settings for ModelForge, a Worker not yet started); the worker's queue is deleted after."""
-    queue = f"mftest-{uuid.uuid4().hex[:10]}"
-    settings = {**mf_services_settings, "celery_broker_url": mf_broker, "celery_queue": queue,
-                "celery_probe_ttl": 1.0}
-    worker = Worker(mf_broker, queue, {"CELERY_BROKER_URL": mf_broker, "REDIS_URL": settings["redis_url"],
-                                       "MODELFORGE_CELERY_QUEUE": queue, "DATABASE_URL": settings["database_url"]},
-                    tmp_path / "worker.log")
-    yield settings, worker
-    worker.stop()
+@pytest.fixture(scope="module")
+def mf_module_stack(mf_module_broker, tmp_path_factory):
+    """(settings for ModelForge, a running Worker, a JupyterServer) on a fresh database, key prefix and queue, started
+    once per broker for this module's tests; the queue is deleted after."""
     from modelforge_jupyter.tasks import make_app
 
-    app = make_app(mf_broker)
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_delete(queue)
-    app.close()
+    root = tmp_path_factory.mktemp("invalidation")
+    queue = f"mftest-{uuid.uuid4().hex[:10]}"
+    with mf_fresh_services() as services:
+        settings = {**services, "celery_broker_url": mf_module_broker, "celery_queue": queue,
+                    "celery_probe_ttl": 1.0}
+        worker = Worker(mf_module_broker, queue, {"CELERY_BROKER_URL": mf_module_broker,
+                                                  "REDIS_URL": settings["redis_url"], "MODELFORGE_CELERY_QUEUE": queue,
+                                                  "DATABASE_URL": settings["database_url"]},
+                        root / "worker.log")
+        server = None
+        try:
+            worker.start()
+            server = JupyterServer(settings, root)
+            yield settings, worker, server
+        finally:
+            if server is not None:
+                server.close()
+            worker.stop()
+            app = make_app(mf_module_broker)
+            with app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(queue)
+            app.close()
+
+
+@pytest.fixture
+def mf_stack(mf_module_stack):
+    """``mf_module_stack`` with its worker running and an empty registry, no cached prediction left (the worker ran
+    the cleanup of what an earlier test left)."""
+    settings, worker, server = mf_module_stack
+    if not worker.running:
+        worker.start()
+    with ModelForge(**settings) as forge:
+        mf_clear_registry(forge)
+        assert mf_wait_until(lambda: mf_cached_keys(forge) == [])
+    return mf_module_stack
 
 
 def predict_everywhere(server: JupyterServer, readers: list[Reader]) -> list[dict]:
@@ -201,12 +231,10 @@ def run_cycles(server: JupyterServer, readers: list[Reader], cycles: int) -> lis
 
 
 @pytest.mark.timeout(300)
-def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack, tmp_path):
-    settings, worker = mf_stack
-    worker.start()
+def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack):
+    settings, worker, server = mf_stack
     with ModelForge(**settings) as forge:
         forge.register("iris", IRIS[0])
-        server = JupyterServer(settings, tmp_path)
         readers = [Reader(settings), Reader(settings)]
         try:
             assert mf_wait_until(lambda: forge.health()["celery"] == "connected", 10)
@@ -224,17 +252,14 @@ def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack
             assert forge.update("iris", IRIS[1] if latest_is_v1_bytes else IRIS[0]).version == 402
             assert mf_wait_until(lambda: mf_cached_keys(forge) == [])
         finally:
-            server.close()
             for r in readers:
                 r.close()
 
 
 @pytest.mark.timeout(300)
-def test_no_answer_after_deletes_through_either_door(mf_stack, tmp_path):
-    settings, worker = mf_stack
-    worker.start()
+def test_no_answer_after_deletes_through_either_door(mf_stack):
+    settings, worker, server = mf_stack
     with ModelForge(**settings) as forge:
-        server = JupyterServer(settings, tmp_path)
         readers = [Reader(settings), Reader(settings)]
         wrong = []
         try:
@@ -248,14 +273,12 @@ def test_no_answer_after_deletes_through_either_door(mf_stack, tmp_path):
                 wrong += [f"cycle {i}: {a}" for a in predict_everywhere(server, readers) if a.get("error") != 404]
             assert wrong == []
         finally:
-            server.close()
             for r in readers:
                 r.close()
 
 
 def test_delete_is_seen_everywhere_and_frees_sessions_via_event(mf_stack):
-    settings, worker = mf_stack
-    worker.start()
+    settings, worker, _ = mf_stack
     with ModelForge(**settings) as forge:
         rec = forge.register("iris", IRIS[0])
         reader = Reader(settings)

@@ -26,7 +26,7 @@ from modelforge_jupyter.core.errors import ModelNotFoundError
 from modelforge_jupyter.core.settings import ENV_VARS
 
 from .mf_plugin import (
-    FOREVER, REFERENCE_THREADS, SAMPLES, mf_free_port, mf_http, mf_launch, mf_raw_run, mf_spin_input, mf_spin_model,
+    FOREVER, REFERENCE_THREADS, SAMPLES, mf_clear_registry, mf_free_port, mf_http, mf_launch, mf_raw_run, mf_spin_input, mf_spin_model,
     mf_stop_process, mf_zipmap,
 )
 
@@ -105,12 +105,25 @@ def start_serve(tmp_path: Path, settings: dict, *args: str, workers: int = 2, to
     return server
 
 
-@pytest.fixture
-def serve2(mf_settings, tmp_path):
-    """``modelforge serve --workers 2`` on the backend of ``mf_settings``; stopped after the test."""
-    server = start_serve(tmp_path, mf_settings)
+@pytest.fixture(scope="module")
+def serve2_module(mf_module_settings, tmp_path_factory):
+    """``modelforge serve --workers 2`` on ``mf_module_settings``: started once per backend for this module."""
+    server = start_serve(tmp_path_factory.mktemp("serve2"), mf_module_settings)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def serve2(serve2_module, mf_module_forge):
+    """``serve2_module`` on an empty registry (the models an earlier test left deleted, so are their answers)."""
+    mf_clear_registry(mf_module_forge)
+    return serve2_module
+
+
+@pytest.fixture
+def mf_forge(mf_module_forge):
+    """This module's ``ModelForge`` on ``serve2``'s registry and cache."""
+    return mf_module_forge
 
 
 def predict(url: str, model: str, x: np.ndarray, **fields) -> tuple[int, dict]:

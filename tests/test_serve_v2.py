@@ -22,16 +22,23 @@ from .test_serve import FOREST, IRIS, TOKEN, TOKEN_NEEDED, http, start_serve
 AUTH = {"Authorization": f"token {TOKEN}"}
 
 
-@pytest.fixture
-def served(mf_settings, mf_forge, tmp_path):
-    """``modelforge serve --workers 2`` with iris and the forest registered, and a tritonclient on it."""
-    mf_forge.register("iris", IRIS)
-    mf_forge.register("forest", FOREST)
-    server = start_serve(tmp_path, mf_settings)
+@pytest.fixture(scope="module")
+def served(mf_module_settings, mf_module_forge, tmp_path_factory):
+    """``modelforge serve --workers 2`` with iris and the forest registered, and a tritonclient on it: started once per
+    backend for this module's tests, which change no model."""
+    mf_module_forge.register("iris", IRIS)
+    mf_module_forge.register("forest", FOREST)
+    server = start_serve(tmp_path_factory.mktemp("serve-v2"), mf_module_settings)
     client = tc.InferenceServerClient(url=server.url.removeprefix("http://").rstrip("/"))
     yield server, client
     client.close()
     server.stop()
+
+
+@pytest.fixture
+def mf_forge(mf_module_forge):
+    """This module's ``ModelForge``: the one on ``served``'s registry and cache."""
+    return mf_module_forge
 
 
 def infer(client, model: str, x: np.ndarray, binary: bool, **kwargs):

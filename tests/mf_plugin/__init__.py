@@ -3,6 +3,8 @@ defined once, all prefixed ``mf_`` (as jupyter_server's plugin prefixes its own 
 
 Fixtures (requested by name):
 - services (``services``): ``mf_backend`` (``embedded`` | ``services``), ``mf_settings``, ``mf_forge``,
+  ``mf_module_settings`` / ``mf_module_forge`` / ``mf_module_broker`` (for a module whose tests share a started
+  process; ``mf_fresh_services``: a database and key prefix for such a fixture),
   ``mf_embedded_settings``, ``mf_services_settings``, ``mf_postgres_url`` (a fresh database), ``mf_redis`` (client, a
   fresh key prefix), ``mf_redis_url``, ``mf_broker`` (RabbitMQ, then Redis), ``mf_silent_listener`` (a service that
   hangs);
@@ -59,7 +61,9 @@ from .services import (
     mf_cache_ttl,
     mf_cache_value,
     mf_cached_keys,
+    mf_clear_registry,
     mf_embedded,
+    mf_fresh_services,
     mf_service_missing,
     mf_skip_unless_ci,
 )
@@ -78,8 +82,8 @@ __all__ = [
     "ANY_TEXT", "BAD_TEXT", "FOREVER", "LiveServer", "MF_SECRET", "MfProcess", "MiB", "POSTGRES_URL", "REDIS_URL",
     "REFERENCE_THREADS",
     "SAMPLES", "mf_bad_setting_values", "mf_cache_ttl", "mf_cache_value", "mf_cached_keys",
-    "mf_assert_registers_refused",
-    "mf_constant_of_shape_model", "mf_embedded", "mf_external_model", "mf_free_port", "mf_http",
+    "mf_clear_registry", "mf_assert_registers_refused",
+    "mf_constant_of_shape_model", "mf_embedded", "mf_external_model", "mf_free_port", "mf_fresh_services", "mf_http",
     "mf_identity_model", "mf_isolated_env", "mf_launch", "mf_make_shell", "mf_other_setting_value",
     "mf_peak_rss_growth", "mf_proc_status", "mf_raw_outputs", "mf_raw_providers", "mf_raw_run", "mf_raw_session",
     "mf_reset_peak_rss", "mf_run_cell", "mf_run_in_server_kernel", "mf_scale_model", "mf_service_missing",

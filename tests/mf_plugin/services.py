@@ -75,6 +75,33 @@ def mf_delete_keys(client, prefix: str) -> None:
         client.unlink(*keys)
 
 
+@contextmanager
+def mf_fresh_services(redis_url: str = REDIS_URL):
+    """``ModelForge(**...)`` keyword arguments for PostgreSQL + Redis, no broker: a new database (dropped after) and a
+    new key prefix (its keys deleted after), for a fixture wider than a test (``mf_services_settings`` is per test).
+    A service that is down: ``mf_service_missing``."""
+    import redis
+
+    try:
+        name, url = mf_create_database()
+    except Exception as err:
+        mf_service_missing("postgres", err)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        client.close()
+        mf_drop_database(name)
+        mf_service_missing("redis", err)
+    prefix = f"mftest-{uuid.uuid4().hex[:12]}"
+    try:
+        yield {"database_url": url, "redis_url": redis_url, "cache_key_prefix": prefix, "celery_broker_url": ""}
+    finally:
+        mf_delete_keys(client, prefix)
+        client.close()
+        mf_drop_database(name)
+
+
 # The test ModelForges run one intra-op thread, as the servers and the raw reference (``mf_raw_session``) do: a tree
 # ensemble sums its trees in another order with another thread count, so outputs compared bit for bit need the same
 # count. The kernel's default (one per core) is tested on its own (test_engine's threads-per-use test).
@@ -159,21 +186,32 @@ def mf_embedded_settings(tmp_path) -> dict:
     return {**mf_embedded(tmp_path), **REFERENCE_THREADS}
 
 
-@pytest.fixture(params=list(BROKERS))
-def mf_broker(request) -> str:
-    """URL of a reachable Celery broker: RabbitMQ, then Redis (the test runs once on each)."""
+def mf_reachable_broker(name: str) -> str:
+    """URL of the Celery broker ``name`` (a key of ``BROKERS``) once it answers; ``mf_service_missing`` if not."""
     from modelforge_jupyter.tasks import make_app
 
-    url = BROKERS[request.param]
+    url = BROKERS[name]
     app = make_app(url)
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
     except Exception as err:
-        mf_service_missing(request.param, err)
+        mf_service_missing(name, err)
     finally:
         app.close()
     return url
+
+
+@pytest.fixture(params=list(BROKERS))
+def mf_broker(request) -> str:
+    """URL of a reachable Celery broker: RabbitMQ, then Redis (the test runs once on each)."""
+    return mf_reachable_broker(request.param)
+
+
+@pytest.fixture(scope="module", params=list(BROKERS))
+def mf_module_broker(request) -> str:
+    """``mf_broker`` for a whole module (each module runs once per broker, ids ``[rabbitmq]`` / ``[redis]``)."""
+    return mf_reachable_broker(request.param)
 
 
 @pytest.fixture
@@ -227,3 +265,33 @@ def mf_forge(mf_settings):
     forge = ModelForge(**mf_settings)
     yield forge
     forge.close()
+
+
+# -- one backend for a whole module: for tests that share a process they start once (a server and its workers) ------
+@pytest.fixture(scope="module", params=["embedded", "services"])
+def mf_module_settings(request, tmp_path_factory, mf_redis_url) -> dict:
+    """``mf_settings`` for every test of a module (each module runs once per backend, ids ``[embedded]`` /
+    ``[services]``): a registry, cache and key prefix of its own, dropped after the module's last test. The tests
+    share the registry: ``mf_clear_registry`` gives each test an empty one."""
+    if request.param == "embedded":
+        yield {**mf_embedded(tmp_path_factory.mktemp("module-backend")), **REFERENCE_THREADS}
+        return
+    with mf_fresh_services(mf_redis_url) as settings:
+        yield {**settings, **REFERENCE_THREADS}
+
+
+@pytest.fixture(scope="module")
+def mf_module_forge(mf_module_settings):
+    """A ``ModelForge`` on ``mf_module_settings``, closed after the module's last test."""
+    from modelforge_jupyter import ModelForge
+
+    forge = ModelForge(**mf_module_settings)
+    yield forge
+    forge.close()
+
+
+def mf_clear_registry(forge) -> None:
+    """Delete every model of ``forge``'s registry (their cached predictions and sessions go with them): a test on a
+    module's shared backend starts from an empty registry, as one on its own would."""
+    for record in forge.models():
+        forge.delete(record.name)
