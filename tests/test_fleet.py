@@ -1,6 +1,6 @@
 """Many servers, one truth: two real ``jupyter server`` processes (two JupyterHub users) and two real Celery workers
-(prefork) on one fresh PostgreSQL database, one Redis key prefix and one RabbitMQ queue, all started at once on the
-empty database (the schema is created once, under the migration lock).
+(prefork) on one fresh PostgreSQL database, one Redis key prefix and one RabbitMQ queue, all started together on the
+empty database (the servers race to create the schema: the migration lock lets one do it).
 
 One module-scoped set of processes; each test its own model, PUT through the servers: a model PUT through server A
 is answered through server B from A's cached prediction; an update through B is answered at once by A from the new
