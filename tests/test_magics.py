@@ -13,6 +13,7 @@ from sklearn.datasets import load_iris
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.cli.bench import LABELS, MAGIC_PATHS, BenchResult, Row, format_row
+from modelforge_jupyter.core.bench_stages import format_stages
 from modelforge_jupyter.core.errors import ModelForgeError
 from modelforge_jupyter.kernel import bench_tables, dashboard
 from modelforge_jupyter.core.records import PredictionResult
@@ -457,13 +458,19 @@ def test_bench_result_shows_its_figures_as_text_and_html(mf_ip):
 
     lines = data["text/plain"].splitlines()
     assert lines[0] == (f"BenchResult iris v1: 10 rows over batch sizes [1, 4] ({res.backend}); .table, .to_dict()")
-    assert lines[3:] == [format_row(r) for r in res.rows]  # the backend is in the first line; no notes here
+    assert lines[3:3 + len(res.rows)] == [format_row(r) for r in res.rows]  # the backend is in the first line
+    assert lines[3 + len(res.rows):] == format_stages(res.rows)  # then where the time goes; no notes here
     assert repr(res) == data["text/plain"]
     page = data["text/html"]
-    body = page.split("<tbody>")[1]
+    figures, split = page.split("</table>")[:2]
+    body = figures.split("<tbody>")[1]
     # every figure: one row per path and batch size (the path named once), p50/p95/p99, pred/s, × raw p50
     assert body.count("<tr>") == 10 and res.backend in page
-    assert page.count("<th>") == len(bench_tables.FULL_COLUMNS) and "colspan" not in page
+    assert figures.count("<th>") == len(bench_tables.FULL_COLUMNS) and "colspan" not in page
+    # where the time goes: a row per ModelForge cell, the stages it went through (a cache hit only its lookup)
+    assert "cache_hit µs" in split and "compute_infer µs" in split and split.count("<tr>") == 1 + 6
+    hit = next(r for r in res.rows if r.path == "api_hit" and r.batch == 4)
+    assert [s for s, _ in hit.stages_us] == ["cache_hit"]
     for r in res.rows:
         cells = [bench_tables.fmt_value(getattr(r, f), f) for f in ("p50_ms", "p95_ms", "p99_ms", "predictions_per_s")]
         assert f"<td>{r.batch}</td>" + "".join(f"<td>{c}</td>" for c in cells) in body

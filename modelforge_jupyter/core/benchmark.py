@@ -71,6 +71,11 @@ class Row:
     stages_us: tuple[tuple[str, float], ...] = ()  # (stage, mean µs per call): ``bench_stages.stage_split``
 
 
+def row_record(row: Row) -> dict[str, Any]:
+    """``row`` as a dict of its fields, JSON-safe and unchanged by a JSON round trip (``stages_us`` a dict)."""
+    return {**asdict(row), "stages_us": dict(row.stages_us)}
+
+
 @dataclass(frozen=True)
 class Budget:
     """How long each cell runs: about ``seconds`` (at least 5 calls), or exactly ``iterations`` calls when set."""
@@ -112,7 +117,7 @@ class BenchResult:
     def table(self) -> Any:
         """Every row as a pandas ``DataFrame`` (one column per ``Row`` field: ms, predictions/s, ratio), or a list
         of dicts when pandas is not installed."""
-        records = [asdict(r) for r in self.rows]
+        records = [row_record(r) for r in self.rows]
         try:
             import pandas as pd
         except ImportError:
@@ -124,7 +129,7 @@ class BenchResult:
         return {
             "model": self.model, "version": self.version, "backend": self.backend,
             "batch_sizes": list(self.batch_sizes), "budget": asdict(self.budget),
-            "notes": list(self.notes), "rows": [asdict(r) for r in self.rows],
+            "notes": list(self.notes), "rows": [row_record(r) for r in self.rows],
         }
 
     def row(self, batch: int, path: str) -> Row | None:
