@@ -95,7 +95,8 @@ EXPECT = {
         r"^kernel: [\d.,]+ req/s, p50 .*, cache hits .*, \d+ sessions \([\d.]+ MB\)$",
     ],
     "zipmap_labels": [  # the V2 example (tritonclient)
-        r"^True \{'name': 'modelforge', 'version': '[^']+', 'extensions': \['binary_tensor_data', 'statistics'\]\}$",
+        r"^True \{'name': 'modelforge', 'version': '[^']+', "
+        r"'extensions': \['binary_tensor_data', 'statistics', 'model_repository'\]\}$",
         r"^\{'name': 'demo_iris', 'versions': \['1', '2'\], 'platform': 'onnxruntime_onnx'.*'shape': \[-1, 3\]\}\]\}$",
         r"^\[0 2\]$",
         r"^\[0,1,2\] \[\[",
