@@ -70,9 +70,9 @@ SCRATCH = [
     "%mf_bench scratch_iris --http --seconds 0.05 --warmup 2",
     "stats = %mf_stats scratch_iris --interval 0.5 --seconds 6",
     "import time\nfrom modelforge_jupyter.kernel.client import connect\n\nstart, i = time.monotonic(), 0\n"
-    "with connect() as server:  # 2 s of requests to the server and in the kernel, then the dashboard stopped\n"
+    "with connect() as server:  # 2 s of light traffic (the other notebooks are measuring), then stopped\n"
     "    while time.monotonic() - start < 2:\n        server.predict('scratch_iris', X + i % 20)\n"
-    "        _ = %mf_predict scratch_iris X + i % 10\n        i += 1\nstats.stop()",
+    "        _ = %mf_predict scratch_iris X + i % 10\n        i += 1\n        time.sleep(0.02)\nstats.stop()",
     "%mf_update scratch_iris {sample_path('iris_v2.onnx')}",
     "%mf_bench scratch_iris --batch-sizes 1,10 --iterations 5 --warmup 1 --no-cache --text",
     "%mf_delete scratch_iris --version 1",
