@@ -29,9 +29,9 @@ def stats_figure(sources: list[Any], title: str):
             t0 = s.readings[-1].at
             x = [r.at - t0 for r in s.readings]
             color = COLORS.get(s.label, "#8c8c8c")
-            rate.plot(x, [r.requests_per_s for r in s.readings], color=color, label=s.label)
-            lat.plot(x, [r.p50_ms["request"] for r in s.readings], color=color)
-            lat.plot(x, [r.p99_ms["request"] for r in s.readings], color=color, linestyle="--")
+            rate.plot(x, [r.requests_per_s for r in s.readings], color=color, label=s.label, marker=".")
+            lat.plot(x, [r.p50_ms["request"] for r in s.readings], color=color, marker=".")
+            lat.plot(x, [r.p99_ms["request"] for r in s.readings], color=color, linestyle="--", marker=".")
         _stage_bars(split, sources)
         for ax, label in ((rate, "requests/s"), (lat, "latency, ms (p50 —, p99 --)")):
             ax.set_xlabel("seconds (0: now)")

@@ -126,17 +126,24 @@ class StatsDashboard:
 
     def _run(self) -> None:
         end = None if self.seconds is None else time.monotonic() + self.seconds
+        last = time.monotonic()
         while not self._stopped.wait(self.interval):
-            for s in self.sources:
-                s.tick()
+            last = self._tick()
             self._redraw()
             if end is not None and time.monotonic() >= end:
                 break
+        if time.monotonic() - last >= self.interval / 4:  # stopped between readings: the time since the last one too
+            self._tick()
         for s in self.sources:
             s.close()
         self.status = "stopped"
         self.button.disabled = True
-        self._redraw(plot=False)
+        self._redraw()
+
+    def _tick(self) -> float:
+        for s in self.sources:
+            s.tick()
+        return time.monotonic()
 
     def _redraw(self, plot: bool = True) -> None:
         lines = "".join(f"<div>{html.escape(headline(s))}</div>" for s in self.sources)
