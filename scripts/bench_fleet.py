@@ -24,6 +24,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -67,6 +68,15 @@ def redis_rates(client, key: str, value: bytes, n: int) -> tuple[float, float]:
     return n / (mid - start), n / (end - mid)
 
 
+def wait_for(client: Any, count: int, worker: subprocess.Popen) -> None:
+    """Until ``count`` tasks ran; ``RuntimeError`` with the worker's last error line if it exits first."""
+    while int(client.get(COUNTER) or 0) < count:
+        if worker.poll() is not None:
+            last = (worker.stderr.read() or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"the benchmark's worker exited with {worker.returncode}: {last[0][:300]}")
+        time.sleep(0.005)
+
+
 def drain_rate(client, tasks: int, concurrency: int, env: dict) -> tuple[float, float]:
     """(tasks/s published by one client, tasks/s a fresh prefork worker of ``concurrency`` drains)."""
     client.delete(COUNTER)
@@ -76,18 +86,15 @@ def drain_rate(client, tasks: int, concurrency: int, env: dict) -> tuple[float, 
             noop.apply_async((i,), producer=producer)
     published = tasks / (time.perf_counter() - start)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench_fleet", "worker", "-Q", QUEUE, "--pool", "prefork", "-c",
-         str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"],
-        cwd=Path(__file__).parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-m", "celery", "-A", "bench_fleet", "worker", "-Q", QUEUE, "-n", f"{QUEUE}@%h", "--pool",
+         "prefork", "-c", str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat", "-l",
+         "warning"],  # a node name of its own: another worker on this host (celery@host) would lock it out
+        cwd=Path(__file__).parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         warm = tasks // 10  # the clock starts once the pool runs
-        while int(client.get(COUNTER) or 0) < warm:
-            time.sleep(0.005)
+        wait_for(client, warm, worker)
         t0, done0 = time.perf_counter(), int(client.get(COUNTER))
-        while int(client.get(COUNTER) or 0) < tasks:
-            if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {worker.returncode}")
-            time.sleep(0.005)
+        wait_for(client, tasks, worker)
         return published, (tasks - done0) / (time.perf_counter() - t0)
     finally:
         worker.terminate()

@@ -110,5 +110,6 @@ def test_mf_stats_dashboard_refreshes_until_stopped(mf_ip, mf_live_server, capsy
     assert "server: not read (" in text and "HTTP 403" in text  # a source that cannot be read says why
     assert "kernel: " in text and " req/s" in text
     assert sum(r.requests_per_s * r.seconds for r in kernel.readings) == pytest.approx(20, abs=0.01)
-    mf_run_cell(mf_ip, "%mf_stats ls_dash --interval 0")
-    assert "--interval and --seconds must be > 0" in capsys.readouterr().err
+    for bad in ("--interval 0", "--interval nan", "--seconds inf", "--seconds -1", "--interval 1e9"):
+        mf_run_cell(mf_ip, f"%mf_stats ls_dash {bad}")
+        assert "UsageError: --interval and --seconds must be > 0" in capsys.readouterr().err, bad

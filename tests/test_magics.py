@@ -392,7 +392,9 @@ def test_bench_text_fallback_prints_rows_and_returns_a_result(mf_ip, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "%mf_bench rf: ModelForge beside raw ONNX Runtime (10 cells)"
     assert "p95 ms" in lines[1] and lines[-1] == res.backend
-    assert [line.split()[:3] for line in lines[3:-1]] == [["rf", str(r.batch), r.path] for r in res.rows]
+    figures = lines[3:3 + len(res.rows)]
+    assert [line.split()[:3] for line in figures] == [["rf", str(r.batch), r.path] for r in res.rows]
+    assert lines[3 + len(res.rows):-1] == format_stages(res.rows)  # then where the time goes
 
 
 def test_bench_dashboard_fills_in_while_it_runs(mf_ip, monkeypatch):

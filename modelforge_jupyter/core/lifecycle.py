@@ -96,7 +96,8 @@ def warmup_error(err: ModelForgeError, name: str, what: str) -> ModelForgeError:
         why = str(err).removeprefix(f"model {name!r} failed on this input: ")
         return InvalidModelError(f"model {name!r} failed its warm-up run on {what}: {why}; the model was not changed"
                                  + ("" if what.startswith("its sample") else
-                                    "; give sample= an input it runs on"))
+                                    "; give sample= an input it runs on (ModelForge.register / update, or "
+                                    "%mf_register --sample: HTTP PUT cannot carry one)"))
     return err
 
 

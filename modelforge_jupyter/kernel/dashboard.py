@@ -21,6 +21,7 @@ from typing import Any
 
 from IPython.display import display
 
+from ..core.bench_stages import format_stages
 from ..core.benchmark import HEADER, LABELS, BenchResult, Row, format_row, format_table
 from .bench_plot import plot_bundle
 from .bench_tables import FULL_COLUMNS, METRICS, bench_result_html, compact_table, full_table, notes_html
@@ -172,7 +173,9 @@ class TextReport:
             print(format_row(row), flush=True)
 
     def finish(self, result: BenchResult) -> None:
-        """Print the backend and the notes under the table."""
+        """Print where the time goes, the backend and the notes under the table."""
+        for line in format_stages(result.rows):
+            print(line)
         print(result.backend)
         for note in result.notes:
             print(note)

@@ -31,6 +31,7 @@ from .stats_plot import stats_figure
 from .dashboard import mark_shown
 
 HISTORY = 120  # readings kept per source (two minutes at the default interval)
+DAY = 86_400.0  # s; NaN fails every comparison, so the bounds refuse it too
 
 
 class Source:
@@ -204,8 +205,8 @@ def run(magics: Any, args: Any) -> StatsDashboard | None:
     """``%mf_stats`` with its parsed ``args`` for ``magics`` (a ``ModelForgeMagics``): the sources, then the
     dashboard (returned, already shown) or the text lines (None). Raises ``UsageError`` for a bad option,
     ``ModelNotFoundError`` for an unknown model."""
-    if args.interval <= 0 or (args.seconds is not None and args.seconds <= 0):
-        raise UsageError("--interval and --seconds must be > 0")
+    if not 0 < args.interval <= DAY or (args.seconds is not None and not 0 < args.seconds <= 365 * DAY):
+        raise UsageError("--interval and --seconds must be > 0 (and --interval at most a day, --seconds a year)")
     model = magics.forge.get(args.model).name if args.model else None
     sources = [kernel_source(model)]
     title = f"ModelForge live: {model or 'every model'}"
