@@ -28,13 +28,12 @@ from .mf_plugin import (
     mf_isolated_env,
     mf_launch,
     mf_raw_run,
-    mf_service_missing,
     mf_spin_input,
     mf_spin_model,
     mf_start_server,
     mf_wait_until,
 )
-from .mf_plugin.services import BROKERS, REDIS_URL, mf_create_database, mf_delete_keys, mf_drop_database
+from .mf_plugin.services import BROKERS, REDIS_URL, mf_celery_services, mf_delete_keys, mf_drop_database
 
 X = mf_spin_input(3)  # [1, 256] float32: three MatMul + Tanh trips, well under 1 ms
 
@@ -58,22 +57,8 @@ def fleet(tmp_path_factory):
     """(settings for a ``ModelForge`` of this process, server A, server B): the servers and two ``celery worker
     --pool prefork -c 1`` on one new PostgreSQL database, Redis key prefix and RabbitMQ queue. Everything is stopped,
     the queue and keys deleted and the database dropped after."""
-    import redis
-
-    from modelforge_jupyter.tasks import make_app
-
     broker = BROKERS["rabbitmq"]
-    app = make_app(broker)
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        client = redis.Redis.from_url(REDIS_URL)
-        client.ping()
-        name, database_url = mf_create_database()
-    except Exception as err:
-        app.close()
-        mf_service_missing("rabbitmq, redis or postgres", err)
-    prefix, queue = f"mftest-{uuid.uuid4().hex[:12]}", f"mffleet-{uuid.uuid4().hex[:8]}"
+    app, client, (name, database_url), prefix, queue = mf_celery_services("rabbitmq", "mffleet")
     shared = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "CACHE_KEY_PREFIX": prefix,
               "CELERY_BROKER_URL": broker, "MODELFORGE_CELERY_QUEUE": queue}
     settings = {"database_url": database_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,

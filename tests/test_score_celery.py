@@ -24,8 +24,8 @@ from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.errors import ModelForgeError
 from modelforge_jupyter.core.scoring import ScoringError
 
-from .mf_plugin import SAMPLES, mf_launch, mf_raw_run, mf_service_missing, mf_spin_input, mf_spin_model
-from .mf_plugin.services import BROKERS, REDIS_URL, mf_create_database, mf_delete_keys, mf_drop_database
+from .mf_plugin import SAMPLES, mf_launch, mf_raw_run, mf_spin_input, mf_spin_model
+from .mf_plugin.services import BROKERS, REDIS_URL, mf_celery_services, mf_delete_keys, mf_drop_database
 
 RF = SAMPLES / "breast_cancer_rf.onnx"
 IRIS, IRIS_V2 = SAMPLES / "iris.onnx", SAMPLES / "iris_v2.onnx"
@@ -37,22 +37,8 @@ IRIS_X = np.random.default_rng(1).uniform(0.1, 8, size=(600, 4)).astype(np.float
 def celery_scoring(request, tmp_path_factory):
     """``ModelForge(**settings)`` keyword arguments sharing a PostgreSQL registry, a Redis key prefix, a broker and
     a queue with one real ``celery worker --pool prefork -c 2`` (started once per broker for the module)."""
-    import redis
-
-    from modelforge_jupyter.tasks import make_app
-
     broker = BROKERS[request.param]
-    app = make_app(broker)
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        client = redis.Redis.from_url(REDIS_URL)
-        client.ping()
-        name, database_url = mf_create_database()
-    except Exception as err:
-        app.close()
-        mf_service_missing(request.param, err)
-    prefix, queue = f"mftest-{uuid.uuid4().hex[:12]}", f"mfscore-{uuid.uuid4().hex[:8]}"
+    app, client, (name, database_url), prefix, queue = mf_celery_services(request.param, "mfscore")
     settings = {"database_url": database_url, "redis_url": REDIS_URL, "cache_key_prefix": prefix,
                 "celery_broker_url": broker, "celery_queue": queue, "intra_op_num_threads": 1}
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "CACHE_KEY_PREFIX": prefix,

@@ -295,3 +295,26 @@ def mf_clear_registry(forge) -> None:
     module's shared backend starts from an empty registry, as one on its own would."""
     for record in forge.models():
         forge.delete(record.name)
+
+
+def mf_celery_services(broker: str, queue_prefix: str):
+    """For a module that starts Celery workers: (a Celery app on ``BROKERS[broker]``, a Redis client, (database name,
+    its URL: a fresh PostgreSQL database), a fresh key prefix, a fresh queue name ``<queue_prefix>-...``), each
+    service checked first (a missing one: ``mf_service_missing``). The caller closes the app and the client, drops
+    the database and deletes the prefix's keys."""
+    import redis
+
+    from modelforge_jupyter.tasks import make_app
+
+    app = make_app(BROKERS[broker])
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        client = redis.Redis.from_url(REDIS_URL)
+        client.ping()
+        database = mf_create_database()
+    except Exception as err:
+        app.close()
+        mf_service_missing(f"{broker}, redis or postgres", err)
+    return app, client, database, f"mftest-{uuid.uuid4().hex[:12]}", f"{queue_prefix}-{uuid.uuid4().hex[:8]}"
+
