@@ -227,7 +227,9 @@ def test_magic_bench_http_uses_the_configured_server(mf_live_server, mf_live_set
             assert r.iterations == 3 and 0 < r.p50_ms <= r.p99_ms and r.predictions_per_s > 0
             assert r.ratio_p50 == pytest.approx(r.p50_ms / res.row(r.batch, "raw_ort").p50_ms)
     out = capsys.readouterr()
-    assert out.err == "" and out.out.count(" http_hit ") == 2 and out.out.count(" v2_miss ") == 2
+    figures = "\n".join(line for line in out.out.splitlines() if line.startswith(model))  # the table's rows
+    assert out.err == "" and figures.count(" http_hit ") == 2 and figures.count(" v2_miss ") == 2
+    assert "where the time goes" in out.out  # then the stage split, the HTTP rows' from the server's counts
     # --no-cache drops the cache-hit paths
     ip.run_cell(f"res = %mf_bench {model} --http --no-cache --batch-sizes 2 --iterations 2 --text").raise_error()
     assert [r.path for r in ip.user_ns["res"].rows] == ["raw_cold", "cold", "raw_ort", "api_cache_off", "http_miss",
