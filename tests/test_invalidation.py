@@ -238,11 +238,11 @@ def test_no_stale_answer_after_updates_with_worker_running_then_stopped(mf_stack
         readers = [Reader(settings), Reader(settings)]
         try:
             assert mf_wait_until(lambda: forge.health()["celery"] == "connected", 10)
-            assert run_cycles(server, readers, 200) == []
+            assert run_cycles(server, readers, 100) == []
 
             worker.stop()
             assert mf_wait_until(lambda: forge.health()["celery"] == "disconnected", 10)
-            assert run_cycles(server, readers, 200) == []
+            assert run_cycles(server, readers, 100) == []
             assert mf_cached_keys(forge), "with the worker stopped, old keys stay until it runs again"
 
             worker.start()
@@ -263,7 +263,7 @@ def test_no_answer_after_deletes_through_either_door(mf_stack):
         readers = [Reader(settings), Reader(settings)]
         wrong = []
         try:
-            for i in range(200):
+            for i in range(100):
                 forge.register("iris", IRIS[i % 2])
                 assert all("proba" in a for a in predict_everywhere(server, readers))
                 if i % 2:

@@ -110,6 +110,11 @@ def test_mf_stats_dashboard_refreshes_until_stopped(mf_ip, mf_live_server, capsy
     assert "server: not read (" in text and "HTTP 403" in text  # a source that cannot be read says why
     assert "kernel: " in text and " req/s" in text
     assert sum(r.requests_per_s * r.seconds for r in kernel.readings) == pytest.approx(20, abs=0.01)
+    # stopped, a headline sums the whole run, however idle its last reading was
+    whole = kernel.whole()
+    assert whole.requests_per_s * whole.seconds == pytest.approx(20, abs=0.01) and whole.hit_ratio is not None
+    (line,) = [t for t in text.splitlines() if t.startswith("kernel: ")]
+    assert line.endswith(f", over {whole.seconds:,.1f} s") and f"{whole.requests_per_s:,.1f} req/s" in line, line
     for bad in ("--interval 0", "--interval nan", "--seconds inf", "--seconds -1", "--interval 1e9"):
         mf_run_cell(mf_ip, f"%mf_stats ls_dash {bad}")
         assert "UsageError: --interval and --seconds must be > 0" in capsys.readouterr().err, bad

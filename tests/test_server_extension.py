@@ -7,6 +7,7 @@ Every server here runs with ``ServerApp.allow_unauthenticated_access=False`` and
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -578,7 +579,17 @@ def slow_model(matmuls: int = 120, n: int = 1024) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
-async def test_slow_prediction_does_not_block_the_ioloop(jp_fetch, mf_app):
+@pytest.fixture
+def no_gc_pause():
+    """The server runs in the test process, whose heap holds the whole session's objects: a full collection there
+    can stop every thread, the IOLoop's included, for ~1 s (seen late in a CI run). Frozen, they are not scanned."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+async def test_slow_prediction_does_not_block_the_ioloop(jp_fetch, mf_app, no_gc_pause):
     # Given a model whose every run takes ~1 s on one ONNX Runtime thread
     model = slow_model()
     assert mf_app.forge.engine.intra_op_num_threads == 1  # a server's sessions: server_intra_op_num_threads
@@ -609,7 +620,7 @@ async def test_slow_prediction_does_not_block_the_ioloop(jp_fetch, mf_app):
 
 
 @pytest.mark.parametrize("mf_backend", ["embedded"])
-async def test_health_and_model_changes_never_wait_behind_slow_predictions(jp_fetch, mf_app):
+async def test_health_and_model_changes_never_wait_behind_slow_predictions(jp_fetch, mf_app, no_gc_pause):
     # Given four predictions of a slow model on the data plane's two threads (two rounds of runs)
     model = slow_model(matmuls=30)  # ~0.25 s a run on an idle 2-core machine
     await mf_put(jp_fetch, "slow", model)

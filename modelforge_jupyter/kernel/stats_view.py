@@ -40,6 +40,7 @@ class Source:
     def __init__(self, label: str, take: Callable[[], Sample], close: Callable[[], None] = lambda: None) -> None:
         self.label, self.take, self.close = label, take, close
         self.readings: deque[Reading] = deque(maxlen=HISTORY)
+        self.first: Sample | None = None  # the first sample read: ``whole`` runs from it
         self.last: Sample | None = None
         self.error: str | None = None
 
@@ -53,7 +54,14 @@ class Source:
         self.error = None
         if self.last is not None:
             self.readings.append(reading(self.last, sample))
+        self.first = self.first or sample
         self.last = sample
+
+    def whole(self) -> Reading | None:
+        """The reading from the first sample to the last (None before a second one): a stopped dashboard's summary."""
+        if self.first is None or self.last is None or self.last is self.first:
+            return None
+        return reading(self.first, self.last)
 
 
 def kernel_source(model: str | None) -> Source:
@@ -77,23 +85,25 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g} ms" if value < 100 else f"{value:,.0f} ms"
 
 
-def headline(source: Source) -> str:
-    """One line of a source's last reading: req/s, p50/p99, cache hits, sessions (or its error, or 'waiting')."""
-    if source.error:
+def headline(source: Source, whole: bool = False) -> str:
+    """One line of a source's last reading: req/s, p50/p99, cache hits, sessions (or its error, or 'waiting'); with
+    ``whole``, of everything from its first sample to its last instead, ending "over N s" (a stopped dashboard)."""
+    r = source.whole() if whole else source.readings[-1] if source.readings else None
+    if source.error and (r is None or not whole):
         return f"{source.label}: not read ({source.error})"
-    if not source.readings:
+    if r is None:
         return f"{source.label}: waiting for a second sample"
-    r = source.readings[-1]
     hits = "-" if r.hit_ratio is None else f"{100 * r.hit_ratio:.0f}%"
     return (f"{source.label}: {r.requests_per_s:,.1f} req/s, p50 {_ms(r.p50_ms['request'])}, p99 "
             f"{_ms(r.p99_ms['request'])}, cache hits {hits}, {r.sessions} sessions ({r.session_bytes / 1e6:.1f} MB)"
-            + (f", {r.failures_per_s:,.1f} failed/s" if r.failures_per_s else ""))
+            + (f", {r.failures_per_s:,.1f} failed/s" if r.failures_per_s else "")
+            + (f", over {r.seconds:,.1f} s" if whole else ""))
 
 
 class StatsDashboard:
     """``VBox(HTML title and headlines, Image plot, Stop button)``, refreshed every ``interval`` s by a daemon thread
-    from ``start()`` until ``stop()`` (the button), or after ``seconds`` when given. Displayed as itself: the widget
-    view plus a ``text/plain`` of the headlines."""
+    from ``start()`` until ``stop()`` (the button), or after ``seconds`` when given; once stopped, each headline sums
+    the whole run (``Source.whole``). Displayed as itself: the widget view plus a ``text/plain`` of the headlines."""
 
     def __init__(self, sources: list[Source], title: str, interval: float, seconds: float | None) -> None:
         import ipywidgets as w
@@ -112,7 +122,8 @@ class StatsDashboard:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         view = getattr(self.box, "_repr_mimebundle_", None)
         data = dict((view() if callable(view) else None) or {})
-        data["text/plain"] = "\n".join([f"{self.title} ({self.status})"] + [headline(s) for s in self.sources])
+        whole = self.status == "stopped"
+        data["text/plain"] = "\n".join([f"{self.title} ({self.status})"] + [headline(s, whole) for s in self.sources])
         return data
 
     def start(self) -> StatsDashboard:
@@ -147,7 +158,8 @@ class StatsDashboard:
         return time.monotonic()
 
     def _redraw(self, plot: bool = True) -> None:
-        lines = "".join(f"<div>{html.escape(headline(s))}</div>" for s in self.sources)
+        whole = self.status == "stopped"  # the last reading may be an idle moment: the run's summary instead
+        lines = "".join(f"<div>{html.escape(headline(s, whole))}</div>" for s in self.sources)
         self.text.value = f"<b>{html.escape(self.title)}</b> <small>({self.status})</small>{lines}"
         if plot:
             self.plot.value = figure_png(stats_figure(self.sources, self.title))
