@@ -298,6 +298,17 @@ def test_delete_is_seen_everywhere_and_frees_sessions_via_event(mf_stack):
             reader.close()
 
 
+def test_health_counts_only_a_worker_of_its_own_queue(mf_stack):
+    # Given the stack's worker, consuming the stack's queue only
+    settings, worker, _ = mf_stack
+    other = {**settings, "celery_queue": f"mftest-nobody-{uuid.uuid4().hex[:8]}"}
+    with ModelForge(**settings) as forge, ModelForge(**other) as elsewhere:
+        # Then a ModelForge sending to that queue sees it connected, one sending to a queue nobody consumes does not
+        assert mf_wait_until(lambda: forge.health()["celery"] == "connected", 10)
+        assert mf_wait_until(lambda: elsewhere.health()["celery"] == "disconnected", 10)
+        assert (elsewhere.health()["celery"], elsewhere.health()["status"]) == ("disconnected", "degraded")
+
+
 def test_broker_down_update_succeeds_and_cleans_up_inline(mf_services_settings):
     settings = {**mf_services_settings, "celery_broker_url": "amqp://guest:guest@127.0.0.1:1//"}
     with ModelForge(**settings) as forge:

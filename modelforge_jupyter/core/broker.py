@@ -63,20 +63,36 @@ def make_app(broker_url: str, timeout: float | None = None, queue: str | None = 
     return app
 
 
-def celery_status(broker_url: str, timeout: float = 1.0) -> str:
-    """``eager`` without a broker; ``connected`` when a worker answers a ping within ``timeout`` s; else
-    ``disconnected`` (broker unreachable or silent, or no worker). Blocks up to about 3 x ``timeout`` s (connect,
-    publish, wait for a reply): ``ModelForge.health`` reads it through ``celery_probe``, off the request path."""
+class _Serving(Exception):
+    """Raised from a control reply's callback to stop waiting for the other workers' replies."""
+
+
+def celery_status(broker_url: str, timeout: float = 1.0, queue: str | None = None) -> str:
+    """``eager`` without a broker; ``connected`` when a worker consuming ``queue`` (None: the ``celery_queue``
+    setting) answers within ``timeout`` s; else ``disconnected`` (broker unreachable or silent, or no worker of that
+    queue: one serving another queue of the broker does not run ModelForge's tasks). Asks every worker for its
+    ``active_queues`` (Celery's remote control) and stops at the first that consumes ``queue``. Blocks up to about
+    3 x ``timeout`` s (connect, publish, wait for replies): ``ModelForge.health`` reads it through ``celery_probe``,
+    off the request path."""
     if not broker_url:
         return "eager"
+    queue = from_environment("celery_queue") if queue is None else queue
+
+    def serves(reply: dict) -> None:
+        for queues in reply.values():
+            if any(isinstance(q, dict) and q.get("name") == queue for q in queues or ()):
+                raise _Serving
+
     probe = make_app(broker_url, timeout)
     try:
-        replies = probe.control.ping(timeout=timeout, limit=1)
+        probe.control.broadcast("active_queues", reply=True, timeout=timeout, callback=serves)
+    except _Serving:
+        return "connected"
     except Exception:  # kombu raises OperationalError, OSError or a transport-specific error
         return "disconnected"
     finally:
         probe.close()
-    return "connected" if replies else "disconnected"
+    return "disconnected"
 
 
 class CeleryProbe:
@@ -86,8 +102,8 @@ class CeleryProbe:
     then ``disconnected``): a stale answer is returned at once while the thread refreshes it.
     """
 
-    def __init__(self, broker_url: str, ttl: float, timeout: float) -> None:
-        self.broker_url, self.ttl, self.timeout = broker_url, ttl, timeout
+    def __init__(self, broker_url: str, ttl: float, timeout: float, queue: str | None = None) -> None:
+        self.broker_url, self.ttl, self.timeout, self.queue = broker_url, ttl, timeout, queue
         self.probes = 0  # how many probes ran: each is a broker connection and a ping
         self._cond = threading.Condition()
         self._status: str | None = None
@@ -113,24 +129,25 @@ class CeleryProbe:
             with self._cond:
                 self._cond.wait_for(lambda: self._wanted)
                 self._wanted, self._busy = False, True
-            status = celery_status(self.broker_url, self.timeout)
+            status = celery_status(self.broker_url, self.timeout, self.queue)
             with self._cond:
                 self._status, self._at, self._busy = status, time.monotonic(), False
                 self.probes += 1
                 self._cond.notify_all()
 
 
-_probes: dict[tuple[str, float, float], CeleryProbe] = {}
+_probes: dict[tuple[str, float, float, str | None], CeleryProbe] = {}
 _probes_lock = threading.Lock()
 
 
-def celery_probe(broker_url: str, ttl: float, timeout: float) -> CeleryProbe:
-    """This process's ``CeleryProbe`` of ``broker_url`` (one per process, broker, ttl and timeout)."""
-    key = (broker_url, ttl, timeout)
+def celery_probe(broker_url: str, ttl: float, timeout: float, queue: str | None = None) -> CeleryProbe:
+    """This process's ``CeleryProbe`` of ``broker_url``'s workers of ``queue`` (one per process, broker, ttl, timeout
+    and queue; None: the ``celery_queue`` setting)."""
+    key = (broker_url, ttl, timeout, queue)
     with _probes_lock:
         probe = _probes.get(key)
         if probe is None:
-            probe = _probes[key] = CeleryProbe(broker_url, ttl, timeout)
+            probe = _probes[key] = CeleryProbe(broker_url, ttl, timeout, queue)
         return probe
 
 

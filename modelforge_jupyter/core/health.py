@@ -12,9 +12,9 @@ from .._version import __version__
 def service_health(settings: Any, registry: Any, cache: Any) -> dict[str, str]:
     """``{status, database, redis, celery, version, environment, timestamp}`` of a ModelForge's ``settings``,
     ``registry`` and ``cache``, as ``ModelForge.health`` documents it: database ``connected``/``disconnected``; redis
-    ``connected``/``disconnected``/``not_configured``; celery ``connected``/``eager``/``disconnected``; status
-    ``unhealthy`` when the database is down, ``degraded`` when Redis or Celery is, else ``healthy``; timestamp ISO
-    8601 UTC. Costs a database and a Redis round trip, each bounded by its deadline; Celery's is the background
+    ``connected``/``disconnected``/``not_configured``; celery ``connected`` (a worker consumes ``celery_queue``),
+    ``eager`` or ``disconnected``; status ``unhealthy`` when the database is down, ``degraded`` when Redis or Celery
+    is, else ``healthy``; timestamp ISO 8601 UTC. Costs a database and a Redis round trip, each bounded by its deadline; Celery's is the background
     probe's (``broker.celery_probe``)."""
     from .broker import celery_probe
 
@@ -22,7 +22,7 @@ def service_health(settings: Any, registry: Any, cache: Any) -> dict[str, str]:
     database = "connected" if registry.ping() else "disconnected"
     redis = ("connected" if cache.ping() else "disconnected") if s.redis_url else "not_configured"
     if s.celery_broker_url:
-        celery = celery_probe(s.celery_broker_url, s.celery_probe_ttl, s.broker_timeout).status()
+        celery = celery_probe(s.celery_broker_url, s.celery_probe_ttl, s.broker_timeout, s.celery_queue).status()
     else:
         celery = "eager"
     if database != "connected":
