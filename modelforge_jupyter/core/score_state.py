@@ -4,7 +4,7 @@ and its outputs go to a directory, both where every process sees them.
 
 Redis keys, all under ``{CACHE_KEY_PREFIX}:score:{job id}:`` and expiring ``SCORE_TTL`` s after the job's last
 change: ``spec`` (the JobSpec), ``chunk:{i}`` (input bytes, deleted once scored), ``result:{i}`` (packed outputs
-and row numbers), ``parts`` (hash: chunk -> ``{start, rows, file}`` once finished), ``errors`` (hash: chunk ->
+and row numbers), ``parts`` (hash: chunk -> ``{start, rows, file, bad}`` once finished, ``bad`` its rows not scored), ``errors`` (hash: chunk ->
 ``ChunkError``), ``finished`` and ``skipped`` (sets of chunks), ``cancel`` (a flag), ``first_at`` and
 ``finished_at`` (Unix s).
 
@@ -96,7 +96,8 @@ class RedisState:
         else:
             if outcome.outputs is not None:
                 pipe.set(self.key(f"result:{i}"), pack({ROW: outcome.row, **outcome.outputs}), ex=SCORE_TTL)
-            part = {"start": chunk.start, "rows": len(outcome.row), "file": outcome.file}
+            part = {"start": chunk.start, "rows": len(outcome.row), "file": outcome.file,
+                    "bad": 0 if outcome.error is None else outcome.error.bad_rows}
             pipe.hset(self.key("parts"), i, orjson.dumps(part))
             if outcome.error is not None:
                 pipe.hset(self.key("errors"), i, orjson.dumps(outcome.error.to_json()))
@@ -113,12 +114,15 @@ class RedisState:
         return True
 
     def counts(self) -> dict:
-        """``{rows_done, chunks_done, chunks_failed, chunks_cancelled, first_at, finished_at}`` in one round trip."""
+        """``{rows_done, chunks_done, chunks_failed, chunks_cancelled, first_at, finished_at, bad_rows}`` in one
+        round trip."""
         pipe = self.client.pipeline()
         pipe.hvals(self.key("parts")).hlen(self.key("errors")).scard(self.key("skipped"))
         pipe.get(self.key("first_at")).get(self.key("finished_at"))
         parts, failed, skipped, first, done_at = pipe.execute()
-        return {"rows_done": sum(orjson.loads(p)["rows"] for p in parts), "chunks_done": len(parts) - failed,
+        parts = [orjson.loads(p) for p in parts]
+        return {"rows_done": sum(p["rows"] for p in parts), "bad_rows": sum(p.get("bad", 0) for p in parts),
+                "chunks_done": len(parts) - failed,
                 "chunks_failed": failed, "chunks_cancelled": skipped,
                 "first_at": None if first is None else float(first),
                 "finished_at": None if done_at is None else float(done_at)}
@@ -129,7 +133,8 @@ class RedisState:
 
     def parts(self) -> dict[int, dict]:
         """``{chunk: {start, rows, file}}`` of the finished chunks."""
-        return {int(k): orjson.loads(v) for k, v in self.client.hgetall(self.key("parts")).items()}
+        parts = {int(k): orjson.loads(v) for k, v in self.client.hgetall(self.key("parts")).items()}
+        return {i: {k: p[k] for k in ("start", "rows", "file")} for i, p in parts.items()}
 
     def skipped(self) -> int:
         """How many chunks were skipped (the job cancelled)."""
@@ -207,6 +212,7 @@ class DirState:
         spec = self.spec()
         over = spec is not None and len(times) >= spec.chunks
         return {"rows_done": sum(r["rows"] for r in records), "chunks_done": len(records) - failed,
+                "bad_rows": sum(r["error"]["bad_rows"] for r in records if r["error"] is not None),
                 "chunks_failed": failed, "chunks_cancelled": len(skipped),
                 "first_at": min((p.stat().st_mtime for p in parts), default=None),
                 "finished_at": max(times) if over else None}
