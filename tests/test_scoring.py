@@ -58,6 +58,10 @@ def test_array_equals_raw_onnxruntime_in_order(mf_forge):
     assert table.column("row").to_pylist() == list(range(2_300))
     assert np.array_equal(table.column("probabilities_1").to_numpy(), proba[:, 1])
     assert mf_forge.score_job(job.id) is job
+    # forget() drops the outputs held for result(): the job keeps its last progress reading and refuses the rest
+    assert job.forget() == 5 and job.progress().rows_done == 2_300
+    with pytest.raises(ModelForgeError, match="was forgotten"):
+        job.table()
 
 
 def test_dataframe_columns_by_name_for_a_multi_input_model(mf_forge):

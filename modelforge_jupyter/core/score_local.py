@@ -128,6 +128,14 @@ class LocalRun:
         for future in self._futures:
             future.cancel()
 
+    def forget(self) -> int:
+        """Drop the outputs held for ``result()`` (``ScoreJob.forget``); returns how many chunks held some."""
+        with self._lock:
+            held = sum(1 for o in self._outcomes.values() if o.outputs is not None)
+            for outcome in self._outcomes.values():
+                outcome.outputs = None
+            return held
+
     def outcomes(self) -> list[ChunkOutcome]:
         """The chunks finished so far, by index."""
         with self._lock:

@@ -93,9 +93,12 @@ class ScoreJob:
     def __init__(self, spec: JobSpec, run: Any) -> None:
         self.spec, self._run = spec, run
         self.id, self.model, self.version, self.output = spec.id, spec.pin.model, spec.pin.version, spec.output
+        self._final: ScoreProgress | None = None  # the last reading, once forgotten
 
     def progress(self) -> ScoreProgress:
         """The counters now (one read of the job's state: in-process, or one Redis round trip)."""
+        if self._final is not None:
+            return self._final
         c = self._run.counts()
         finished = c["chunks_done"] + c["chunks_failed"] + c["chunks_cancelled"]
         if finished < self.spec.chunks:
@@ -131,6 +134,7 @@ class ScoreJob:
         """The chunks that failed, whole or on some rows, by chunk index. Each ``ChunkError`` counts all its chunk's
         rows not scored (``bad_rows``) and names the first ``MAX_ROW_ERRORS`` (100) bad rows with the reason
         (``rows``: ``(row number, reason)`` in row order); ``progress().bad_rows`` is the job's total."""
+        self._kept()
         return sorted(self._run.errors(), key=lambda e: e.chunk)
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
@@ -139,6 +143,7 @@ class ScoreJob:
         Raises ``ScoringError`` (422) when some rows failed or were cancelled, ``TimeoutError`` past ``timeout`` s."""
         if not self.wait(timeout):
             raise TimeoutError(f"score job {self.id} still running after {timeout} s: {self.progress().text()}")
+        self._kept()
         progress = self.progress()
         if progress.state != "done":
             errors = self.errors()
@@ -156,12 +161,30 @@ class ScoreJob:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        self._kept()
         if self.output is not None:
             names = [p["file"] for p in self._run.manifest()["parts"] if p.get("file")]
             tables = [pq.read_table(Path(self.output) / name) for name in names]
         else:
             tables = [outputs_table(o.row, o.outputs) for o in self._run.outcomes() if o.outputs is not None]
         return pa.concat_tables(tables) if tables else pa.table({"row": pa.array([], pa.int64())})
+
+    def forget(self) -> int:
+        """Free what the job keeps once it is over: on Celery, its Redis keys (state, results, any chunk left), else
+        in this process, the outputs held for ``result()``. Parquet parts and the manifest written to ``output`` stay.
+        ``progress()`` keeps its last reading; ``result()``, ``table()`` and ``errors()`` raise ``ModelForgeError``
+        after it. Returns the keys (or chunks) freed. Raises ``ModelForgeError`` (400) while the job runs:
+        ``cancel()`` and ``wait()`` first."""
+        final = self.progress()
+        if final.state == "running":
+            raise ModelForgeError(f"score job {self.id} is still running: cancel() and wait() it before forget()")
+        self._final = final
+        _jobs.pop(self.id, None)
+        return self._run.forget()
+
+    def _kept(self) -> None:
+        if self._final is not None:
+            raise ModelForgeError(f"score job {self.id} was forgotten: its results and errors are gone")
 
     def __repr__(self) -> str:
         return f"<ScoreJob {self.id} {self.model} v{self.version}: {self.progress().text()}>"
