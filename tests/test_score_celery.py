@@ -86,6 +86,13 @@ def test_results_equal_raw_onnxruntime_in_order_and_another_process_attaches(for
     assert client.exists(f"{forge.settings.cache_key_prefix}:score:{job.id}:spec")
     assert 0 < client.ttl(f"{forge.settings.cache_key_prefix}:score:{job.id}:spec") <= 24 * 3600
     assert not client.exists(f"{forge.settings.cache_key_prefix}:score:{job.id}:chunk:0")  # inputs freed
+    # forget() deletes every key of the job (its results first of all); its last progress reading stays
+    base = f"{forge.settings.cache_key_prefix}:score:{job.id}:"
+    assert client.exists(base + "result:0") and len(list(client.scan_iter(base + "*"))) >= 5 + 5
+    assert job.forget() >= 10 and list(client.scan_iter(base + "*")) == []
+    assert job.progress().rows_done == 2_300
+    with pytest.raises(ModelForgeError, match=f"score job {job.id} was forgotten"):
+        job.result()
 
 
 def _same_settings(forge) -> dict:

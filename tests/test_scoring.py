@@ -6,6 +6,7 @@ the version pinned at submit; cancel; a deletion during the job.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from modelforge_jupyter.core.errors import ModelForgeError, ModelNotFoundError
+from modelforge_jupyter.core.score_chunks import MAX_ROW_ERRORS
 from modelforge_jupyter.core.scoring import ScoringError
 
 from .mf_plugin import SAMPLES, mf_raw_run, mf_spin_input, mf_spin_model
@@ -56,6 +58,10 @@ def test_array_equals_raw_onnxruntime_in_order(mf_forge):
     assert table.column("row").to_pylist() == list(range(2_300))
     assert np.array_equal(table.column("probabilities_1").to_numpy(), proba[:, 1])
     assert mf_forge.score_job(job.id) is job
+    # forget() drops the outputs held for result(): the job keeps its last progress reading and refuses the rest
+    assert job.forget() == 5 and job.progress().rows_done == 2_300
+    with pytest.raises(ModelForgeError, match="was forgotten"):
+        job.table()
 
 
 def test_dataframe_columns_by_name_for_a_multi_input_model(mf_forge):
@@ -67,8 +73,30 @@ def test_dataframe_columns_by_name_for_a_multi_input_model(mf_forge):
     (expected,) = mf_raw_run(two_input_model(), {"a": a, "b": b, "c": np.stack([c, -c], axis=1)})
     assert np.array_equal(outputs["y"], expected)
     # Columns that name no input of a multi-input model are refused at submit, naming the inputs
-    with pytest.raises(ModelForgeError, match="the model has inputs 'a', 'b', 'c': name the columns after them"):
+    with pytest.raises(ModelForgeError, match="the model has inputs 'a', 'b', 'c': name the columns after them "
+                                              r"\(missing: 'a'; expected 'a' float32 \[\?\], "):
         mf_forge.score("abc", frame.rename(columns={"a": "x"}))
+
+
+def test_a_dataframe_short_of_a_column_is_refused_at_submit(mf_forge):
+    # Given the forest (one input, [N, 30]) and 20,000 rows as a DataFrame, one column dropped
+    mf_forge.register("rf", RF)
+    mf_forge.register("abc", two_input_model())
+    frame = pd.DataFrame(np.tile(X, (9, 1))[:20_000], columns=[f"f{i}" for i in range(30)])
+    start = time.perf_counter()
+    # Then score refuses at once (no chunk split down to single rows), naming what is given and what is expected
+    with pytest.raises(ModelForgeError, match=r"the DataFrame's 29 columns \('f0', .*\) make rows of 29 values side "
+                                              r"by side and the model takes 30 \('float_input' float32 \[\?, 30\]\): 1 missing"):
+        mf_forge.score("rf", frame.drop(columns=["f7"]))
+    with pytest.raises(ModelForgeError, match=r"the array's rows have shape \[29\]; the model takes 'float_input'"):
+        mf_forge.score("rf", frame.to_numpy()[:, :29])
+    with pytest.raises(ModelForgeError, match="the array feeds a single-input model only; this one takes 'a'"):
+        mf_forge.score("abc", X)
+    assert time.perf_counter() - start < 5
+    # While a column of lists of the right width, and a Parquet file of the right columns, are taken
+    listed = pd.DataFrame({"features": list(X[:50])})
+    assert np.array_equal(mf_forge.score("rf", listed, workers=1).result(timeout=60)["label"],
+                          mf_raw_run(RF, {"float_input": X[:50]})[0])
 
 
 def test_parquet_directory_in_parquet_parts_and_manifest_out(mf_embedded_settings, tmp_path):
@@ -119,6 +147,19 @@ def test_bad_rows_reported_by_index_the_others_scored(mf_forge):
     assert table.column("row").to_pylist() == kept.tolist()
     label, _ = mf_raw_run(IRIS, {"float_input": IRIS_X[kept]})
     assert np.array_equal(table.column("output_label").to_numpy(), label)
+
+
+def test_every_bad_row_counted_the_first_hundred_named(mf_forge):
+    # Given a chunk of 300 iris rows of which 150 (every other one) hold text where numbers belong
+    mf_forge.register("iris", IRIS)
+    frame = pd.DataFrame(IRIS_X[:300].astype(object))
+    frame.iloc[::2, 0] = "n/a"
+    job = mf_forge.score("iris", frame, chunk_rows=300, workers=1)
+    assert job.wait(120)
+    # Then the chunk's error counts all 150, names the first MAX_ROW_ERRORS (100) in order, and the job's count agrees
+    (error,) = job.errors()
+    assert (error.bad_rows, len(error.rows), error.rows[0][0], error.rows[-1][0]) == (150, MAX_ROW_ERRORS, 0, 198)
+    assert job.progress().rows_done == 150 and job.progress().bad_rows == 150
 
 
 def test_version_pinned_at_submit(mf_forge):

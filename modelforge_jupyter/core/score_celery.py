@@ -25,6 +25,7 @@ from .score_state import SCORE_TTL, DirState, RedisState, open_state, redis_clie
 from .urls import mask_url
 
 TASK_NAME = "modelforge_jupyter.tasks.score_chunk"
+SEND_BATCH = 8  # chunks stored, then their tasks sent, at a time: the first ones run while the rest upload
 NEEDS = ("scoring on Celery workers (CELERY_BROKER_URL is set) needs REDIS_URL (the job's state, its chunks and "
          "its results travel through Redis), or Parquet rows and an output= directory that the workers see at the "
          "same paths; or unset CELERY_BROKER_URL to score in a local process pool")
@@ -53,21 +54,22 @@ class CeleryRun:
             state: RedisState | DirState = RedisState(redis_client(s.redis_url), s.cache_key_prefix, spec.id)
         else:
             state = DirState(spec.output, spec.id)
-        chunks = {}
-        if source.kind != "parquet":
-            for chunk in source.chunks:
-                kind, payload = encode(source.take(chunk))
-                chunks[chunk.index] = kind.encode() + b"\n" + payload
         try:
-            state.create(spec, chunks)
+            state.create(spec)
         except Exception as err:  # redis-py's errors, or an output directory not writable
             raise ServiceUnavailableError(f"the job's state could not be stored ({mask_url(first_line(err))})") from None
         app = forge.invalidator.celery
         try:
             with app.producer_or_acquire() as producer:
-                for chunk in source.chunks:
-                    app.send_task(TASK_NAME, args=[spec.to_json(), chunk.to_json(), state.where],
-                                  queue=s.celery_queue, producer=producer, retry=False)
+                for at in range(0, len(source.chunks), SEND_BATCH):
+                    batch = source.chunks[at:at + SEND_BATCH]
+                    _put_chunks(state, source, batch)  # before their tasks: a worker never waits for its rows
+                    for chunk in batch:
+                        app.send_task(TASK_NAME, args=[spec.to_json(), chunk.to_json(), state.where],
+                                      queue=s.celery_queue, producer=producer, retry=False)
+        except ModelForgeError:  # rows that cannot travel (score_sources.encode), or Redis gone (503)
+            state.cancel()  # the tasks sent skip their chunks
+            raise
         except Exception as err:  # kombu OperationalError / OSError: the broker is unreachable or silent
             state.cancel()
             raise ServiceUnavailableError(
@@ -85,6 +87,10 @@ class CeleryRun:
         if spec is None:
             raise ModelNotFoundError(f"no score job {job_id!r} (unknown here, or expired {SCORE_TTL} s after it ended)")
         return spec, cls(spec, state)
+
+    def forget(self) -> int:
+        """Delete the job's state, results and any chunk left (``ScoreJob.forget``); returns the keys removed."""
+        return self.state.delete(self.spec.chunks)
 
     def counts(self) -> dict:
         """As ``LocalRun.counts``."""
@@ -114,20 +120,35 @@ def run_chunk(forge: Any, spec_json: dict, chunk_json: dict, where: dict | str) 
     spec, chunk = JobSpec.from_json(spec_json), Chunk(**chunk_json)
     where = {"redis": where, "job": spec.id} if isinstance(where, str) else where
     state = open_state(where, forge.settings.redis_url)
-    if state.finished(chunk.index):
+    finished, cancelled, raw = state.begin(chunk.index)  # one round trip
+    if finished:
         return 0  # a redelivered task: done already
-    outcome = None if state.cancelled() else _score(forge, state, spec, chunk)
+    outcome = None if cancelled else _score(forge, spec, chunk, raw)
     if state.record(spec, chunk, outcome) and spec.output is not None:
         write_manifest(spec.output, CeleryRun(spec, state).manifest())
     return 0 if outcome is None else len(outcome.row)
 
 
-def _score(forge: Any, state: RedisState | DirState, spec: JobSpec, chunk: Chunk) -> ChunkOutcome:
+def _put_chunks(state: RedisState | DirState, source: Source, chunks: tuple[Chunk, ...]) -> None:
+    """Store ``chunks``' rows in Redis (npy or Arrow IPC, ``score_sources.encode``), unless read by path."""
+    if source.kind == "parquet":
+        return
+    payloads = {}
+    for chunk in chunks:
+        kind, payload = encode(source.take(chunk))
+        payloads[chunk.index] = kind.encode() + b"\n" + payload
+    try:
+        state.put_chunks(payloads)
+    except Exception as err:  # redis-py's errors
+        raise ServiceUnavailableError(f"the job's rows could not be stored ({mask_url(first_line(err))})") from None
+
+
+def _score(forge: Any, spec: JobSpec, chunk: Chunk, raw: bytes | None) -> ChunkOutcome:
     """``score_chunk`` on the chunk's rows; a chunk that cannot be read or written fails alone (its error says why)."""
     import redis
 
     try:
-        return score_chunk(forge, spec.pin, chunk, _read(state, chunk), spec.output)
+        return score_chunk(forge, spec.pin, chunk, _read(chunk, raw), spec.output)
     except redis.RedisError:
         raise  # the task retries
     except Exception as err:  # unreadable rows, an output directory this worker cannot write...
@@ -138,12 +159,11 @@ def _score(forge: Any, state: RedisState | DirState, spec: JobSpec, chunk: Chunk
         return ChunkOutcome(chunk.index, np.empty(0, np.int64), None, error=error)
 
 
-def _read(state: RedisState | DirState, chunk: Chunk) -> Any:
+def _read(chunk: Chunk, raw: bytes | None) -> Any:
     if chunk.file is not None:
         if not os.path.exists(chunk.file):
             raise ModelForgeError(f"this worker does not see the Parquet file {os.path.basename(chunk.file)!r}")
         return read_parquet_rows(chunk.file, chunk.offset, chunk.rows)
-    raw = state.chunk_input(chunk.index)
     if raw is None:
         raise ModelForgeError(f"chunk {chunk.index}'s rows are no longer in Redis (expired after {SCORE_TTL} s)")
     kind, _, payload = raw.partition(b"\n")

@@ -113,18 +113,28 @@ class LocalRun:
             write_manifest(self.spec.output, self.manifest())
 
     def counts(self) -> dict:
-        """``{rows_done, chunks_done, chunks_failed, chunks_cancelled, first_at, finished_at}`` (times: Unix s)."""
+        """``{rows_done, chunks_done, chunks_failed, chunks_cancelled, first_at, finished_at, bad_rows}`` (times:
+        Unix s)."""
         with self._lock:
             outcomes = list(self._outcomes.values())
             failed = sum(1 for o in outcomes if o.error is not None)
             return {"rows_done": sum(len(o.row) for o in outcomes), "chunks_done": len(outcomes) - failed,
                     "chunks_failed": failed, "chunks_cancelled": self._cancelled, "first_at": self._first_at,
-                    "finished_at": self._finished_at}
+                    "finished_at": self._finished_at,
+                    "bad_rows": sum(o.error.bad_rows for o in outcomes if o.error is not None)}
 
     def cancel(self) -> None:
         """Cancel the chunks still queued."""
         for future in self._futures:
             future.cancel()
+
+    def forget(self) -> int:
+        """Drop the outputs held for ``result()`` (``ScoreJob.forget``); returns how many chunks held some."""
+        with self._lock:
+            held = sum(1 for o in self._outcomes.values() if o.outputs is not None)
+            for outcome in self._outcomes.values():
+                outcome.outputs = None
+            return held
 
     def outcomes(self) -> list[ChunkOutcome]:
         """The chunks finished so far, by index."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import ModelForgeError, first_line
 from .records import ModelRecord
-from .tensors import prepare_feed
+from .tensors import prepare_feed, shape_str
 
 
 @dataclass(frozen=True)
@@ -190,26 +190,77 @@ def table_feed(record: ModelRecord, data: Any) -> dict[str, np.ndarray]:
 
 def by_name(record: ModelRecord, columns: list[str]) -> bool:
     """True when ``columns`` map to ``record``'s inputs by name, False when they all go side by side to its single
-    input. Raises ``ModelForgeError`` (400) when neither applies (a multi-input model, a required input missing)."""
+    input. Raises ``ModelForgeError`` (400) when neither applies (a multi-input model, a required input missing),
+    naming the inputs expected and those no column names."""
     required = [s.name for s in record.inputs if not s.optional]
     if required and all(name in columns for name in required):
         return True
     if len(required) != 1:
+        missing = [name for name in required if name not in columns]
         raise ModelForgeError(
             f"the model has inputs {', '.join(map(repr, required))}: name the columns after them "
-            f"(columns given: {', '.join(map(repr, columns[:8]))}{'...' if len(columns) > 8 else ''})")
+            f"(missing: {', '.join(map(repr, missing))}; expected {_expected(record)}; columns given: "
+            f"{', '.join(map(repr, columns[:8]))}{'...' if len(columns) > 8 else ''})")
     return False
 
 
 def check_columns(record: ModelRecord, source: Source) -> None:
-    """Refuse now (``by_name``'s ``ModelForgeError``) a DataFrame or Parquet data set whose columns cannot feed
-    ``record``, rather than in every chunk; reads the first file's schema only."""
-    if source.kind == "frame":
-        by_name(record, [str(c) for c in source.data.columns])
+    """Refuse now, rather than in every chunk (where every row would fail alone, one model run each), a data set
+    that cannot feed ``record`` whatever its values: a DataFrame or Parquet file whose columns name no input
+    (``by_name``), or whose columns side by side (or an array's rows) do not have the width the single input
+    declares. Reads the Parquet files' schemas only. Raises ``ModelForgeError`` (400) naming the missing columns
+    or the width expected, and the model's inputs."""
+    if source.kind == "array":
+        _check_width(record, source.data.shape, "the array")
+    elif source.kind == "frame":
+        columns = [str(c) for c in source.data.columns]
+        if not by_name(record, columns):
+            width = sum(_width(source.data.iloc[0, i]) for i in range(len(columns)))
+            _check_width(record, (source.rows, width), "the DataFrame", columns)
     elif source.kind == "parquet":
         import pyarrow.parquet as pq
 
-        by_name(record, pq.read_schema(source.chunks[0].file).names)
+        for file in dict.fromkeys(chunk.file for chunk in source.chunks):
+            schema = pq.read_schema(file)
+            if by_name(record, schema.names):
+                continue
+            widths = [getattr(field.type, "list_size", None if hasattr(field.type, "value_type") else 1)
+                      for field in schema]
+            if None not in widths:  # a column of lists of varying length: its width shows in the rows only
+                _check_width(record, (source.rows, sum(widths)), f"Parquet file {Path(file).name!r}", schema.names)
+
+
+def _check_width(record: ModelRecord, shape: tuple[int, ...], what: str, columns: list[str] | None = None) -> None:
+    """Refuse ``shape`` (the feed a single-input model would get: rows first) when its rank or a fixed dimension
+    after the batch differs from the input's."""
+    required = [s for s in record.inputs if not s.optional]
+    if len(required) != 1:
+        raise ModelForgeError(f"{what} feeds a single-input model only; this one takes {_expected(record)}: pass "
+                              f"a dict {{input name: array}} to predict, or a DataFrame with a column per input")
+    spec = required[0]
+    want = list(spec.shape[1:])
+    if len(shape) - 1 == len(want) and all(w is None or w == g for w, g in zip(want, shape[1:])):
+        return
+    if columns is None:
+        raise ModelForgeError(f"{what}'s rows have shape {shape_str(shape[1:])}; the model takes {_expected(record)}")
+    if len(spec.shape) != 2:
+        raise ModelForgeError(f"{what}'s columns side by side make rows of {shape[1]} values; the model takes "
+                              f"{_expected(record)}: name a column {spec.name!r}")
+    given = f"{', '.join(map(repr, columns[:8]))}{'...' if len(columns) > 8 else ''}"
+    short = "missing" if shape[1] < want[0] else "too many"
+    raise ModelForgeError(
+        f"{what}'s {len(columns)} columns ({given}) make rows of {shape[1]} values side by side and the model "
+        f"takes {want[0]} ({_expected(record)}): {abs(want[0] - shape[1])} {short}")
+
+
+def _width(value: Any) -> int:
+    """The values a DataFrame cell adds to its row side by side: a list's length, else 1."""
+    return len(value) if isinstance(value, (list, tuple, np.ndarray)) else 1
+
+
+def _expected(record: ModelRecord) -> str:
+    return ", ".join(f"{s.name!r} {s.dtype} {shape_str(s.shape)}" + (" (optional)" if s.optional else "")
+                     for s in record.inputs) or "no inputs"
 
 
 def _columns(data: Any) -> dict[str, Any] | None:

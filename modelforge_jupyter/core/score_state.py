@@ -3,10 +3,10 @@ Redis (``RedisState``), or, with no Redis, the job's output directory (``DirStat
 and its outputs go to a directory, both where every process sees them.
 
 Redis keys, all under ``{CACHE_KEY_PREFIX}:score:{job id}:`` and expiring ``SCORE_TTL`` s after the job's last
-change: ``spec`` (the JobSpec), ``chunk:{i}`` (input bytes, deleted once scored), ``result:{i}`` (packed outputs
-and row numbers), ``parts`` (hash: chunk -> ``{start, rows, file}`` once finished), ``errors`` (hash: chunk ->
-``ChunkError``), ``finished`` and ``skipped`` (sets of chunks), ``cancel`` (a flag), ``first_at`` and
-``finished_at`` (Unix s).
+change (or deleted by ``ScoreJob.forget``): ``spec`` (the JobSpec), ``chunk:{i}`` (input bytes, deleted once
+scored), ``result:{i}`` (packed outputs and row numbers), ``parts`` (hash: chunk -> ``{start, rows, file, bad}`` once
+finished, ``bad`` its rows not scored), ``errors`` (hash: chunk -> ``ChunkError``), ``finished`` and ``skipped``
+(sets of chunks), ``cancel`` (a flag), ``first_at`` and ``finished_at`` (Unix s).
 
 Directory: ``{output}/.job-{id}/``: ``spec.json``, ``part-{i}.json`` per finished chunk (``{start, rows, file,
 error}``, written aside then renamed), ``skip-{i}`` per cancelled chunk, ``cancel``; times are the files' mtimes.
@@ -58,34 +58,40 @@ class RedisState:
         """The full key of ``name`` (``spec``, ``chunk:3``...)."""
         return self.base + name
 
-    def create(self, spec: JobSpec, chunks: dict[int, bytes]) -> None:
-        """Store the spec and the chunks' input bytes (one pipeline). Raises redis-py's errors."""
+    def create(self, spec: JobSpec) -> None:
+        """Store the spec. Raises redis-py's errors."""
+        self.client.set(self.key("spec"), orjson.dumps(spec.to_json()), ex=SCORE_TTL)
+
+    def put_chunks(self, chunks: dict[int, bytes]) -> None:
+        """Store chunks' input bytes (one pipeline). Raises redis-py's errors."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.key("spec"), orjson.dumps(spec.to_json()), ex=SCORE_TTL)
         for index, payload in chunks.items():
             pipe.set(self.key(f"chunk:{index}"), payload, ex=SCORE_TTL)
         pipe.execute()
+
+    def begin(self, index: int) -> tuple[bool, bool, bytes | None]:
+        """What a task needs before scoring chunk ``index``, in one round trip: whether it is finished already (a
+        redelivered task), whether the job was cancelled, and its input bytes (None: expired, or a Parquet chunk)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sismember(self.key("finished"), str(index)).exists(self.key("cancel")).get(self.key(f"chunk:{index}"))
+        finished, cancelled, raw = pipe.execute()
+        return bool(finished), bool(cancelled), raw
+
+    def delete(self, chunks: int) -> int:
+        """Delete every key of the job (``forget``); returns how many there were."""
+        names = ["spec", "parts", "errors", "finished", "skipped", "cancel", "first_at", "finished_at"]
+        keys = [self.key(n) for n in names] + [self.key(f"{kind}:{i}") for i in range(chunks) for kind in
+                                               ("chunk", "result")]
+        return sum(self.client.unlink(*keys[at:at + 1000]) for at in range(0, len(keys), 1000))
 
     def spec(self) -> JobSpec | None:
         """The job's spec, None when unknown or expired."""
         raw = self.client.get(self.key("spec"))
         return None if raw is None else JobSpec.from_json(orjson.loads(raw))
 
-    def chunk_input(self, index: int) -> bytes | None:
-        """Chunk ``index``'s input bytes, None once expired."""
-        return self.client.get(self.key(f"chunk:{index}"))
-
-    def finished(self, index: int) -> bool:
-        """Whether chunk ``index`` is recorded already (a redelivered task)."""
-        return bool(self.client.sismember(self.key("finished"), str(index)))
-
     def cancel(self) -> None:
         """Flag the job cancelled."""
         self.client.set(self.key("cancel"), 1, ex=SCORE_TTL)
-
-    def cancelled(self) -> bool:
-        """Whether the job was cancelled."""
-        return bool(self.client.exists(self.key("cancel")))
 
     def record(self, spec: JobSpec, chunk: Chunk, outcome: ChunkOutcome | None) -> bool:
         """Store a finished chunk (None: skipped, the job cancelled); True when it was the job's last."""
@@ -96,7 +102,8 @@ class RedisState:
         else:
             if outcome.outputs is not None:
                 pipe.set(self.key(f"result:{i}"), pack({ROW: outcome.row, **outcome.outputs}), ex=SCORE_TTL)
-            part = {"start": chunk.start, "rows": len(outcome.row), "file": outcome.file}
+            part = {"start": chunk.start, "rows": len(outcome.row), "file": outcome.file,
+                    "bad": 0 if outcome.error is None else outcome.error.bad_rows}
             pipe.hset(self.key("parts"), i, orjson.dumps(part))
             if outcome.error is not None:
                 pipe.hset(self.key("errors"), i, orjson.dumps(outcome.error.to_json()))
@@ -113,12 +120,15 @@ class RedisState:
         return True
 
     def counts(self) -> dict:
-        """``{rows_done, chunks_done, chunks_failed, chunks_cancelled, first_at, finished_at}`` in one round trip."""
+        """``{rows_done, chunks_done, chunks_failed, chunks_cancelled, first_at, finished_at, bad_rows}`` in one
+        round trip."""
         pipe = self.client.pipeline()
         pipe.hvals(self.key("parts")).hlen(self.key("errors")).scard(self.key("skipped"))
         pipe.get(self.key("first_at")).get(self.key("finished_at"))
         parts, failed, skipped, first, done_at = pipe.execute()
-        return {"rows_done": sum(orjson.loads(p)["rows"] for p in parts), "chunks_done": len(parts) - failed,
+        parts = [orjson.loads(p) for p in parts]
+        return {"rows_done": sum(p["rows"] for p in parts), "bad_rows": sum(p.get("bad", 0) for p in parts),
+                "chunks_done": len(parts) - failed,
                 "chunks_failed": failed, "chunks_cancelled": skipped,
                 "first_at": None if first is None else float(first),
                 "finished_at": None if done_at is None else float(done_at)}
@@ -129,7 +139,8 @@ class RedisState:
 
     def parts(self) -> dict[int, dict]:
         """``{chunk: {start, rows, file}}`` of the finished chunks."""
-        return {int(k): orjson.loads(v) for k, v in self.client.hgetall(self.key("parts")).items()}
+        parts = {int(k): orjson.loads(v) for k, v in self.client.hgetall(self.key("parts")).items()}
+        return {i: {k: p[k] for k in ("start", "rows", "file")} for i, p in parts.items()}
 
     def skipped(self) -> int:
         """How many chunks were skipped (the job cancelled)."""
@@ -158,19 +169,31 @@ class DirState:
         tmp.write_bytes(data)
         os.replace(tmp, self.dir / name)
 
-    def create(self, spec: JobSpec, chunks: dict[int, bytes]) -> None:
-        """Write the spec (chunks travel by path only: ``chunks`` is empty)."""
+    def create(self, spec: JobSpec) -> None:
+        """Write the spec."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write("spec.json", orjson.dumps(spec.to_json()))
+
+    def put_chunks(self, chunks: dict[int, bytes]) -> None:
+        """Refuse: in a directory, chunks are Parquet files read by path (``CeleryRun.check``)."""
+        raise ValueError("a job without Redis reads its chunks from Parquet files")
+
+    def begin(self, index: int) -> tuple[bool, bool, bytes | None]:
+        """As ``RedisState.begin`` (chunks are read by path: no bytes)."""
+        return self.finished(index), self.cancelled(), None
+
+    def delete(self, chunks: int) -> int:
+        """Delete the job's state directory (the Parquet parts and the manifest stay); returns the files removed."""
+        import shutil
+
+        count = sum(1 for _ in self.dir.iterdir()) if self.dir.is_dir() else 0
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return count
 
     def spec(self) -> JobSpec | None:
         """The job's spec, None when the directory holds none."""
         path = self.dir / "spec.json"
         return JobSpec.from_json(orjson.loads(path.read_bytes())) if path.exists() else None
-
-    def chunk_input(self, index: int) -> bytes | None:
-        """Always None: in a directory, chunks are Parquet files read by path."""
-        return None
 
     def finished(self, index: int) -> bool:
         """Whether chunk ``index`` is recorded already."""
@@ -207,6 +230,7 @@ class DirState:
         spec = self.spec()
         over = spec is not None and len(times) >= spec.chunks
         return {"rows_done": sum(r["rows"] for r in records), "chunks_done": len(records) - failed,
+                "bad_rows": sum(r["error"]["bad_rows"] for r in records if r["error"] is not None),
                 "chunks_failed": failed, "chunks_cancelled": len(skipped),
                 "first_at": min((p.stat().st_mtime for p in parts), default=None),
                 "finished_at": max(times) if over else None}

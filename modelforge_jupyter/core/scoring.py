@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelForgeError
-from .score_chunks import ChunkError, JobSpec, Pin, concat_outputs, outputs_table
+from .score_chunks import MAX_ROW_ERRORS, ChunkError, JobSpec, Pin, concat_outputs, outputs_table
 from .score_local import LocalRun, close_pool, local_pool  # noqa: F401  (close_pool: ModelForge.close calls it)
 from .score_sources import check_columns, plan
 
@@ -45,7 +45,8 @@ class ScoringError(ModelForgeError):
 class ScoreProgress:
     """Where a job stands: ``state`` (``running``, ``done``, ``failed``: some rows not scored, ``cancelled``), rows
     and chunks done, ``elapsed_s`` since submit, ``rows_per_s`` over it, ``eta_s`` (None before the first chunk),
-    ``first_progress_s`` (submit to the first finished chunk)."""
+    ``first_progress_s`` (submit to the first finished chunk), ``bad_rows`` (rows of finished chunks not scored: every
+    bad row counted, though ``errors()`` names the first ``MAX_ROW_ERRORS`` of each chunk only)."""
 
     state: str
     rows: int
@@ -56,6 +57,7 @@ class ScoreProgress:
     chunks_cancelled: int
     elapsed_s: float
     first_progress_s: float | None
+    bad_rows: int = 0
 
     @property
     def fraction(self) -> float:
@@ -79,7 +81,7 @@ class ScoreProgress:
         """One line: ``running: 120,000/2,000,000 rows (6%), 40,000 rows/s, ETA 47 s``."""
         eta = self.eta_s
         tail = f", ETA {eta:.0f} s" if self.state == "running" and eta is not None else f", {self.elapsed_s:.1f} s"
-        failed = f", {self.chunks_failed} chunks with errors" if self.chunks_failed else ""
+        failed = f", {self.chunks_failed} chunks with errors ({self.bad_rows:,} rows)" if self.chunks_failed else ""
         return (f"{self.state}: {self.rows_done:,}/{self.rows:,} rows ({self.fraction:.0%}), "
                 f"{self.rows_per_s:,.0f} rows/s{tail}{failed}")
 
@@ -91,9 +93,12 @@ class ScoreJob:
     def __init__(self, spec: JobSpec, run: Any) -> None:
         self.spec, self._run = spec, run
         self.id, self.model, self.version, self.output = spec.id, spec.pin.model, spec.pin.version, spec.output
+        self._final: ScoreProgress | None = None  # the last reading, once forgotten
 
     def progress(self) -> ScoreProgress:
         """The counters now (one read of the job's state: in-process, or one Redis round trip)."""
+        if self._final is not None:
+            return self._final
         c = self._run.counts()
         finished = c["chunks_done"] + c["chunks_failed"] + c["chunks_cancelled"]
         if finished < self.spec.chunks:
@@ -106,7 +111,7 @@ class ScoreJob:
         first = c.get("first_at")
         return ScoreProgress(state, self.spec.rows, c["rows_done"], self.spec.chunks, c["chunks_done"],
                              c["chunks_failed"], c["chunks_cancelled"], max(0.0, end - self.spec.submitted),
-                             None if first is None else max(0.0, first - self.spec.submitted))
+                             None if first is None else max(0.0, first - self.spec.submitted), c.get("bad_rows", 0))
 
     def done(self) -> bool:
         """True once every chunk has finished, failed or been cancelled."""
@@ -126,7 +131,10 @@ class ScoreJob:
         self._run.cancel()
 
     def errors(self) -> list[ChunkError]:
-        """The chunks that failed, whole or on some rows, by chunk index (``ChunkError``: rows and why)."""
+        """The chunks that failed, whole or on some rows, by chunk index. Each ``ChunkError`` counts all its chunk's
+        rows not scored (``bad_rows``) and names the first ``MAX_ROW_ERRORS`` (100) bad rows with the reason
+        (``rows``: ``(row number, reason)`` in row order); ``progress().bad_rows`` is the job's total."""
+        self._kept()
         return sorted(self._run.errors(), key=lambda e: e.chunk)
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
@@ -135,6 +143,7 @@ class ScoreJob:
         Raises ``ScoringError`` (422) when some rows failed or were cancelled, ``TimeoutError`` past ``timeout`` s."""
         if not self.wait(timeout):
             raise TimeoutError(f"score job {self.id} still running after {timeout} s: {self.progress().text()}")
+        self._kept()
         progress = self.progress()
         if progress.state != "done":
             errors = self.errors()
@@ -152,12 +161,30 @@ class ScoreJob:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        self._kept()
         if self.output is not None:
             names = [p["file"] for p in self._run.manifest()["parts"] if p.get("file")]
             tables = [pq.read_table(Path(self.output) / name) for name in names]
         else:
             tables = [outputs_table(o.row, o.outputs) for o in self._run.outcomes() if o.outputs is not None]
         return pa.concat_tables(tables) if tables else pa.table({"row": pa.array([], pa.int64())})
+
+    def forget(self) -> int:
+        """Free what the job keeps once it is over: on Celery, its Redis keys (state, results, any chunk left), else
+        in this process, the outputs held for ``result()``. Parquet parts and the manifest written to ``output`` stay.
+        ``progress()`` keeps its last reading; ``result()``, ``table()`` and ``errors()`` raise ``ModelForgeError``
+        after it. Returns the keys (or chunks) freed. Raises ``ModelForgeError`` (400) while the job runs:
+        ``cancel()`` and ``wait()`` first."""
+        final = self.progress()
+        if final.state == "running":
+            raise ModelForgeError(f"score job {self.id} is still running: cancel() and wait() it before forget()")
+        self._final = final
+        _jobs.pop(self.id, None)
+        return self._run.forget()
+
+    def _kept(self) -> None:
+        if self._final is not None:
+            raise ModelForgeError(f"score job {self.id} was forgotten: its results and errors are gone")
 
     def __repr__(self) -> str:
         return f"<ScoreJob {self.id} {self.model} v{self.version}: {self.progress().text()}>"
