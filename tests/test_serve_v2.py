@@ -173,5 +173,5 @@ def test_model_repository_and_the_forced_reload_reach_every_process(served, mf_f
         client.load_model("nope", headers=dict(AUTH))
     assert (err.value.status(), err.value.message()) == ("404", "model 'nope' is not registered")
     status, _, body = http("POST", server.url + "v2/repository/index", b"[1]")
-    assert (status, json.loads(body)) == (400, {"error": "the body must be a JSON object, got a JSON list"})
+    assert (status, json.loads(body)) == (400, {"error": "the body must be a JSON object, got a JSON array"})
     assert http("POST", server.url + "models/nope/load", b"")[0] == 404

@@ -440,6 +440,21 @@ REFUSALS = {
                              "Inference-Header-Content-Length is 10000 but the body has only"),
     "bytes left over": (raw_case(binary_input(32), X.tobytes() + b"\0" * 4), "400",
                         "4 bytes of binary data follow the last input's"),
+    "inputs not an array": (raw_case({"inputs": {"name": "float_input"}}), "400",
+                            "'inputs' must be a non-empty array of {name, datatype, shape, data} objects, got a "
+                            "JSON object"),
+    "no inputs": (raw_case({"inputs": []}), "400", "objects, got an empty array"),
+    "an input that is not an object": (raw_case({"inputs": [None]}), "400",
+                                       "input 0 must be an object with a string 'name', got a JSON null"),
+    "an input named by a number": (raw_case({"inputs": [{"name": 1}]}), "400",
+                                   "input 0 must be an object with a string 'name', got a JSON number 'name'"),
+    "outputs not an array": (raw_case({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
+                                                   "data": [1, 2, 3, 4]}], "outputs": "proba"}), "400",
+                             "'outputs' must be an array of {name, parameters?} objects, got a JSON string"),
+    "an output with no name": (raw_case({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
+                                                     "data": [1, 2, 3, 4]}], "outputs": [{}]}), "400",
+                               "output 0 of 'outputs' must be an object with a string 'name', got an object with "
+                               "no 'name'"),
     "header length past the JSON": (raw_case(binary_input(32), X.tobytes(), header_length=len(orjson.dumps(
         binary_input(32))) + 5), "400", "bytes (Inference-Header-Content-Length) are not the JSON header: malformed"),
 }

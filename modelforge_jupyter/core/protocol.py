@@ -63,6 +63,21 @@ def version_from_text(raw: str) -> int:
 
 
 # -- decoding a request ----------------------------------------------------------------------------------------------
+_JSON_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (type(None), "null"), (bool, "boolean"), ((int, float), "number"), (str, "string"), (list, "array"),
+    (dict, "object"),
+)
+
+
+def json_type(value: Any) -> str:
+    """The name JSON gives a decoded JSON value's type (RFC 8259): ``null``, ``boolean``, ``number``, ``string``,
+    ``array`` or ``object``, for messages naming what a request sent (never Python's ``NoneType``, ``dict``)."""
+    for types, name in _JSON_TYPES:  # bool before number: a Python bool is an int
+        if isinstance(value, types):
+            return name
+    return type(value).__name__  # not a decoded JSON value; no such value comes from orjson.loads
+
+
 def json_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
     """The request body as a JSON object (orjson; a dict already decoded is taken as it is). Raises
     ``InvalidInputError`` (400) for an empty body, malformed JSON, or JSON that is not an object."""
@@ -75,7 +90,7 @@ def json_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
     except orjson.JSONDecodeError as err:
         raise InvalidInputError(f"malformed JSON body: {err}") from None
     if not isinstance(value, dict):
-        raise InvalidInputError(f"the body must be a JSON object, got a JSON {type(value).__name__}")
+        raise InvalidInputError(f"the body must be a JSON object, got a JSON {json_type(value)}")
     return value
 
 

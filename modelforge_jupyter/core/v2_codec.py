@@ -32,7 +32,7 @@ import orjson
 
 from .errors import InvalidInputError
 from .outputs import MapRows, bytes_to_elements, json_ready, json_safe, strings_to_bytes
-from .protocol import json_object
+from .protocol import json_object, json_type
 
 # V2 datatype -> ModelForge dtype name (records' TensorSpec.dtype); the NumPy dtype of each is ``NUMPY``'s.
 DATATYPES = {
@@ -115,7 +115,9 @@ def parse_infer(body: bytes, header_length: str | None = None) -> V2Request:
         raise InvalidInputError(f"'id' must be a string, got {orjson.dumps(request_id).decode()}")
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidInputError("'inputs' must be a non-empty list of {name, datatype, shape, data} objects")
+        given = "an empty array" if raw_inputs == [] else f"a JSON {json_type(raw_inputs)}"
+        raise InvalidInputError(f"'inputs' must be a non-empty array of {{name, datatype, shape, data}} objects, got "
+                                f"{given}")
     inputs, at = [], 0
     for index, raw in enumerate(raw_inputs):
         item, at = _input(raw, index, tail, at)
@@ -133,7 +135,7 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
         raise InvalidInputError(f"{where} must be a JSON object, got {orjson.dumps(value).decode()[:100]}")
     for key, item in value.items():
         if not isinstance(item, (str, int, float, bool)):
-            raise InvalidInputError(f"parameter {key!r} in {where} must be a string, number or bool, got "
+            raise InvalidInputError(f"parameter {key!r} in {where} must be a string, number or boolean, got "
                                     f"{orjson.dumps(item).decode()[:100]}")
         if key in UNSUPPORTED_PARAMETERS:
             raise InvalidInputError(f"parameter {key!r} in {where}: this server does not support "
@@ -151,7 +153,7 @@ def _flag(parameters: dict[str, Any], name: str, default: bool, where: str) -> b
 def _input(raw: Any, index: int, tail: memoryview, at: int) -> tuple[V2Input, int]:
     """One input of the request, and where the next binary input starts in ``tail``."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise InvalidInputError(f"input {index} must be an object with a string 'name'")
+        raise InvalidInputError(f"input {index} must be an object with a string 'name', got {_holding(raw)}")
     name = raw["name"]
     datatype = raw.get("datatype")
     if datatype not in NUMPY:
@@ -160,7 +162,7 @@ def _input(raw: Any, index: int, tail: memoryview, at: int) -> tuple[V2Input, in
     shape = raw.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise InvalidInputError(f"input {name!r}: 'shape' must be a list of whole numbers >= 0, got "
+        raise InvalidInputError(f"input {name!r}: 'shape' must be an array of whole numbers >= 0, got "
                                 f"{orjson.dumps(shape).decode()[:100]}")
     shape = tuple(shape)
     count = math.prod(shape)
@@ -235,15 +237,24 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], count: int, dat
     return out
 
 
+def _holding(item: Any) -> str:
+    """What an item of 'inputs' or 'outputs' that is not an object with a string 'name' holds, in JSON's terms."""
+    if not isinstance(item, dict):
+        return f"a JSON {json_type(item)}"
+    return "an object with no 'name'" if "name" not in item else f"a JSON {json_type(item['name'])} 'name'"
+
+
 def _outputs(value: Any) -> dict[str, bool | None] | None:
     if value is None or value == []:  # as Triton: a request that names no output gets them all
         return None
     if not isinstance(value, list):
-        raise InvalidInputError("'outputs' must be a list of {name, parameters?} objects")
+        raise InvalidInputError(f"'outputs' must be an array of {{name, parameters?}} objects, got a JSON "
+                                f"{json_type(value)}")
     chosen: dict[str, bool | None] = {}
     for index, raw in enumerate(value):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise InvalidInputError(f"output {index} of 'outputs' must be an object with a string 'name'")
+            raise InvalidInputError(f"output {index} of 'outputs' must be an object with a string 'name', got "
+                                    f"{_holding(raw)}")
         parameters = _parameters(raw.get("parameters"), f"the parameters of output {raw['name']!r}")
         binary = parameters.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
