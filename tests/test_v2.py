@@ -455,6 +455,14 @@ REFUSALS = {
                                                      "data": [1, 2, 3, 4]}], "outputs": [{}]}), "400",
                                "output 0 of 'outputs' must be an object with a string 'name', got an object with "
                                "no 'name'"),
+    "an input given twice": (raw_case({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
+                                                   "data": [1, 2, 3, 4]}] * 2}), "400",
+                             "input 'float_input' is given twice for model 'iris'"),
+    "an output asked for twice": (raw_case({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
+                                                        "data": [1, 2, 3, 4]}],
+                                            "outputs": [{"name": "output_label"},
+                                                        {"name": "output_label", "parameters": {"binary_data": True}}]}),
+                                  "400", "output 'output_label' is asked for twice in 'outputs'"),
     "header length past the JSON": (raw_case(binary_input(32), X.tobytes(), header_length=len(orjson.dumps(
         binary_input(32))) + 5), "400", "bytes (Inference-Header-Content-Length) are not the JSON header: malformed"),
 }

@@ -8,10 +8,10 @@ binary extension, that JSON (its length in the ``Inference-Header-Content-Length
 bytes, in input order. Each input is ``{"name", "datatype", "shape", "parameters"?, "data"?}``: ``data`` row-major,
 flat or nested, or ``parameters.binary_data_size`` bytes in the tail (little-endian, row-major; BOOL one byte an
 element; BYTES each element a 4-byte little-endian length and its bytes). ``parameters`` values are strings, numbers
-or bools; ``outputs`` absent or ``[]`` asks for every output (as Triton); ``binary_data_output`` (bool) asks for
-every output in binary, an output's own ``binary_data`` wins; ``use_cache`` (bool, ModelForge's own, default true)
-skips the prediction cache when false; others are accepted and ignored. Every refusal is an ``InvalidInputError``
-(400) naming the field or input, what was expected and what was given.
+or bools; ``outputs`` absent or ``[]`` asks for every output (as Triton), else names each output once;
+``binary_data_output`` (bool) asks for every output in binary, an output's own ``binary_data`` wins; ``use_cache``
+(bool, ModelForge's own, default true) skips the prediction cache when false; others are accepted and ignored. Every
+refusal is an ``InvalidInputError`` (400) naming the field or input, what was expected and what was given.
 
 Response (``encode_response``): ``{"model_name", "model_version", "id"?, "parameters": {"cached": bool}, "outputs":
 [{"name", "datatype", "shape", "data" | "parameters": {"binary_data_size"}}]}``, JSON ``data`` flat row-major with
@@ -255,6 +255,8 @@ def _outputs(value: Any) -> dict[str, bool | None] | None:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise InvalidInputError(f"output {index} of 'outputs' must be an object with a string 'name', got "
                                     f"{_holding(raw)}")
+        if raw["name"] in chosen:  # which of the two asks (JSON or binary) holds would be a guess
+            raise InvalidInputError(f"output {raw['name']!r} is asked for twice in 'outputs'; name each output once")
         parameters = _parameters(raw.get("parameters"), f"the parameters of output {raw['name']!r}")
         binary = parameters.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
