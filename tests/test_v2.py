@@ -7,6 +7,7 @@ once, so the registry stays as the fixture left it. Answers are compared with ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import uuid
@@ -22,9 +23,8 @@ from tritonclient.utils import InferenceServerException
 from modelforge_jupyter._version import __version__
 
 from .mf_plugin import SAMPLES, LiveServer, mf_embedded, mf_http, mf_identity_model, mf_isolated_env, mf_raw_run
-from .mf_plugin import FOREVER, mf_cached_keys, mf_service_missing, mf_spin_input, mf_spin_model, mf_start_server
+from .mf_plugin import FOREVER, mf_cached_keys, mf_fresh_services, mf_spin_input, mf_spin_model, mf_start_server
 from .mf_plugin import mf_wait_until
-from .mf_plugin.services import REDIS_URL, mf_create_database, mf_delete_keys, mf_drop_database
 
 BASE_URL = "/user/v2-test/"
 DTYPES = {  # ModelForge dtype -> V2 datatype
@@ -110,30 +110,19 @@ def start(root: Path, env: dict[str, str], settings: dict) -> V2:
 def v2(request, tmp_path_factory):
     """One server per backend for this module (``V2``)."""
     root = tmp_path_factory.mktemp(f"v2-{request.param}")
-    cleanup = []
-    if request.param == "embedded":
-        settings = mf_embedded(root / "modelforge")
-        env = mf_isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"))
-    else:
-        import redis
-
-        try:
-            name, url = mf_create_database()
-            client = redis.Redis.from_url(REDIS_URL)
-            client.ping()
-        except Exception as err:
-            mf_service_missing("postgres or redis", err)
-        prefix = f"mftest-{uuid.uuid4().hex[:12]}"
-        cleanup += [lambda: mf_drop_database(name), lambda: (mf_delete_keys(client, prefix), client.close())]
-        settings = {"database_url": url, "redis_url": REDIS_URL, "cache_key_prefix": prefix, "celery_broker_url": ""}
-        env = mf_isolated_env(root, DATABASE_URL=url, REDIS_URL=REDIS_URL, CACHE_KEY_PREFIX=prefix)
-    served = start(root, env, settings)
-    yield served
-    served.client.close()
-    served.forge.close()
-    served.server.stop()
-    for step in cleanup:
-        step()
+    with contextlib.ExitStack() as services:
+        if request.param == "embedded":
+            settings = mf_embedded(root / "modelforge")
+            env = mf_isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"))
+        else:
+            settings = services.enter_context(mf_fresh_services())
+            env = mf_isolated_env(root, DATABASE_URL=settings["database_url"], REDIS_URL=settings["redis_url"],
+                                  CACHE_KEY_PREFIX=settings["cache_key_prefix"])
+        served = start(root, env, settings)
+        yield served
+        served.client.close()
+        served.forge.close()
+        served.server.stop()
 
 
 def sample(dtype: str, shape: tuple, seed: int) -> np.ndarray:
