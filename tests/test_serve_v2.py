@@ -18,6 +18,7 @@ from modelforge_jupyter._version import __version__
 
 from .mf_plugin import mf_cached_keys, mf_http, mf_raw_run, mf_wait_until, mf_zipmap
 from .test_serve import FOREST, IRIS, TOKEN, TOKEN_NEEDED, http, start_serve
+from .test_v2 import LOAD_BODIES
 
 AUTH = {"Authorization": f"token {TOKEN}"}
 
@@ -131,6 +132,13 @@ def test_binary_answer_headers_and_v2_error_bodies(served, mf_forge):
     # the server still answers
     np.testing.assert_array_equal(infer(client, "iris", x, True).as_numpy("output_label"),
                                   mf_raw_run(IRIS, {"float_input": x})[0])
+
+
+@pytest.mark.parametrize(("body", "query", "status", "answer"), LOAD_BODIES)
+def test_the_load_route_takes_an_optional_version_body(served, body, query, status, answer):
+    server, _ = served
+    got, _, text = http("POST", server.url + "models/iris/load" + query, body)
+    assert (got, json.loads(text)) == (status, answer)
 
 
 def test_the_token_is_required_but_for_live_and_ready(served):
