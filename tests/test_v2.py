@@ -24,7 +24,7 @@ from modelforge_jupyter._version import __version__
 
 from .mf_plugin import SAMPLES, LiveServer, mf_embedded, mf_http, mf_identity_model, mf_isolated_env, mf_raw_run
 from .mf_plugin import FOREVER, mf_cached_keys, mf_fresh_services, mf_spin_input, mf_spin_model, mf_start_server
-from .mf_plugin import mf_wait_until
+from .mf_plugin import mf_unshaped_model, mf_wait_until
 
 BASE_URL = "/user/v2-test/"
 DTYPES = {  # ModelForge dtype -> V2 datatype
@@ -54,6 +54,7 @@ def pair_model():
 MODELS = {  # name -> ONNX bytes, registered once per server
     **{f"id_{dtype}": mf_identity_model(dtype, [None, 3]).SerializeToString() for dtype in DTYPES},
     "scalar": mf_identity_model("float32", []).SerializeToString(),
+    "unshaped": mf_unshaped_model().SerializeToString(),  # its input declares no shape: any shape
     "pair": pair_model().SerializeToString(),
     "iris": IRIS.read_bytes(),
     "forest": FOREST.read_bytes(),
@@ -291,6 +292,18 @@ def test_a_rank0_input(v2):
         result = v2.infer("scalar", {"x": np.array(2.5, np.float32)}, binary=binary, parameters={"use_cache": False})
         assert result.get_response()["outputs"][0]["shape"] == []
         assert result.as_numpy("y").shape == () and result.as_numpy("y") == np.float32(2.5)
+
+
+def test_an_input_with_no_declared_shape_takes_any_shape(v2):
+    meta = v2.client.get_model_metadata("unshaped", headers=v2.headers())
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1]}]  # V2 cannot say "any rank"
+    x = np.array([[1.5, -2.0, 3.0], [-0.5, 4.0, 0.0]], np.float32)
+    for binary in (True, False):
+        for value in (x, x.reshape(3, 2, 1), x.ravel()):
+            got = v2.infer("unshaped", {"x": value}, binary=binary, parameters={"use_cache": False}).as_numpy("y")
+            (want,) = mf_raw_run(MODELS["unshaped"], {"x": value})
+            assert got.shape == value.shape
+            np.testing.assert_array_equal(got, want)
 
 
 def test_a_rank0_output_keeps_its_shape_on_a_cache_hit(v2):

@@ -72,7 +72,10 @@ class V2Request:
 
 
 def shape_text(shape: Any) -> str:
-    """A shape as Triton's messages print it: ``[-1,4]`` (``None``, a dynamic dimension, as -1)."""
+    """A shape as Triton's messages print it: ``[-1,4]`` (``None``, a dynamic dimension, as -1); ``of any shape`` for
+    None (an input whose model declares no shape)."""
+    if shape is None:
+        return "of any shape"
     return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
