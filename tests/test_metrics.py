@@ -24,10 +24,7 @@ from modelforge_jupyter.core.errors import InvalidInputError, ModelNotFoundError
 from modelforge_jupyter.core.prometheus import exposition, parse
 from modelforge_jupyter.core.samples import build_wide_mlp
 
-from .mf_plugin import (
-    REDIS_URL, SAMPLES, mf_http, mf_isolated_env, mf_service_missing, mf_start_server,
-)
-from .mf_plugin.services import mf_create_database, mf_delete_keys, mf_drop_database
+from .mf_plugin import SAMPLES, mf_fresh_services, mf_http, mf_isolated_env, mf_start_server
 from .test_batching import concurrently
 
 IRIS, IRIS_V2 = SAMPLES / "iris.onnx", SAMPLES / "iris_v2.onnx"
@@ -212,23 +209,13 @@ def test_failure_reasons(error, reason):
 def open_server(tmp_path_factory):
     """A jupyter server on PostgreSQL + Redis (cache hits answered on the event loop, ``loop_hits``) with
     ``ServerApp.authenticate_prometheus`` off."""
-    import redis
-
     root = tmp_path_factory.mktemp("metrics-open")
-    try:
-        db, url = mf_create_database()
-        client = redis.Redis.from_url(REDIS_URL)
-        client.ping()
-    except Exception as err:
-        mf_service_missing("postgres or redis", err)
-    prefix = f"mftest-{uuid.uuid4().hex[:12]}"
-    env = mf_isolated_env(root, DATABASE_URL=url, REDIS_URL=REDIS_URL, CACHE_KEY_PREFIX=prefix)
-    server = mf_start_server(root, env, args=("--ServerApp.authenticate_prometheus=False",))
-    yield server
-    server.stop()
-    mf_drop_database(db)
-    mf_delete_keys(client, prefix)
-    client.close()
+    with mf_fresh_services() as services:
+        env = mf_isolated_env(root, DATABASE_URL=services["database_url"], REDIS_URL=services["redis_url"],
+                              CACHE_KEY_PREFIX=services["cache_key_prefix"])
+        server = mf_start_server(root, env, args=("--ServerApp.authenticate_prometheus=False",))
+        yield server
+        server.stop()
 
 
 def send_known_requests(server, name: str) -> None:

@@ -31,7 +31,12 @@ def test_bytes_and_decoded_bodies_parse_alike():
     ("body", "message"),
     [
         (b"", "empty request body: send a JSON object"),
-        (b"[1]", "the body must be a JSON object, got a JSON list"),
+        (b"[1]", "the body must be a JSON object, got a JSON array"),
+        (b"null", "the body must be a JSON object, got a JSON null"),
+        (b"true", "the body must be a JSON object, got a JSON boolean"),
+        (b"1.5", "the body must be a JSON object, got a JSON number"),
+        (b"7", "the body must be a JSON object, got a JSON number"),
+        (b'"iris"', "the body must be a JSON object, got a JSON string"),
         ({"input_data": 1}, "missing 'model_id': the model's name or id, a string"),
         ({"model_id": "", "input_data": 1}, "missing 'model_id': the model's name or id, a string"),
         ({"model_id": "iris"}, "missing 'input_data': {input name: nested list}, or a bare nested list"),

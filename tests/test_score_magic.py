@@ -47,10 +47,14 @@ def test_mf_score_refusals_are_one_line(mf_ip, capsys):
     assert mf_ip.run_line_magic("mf_score", "iris no_such_name") is None
     assert mf_ip.run_line_magic("mf_score", "iris X --chunk-rows 0") is None
     assert mf_ip.run_line_magic("mf_score", "nosuch X") is None
+    assert mf_ip.run_line_magic("mf_score", "irsi X") is None
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("UsageError: 'no_such_name' is neither a variable or expression (NameError")
     assert err[1] == "UsageError: --chunk-rows must be >= 1, got 0"
-    assert err[2].startswith("ModelNotFoundError: model 'nosuch' is not registered")
+    # an unknown name ends with the next step, as the other magics' refusals do
+    assert err[2] == "ModelNotFoundError: model 'nosuch' is not registered; %mf_models lists the registered models"
+    assert err[3] == ("ModelNotFoundError: model 'irsi' is not registered; did you mean iris? %mf_models lists the "
+                      "registered models")
 
 
 def test_the_view_draws_the_jobs_progress_and_text_shows_outside_a_kernel(mf_ip):

@@ -18,6 +18,7 @@ from modelforge_jupyter._version import __version__
 
 from .mf_plugin import mf_cached_keys, mf_http, mf_raw_run, mf_wait_until, mf_zipmap
 from .test_serve import FOREST, IRIS, TOKEN, TOKEN_NEEDED, http, start_serve
+from .test_v2 import LOAD_BODIES
 
 AUTH = {"Authorization": f"token {TOKEN}"}
 
@@ -133,6 +134,13 @@ def test_binary_answer_headers_and_v2_error_bodies(served, mf_forge):
                                   mf_raw_run(IRIS, {"float_input": x})[0])
 
 
+@pytest.mark.parametrize(("body", "query", "status", "answer"), LOAD_BODIES)
+def test_the_load_route_takes_an_optional_version_body(served, body, query, status, answer):
+    server, _ = served
+    got, _, text = http("POST", server.url + "models/iris/load" + query, body)
+    assert (got, json.loads(text)) == (status, answer)
+
+
 def test_the_token_is_required_but_for_live_and_ready(served):
     server, client = served
     body = orjson.dumps({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
@@ -173,5 +181,5 @@ def test_model_repository_and_the_forced_reload_reach_every_process(served, mf_f
         client.load_model("nope", headers=dict(AUTH))
     assert (err.value.status(), err.value.message()) == ("404", "model 'nope' is not registered")
     status, _, body = http("POST", server.url + "v2/repository/index", b"[1]")
-    assert (status, json.loads(body)) == (400, {"error": "the body must be a JSON object, got a JSON list"})
+    assert (status, json.loads(body)) == (400, {"error": "the body must be a JSON object, got a JSON array"})
     assert http("POST", server.url + "models/nope/load", b"")[0] == 404

@@ -415,7 +415,7 @@ async def test_bad_requests_are_400_json_naming_the_problem(jp_fetch):
 
     code, err = await predict(b'{"model_id": "iris", ')
     assert code == 400 and err["message"].startswith("malformed JSON body: ")
-    assert await predict(b"[1, 2]") == (400, {"message": "the body must be a JSON object, got a JSON list"})
+    assert await predict(b"[1, 2]") == (400, {"message": "the body must be a JSON object, got a JSON array"})
     assert (await predict(b" "))[1] == {"message": "empty request body: send a JSON object"}
     assert (await predict({"input_data": [[1, 2, 3, 4]]}))[1]["message"].startswith("missing 'model_id'")
     assert (await predict({"model_id": "iris"}))[1]["message"].startswith("missing 'input_data'")

@@ -11,7 +11,7 @@ import pytest
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.errors import InvalidInputError
 
-from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run, mf_scale_model, mf_zipmap
+from .mf_plugin import SAMPLES, mf_identity_model, mf_raw_run, mf_scale_model, mf_unshaped_model, mf_zipmap
 
 CASES = {  # dtype: (nested-list input, numpy dtype raw onnxruntime gets)
     "float32": ([[1, 2.5, -3]], np.float32),
@@ -192,6 +192,38 @@ def test_an_input_with_a_default_is_optional_and_can_be_overridden(mf_forge):
         mf_forge.predict("scaled", {"x": X, "scale": [1, 2]})
 
 
+def test_an_input_with_no_declared_shape_takes_any_shape(mf_forge):
+    from modelforge_jupyter.core.batches import fixed_batch, sample_feed
+    from modelforge_jupyter.core.records import TensorSpec
+
+    # Given a model whose input declares no shape (ONNX Runtime reports [] for it, as for a scalar)
+    data = mf_unshaped_model().SerializeToString()
+    rec = mf_forge.register("unshaped", data)
+    x = np.array([[1.5, -2.0, 3.0], [-0.5, 4.0, 0.0]], np.float32)
+
+    # When a 2-D array, a 3-D nested list and a scalar are predicted
+    matrix = mf_forge.predict("unshaped", x).output_data
+    cube = mf_forge.predict("unshaped", {"x": x.reshape(2, 3, 1).tolist()}).output_data
+    scalar = mf_forge.predict("unshaped", -3).output_data
+
+    # Then each equals raw onnxruntime's output, and the stored spec says "any shape" (None), not a scalar's []
+    assert mf_forge.get("unshaped").inputs == rec.inputs == [TensorSpec("x", "float32", None)]
+    assert matrix == {"y": mf_raw_run(data, {"x": x})[0].tolist()} == {"y": [[3.0, 0.0, 6.0], [0.0, 8.0, 0.0]]}
+    assert cube == {"y": mf_raw_run(data, {"x": x.reshape(2, 3, 1)})[0].tolist()}
+    assert scalar == {"y": mf_raw_run(data, {"x": np.array(-3, np.float32)})[0].tolist()} == {"y": 0.0}
+    # the dtype and the empty-batch rules still hold; a declared scalar ([]) still takes scalars only
+    with pytest.raises(InvalidInputError, match=r"^input 'x': expected float32 of any shape, got strings of shape"):
+        mf_forge.predict("unshaped", [["a"]])
+    with pytest.raises(InvalidInputError, match=r"^input 'x': expected float32 of any shape, got an empty batch"):
+        mf_forge.predict("unshaped", np.zeros((0, 3), np.float32))
+    # a benchmark or warm-up input for it: any batch, one axis
+    assert fixed_batch(rec.inputs) is None and sample_feed(rec.inputs, 3)["x"].shape == (3,)
+    mf_forge.register("scalar", mf_identity_model("float32", []).SerializeToString())
+    assert mf_forge.get("scalar").inputs == [TensorSpec("x", "float32", [])]
+    with pytest.raises(InvalidInputError, match=r"^input 'x': expected float32 \[\] \(rank 0\), got shape \[2, 3\]"):
+        mf_forge.predict("scalar", x)
+
+
 def test_tensor_specs_stored_before_optional_existed_still_load():
     from modelforge_jupyter.core.records import TensorSpec
 
@@ -200,6 +232,8 @@ def test_tensor_specs_stored_before_optional_existed_still_load():
     assert TensorSpec.from_dict(old) == TensorSpec("x", "float32", [None, 4], optional=False)
     spec = TensorSpec("scale", "float32", [], optional=True)
     assert TensorSpec.from_dict(orjson.loads(orjson.dumps(spec.to_dict()))) == spec
+    anyshape = TensorSpec("x", "float32", None)
+    assert anyshape.to_dict()["shape"] is None and TensorSpec.from_dict(anyshape.to_dict()) == anyshape
 
 
 def test_names_read_from_a_model_file_are_escaped_in_messages(forge):

@@ -7,6 +7,7 @@ once, so the registry stays as the fixture left it. Answers are compared with ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import uuid
@@ -22,9 +23,8 @@ from tritonclient.utils import InferenceServerException
 from modelforge_jupyter._version import __version__
 
 from .mf_plugin import SAMPLES, LiveServer, mf_embedded, mf_http, mf_identity_model, mf_isolated_env, mf_raw_run
-from .mf_plugin import FOREVER, mf_cached_keys, mf_service_missing, mf_spin_input, mf_spin_model, mf_start_server
-from .mf_plugin import mf_wait_until
-from .mf_plugin.services import REDIS_URL, mf_create_database, mf_delete_keys, mf_drop_database
+from .mf_plugin import FOREVER, mf_cached_keys, mf_fresh_services, mf_spin_input, mf_spin_model, mf_start_server
+from .mf_plugin import mf_unshaped_model, mf_wait_until
 
 BASE_URL = "/user/v2-test/"
 DTYPES = {  # ModelForge dtype -> V2 datatype
@@ -54,6 +54,7 @@ def pair_model():
 MODELS = {  # name -> ONNX bytes, registered once per server
     **{f"id_{dtype}": mf_identity_model(dtype, [None, 3]).SerializeToString() for dtype in DTYPES},
     "scalar": mf_identity_model("float32", []).SerializeToString(),
+    "unshaped": mf_unshaped_model().SerializeToString(),  # its input declares no shape: any shape
     "pair": pair_model().SerializeToString(),
     "iris": IRIS.read_bytes(),
     "forest": FOREST.read_bytes(),
@@ -110,30 +111,19 @@ def start(root: Path, env: dict[str, str], settings: dict) -> V2:
 def v2(request, tmp_path_factory):
     """One server per backend for this module (``V2``)."""
     root = tmp_path_factory.mktemp(f"v2-{request.param}")
-    cleanup = []
-    if request.param == "embedded":
-        settings = mf_embedded(root / "modelforge")
-        env = mf_isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"))
-    else:
-        import redis
-
-        try:
-            name, url = mf_create_database()
-            client = redis.Redis.from_url(REDIS_URL)
-            client.ping()
-        except Exception as err:
-            mf_service_missing("postgres or redis", err)
-        prefix = f"mftest-{uuid.uuid4().hex[:12]}"
-        cleanup += [lambda: mf_drop_database(name), lambda: (mf_delete_keys(client, prefix), client.close())]
-        settings = {"database_url": url, "redis_url": REDIS_URL, "cache_key_prefix": prefix, "celery_broker_url": ""}
-        env = mf_isolated_env(root, DATABASE_URL=url, REDIS_URL=REDIS_URL, CACHE_KEY_PREFIX=prefix)
-    served = start(root, env, settings)
-    yield served
-    served.client.close()
-    served.forge.close()
-    served.server.stop()
-    for step in cleanup:
-        step()
+    with contextlib.ExitStack() as services:
+        if request.param == "embedded":
+            settings = mf_embedded(root / "modelforge")
+            env = mf_isolated_env(root, MODELFORGE_DATA_DIR=str(root / "modelforge"))
+        else:
+            settings = services.enter_context(mf_fresh_services())
+            env = mf_isolated_env(root, DATABASE_URL=settings["database_url"], REDIS_URL=settings["redis_url"],
+                                  CACHE_KEY_PREFIX=settings["cache_key_prefix"])
+        served = start(root, env, settings)
+        yield served
+        served.client.close()
+        served.forge.close()
+        served.server.stop()
 
 
 def sample(dtype: str, shape: tuple, seed: int) -> np.ndarray:
@@ -218,6 +208,27 @@ def test_model_repository_index_load_and_unload(v2):
     assert mf_http("POST", v2.url + "models/nope/load", b"", v2.server.token)[0] == 404
 
 
+# POST modelforge/models/{name}/load's body, as V2's repository load treats its own: empty or a JSON object of known
+# fields; (body, query, status, answer). iris has version 1 only: a body naming version 2 that were ignored would load
+# version 1 (200).
+LOAD_BODIES = [
+    (b"", "", 200, {"name": "iris", "version": 1, "loaded": True}),
+    (b"{}", "", 200, {"name": "iris", "version": 1, "loaded": True}),
+    (b'{"version": 1}', "?version=1", 200, {"name": "iris", "version": 1, "loaded": True}),
+    (b'{"version": 2}', "", 404, {"message": "model 'iris' has no version 2; versions: 1"}),
+    (b'{"version": 2}', "?version=1", 400, {"message": "version 2 in the body but 1 in the query: give it once"}),
+    (b'{"version": "1"}', "", 400, {"message": "version must be a whole number >= 1, got '1'"}),
+    (b'{"versoin": 1}', "", 400, {"message": "unknown field 'versoin' in the load request; it takes version"}),
+    (b"[1]", "", 400, {"message": "the body must be a JSON object, got a JSON array"}),
+]
+
+
+@pytest.mark.parametrize(("body", "query", "status", "answer"), LOAD_BODIES)
+def test_the_load_route_takes_an_optional_version_body(v2, body, query, status, answer):
+    got, text = mf_http("POST", v2.url + "models/iris/load" + query, body, v2.server.token)
+    assert (got, json.loads(text)) == (status, answer)
+
+
 def test_token_needed_except_for_live_and_ready(v2):
     for path in ("v2", "v2/models/iris", "v2/models/iris/ready", "v2/models/iris/versions/1"):
         status, body = mf_http("GET", v2.url + path, None)
@@ -281,6 +292,18 @@ def test_a_rank0_input(v2):
         result = v2.infer("scalar", {"x": np.array(2.5, np.float32)}, binary=binary, parameters={"use_cache": False})
         assert result.get_response()["outputs"][0]["shape"] == []
         assert result.as_numpy("y").shape == () and result.as_numpy("y") == np.float32(2.5)
+
+
+def test_an_input_with_no_declared_shape_takes_any_shape(v2):
+    meta = v2.client.get_model_metadata("unshaped", headers=v2.headers())
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1]}]  # V2 cannot say "any rank"
+    x = np.array([[1.5, -2.0, 3.0], [-0.5, 4.0, 0.0]], np.float32)
+    for binary in (True, False):
+        for value in (x, x.reshape(3, 2, 1), x.ravel()):
+            got = v2.infer("unshaped", {"x": value}, binary=binary, parameters={"use_cache": False}).as_numpy("y")
+            (want,) = mf_raw_run(MODELS["unshaped"], {"x": value})
+            assert got.shape == value.shape
+            np.testing.assert_array_equal(got, want)
 
 
 def test_a_rank0_output_keeps_its_shape_on_a_cache_hit(v2):
@@ -440,6 +463,29 @@ REFUSALS = {
                              "Inference-Header-Content-Length is 10000 but the body has only"),
     "bytes left over": (raw_case(binary_input(32), X.tobytes() + b"\0" * 4), "400",
                         "4 bytes of binary data follow the last input's"),
+    "inputs not an array": (raw_case({"inputs": {"name": "float_input"}}), "400",
+                            "'inputs' must be a non-empty array of {name, datatype, shape, data} objects, got a "
+                            "JSON object"),
+    "no inputs": (raw_case({"inputs": []}), "400", "objects, got an empty array"),
+    "an input that is not an object": (raw_case({"inputs": [None]}), "400",
+                                       "input 0 must be an object with a string 'name', got a JSON null"),
+    "an input named by a number": (raw_case({"inputs": [{"name": 1}]}), "400",
+                                   "input 0 must be an object with a string 'name', got a JSON number 'name'"),
+    "outputs not an array": (raw_case({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
+                                                   "data": [1, 2, 3, 4]}], "outputs": "proba"}), "400",
+                             "'outputs' must be an array of {name, parameters?} objects, got a JSON string"),
+    "an output with no name": (raw_case({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
+                                                     "data": [1, 2, 3, 4]}], "outputs": [{}]}), "400",
+                               "output 0 of 'outputs' must be an object with a string 'name', got an object with "
+                               "no 'name'"),
+    "an input given twice": (raw_case({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
+                                                   "data": [1, 2, 3, 4]}] * 2}), "400",
+                             "input 'float_input' is given twice for model 'iris'"),
+    "an output asked for twice": (raw_case({"inputs": [{"name": "float_input", "datatype": "FP32", "shape": [1, 4],
+                                                        "data": [1, 2, 3, 4]}],
+                                            "outputs": [{"name": "output_label"},
+                                                        {"name": "output_label", "parameters": {"binary_data": True}}]}),
+                                  "400", "output 'output_label' is asked for twice in 'outputs'"),
     "header length past the JSON": (raw_case(binary_input(32), X.tobytes(), header_length=len(orjson.dumps(
         binary_input(32))) + 5), "400", "bytes (Inference-Header-Content-Length) are not the JSON header: malformed"),
 }

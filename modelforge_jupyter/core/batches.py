@@ -11,14 +11,16 @@ from .tensors import NUMPY_DTYPES, shape_str
 
 def sample_feed(specs: list, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A valid input for ``specs`` (``ModelRecord.inputs``): axis 0 = ``batch`` where it is symbolic, other symbolic
-    dims 1. Floats uniform in [0, 5); integers and bools 0 or 1 (valid indices for any embedding); strings 'a'/'b'.
-    Optional inputs are left out: the model's defaults are what it normally runs with."""
+    dims 1; an input of any shape (``TensorSpec.shape`` None) ``[batch]``. Floats uniform in [0, 5); integers and
+    bools 0 or 1 (valid indices for any embedding); strings 'a'/'b'. Optional inputs are left out: the model's
+    defaults are what it normally runs with."""
     rng = np.random.default_rng(seed)
     feed = {}
     for spec in specs:
         if spec.optional:
             continue
-        shape = [d if d is not None else (batch if axis == 0 else 1) for axis, d in enumerate(spec.shape)]
+        dims = [None] if spec.shape is None else spec.shape
+        shape = [d if d is not None else (batch if axis == 0 else 1) for axis, d in enumerate(dims)]
         dtype = NUMPY_DTYPES[spec.dtype]
         if dtype.kind == "f":
             arr = rng.uniform(0, 5, shape).astype(dtype)
@@ -64,8 +66,11 @@ def parse_batch_sizes(text: str) -> list[int]:
 def fixed_batch(specs: list) -> tuple[int, str] | None:
     """``(batch, why)`` when the model takes one batch size only (no input has a symbolic axis 0): axis 0 of its
     first input of rank >= 1, or 1 for scalar inputs; None when it takes any batch. Optional inputs (the bench
-    leaves them at their defaults) do not count."""
-    ranked = [s for s in specs if s.shape and not s.optional]
+    leaves them at their defaults) do not count; an input of any shape takes any batch."""
+    required = [s for s in specs if not s.optional]
+    if any(s.shape is None for s in required):
+        return None
+    ranked = [s for s in required if s.shape]
     if any(s.shape[0] is None for s in ranked):
         return None
     if not ranked:

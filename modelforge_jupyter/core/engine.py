@@ -48,7 +48,7 @@ from .records import TensorSpec
 from .samples import identity_model
 from .sessions import LoadedModel, SessionLRU
 from .outputs import MapRows, json_data
-from .tensors import NUMPY_DTYPES, spec_from_ort
+from .tensors import NUMPY_DTYPES, input_specs
 from .zipmap import all_float, strip
 
 log = logging.getLogger(__name__)
@@ -201,17 +201,15 @@ class Engine(SessionLRU):
 
         Inputs are the required ones (``session.get_inputs()``), then the optional ones: initializers that are also
         graph inputs (``get_overridable_initializers()``), which a request may override; an optional input of a
-        dtype ModelForge cannot feed is left out (it keeps its default).
+        dtype ModelForge cannot feed is left out (it keeps its default); one declaring no shape has shape None.
         Raises ``InvalidModelError`` for bytes ONNX Runtime cannot load, and for models with a required input
         ModelForge cannot feed (a non-tensor input, or a dtype outside float16/32/64, (u)int8-64, bool, string).
         """
         loaded = self.load(model_bytes)
-        session = loaded.session
-        inputs = [spec_from_ort(n) for n in session.get_inputs()]
+        inputs, optional = input_specs(loaded.session, lambda: parsed(model_bytes))
         for spec in inputs:
             if spec.dtype not in NUMPY_DTYPES:
                 raise InvalidModelError(f"input {spec.name!r} has type {spec.dtype}, which ModelForge cannot feed")
-        optional = [spec_from_ort(n, optional=True) for n in session.get_overridable_initializers()]
         inputs += [spec for spec in optional if spec.dtype in NUMPY_DTYPES]
         self._install(sha256, loaded)
         return inputs, list(loaded.outputs)

@@ -63,6 +63,21 @@ def version_from_text(raw: str) -> int:
 
 
 # -- decoding a request ----------------------------------------------------------------------------------------------
+_JSON_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (type(None), "null"), (bool, "boolean"), ((int, float), "number"), (str, "string"), (list, "array"),
+    (dict, "object"),
+)
+
+
+def json_type(value: Any) -> str:
+    """The name JSON gives a decoded JSON value's type (RFC 8259): ``null``, ``boolean``, ``number``, ``string``,
+    ``array`` or ``object``, for messages naming what a request sent (never Python's ``NoneType``, ``dict``)."""
+    for types, name in _JSON_TYPES:  # bool before number: a Python bool is an int
+        if isinstance(value, types):
+            return name
+    return type(value).__name__  # not a decoded JSON value; no such value comes from orjson.loads
+
+
 def json_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
     """The request body as a JSON object (orjson; a dict already decoded is taken as it is). Raises
     ``InvalidInputError`` (400) for an empty body, malformed JSON, or JSON that is not an object."""
@@ -75,11 +90,12 @@ def json_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
     except orjson.JSONDecodeError as err:
         raise InvalidInputError(f"malformed JSON body: {err}") from None
     if not isinstance(value, dict):
-        raise InvalidInputError(f"the body must be a JSON object, got a JSON {type(value).__name__}")
+        raise InvalidInputError(f"the body must be a JSON object, got a JSON {json_type(value)}")
     return value
 
 
 PREDICT_FIELDS = (MODEL_ID, INPUT_DATA, USE_CACHE, VERSION)
+LOAD_FIELDS = (VERSION,)
 
 
 def parse_predict(body: bytes | dict[str, Any]) -> PredictRequest:
@@ -90,12 +106,7 @@ def parse_predict(body: bytes | dict[str, Any]) -> PredictRequest:
     field that is none of these (a misspelt ``versoin`` must not silently mean "the latest version").
     """
     request = json_object(body)
-    unknown = [key for key in request if key not in PREDICT_FIELDS]
-    if unknown:
-        raise InvalidInputError(
-            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in the predict request; "
-            f"it takes {', '.join(PREDICT_FIELDS)}"
-        )
+    _only(request, PREDICT_FIELDS, "predict")
     model = request.get(MODEL_ID)
     if not isinstance(model, str) or not model:
         raise InvalidInputError("missing 'model_id': the model's name or id, a string")
@@ -103,6 +114,33 @@ def parse_predict(body: bytes | dict[str, Any]) -> PredictRequest:
         raise InvalidInputError("missing 'input_data': {input name: nested list}, or a bare nested list")
     return PredictRequest(model, request[INPUT_DATA], check_use_cache(request.get(USE_CACHE, True)),
                           check_version(request.get(VERSION)))
+
+
+def load_version(body: bytes, query_version: int | None = None) -> int | None:
+    """The version a ``POST modelforge/models/{name}/load`` names (None: the latest): its optional JSON body
+    ``{"version": N}`` (empty or ``{}``: none given), else its ``?version=N`` (``query_version``). As V2's repository
+    load, the body is empty or a JSON object of known fields.
+
+    Raises ``InvalidInputError`` (400): a body that is not a JSON object (``json_object``), a field other than
+    ``version``, a version that is not a whole number >= 1, or two different versions in the body and the query.
+    """
+    request = json_object(body) if body.strip() else {}
+    _only(request, LOAD_FIELDS, "load")
+    version = check_version(request.get(VERSION))
+    if version is not None and query_version is not None and version != query_version:
+        raise InvalidInputError(f"version {version} in the body but {query_version} in the query: give it once")
+    return query_version if version is None else version
+
+
+def _only(request: dict[str, Any], fields: tuple[str, ...], what: str) -> None:
+    """``InvalidInputError`` (400) naming the fields of ``request`` not in ``fields`` (a misspelt ``versoin`` must
+    not silently mean "the latest version")."""
+    unknown = [key for key in request if key not in fields]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in the {what} request; "
+            f"it takes {', '.join(fields)}"
+        )
 
 
 def request_options(request: dict[str, Any], use_cache: bool = True,

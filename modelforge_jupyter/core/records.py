@@ -14,23 +14,27 @@ class TensorSpec:
     ``dtype`` is a numpy dtype name (``float32``, ``int64``, ``bool``, ``string`` ...) for tensors, or ONNX
     Runtime's type string for non-tensor values (``seq(map(int64,tensor(float)))`` for skl2onnx's ZipMap).
     ``shape`` lists each dimension: an int when fixed, ``None`` when symbolic or dynamic (e.g. the batch). ``[]`` is a
-    rank-0 (scalar) tensor. ``optional`` inputs have a default in the model (an initializer that is also a graph
+    rank-0 (scalar) tensor; ``shape`` itself is ``None`` for an input whose model declares no shape, not even a rank:
+    it takes any shape. ``optional`` inputs have a default in the model (an initializer that is also a graph
     input): a request may leave them out, or give a value that overrides the default.
     """
 
     name: str
     dtype: str
-    shape: list[int | None]
+    shape: list[int | None] | None
     optional: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """``{name, dtype, shape, optional}``; ``shape`` a list with None for a dynamic dimension."""
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "optional": self.optional}
+        """``{name, dtype, shape, optional}``; ``shape`` a list with None for a dynamic dimension, or None for any
+        shape."""
+        shape = None if self.shape is None else list(self.shape)
+        return {"name": self.name, "dtype": self.dtype, "shape": shape, "optional": self.optional}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
         """From ``to_dict``'s form; records stored before ``optional`` existed lack it (False)."""
-        return cls(name=d["name"], dtype=d["dtype"], shape=list(d["shape"]), optional=bool(d.get("optional", False)))
+        shape = None if d["shape"] is None else list(d["shape"])
+        return cls(name=d["name"], dtype=d["dtype"], shape=shape, optional=bool(d.get("optional", False)))
 
 
 @dataclass(frozen=True, slots=True)

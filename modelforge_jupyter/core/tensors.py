@@ -6,8 +6,9 @@ Input rules (each violation raises ``InvalidInputError`` naming the input, the e
 - names: a dict must name every declared input and nothing else; a single-input model also takes a bare value;
 - dtype: nested lists and arrays convert to the declared dtype when no information is lost: ints to floats, integral
   floats to ints within range, 0/1 to bool; strings only to ``string`` inputs;
-- shape: rank must match; fixed dimensions must match; symbolic/dynamic dimensions (``None``) take any size > 0;
-  ragged nested lists and empty batches are refused.
+- shape: rank must match; fixed dimensions must match; symbolic/dynamic dimensions (``None``) take any size > 0; an
+  input whose model declares no shape (``TensorSpec.shape`` None) takes any rank; ragged nested lists and empty
+  batches are refused.
 
 The output rule (JSON-safe values) is ``outputs.json_safe``.
 """
@@ -15,7 +16,7 @@ The output rule (JSON-safe values) is ``outputs.json_safe``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -44,16 +45,39 @@ ORT_TO_DTYPE = {
 NUMPY_DTYPES = {name: np.dtype(object if name == "string" else name) for name in ORT_TO_DTYPE.values()}
 
 
-def spec_from_ort(node: Any, optional: bool = False) -> TensorSpec:
+def spec_from_ort(node: Any, optional: bool = False, unshaped: frozenset[str] = frozenset()) -> TensorSpec:
     """Build a TensorSpec from an ``onnxruntime.NodeArg`` (``session.get_inputs()[i]``, or ``optional`` for one of
-    ``session.get_overridable_initializers()``)."""
+    ``session.get_overridable_initializers()``); a name in ``unshaped`` has shape None (any shape)."""
+    if node.name in unshaped:
+        return TensorSpec(name=node.name, dtype=ORT_TO_DTYPE.get(node.type, node.type), shape=None, optional=optional)
     shape = node.shape if isinstance(node.shape, list) else []
     dims = [d if isinstance(d, int) and d >= 0 else None for d in shape]
     return TensorSpec(name=node.name, dtype=ORT_TO_DTYPE.get(node.type, node.type), shape=dims, optional=optional)
 
 
-def shape_str(shape: list[int | None] | tuple[int, ...]) -> str:
-    """A shape as messages print it: ``[?, 4]`` (``?`` a dynamic dimension)."""
+def input_specs(session: Any, model_of: Callable[[], Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(required, optional) input specs of an ``onnxruntime.InferenceSession``: its ``get_inputs()``, and its
+    ``get_overridable_initializers()`` (initializers that are graph inputs too).
+
+    ONNX Runtime reports ``[]`` both for a scalar and for an input whose model declares no shape at all, not even a
+    rank; ``model_of()`` (the ``onnx.ModelProto``; None: bytes ``onnx`` cannot parse), called only when some input
+    reports ``[]``, tells them apart: an input with no ``TensorShapeProto`` gets shape None (any shape).
+    """
+    nodes, overridable = session.get_inputs(), session.get_overridable_initializers()
+    unshaped: frozenset[str] = frozenset()
+    if any(not node.shape for node in (*nodes, *overridable)):
+        model = model_of()
+        unshaped = frozenset() if model is None else frozenset(
+            value.name for value in model.graph.input
+            if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"))
+    return ([spec_from_ort(node, unshaped=unshaped) for node in nodes],
+            [spec_from_ort(node, optional=True, unshaped=unshaped) for node in overridable])
+
+
+def shape_str(shape: list[int | None] | tuple[int, ...] | None) -> str:
+    """A shape as messages print it: ``[?, 4]`` (``?`` a dynamic dimension); ``of any shape`` for None."""
+    if shape is None:
+        return "of any shape"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
@@ -173,16 +197,21 @@ def _given(arr: np.ndarray) -> str:
 
 def _check_shape(spec: TensorSpec, arr: np.ndarray) -> None:
     want = f"input {spec.name!r}: expected {spec.dtype} {shape_str(spec.shape)}"
-    if arr.ndim != len(spec.shape):
-        hint = ""
-        if arr.ndim + 1 == len(spec.shape):
-            hint = "; a single sample needs a batch around it, e.g. [[...]]"
-        raise InvalidInputError(f"{want} (rank {len(spec.shape)}), got shape {shape_str(arr.shape)}{hint}")
-    for axis, (want_dim, got_dim) in enumerate(zip(spec.shape, arr.shape)):
-        if want_dim is not None and want_dim != got_dim:
-            raise InvalidInputError(f"{want}, got shape {shape_str(arr.shape)} (axis {axis} must be {want_dim})")
+    if spec.shape is not None:  # None: the model declares no shape, any rank is taken
+        _check_rank_and_dims(spec.shape, arr, want)
     if arr.size == 0:
         raise InvalidInputError(f"{want}, got an empty batch of shape {shape_str(arr.shape)}")
+
+
+def _check_rank_and_dims(shape: list[int | None], arr: np.ndarray, want: str) -> None:
+    if arr.ndim != len(shape):
+        hint = ""
+        if arr.ndim + 1 == len(shape):
+            hint = "; a single sample needs a batch around it, e.g. [[...]]"
+        raise InvalidInputError(f"{want} (rank {len(shape)}), got shape {shape_str(arr.shape)}{hint}")
+    for axis, (want_dim, got_dim) in enumerate(zip(shape, arr.shape)):
+        if want_dim is not None and want_dim != got_dim:
+            raise InvalidInputError(f"{want}, got shape {shape_str(arr.shape)} (axis {axis} must be {want_dim})")
 
 
 def input_hash(model_sha256: str, feed: dict[str, np.ndarray]) -> str:

@@ -14,10 +14,10 @@ Rules of an infer request, as Triton words them (each an ``InvalidInputError``, 
 every required input given once and no other (``unexpected inference input 'z' for model 'm'``); each input's
 datatype exactly the model's (``inference input data-type is 'FP64', model expects 'FP32' for input 'x' of model
 'm'``: no conversion, unlike ModelForge's JSON endpoint); each shape of the model's rank with its fixed dimensions
-(``unexpected shape for input 'x' for model 'm'. Expected [-1,4], got [2,3]``) and no empty tensor; every output of
-the ``outputs`` filter one of the model's (``unexpected inference output 'z' for model 'm'``). The feed is what
-``ModelForge.predict`` hashes for the prediction cache, so a V2 request and a ``POST modelforge/predict`` with the
-same tensors share one cache entry.
+(``unexpected shape for input 'x' for model 'm'. Expected [-1,4], got [2,3]``; any shape for an input whose model
+declares none) and no empty tensor; every output of the ``outputs`` filter one of the model's (``unexpected inference
+output 'z' for model 'm'``). The feed is what ``ModelForge.predict`` hashes for the prediction cache, so a V2 request
+and a ``POST modelforge/predict`` with the same tensors share one cache entry.
 
 ZipMap outputs (skl2onnx classifiers' ``[{label: probability}]``) are answered as an FP32 tensor ``[N, C]``, the
 probabilities in label order, with ``parameters.zipmap_labels`` the labels as a JSON list in a string; model metadata
@@ -126,9 +126,10 @@ def _repository_body(body: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
 
 def model_metadata(forge: Any, model: str, version: str | None = None) -> dict[str, Any]:
     """``GET v2/models/{name}[/versions/{v}]``: ``{"name", "versions": [str], "platform": "onnxruntime_onnx",
-    "inputs": [{name, datatype, shape}], "outputs": [...]}``, -1 for a dynamic dimension. A ZipMap output is FP32
-    ``[-1, C]`` (C its labels; the model's session is loaded to read them); another non-tensor output BYTES ``[1]``
-    (its JSON text). Raises ``ModelNotFoundError`` (404), 400 for a bad ``{v}``."""
+    "inputs": [{name, datatype, shape}], "outputs": [...]}``, -1 for a dynamic dimension (``[-1]`` for an input of
+    any shape: V2 has no "any rank"). A ZipMap output is FP32 ``[-1, C]`` (C its labels; the model's session is
+    loaded to read them); another non-tensor output BYTES ``[1]`` (its JSON text). Raises ``ModelNotFoundError``
+    (404), 400 for a bad ``{v}``."""
     record = forge.get(model, url_version(version))
     labels: dict[str, int] = {}
     if any(spec.dtype not in V2_OF_DTYPE for spec in record.outputs):
@@ -144,8 +145,8 @@ def model_metadata(forge: Any, model: str, version: str | None = None) -> dict[s
 
 
 def _tensor_meta(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": V2_OF_DTYPE[spec.dtype], "shape": [-1 if d is None else d
-                                                                             for d in spec.shape]}
+    dims = [None] if spec.shape is None else spec.shape  # any shape: V2 metadata cannot say "any rank"
+    return {"name": spec.name, "datatype": V2_OF_DTYPE[spec.dtype], "shape": [-1 if d is None else d for d in dims]}
 
 
 def _output_meta(spec: TensorSpec, labels: int | None) -> dict[str, Any]:
@@ -173,7 +174,8 @@ def feed(record: ModelRecord, request: V2Request) -> dict:
         if item.datatype != want:
             raise InvalidInputError(f"inference input data-type is {item.datatype!r}, model expects {want!r} for "
                                     f"input {item.name!r} of model {model!r}")
-        if len(item.shape) != len(spec.shape) or any(d is not None and d != g for d, g in zip(spec.shape, item.shape)):
+        if spec.shape is not None and (len(item.shape) != len(spec.shape)
+                                       or any(d is not None and d != g for d, g in zip(spec.shape, item.shape))):
             raise InvalidInputError(f"unexpected shape for input {item.name!r} for model {model!r}. Expected "
                                     f"{shape_text(spec.shape)}, got {shape_text(item.shape)}")
         if item.array.size == 0:

@@ -8,10 +8,10 @@ binary extension, that JSON (its length in the ``Inference-Header-Content-Length
 bytes, in input order. Each input is ``{"name", "datatype", "shape", "parameters"?, "data"?}``: ``data`` row-major,
 flat or nested, or ``parameters.binary_data_size`` bytes in the tail (little-endian, row-major; BOOL one byte an
 element; BYTES each element a 4-byte little-endian length and its bytes). ``parameters`` values are strings, numbers
-or bools; ``outputs`` absent or ``[]`` asks for every output (as Triton); ``binary_data_output`` (bool) asks for
-every output in binary, an output's own ``binary_data`` wins; ``use_cache`` (bool, ModelForge's own, default true)
-skips the prediction cache when false; others are accepted and ignored. Every refusal is an ``InvalidInputError``
-(400) naming the field or input, what was expected and what was given.
+or bools; ``outputs`` absent or ``[]`` asks for every output (as Triton), else names each output once;
+``binary_data_output`` (bool) asks for every output in binary, an output's own ``binary_data`` wins; ``use_cache``
+(bool, ModelForge's own, default true) skips the prediction cache when false; others are accepted and ignored. Every
+refusal is an ``InvalidInputError`` (400) naming the field or input, what was expected and what was given.
 
 Response (``encode_response``): ``{"model_name", "model_version", "id"?, "parameters": {"cached": bool}, "outputs":
 [{"name", "datatype", "shape", "data" | "parameters": {"binary_data_size"}}]}``, JSON ``data`` flat row-major with
@@ -32,7 +32,7 @@ import orjson
 
 from .errors import InvalidInputError
 from .outputs import MapRows, bytes_to_elements, json_ready, json_safe, strings_to_bytes
-from .protocol import json_object
+from .protocol import json_object, json_type
 
 # V2 datatype -> ModelForge dtype name (records' TensorSpec.dtype); the NumPy dtype of each is ``NUMPY``'s.
 DATATYPES = {
@@ -72,7 +72,10 @@ class V2Request:
 
 
 def shape_text(shape: Any) -> str:
-    """A shape as Triton's messages print it: ``[-1,4]`` (``None``, a dynamic dimension, as -1)."""
+    """A shape as Triton's messages print it: ``[-1,4]`` (``None``, a dynamic dimension, as -1); ``of any shape`` for
+    None (an input whose model declares no shape)."""
+    if shape is None:
+        return "of any shape"
     return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
@@ -115,7 +118,9 @@ def parse_infer(body: bytes, header_length: str | None = None) -> V2Request:
         raise InvalidInputError(f"'id' must be a string, got {orjson.dumps(request_id).decode()}")
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidInputError("'inputs' must be a non-empty list of {name, datatype, shape, data} objects")
+        given = "an empty array" if raw_inputs == [] else f"a JSON {json_type(raw_inputs)}"
+        raise InvalidInputError(f"'inputs' must be a non-empty array of {{name, datatype, shape, data}} objects, got "
+                                f"{given}")
     inputs, at = [], 0
     for index, raw in enumerate(raw_inputs):
         item, at = _input(raw, index, tail, at)
@@ -133,7 +138,7 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
         raise InvalidInputError(f"{where} must be a JSON object, got {orjson.dumps(value).decode()[:100]}")
     for key, item in value.items():
         if not isinstance(item, (str, int, float, bool)):
-            raise InvalidInputError(f"parameter {key!r} in {where} must be a string, number or bool, got "
+            raise InvalidInputError(f"parameter {key!r} in {where} must be a string, number or boolean, got "
                                     f"{orjson.dumps(item).decode()[:100]}")
         if key in UNSUPPORTED_PARAMETERS:
             raise InvalidInputError(f"parameter {key!r} in {where}: this server does not support "
@@ -151,7 +156,7 @@ def _flag(parameters: dict[str, Any], name: str, default: bool, where: str) -> b
 def _input(raw: Any, index: int, tail: memoryview, at: int) -> tuple[V2Input, int]:
     """One input of the request, and where the next binary input starts in ``tail``."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise InvalidInputError(f"input {index} must be an object with a string 'name'")
+        raise InvalidInputError(f"input {index} must be an object with a string 'name', got {_holding(raw)}")
     name = raw["name"]
     datatype = raw.get("datatype")
     if datatype not in NUMPY:
@@ -160,7 +165,7 @@ def _input(raw: Any, index: int, tail: memoryview, at: int) -> tuple[V2Input, in
     shape = raw.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise InvalidInputError(f"input {name!r}: 'shape' must be a list of whole numbers >= 0, got "
+        raise InvalidInputError(f"input {name!r}: 'shape' must be an array of whole numbers >= 0, got "
                                 f"{orjson.dumps(shape).decode()[:100]}")
     shape = tuple(shape)
     count = math.prod(shape)
@@ -235,15 +240,26 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], count: int, dat
     return out
 
 
+def _holding(item: Any) -> str:
+    """What an item of 'inputs' or 'outputs' that is not an object with a string 'name' holds, in JSON's terms."""
+    if not isinstance(item, dict):
+        return f"a JSON {json_type(item)}"
+    return "an object with no 'name'" if "name" not in item else f"a JSON {json_type(item['name'])} 'name'"
+
+
 def _outputs(value: Any) -> dict[str, bool | None] | None:
     if value is None or value == []:  # as Triton: a request that names no output gets them all
         return None
     if not isinstance(value, list):
-        raise InvalidInputError("'outputs' must be a list of {name, parameters?} objects")
+        raise InvalidInputError(f"'outputs' must be an array of {{name, parameters?}} objects, got a JSON "
+                                f"{json_type(value)}")
     chosen: dict[str, bool | None] = {}
     for index, raw in enumerate(value):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise InvalidInputError(f"output {index} of 'outputs' must be an object with a string 'name'")
+            raise InvalidInputError(f"output {index} of 'outputs' must be an object with a string 'name', got "
+                                    f"{_holding(raw)}")
+        if raw["name"] in chosen:  # which of the two asks (JSON or binary) holds would be a guess
+            raise InvalidInputError(f"output {raw['name']!r} is asked for twice in 'outputs'; name each output once")
         parameters = _parameters(raw.get("parameters"), f"the parameters of output {raw['name']!r}")
         binary = parameters.get("binary_data")
         if binary is not None and not isinstance(binary, bool):

@@ -13,7 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..core.scoring import DEFAULT_CHUNK_ROWS, ScoreJob
 from .arguments import ExpressionError, evaluate, parse_line, unquote, version_arg
-from .refusals import one_line_errors
+from .refusals import next_step, one_line_errors
 
 
 def data_of(shell: Any, text: str, local_ns: dict | None) -> Any:
@@ -66,7 +66,7 @@ class ScoreMagics(Magics):
             job = %mf_score rf data/rows/ -o data/scored --chunk-rows 50000
             out = job.result()["probabilities"]
         """
-        with one_line_errors() as refusal:
+        with one_line_errors(lambda err, refusal: next_step(err, refusal, self.forge.models)) as refusal:
             args = parse_line(self.mf_score, line)
             refusal.model = args.model
             if args.chunk_rows < 1:

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import orjson
 
 from ..core.deadline import Cancellation
-from ..core.protocol import version_from_text
+from ..core.protocol import load_version, version_from_text
 from .http import Refusal, Request, error_body
 
 Answer = tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]
@@ -142,9 +142,11 @@ async def metrics(app: Any, req: Request, query: dict[str, str]) -> Answer:
 
 
 async def load(app: Any, req: Request, query: dict[str, str]) -> Answer:
-    """``POST /modelforge/models/{name}/load``: 200 ``{"name", "version", "loaded": true}`` (``ModelForge.load``: every
-    process sharing the registry reloads it)."""
-    record = await app.forge_call("load", req.name, version(query))
+    """``POST /modelforge/models/{name}/load[?version=N]``, body empty or ``{"version": N}`` (``load_version``): 200
+    ``{"name", "version", "loaded": true}`` (``ModelForge.load``: every process sharing the registry reloads it);
+    400 another body."""
+    body = await req.body(app.options.max_body_size, "--max-body-size")
+    record = await app.forge_call("load", req.name, load_version(body, version(query)))
     return ok({"name": record.name, "version": record.version, "loaded": True})
 
 

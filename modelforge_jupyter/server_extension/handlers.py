@@ -20,7 +20,7 @@ from tornado import web
 from tornado.escape import url_escape
 
 from ..core.deadline import Cancellation
-from ..core.protocol import predict_json
+from ..core.protocol import load_version, predict_json
 from .base import CancellableHandler, ModelForgeHandler
 from .v2_handlers import v2_handlers
 
@@ -174,9 +174,10 @@ class LoadHandler(ModelForgeHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        """``POST modelforge/models/{name}/load``: 200 ``{"name", "version", "loaded": true}``; 404 unknown; 400 a
+        """``POST modelforge/models/{name}/load[?version=N]``, body empty or ``{"version": N}``
+        (``protocol.load_version``): 200 ``{"name", "version", "loaded": true}``; 404 unknown; 400 another body, a
         failed warm-up run, 503 one refused for memory (the loaded session keeps serving then)."""
-        record = await self.forge_call("load", name, self.query_version())
+        record = await self.forge_call("load", name, load_version(self.body, self.query_version()))
         self.write_json({"name": record.name, "version": record.version, "loaded": True})
 
 

@@ -41,6 +41,7 @@ from .models import (
     mf_scale_model,
     mf_spin_input,
     mf_spin_model,
+    mf_unshaped_model,
 )
 from .processes import (
     MiB,
@@ -87,6 +88,6 @@ __all__ = [
     "mf_identity_model", "mf_isolated_env", "mf_launch", "mf_make_shell", "mf_other_setting_value",
     "mf_peak_rss_growth", "mf_proc_status", "mf_raw_outputs", "mf_raw_providers", "mf_raw_run", "mf_raw_session",
     "mf_reset_peak_rss", "mf_run_cell", "mf_run_in_server_kernel", "mf_scale_model", "mf_service_missing",
-    "mf_skip_unless_ci", "mf_spin_input", "mf_spin_model", "mf_start_server", "mf_stop_process", "mf_wait_until",
-    "mf_zipmap",
+    "mf_skip_unless_ci", "mf_spin_input", "mf_spin_model", "mf_start_server", "mf_stop_process", "mf_unshaped_model",
+    "mf_wait_until", "mf_zipmap",
 ]

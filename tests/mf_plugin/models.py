@@ -26,6 +26,21 @@ def mf_identity_model(dtype: str, shape: list, name: str = "x"):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def mf_unshaped_model():
+    """``y = Relu(x) * 2`` (as ``Relu(x) + Relu(x)``) with x and y float32 declared with no shape at all: the
+    ValueInfos have no shape field, not even a rank, as some exporters write them (ONNX Runtime reports ``[]``)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "r"], ["y"])], "unshaped",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert not model.graph.input[0].type.tensor_type.HasField("shape")
+    return model
+
+
 def mf_constant_of_shape_model(n: int):
     """``y = x + sum(ConstantOfShape([n]))`` (x, y float32 [1]): a model computing an ``n``-element float32 constant
     (4n bytes) that it reduces to one number, so only the model's build holds it (constant folding sizes it)."""
