@@ -6,7 +6,9 @@ the version pinned at submit; cancel; a deletion during the job.
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -221,3 +223,30 @@ def test_unreadable_data_refused_at_submit(mf_embedded_settings, data, message):
             mf.score("iris", data)
         with pytest.raises(ModelForgeError, match="chunk_rows must be"):
             mf.score("iris", IRIS_X, chunk_rows=0)
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, 2.5, "2", 10**6])
+def test_a_pool_size_out_of_bounds_is_refused_before_any_process_starts(mf_forge, workers):
+    # Given a registered model and this process's children
+    mf_forge.register("iris", IRIS)
+    children = _children()
+    # When a job asks for a pool of a size that is not a whole number from 1 to 4 per CPU (a million forked at once)
+    with pytest.raises(ModelForgeError) as err:
+        mf_forge.score("iris", IRIS_X, workers=workers)
+    # Then it is refused naming the bound and what was given, and no process was started
+    assert f"workers must be a whole number from 1 to {4 * os.cpu_count()}" in str(err.value)
+    assert f"got {workers!r}" in str(err.value)
+    assert _children() == children
+
+
+def _children() -> set[int]:
+    """The pids of this process's child processes (from /proc)."""
+    mine, found = str(os.getpid()), set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[1] == mine:
+            found.add(int(pid))
+    return found

@@ -29,12 +29,20 @@ _pools_lock = threading.Lock()
 _worker_forge: Any = None  # in a pool worker: its ModelForge
 
 
+def max_workers() -> int:
+    """The most processes a local pool may have: 4 per CPU (each runs one single-threaded session; more only adds
+    memory and switching, and a pool of the fork context starts them all at once)."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def local_pool(forge: Any, workers: int | None) -> ProcessPoolExecutor:
     """``forge``'s pool of ``workers`` processes (default ``os.cpu_count()``), built on first use and rebuilt when
-    the count changes or a worker died (a broken pool)."""
-    workers = workers or os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ModelForgeError(f"workers must be a whole number >= 1, got {workers!r}")
+    the count changes or a worker died (a broken pool). Raises ``ModelForgeError`` (400) for a count that is not a
+    whole number from 1 to ``max_workers()``."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= max_workers():
+        raise ModelForgeError(f"workers must be a whole number from 1 to {max_workers()} (4 per CPU of this "
+                              f"machine), got {workers!r}")
     with _pools_lock:
         held = _pools.get(forge)
         if held is not None and held[0] == workers and not getattr(held[1], "_broken", False):
