@@ -4,7 +4,7 @@ A data set is a NumPy array (rows along axis 0), a pandas DataFrame, a Parquet f
 (``*.parquet``, in name order) or a list of files and directories; pyarrow reads Parquet. Chunks hold
 ``chunk_rows`` rows at most and never span two files, so a worker reads its chunk by path and row range alone
 (the row groups that overlap it: write files with row groups of at most ``chunk_rows`` rows, or each chunk reads
-its whole group).
+its whole group; float columns read fastest without dictionary encoding, ``use_dictionary=False``: README).
 
 Columns to inputs (``table_feed``, one rule for frames and Parquet tables): when every required input of the model
 names a column, each input takes its column (a column of equal-length lists becomes a 2-D ``[N, k]`` input);
