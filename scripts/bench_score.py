@@ -7,7 +7,8 @@ prediction cache. Rows/s are over the whole job: submit to the last output gathe
 to the workers and back included), with the pool already started (a first, cold job of a few chunks per process,
 timed apart: the time from submit to its first finished chunk, which builds a ModelForge and a session).
 ``--celery BROKER`` adds the same jobs on real Celery workers (prefork, ``-c`` 1 then 2; a SQLite registry; the rows
-as Parquet files both sides read by path, then as the array, its chunks through ``--redis``; results through Redis).
+as Parquet files both sides read by path (float columns without dictionary encoding, README), then as the array, its
+chunks through ``--redis``; results through Redis).
 
     .venv/bin/python scripts/bench_score.py                      # 2 M rows, chunks of 10,000 (~1-2 min)
     .venv/bin/python scripts/bench_score.py --rows 200000 --celery amqp://guest:guest@127.0.0.1:5672//
@@ -128,11 +129,11 @@ def celery_rows(args, x: np.ndarray, workers: list[int], work: Path, settings: d
     step = max(args.chunk_rows, len(x) // 4 // args.chunk_rows * args.chunk_rows)
     for i, a in enumerate(range(0, len(x), step)):  # a few files, row groups of chunk_rows: chunks read by path
         table = pa.table({f"f{j}": x[a:a + step, j] for j in range(x.shape[1])})
-        pq.write_table(table, files / f"part-{i:03d}.parquet", row_group_size=args.chunk_rows)
+        pq.write_table(table, files / f"part-{i:03d}.parquet", row_group_size=args.chunk_rows, use_dictionary=False)
     warm = work / "warm.parquet"  # a cold job: enough chunks for every pool process to build its ModelForge
     warm_rows = min(len(x), args.chunk_rows * 4 * max(workers))
     pq.write_table(pa.table({f"f{j}": x[:warm_rows, j] for j in range(x.shape[1])}), warm,
-                   row_group_size=args.chunk_rows)
+                   row_group_size=args.chunk_rows, use_dictionary=False)
     prefix, queue = f"bench-{uuid.uuid4().hex[:8]}", f"bench-score-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "DATABASE_URL": settings["database_url"], "REDIS_URL": args.redis, "CACHE_KEY_PREFIX": prefix,
            "CELERY_BROKER_URL": args.celery, "MODELFORGE_CELERY_QUEUE": queue, "PYTHONPATH": str(ROOT)}

@@ -166,6 +166,6 @@ def _read(chunk: Chunk, raw: bytes | None) -> Any:
         return read_parquet_rows(chunk.file, chunk.offset, chunk.rows)
     if raw is None:
         raise ModelForgeError(f"chunk {chunk.index}'s rows are no longer in Redis (expired after {SCORE_TTL} s)")
-    kind, _, payload = raw.partition(b"\n")
-    return decode(kind.decode(), payload)
+    kind, _, _ = raw[:16].partition(b"\n")
+    return decode(kind.decode(), memoryview(raw)[len(kind) + 1:])  # a view: the chunk's bytes are not copied
 
