@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -211,15 +212,16 @@ def write_part(output_dir: str, index: int, table: Any) -> str:
     import pyarrow.parquet as pq
 
     name = f"part-{index:05d}.parquet"
-    tmp = Path(output_dir) / f".{name}.{os.getpid()}.tmp"
+    tmp = Path(output_dir) / f".{name}.{uuid.uuid4().hex}.tmp"
     pq.write_table(table, tmp, use_dictionary=[f.name for f in table.schema if not pa.types.is_floating(f.type)])
     os.replace(tmp, Path(output_dir) / name)
     return name
 
 
 def write_manifest(output_dir: str, manifest: dict) -> None:
-    """Write ``manifest.json`` in ``output_dir`` (aside, then renamed)."""
-    tmp = Path(output_dir) / f".{MANIFEST}.{os.getpid()}.tmp"
+    """Write ``manifest.json`` in ``output_dir`` (aside under a name of its own, then renamed: the last chunk's worker
+    and ``ScoreJob.result`` may write the same manifest at once, from different hosts)."""
+    tmp = Path(output_dir) / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
     tmp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     os.replace(tmp, Path(output_dir) / MANIFEST)
 

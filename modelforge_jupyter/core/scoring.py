@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelForgeError
-from .score_chunks import MAX_ROW_ERRORS, ChunkError, JobSpec, Pin, concat_outputs, outputs_table
+from .score_chunks import (MAX_ROW_ERRORS, ChunkError, JobSpec, Pin, concat_outputs, outputs_table,
+                           write_manifest)
 from .score_local import LocalRun, close_pool, local_pool  # noqa: F401  (close_pool: ModelForge.close calls it)
 from .score_sources import check_columns, plan
 
@@ -151,8 +152,10 @@ class ScoreJob:
                 f"score job {self.id} {progress.state}: {progress.rows - progress.rows_done:,} of {progress.rows:,} "
                 f"rows not scored" + (f" (first: {errors[0].message})" if errors else "")
                 + "; job.errors() names them, job.table() has the rows scored")
-        if self.output is not None:
-            return self._run.manifest()
+        if self.output is not None:  # the last worker writes it too, maybe just after the job reads as over
+            manifest = self._run.manifest()
+            write_manifest(self.output, manifest)
+            return manifest
         return concat_outputs([o.outputs for o in self._run.outcomes() if o.outputs is not None])
 
     def table(self) -> Any:
