@@ -94,6 +94,9 @@ def test_a_dataframe_short_of_a_column_is_refused_at_submit(mf_forge):
         mf_forge.score("rf", frame.to_numpy()[:, :29])
     with pytest.raises(ModelForgeError, match="the array feeds a single-input model only; this one takes 'a'"):
         mf_forge.score("abc", X)
+    with pytest.raises(ModelForgeError, match=r"the array holds <U\d+ values and input 'float_input' takes float32: "
+                                              r"convert it first \(e.g. X.astype\(np.float32\)\)"):
+        mf_forge.score("rf", np.tile(X, (9, 1))[:20_000].astype(str))
     assert time.perf_counter() - start < 5
     # While a column of lists of the right width, and a Parquet file of the right columns, are taken
     listed = pd.DataFrame({"features": list(X[:50])})
@@ -250,3 +253,17 @@ def _children() -> set[int]:
         if stat[stat.rindex(")") + 2:].split()[1] == mine:
             found.add(int(pid))
     return found
+
+
+def test_a_model_that_declares_no_input_shape_scores_any_rows(mf_forge):
+    from .mf_plugin import mf_unshaped_model
+
+    # Given a model whose input declares no shape at all, and rows of 3 values as an array and as a DataFrame
+    model = mf_unshaped_model().SerializeToString()
+    mf_forge.register("any", model)
+    x = np.linspace(-2, 2, 60, dtype=np.float32).reshape(20, 3)
+    # Then both score as raw ONNX Runtime runs them, in order
+    want = mf_raw_run(model, {"x": x})[0]
+    assert np.array_equal(mf_forge.score("any", x, chunk_rows=7, workers=1).result(timeout=60)["y"], want)
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    assert np.array_equal(mf_forge.score("any", frame, chunk_rows=7, workers=1).result(timeout=60)["y"], want)

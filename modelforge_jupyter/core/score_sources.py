@@ -235,6 +235,7 @@ def check_columns(record: ModelRecord, source: Source) -> None:
     or the width expected, and the model's inputs."""
     if source.kind == "array":
         _check_width(record, source.data.shape, "the array")
+        _check_kind(record, source.data.dtype)
     elif source.kind == "frame":
         columns = [str(c) for c in source.data.columns]
         if not by_name(record, columns):
@@ -253,6 +254,15 @@ def check_columns(record: ModelRecord, source: Source) -> None:
                 _check_width(record, (source.rows, sum(widths)), f"Parquet file {Path(file).name!r}", schema.names)
 
 
+def _check_kind(record: ModelRecord, dtype: np.dtype) -> None:
+    """Refuse an array of text, dates or raw bytes for a model whose single input is not ``string``: no value of it
+    converts (``tensors``: strings only to ``string`` inputs), so every row would fail alone."""
+    spec = next(s for s in record.inputs if not s.optional)
+    if dtype.kind in "USMmV" and spec.dtype != "string":
+        raise ModelForgeError(f"the array holds {dtype} values and input {spec.name!r} takes {spec.dtype}: convert "
+                              f"it first (e.g. X.astype(np.{spec.dtype})); the model takes {_expected(record)}")
+
+
 def _check_width(record: ModelRecord, shape: tuple[int, ...], what: str, columns: list[str] | None = None) -> None:
     """Refuse ``shape`` (the feed a single-input model would get: rows first) when its rank or a fixed dimension
     after the batch differs from the input's."""
@@ -261,6 +271,8 @@ def _check_width(record: ModelRecord, shape: tuple[int, ...], what: str, columns
         raise ModelForgeError(f"{what} feeds a single-input model only; this one takes {_expected(record)}: pass "
                               f"a dict {{input name: array}} to predict, or a DataFrame with a column per input")
     spec = required[0]
+    if spec.shape is None:  # the model declares no shape: any rows feed it
+        return
     want = list(spec.shape[1:])
     if len(shape) - 1 == len(want) and all(w is None or w == g for w, g in zip(want, shape[1:])):
         return
