@@ -136,6 +136,8 @@ def test_numpy_input_of_declared_dtype_is_used_without_conversion(forge):
         ("int64", [[2**63, 1, 2]], "outside int64's range"),  # would wrap to -2**63
         ("int64", [[9.223372036854775807e18, 1, 2]], "outside int64's range"),  # rounds to 2**63 in float64
         ("int64", [[2**70, 1, 2]], "integers outside the 64-bit range"),
+        # JSON's -9223372036854775809, one past int64's minimum, which orjson parses to the float -2**63
+        ("int64", orjson.loads("[[-9223372036854775809, 1, 2]]"), "outside int64's range"),
         ("uint8", [[256.0, 0, 1]], "outside uint8's range"),
         ("float32", [[1e39, 1, 2]], "outside float32's range"),  # would become inf
         ("float16", [[70000, 1, 2]], "outside float16's range"),

@@ -172,8 +172,10 @@ def _check_int_range(spec: TensorSpec, arr: np.ndarray, target: np.dtype, want: 
     if arr.dtype.kind == "f":
         if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
             raise InvalidInputError(f"{want}, got {_given(arr)} with non-integer values")
-        # 2**(bits-1) and 2**bits are exact in float64, unlike info.max, which rounds up to them
-        outside = lo < info.min or hi >= (2.0 ** (info.bits - 1) if info.min < 0 else 2.0**info.bits)
+        # 2**(bits-1) and 2**bits are exact in float64, unlike info.max, which rounds up to them; a float at int64's
+        # minimum is refused too: JSON's -9223372036854775809 parses to that float (one past the range, rounded in)
+        low_out = lo <= info.min if info.bits == 64 else lo < info.min
+        outside = low_out or hi >= (2.0 ** (info.bits - 1) if info.min < 0 else 2.0**info.bits)
     else:
         outside = int(lo) < info.min or int(hi) > info.max
     if outside:
