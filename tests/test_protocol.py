@@ -38,7 +38,12 @@ def test_bytes_and_decoded_bodies_parse_alike():
         (b"7", "the body must be a JSON object, got a JSON number"),
         (b'"iris"', "the body must be a JSON object, got a JSON string"),
         ({"input_data": 1}, "missing 'model_id': the model's name or id, a string"),
-        ({"model_id": "", "input_data": 1}, "missing 'model_id': the model's name or id, a string"),
+        ({"model_id": "", "input_data": 1}, "'model_id' must be the model's name or id, a non-empty string; got an "
+                                             "empty string"),
+        ({"model_id": 123, "input_data": 1}, "'model_id' must be the model's name or id, a non-empty string; got a "
+                                             "JSON number"),
+        ({"model_id": None, "input_data": 1}, "'model_id' must be the model's name or id, a non-empty string; got a "
+                                              "JSON null"),
         ({"model_id": "iris"}, "missing 'input_data': {input name: nested list}, or a bare nested list"),
         ({"model_id": "iris", "input_data": 1, "use_cache": "no"}, "use_cache must be true or false, got 'no'"),
         ({"model_id": "iris", "input_data": 1, "version": 0}, "version must be a whole number >= 1, got 0"),

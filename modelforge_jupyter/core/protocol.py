@@ -109,7 +109,10 @@ def parse_predict(body: bytes | dict[str, Any]) -> PredictRequest:
     _only(request, PREDICT_FIELDS, "predict")
     model = request.get(MODEL_ID)
     if not isinstance(model, str) or not model:
-        raise InvalidInputError("missing 'model_id': the model's name or id, a string")
+        if MODEL_ID not in request:
+            raise InvalidInputError("missing 'model_id': the model's name or id, a string")
+        got = "an empty string" if model == "" else f"a JSON {json_type(model)}"
+        raise InvalidInputError(f"'model_id' must be the model's name or id, a non-empty string; got {got}")
     if INPUT_DATA not in request:
         raise InvalidInputError("missing 'input_data': {input name: nested list}, or a bare nested list")
     return PredictRequest(model, request[INPUT_DATA], check_use_cache(request.get(USE_CACHE, True)),
