@@ -467,6 +467,7 @@ REFUSALS = {
                             "'inputs' must be a non-empty array of {name, datatype, shape, data} objects, got a "
                             "JSON object"),
     "no inputs": (raw_case({"inputs": []}), "400", "objects, got an empty array"),
+    "an empty object": (raw_case({}), "400", "objects, got no 'inputs'"),
     "an input that is not an object": (raw_case({"inputs": [None]}), "400",
                                        "input 0 must be an object with a string 'name', got a JSON null"),
     "an input named by a number": (raw_case({"inputs": [{"name": 1}]}), "400",

@@ -118,7 +118,8 @@ def parse_infer(body: bytes, header_length: str | None = None) -> V2Request:
         raise InvalidInputError(f"'id' must be a string, got {orjson.dumps(request_id).decode()}")
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        given = "an empty array" if raw_inputs == [] else f"a JSON {json_type(raw_inputs)}"
+        given = ("no 'inputs'" if "inputs" not in request else "an empty array" if raw_inputs == []
+                 else f"a JSON {json_type(raw_inputs)}")
         raise InvalidInputError(f"'inputs' must be a non-empty array of {{name, datatype, shape, data}} objects, got "
                                 f"{given}")
     inputs, at = [], 0
