@@ -65,12 +65,15 @@ class WriteBehind:
         self._closed = False
 
     def put(self, key: str, value: bytes, ttl: float, model_id: str) -> None:
-        """File ``value`` under ``key`` for ``ttl`` seconds (tagged ``model_id``) and wake the writer; past
-        ``max_pending`` filed entries (or once closed), write them now on this thread."""
+        """Store ``value`` under ``key`` for ``ttl`` seconds (tagged ``model_id``): written now on this thread when
+        no write is in progress (a quiet process: the entry is committed when this returns), else filed for the
+        writer thread, woken for it; past ``max_pending`` filed entries (or once closed), written now."""
         with self._lock:
             self._pending[key] = (value, time.time() + ttl, model_id)
-            now = self._closed or len(self._pending) >= self.max_pending
-            if not now and len(self._pending) == 1:  # the first since the last batch: wake the writer
+            filed = len(self._pending)
+            # nothing being written nor filed before it (a quiet process): written now, on this thread
+            now = self._closed or filed >= self.max_pending or (filed == 1 and not self._flushing.locked())
+            if not now and filed == 1:  # the first behind a write in progress: wake the writer
                 now = not self._started()
                 self._wake.notify()
         if now:
