@@ -106,7 +106,10 @@ def test_binary_answer_headers_and_v2_error_bodies(served, mf_forge):
     assert answer[0] == 200 and answer.headers["Content-Type"] == "application/json"
     assert "Inference-Header-Content-Length" not in answer.headers
 
-    # Triton's status and wording, V2's {"error"} body; nothing stored by a refusal
+    # Triton's status and wording, V2's {"error"} body; nothing stored by a refusal. The server writes a miss to the
+    # disk cache behind its answer (``cache_writes``): the plain request's entry first lands, milliseconds later
+    plain_key = mf_forge.cache_key("iris", np.array([[1, 2, 3, 4]], np.float32))
+    assert mf_wait_until(lambda: plain_key in mf_cached_keys(mf_forge), 10.0)
     keys_before = mf_cached_keys(mf_forge)
     with pytest.raises(InferenceServerException) as err:
         infer(client, "iris", np.zeros((2, 3), np.float32), True)

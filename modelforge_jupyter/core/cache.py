@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, Protocol
 
+from .cache_writes import WriteBehind
 from .errors import first_line
 from .forksafe import at_fork_in_child
 from .urls import mask_url
@@ -201,6 +202,9 @@ class DiskCache:
     """Prediction cache on local disk (diskcache, SQLite-backed): shared by every process using ``directory``.
 
     Values are stored as raw bytes (diskcache stores ``bytes`` as-is, never pickled), tagged with the model id.
+    Writes are made behind the answer (``cache_writes.WriteBehind``): ``set`` files the entry, which ``get`` answers
+    in this process at once, and one thread writes the filed entries a transaction at a time; other processes see
+    an entry once it is written (milliseconds), ``flush()`` writes them now.
     Fork-safe by diskcache itself: its SQLite connection is per thread and per process (a pid check reopens it).
     """
 
@@ -217,9 +221,14 @@ class DiskCache:
                 f"MODELFORGE_CACHE_DIR (cache_dir): the disk cache's directory cannot be created or opened ({reason})"
             ) from None
         self.breaker = Breaker("disk cache", retry_after)
+        self.writes = WriteBehind(self._write)
 
     def get(self, key: str) -> bytes | None:
-        """``PredictionCache.get``: a diskcache read (a local SQLite query)."""
+        """``PredictionCache.get``: an entry filed by this process and not yet written, else a diskcache read (a
+        local SQLite query)."""
+        filed = self.writes.get(key)
+        if filed is not None:
+            return filed
         if self.breaker.open():
             return None
         try:
@@ -229,25 +238,42 @@ class DiskCache:
             return None
 
     def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
-        """``PredictionCache.set``: a diskcache write with ``expire=ttl`` and ``tag=model_id``."""
+        """``PredictionCache.set``: filed for the writer thread (``WriteBehind.put``), which writes it with
+        ``expire=ttl`` and ``tag=model_id``."""
         if self.breaker.open():
             return
+        self.writes.put(key, value, ttl, model_id)
+
+    def _write(self, batch: dict[str, tuple[bytes, float, str]]) -> None:
+        """Write ``batch`` (``{key: (value, expiry, model id)}``) in one transaction; a failure drops it (breaker)."""
         try:
-            self.cache.set(key, value, expire=ttl, tag=model_id)
-        except Exception as err:
+            with self.cache.transact():
+                now = time.time()
+                for key, (value, expiry, model_id) in batch.items():
+                    if expiry > now:
+                        self.cache.set(key, value, expire=expiry - now, tag=model_id)
+        except Exception as err:  # diskcache.Timeout or sqlite3 errors: the entries are dropped, never an error
             self.breaker.failed(err)
 
+    def flush(self) -> int:
+        """Write the entries filed by this process now (``WriteBehind.flush``). Returns how many."""
+        return self.writes.flush()
+
     def invalidate(self, prefix: str, model_id: str) -> int:
-        """Delete every cached prediction of ``model_id`` (entries are tagged with it). Returns how many."""
+        """Delete every cached prediction of ``model_id`` (entries are tagged with it), filed ones written first.
+        Returns how many."""
+        self.writes.flush()
         return self.cache.evict(tag=model_id)
 
     def clear(self, prefix: str) -> int:
-        """Delete every entry whose key is under ``{prefix}:``. Returns how many."""
+        """Delete every entry whose key is under ``{prefix}:`` (filed ones written first). Returns how many."""
+        self.writes.flush()
         keys = [key for key in self.cache.iterkeys() if isinstance(key, str) and key.startswith(f"{prefix}:")]
         return sum(1 for key in keys if self.cache.delete(key))
 
     def ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires (None if absent): the disk counterpart of Redis's TTL."""
+        self.writes.flush()
         _value, expire_time = self.cache.get(key, expire_time=True)
         return None if expire_time is None else expire_time - time.time()
 
@@ -260,7 +286,8 @@ class DiskCache:
             return False
 
     def close(self) -> None:
-        """Close the cache's SQLite connection."""
+        """Write the filed entries, stop the writer thread and close the cache's SQLite connection."""
+        self.writes.close()
         self.cache.close()
 
 

@@ -121,6 +121,7 @@ def mf_cached_keys(forge) -> list[str]:
     if forge.cache.backend == "redis":
         pattern = f"{forge.settings.cache_key_prefix}:prediction:*"
         return sorted(k.decode() for k in forge.cache.client.scan_iter(match=pattern))
+    forge.cache.flush()  # the entries this process filed and its writer thread has not written yet (``cache_writes``)
     return sorted(forge.cache.cache.iterkeys())
 
 
@@ -135,6 +136,7 @@ def mf_cache_value(forge, key: str) -> bytes | None:
     """The bytes cached under ``key`` in ``forge``'s cache, read directly (no hit is counted)."""
     if forge.cache.backend == "redis":
         return forge.cache.client.get(key)
+    forge.cache.flush()
     return forge.cache.cache.get(key)
 
 

@@ -1,0 +1,151 @@
+"""The disk cache's writes behind the answer (``core.cache_writes``): a miss is written after its predict returns, by
+one thread, many entries a transaction; the next identical predict is a hit at once in this process, and in another
+once the writer committed; a failed predict files nothing; flush, close, clear and invalidate write what is filed."""
+
+from __future__ import annotations
+
+import threading
+
+import diskcache
+import numpy as np
+
+from modelforge_jupyter import ModelForge
+from modelforge_jupyter.core.cache_writes import WriteBehind
+from modelforge_jupyter.core.errors import InvalidInputError
+
+from .mf_plugin import SAMPLES, mf_cached_keys, mf_raw_run, mf_wait_until, mf_zipmap
+
+IRIS = SAMPLES / "iris.onnx"
+ROW = [[5.1, 3.5, 1.4, 0.2]]
+
+
+def stored(settings: dict, key: str) -> bytes | None:
+    """``key``'s bytes in the disk cache's SQLite file as another process reads it (its own diskcache handle)."""
+    with diskcache.Cache(settings["cache_dir"]) as other:
+        return other.get(key)
+
+
+def test_a_quiet_process_commits_a_miss_before_answering(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings) as mf, ModelForge(**mf_embedded_settings) as other:
+        mf.register("iris", IRIS)
+        want = mf_zipmap(mf_raw_run(IRIS, {"float_input": np.array(ROW, np.float32)})[1])
+        first = mf.predict("iris", ROW)
+        assert (first.cached, first.output_data["output_probability"]) == (False, want)
+        # No other write in progress: the entry is in the SQLite file when predict returns, and another process's
+        # ModelForge (its own cache handle) answers the same input as a hit at once
+        assert stored(mf_embedded_settings, mf.cache_key("iris", ROW)) is not None
+        hit = other.predict("iris", ROW)
+        assert (hit.cached, hit.output_data) == (True, first.output_data)
+
+
+def test_a_miss_behind_a_write_in_progress_is_filed_a_hit_here_and_written_after(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings) as mf:
+        mf.register("iris", IRIS)
+        writes = mf.cache.writes
+        writes.window = 60.0  # the writer thread holds its batch: nothing reaches SQLite unless flushed
+        key = mf.cache_key("iris", ROW)
+        # Given a write in progress (another request's batch being committed)
+        with writes._flushing:
+            first = mf.predict("iris", ROW)
+            # Then the miss is answered, its entry filed, not yet in the SQLite file another process reads
+            assert first.cached is False and stored(mf_embedded_settings, key) is None
+            # When the same input comes again in this process: a hit at once, with the same outputs
+            second = mf.predict("iris", ROW)
+            assert (second.cached, second.output_data) == (True, first.output_data)
+        # When the filed entries are written: another process reads the very bytes this one answers from
+        assert writes.flush() == 1
+        assert stored(mf_embedded_settings, key) == mf.cache.get(key) is not None
+        assert writes.flush() == 0
+
+
+def test_the_writer_thread_commits_a_filed_miss_without_a_flush(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings) as mf, ModelForge(**mf_embedded_settings) as other:
+        mf.register("iris", IRIS)
+        with mf.cache.writes._flushing:  # a write in progress: the miss is filed for the writer thread
+            assert mf.predict("iris", ROW).cached is False
+        # Another process answers it as a hit once the writer committed it: within its window, milliseconds
+        key = mf.cache_key("iris", ROW)
+        assert mf_wait_until(lambda: stored(mf_embedded_settings, key) is not None, 10.0)
+        hit = other.predict("iris", ROW)
+        assert hit.cached is True and hit.output_data == mf.predict("iris", ROW).output_data
+
+
+def test_a_failed_predict_files_nothing(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings) as mf:
+        mf.register("iris", IRIS)
+        mf.cache.writes.window = 60.0
+        try:
+            mf.predict("iris", [[5.1, 3.5, 1.4]])  # a wrong shape: 400 before any run
+        except InvalidInputError:
+            pass
+        else:
+            raise AssertionError("a wrong shape was not refused")
+        assert mf.cache.flush() == 0 and mf_cached_keys(mf) == []
+
+
+def test_close_clear_and_invalidate_write_what_is_filed_first(mf_embedded_settings):
+    with ModelForge(**mf_embedded_settings) as mf:
+        mf.register("iris", IRIS)
+        mf.cache.writes.window = 60.0
+        with mf.cache.writes._flushing:
+            mf.predict("iris", ROW)  # filed behind a write in progress
+        # clear_cache counts and deletes the filed entry too: nothing of it comes back later
+        assert mf.clear_cache() == 1
+        with mf.cache.writes._flushing:
+            assert mf.predict("iris", ROW).cached is False
+        model_id = mf.get("iris").id
+        assert mf.cache.invalidate(mf.settings.cache_key_prefix, model_id) == 1
+        assert mf.cache.flush() == 0 and mf_cached_keys(mf) == []
+        with mf.cache.writes._flushing:
+            mf.predict("iris", [[6.0, 3.0, 4.8, 1.8]])
+        key = mf.cache_key("iris", [[6.0, 3.0, 4.8, 1.8]])
+    # close() wrote the last filed entry
+    assert stored(mf_embedded_settings, key) is not None
+
+
+def test_filed_entries_are_bounded_and_batched():
+    batches: list[dict] = []
+    writes = WriteBehind(lambda batch: batches.append(dict(batch)), max_pending=3, window=60.0)
+    # Given a writer holding its batch: the third entry reaches the bound, and the putting thread writes all three
+    with writes._flushing:  # a write in progress: the first two are filed
+        writes.put("k0", b"v0", 60, "m")
+        writes.put("k1", b"v1", 60, "m")
+        assert batches == [] and writes.get("k1") == b"v1"
+    writes.put("k2", b"v2", 60, "m")
+    assert [sorted(b) for b in batches] == [["k0", "k1", "k2"]]
+    assert writes.get("k0") is None  # written: the cache, not this buffer, answers it now
+    # An expired filed entry is not answered; close() writes what is filed
+    with writes._flushing:
+        writes.put("old", b"v", -1, "m")
+        assert writes.get("old") is None
+    writes.put("later", b"v", 60, "m")  # behind a filed entry: filed too
+    assert len(batches) == 1 and writes.get("later") == b"v"
+    writes.close()
+    assert [sorted(b) for b in batches[1:]] == [["later", "old"]]
+    # a quiet put is written at once on its thread
+    quiet = WriteBehind(lambda batch: batches.append(dict(batch)))
+    quiet.put("now", b"v", 60, "m")
+    assert batches[-1] == {"now": (b"v", batches[-1]["now"][1], "m")} and quiet.get("now") is None
+    quiet.close()
+
+
+def test_a_get_during_the_write_still_sees_the_entry():
+    # While a batch is being committed, its entries stay readable (never in neither place)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_write(batch: dict) -> None:
+        entered.set()
+        release.wait(10)
+
+    writes = WriteBehind(slow_write, window=0.0)
+    putter = threading.Thread(target=writes.put, args=("k", b"v", 60, "m"))  # quiet: written on its thread
+    putter.start()
+    assert entered.wait(10)
+    assert writes.get("k") == b"v"
+    writes.put("k2", b"v2", 60, "m")  # filed behind the batch in progress
+    assert writes.get("k2") == b"v2"
+    release.set()
+    putter.join(10)
+    assert mf_wait_until(lambda: writes.get("k") is None and writes.get("k2") is None, 10.0)
+    writes.close()
+    assert mf_wait_until(lambda: writes._thread is None, 5.0)  # the writer thread ends once closed
