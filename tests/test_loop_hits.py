@@ -12,6 +12,7 @@ import orjson
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.loop_hits import LOOP_BODY_BYTES, LoopHits
 from modelforge_jupyter.core.protocol import predict_json
+from modelforge_jupyter.core.records import ProvenMiss
 
 from .mf_plugin import SAMPLES, mf_free_port
 
@@ -29,22 +30,31 @@ def test_hits_are_answered_and_the_rest_passed_back(mf_services_settings):
         assert LoopHits.usable(forge)
 
         async def scenario():
-            # not yet remembered in this process's resolver... then a miss: passed back
+            # not yet remembered in this process's resolver: passed back whole
             first = await hits.answer_json(body())
             predict_json(forge, body())  # the executor's path: resolves, runs, caches
             cached = await hits.answer_json(body())
+            # a remembered model, an input never predicted: a proven miss, handed to the executor to run
+            other = await hits.answer_json(body(input_data=[[5.9, 3.0, 5.1, 1.8]]))
             no_cache = await hits.answer_json(body(use_cache=False))
             large = await hits.answer_json(body(input_data=[X[0]] * (LOOP_BODY_BYTES // 10)))
             refused = await hits.answer_json(body(input_data=[[1, 2]]))
             await hits.close()
-            return first, cached, no_cache, large, refused
+            return first, cached, other, no_cache, large, refused
 
-        first, cached, no_cache, large, refused = asyncio.run(scenario())
+        first, cached, other, no_cache, large, refused = asyncio.run(scenario())
         assert first is None and no_cache is None and large is None and refused is None
         want = orjson.loads(predict_json(forge, body()))
         got = orjson.loads(cached)
         assert got["cached"] and got["output_data"] == want["output_data"]
-        assert hits.answered == 1 and hits.passed == 4
+        assert isinstance(other, ProvenMiss) and other.record.name == "iris"
+        assert hits.answered == 1 and hits.missed == 1 and hits.passed == 4
+        # The executor runs the proven miss: the raw model's answer, written to the cache at the loop's key
+        ran = orjson.loads(predict_json(forge, other))
+        direct = forge.predict("iris", [[5.9, 3.0, 5.1, 1.8]], use_cache=False)
+        assert not ran["cached"] and ran["output_data"] == orjson.loads(orjson.dumps(direct.output_data))
+        assert forge.cache.client.get(other.key) is not None
+        assert orjson.loads(predict_json(forge, body(input_data=[[5.9, 3.0, 5.1, 1.8]])))["cached"]
 
 
 def test_redis_unreachable_is_passed_back_not_raised(mf_services_settings):

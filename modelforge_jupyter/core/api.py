@@ -26,7 +26,7 @@ from .lifecycle import Lifecycle
 from .metrics import METRICS
 from .outputs import pack, unpack
 from .protocol import check_use_cache, check_version, version_from_text  # noqa: F401  (doors import them here too)
-from .records import ModelRecord, PredictionResult
+from .records import ModelRecord, PredictionResult, ProvenMiss
 from .registry import Registry, check_name
 from .resolver import Resolved, Resolver, StaleRecord
 from .operations import Operations
@@ -211,6 +211,20 @@ class ModelForge(BatchScoring, Operations):
                            err)
             raise
 
+    def predict_miss(self, miss: ProvenMiss, *, cancel: Cancellation | None = None) -> PredictionResult:
+        """Finish a ``predict`` whose lookup an event loop made (``loop_hits``: record proven current, feed
+        validated, cache read a miss): run the model, cache the outputs, count it as ``predict`` does. The default
+        ``inference_timeout`` applies. Raises as ``predict`` does from the run on: ``InferenceError`` (422),
+        ``InferenceTimeoutError`` (504), ``RequestCancelledError`` (499)."""
+        try:
+            if cancel is not None:
+                cancel.check(miss.record.name)
+            return self._execute(miss.record, miss.feed, miss.key, None, miss.start, miss.fed, miss.looked,
+                                 self._timeout, cancel)
+        except Exception as err:
+            METRICS.failed(miss.record, miss.start, err)
+            raise
+
     def _predict(self, model: str, input_data: Any, use_cache: bool, version: int | None, timeout: float | None,
                  cancel: Cancellation | None, prepare: FeedRule | None, start: int) -> PredictionResult:
         check_use_cache(use_cache)
@@ -226,7 +240,12 @@ class ModelForge(BatchScoring, Operations):
             cancel.check(model)
         caching = use_cache and self._caching
         record, feed, key, hit, fed = self._lookup(model, version, input_data, caching, prepare or default_feed)
-        looked, stats = time.perf_counter_ns(), METRICS.of(record.name, record.version)
+        return self._execute(record, feed, key, hit, start, fed, time.perf_counter_ns(), timeout, cancel)
+
+    def _execute(self, record: ModelRecord, feed: dict, key: str | None, hit: dict | None, start: int, fed: int,
+                 looked: int, timeout: float, cancel: Cancellation | None) -> PredictionResult:
+        """A looked-up predict's answer: the cached ``hit``, else the run (cached at ``key`` unless None)."""
+        stats = METRICS.of(record.name, record.version)
         if hit is not None:
             stats.hit(start, fed, looked)
             return self._result(record, feed, hit, start, cached=True)

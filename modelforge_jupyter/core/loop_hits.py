@@ -7,8 +7,11 @@ executor thread and back. Nothing here blocks, and nothing here writes:
 - the record must be remembered (``Resolver.remembered``: no database query), the request small
   (``LOOP_BODY_BYTES``: decoding and validating it take microseconds), and the stamp must prove the record current,
   exactly as the executor's path proves it;
-- anything else (no remembered record, a stamp that does not match, a miss, an input the rules refuse, a value
-  another version wrote, Redis slow or down, the cache's breaker open) answers None, and the caller runs the full
+- a proven miss (the stamp proves the record, the cache has no value) answers a ``ProvenMiss``: the caller hands
+  it to ``ModelForge.predict_miss`` (``protocol.predict_json`` takes it as its body) in its executor, which runs the
+  model and writes the cache with no second parse, validation or round trip;
+- anything else (no remembered record, a stamp that does not match, an input the rules refuse, a value another
+  version wrote, Redis slow or down, the cache's breaker open) answers None, and the caller runs the full
   ``predict`` in its executor, which answers it as always (the 400 naming the input, the run, the cache write).
 A SQLite registry or a disk cache is a blocking read: those hits stay in the executor.
 """
@@ -24,7 +27,7 @@ from typing import Any
 from .api import default_feed
 from .metrics import METRICS
 from .outputs import unpack
-from .records import PredictionResult
+from .records import PredictionResult, ProvenMiss
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,13 @@ LOOP_BODY_BYTES = 16 * 1024  # larger bodies are decoded in the executor: a big 
 class LoopHits:
     """Answer proven cache hits of ``forge`` (a ``ModelForge`` on PostgreSQL + Redis) on the running event loop.
 
-    ``answered`` and ``passed`` count the requests answered here and those handed back to the caller (None)."""
+    ``answered``, ``missed`` and ``passed`` count the requests answered here, those handed back as a ``ProvenMiss``
+    and those handed back whole (None)."""
 
     def __init__(self, forge: Any) -> None:
         self.forge = forge
         self.answered = 0
+        self.missed = 0
         self.passed = 0
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -50,10 +55,11 @@ class LoopHits:
         return forge.resolver.stamp is not None and forge.settings.cache_prediction_enabled
 
     async def predict(self, model: str, input_data: Any, version: int | None = None,
-                      prepare: Any = None) -> PredictionResult | None:
+                      prepare: Any = None) -> PredictionResult | ProvenMiss | None:
         """The cached ``PredictionResult`` of ``ModelForge.predict(model, input_data, version=version,
-        prepare=prepare)`` (``cached=True``), or None when it is not a hit this can prove on the loop (module
-        docstring). Never raises for a request: a refusal is the executor's to answer."""
+        prepare=prepare)`` (``cached=True``); a ``ProvenMiss`` when the stamp proves the record and the cache has no
+        value; None when this cannot prove either on the loop (module docstring). Never raises for a request: a
+        refusal is the executor's to answer."""
         start = time.perf_counter_ns()
         forge = self.forge
         resolved = forge.resolver.remembered(model, version)
@@ -71,8 +77,11 @@ class LoopHits:
         except Exception as err:  # Redis slow or down: the executor's client and breaker deal with it
             log.debug("loop hit not read (%s); the executor answers", err)
             return self._pass()
-        if stamp is None or int(stamp) != resolved.pending or value is None:
+        if stamp is None or int(stamp) != resolved.pending:
             return self._pass()
+        if value is None:
+            self.missed += 1
+            return ProvenMiss(record, feed, key, start, fed, time.perf_counter_ns())
         outputs = unpack(value, [o.name for o in record.outputs])
         if outputs is None:
             return self._pass()
@@ -82,9 +91,10 @@ class LoopHits:
         return PredictionResult(str(uuid.uuid4()), record.id, record.version, None, ms, True, record.name,
                                 outputs=outputs)
 
-    async def answer_json(self, body: bytes) -> bytes | None:
+    async def answer_json(self, body: bytes) -> bytes | ProvenMiss | None:
         """The answer of ``POST modelforge/predict`` with ``body`` (``protocol.predict_json``'s bytes) when it is a
-        proven hit, else None (a body over ``LOOP_BODY_BYTES``, ``use_cache`` false, or anything ``predict`` passes)."""
+        proven hit; a ``ProvenMiss`` for the executor's ``predict_json`` (instead of ``body``) when it is a proven
+        miss; else None (a body over ``LOOP_BODY_BYTES``, ``use_cache`` false, or anything ``predict`` passes)."""
         from .protocol import encode_result, parse_predict
 
         if len(body) > LOOP_BODY_BYTES:
@@ -96,7 +106,7 @@ class LoopHits:
         if not request.use_cache:
             return self._pass()
         result = await self.predict(request.model, request.input_data, request.version)
-        return encode_result(result) if result is not None else None
+        return encode_result(result) if isinstance(result, PredictionResult) else result
 
     async def answer_v2(self, model: str, version: str | None, body: bytes,
                         header_length: str | None) -> tuple[bytes, int | None] | None:
@@ -114,7 +124,7 @@ class LoopHits:
         if not request.use_cache:
             return self._pass()
         result = await self.predict(model, request, number, prepare=feed)
-        if result is None:
+        if not isinstance(result, PredictionResult):  # a V2 miss is answered whole by the executor
             return None
         return encode_response(result.model_name, result.model_version, result.outputs, request, result.cached)
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from .errors import InvalidInputError, ModelForgeError
-from .records import PredictionResult
+from .records import PredictionResult, ProvenMiss
 
 MODEL_ID, INPUT_DATA, USE_CACHE, VERSION = "model_id", "input_data", "use_cache", "version"
 VERSION_TEXT = re.compile(r"[0-9]+")
@@ -197,12 +197,15 @@ def decode_result(answer: dict[str, Any], model: str) -> PredictionResult:
     return PredictionResult(**values)
 
 
-def predict_json(forge: Any, body: bytes | dict[str, Any], cancel: Any = None) -> bytes:
+def predict_json(forge: Any, body: bytes | dict[str, Any] | ProvenMiss, cancel: Any = None) -> bytes:
     """The answer (JSON bytes) of ``POST modelforge/predict`` with ``body``, HTTP aside: ``parse_predict``,
     ``forge.predict`` (``cancel``: the request's ``deadline.Cancellation``), ``encode_result``. The benchmark's
-    ``json_floor`` times this very function. Raises ``InvalidInputError`` (400) for a malformed request, and whatever
+    ``json_floor`` times this very function. A ``ProvenMiss`` (what ``loop_hits`` answers for a body it looked up)
+    goes to ``forge.predict_miss``. Raises ``InvalidInputError`` (400) for a malformed request, and whatever
     ``ModelForge.predict`` raises.
     """
+    if isinstance(body, ProvenMiss):
+        return encode_result(forge.predict_miss(body, cancel=cancel))
     request = parse_predict(body)
     result = forge.predict(request.model, request.input_data, use_cache=request.use_cache, version=request.version,
                            cancel=cancel)

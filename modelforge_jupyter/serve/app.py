@@ -113,8 +113,9 @@ class ServeApp:
         """``ModelForge.<method>(*args)`` on the control plane."""
         return await self.call("control", lambda: getattr(self.get_forge(), method)(*args))
 
-    def predict_json(self, body: bytes, cancel: Any) -> bytes:
-        """Decode, predict and encode on one data-plane thread (``protocol.predict_json``)."""
+    def predict_json(self, body: Any, cancel: Any) -> bytes:
+        """Decode, predict and encode on one data-plane thread (``protocol.predict_json``: ``body`` the request's
+        bytes, or the ``ProvenMiss`` the loop looked up)."""
         from ..core.protocol import predict_json
 
         return predict_json(self.get_forge(), body, cancel)

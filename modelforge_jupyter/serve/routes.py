@@ -71,7 +71,9 @@ async def predict(app: Any, req: Request, query: dict[str, str]) -> Answer:
     body = await req.body(*app.options.predict_limit())
     hits = app.holder.loop_hits()
     answer = await hits.answer_json(body) if hits is not None else None  # a proven cache hit, on the loop
-    return 200, answer if answer is not None else await data_call(app, req, app.predict_json, body), ()
+    if isinstance(answer, bytes):
+        return 200, answer, ()
+    return 200, await data_call(app, req, app.predict_json, answer or body), ()  # answer: a ProvenMiss or None
 
 
 async def data_call(app: Any, req: Request, fn: Callable[..., Any], *args: Any) -> Any:

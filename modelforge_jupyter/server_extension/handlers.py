@@ -13,6 +13,7 @@ JSON) is ``base.ModelForgeHandler``; the predict request's wire format is ``core
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.utils import url_path_join
@@ -77,12 +78,13 @@ class PredictHandler(CancellableHandler):
         dtype/shape; 404 unknown model; 413 answer over ``max_output_bytes``; 504 past ``inference_timeout``."""
         body, hits = self.body, self.extensionapp.loop_hits()
         answer = await hits.answer_json(body) if hits is not None else None  # a proven cache hit, on the loop
-        if answer is None:
-            answer = await self.run_blocking(functools.partial(self._predict, body, self.cancellation))
+        if not isinstance(answer, bytes):  # a ProvenMiss (the loop's lookup, for the run) or None (the whole predict)
+            answer = await self.run_blocking(functools.partial(self._predict, answer or body, self.cancellation))
         self.write_json(answer)
 
-    def _predict(self, body: bytes, cancel: Cancellation) -> bytes:
-        """Decode, predict and encode in one executor call: a large batch's JSON never blocks the IOLoop either."""
+    def _predict(self, body: Any, cancel: Cancellation) -> bytes:
+        """Decode, predict and encode in one executor call: a large batch's JSON never blocks the IOLoop either.
+        ``body``: the request's bytes, or the ``ProvenMiss`` the loop looked up (``protocol.predict_json``)."""
         return predict_json(self.extensionapp.get_forge(), body, cancel)
 
 
