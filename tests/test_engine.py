@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from sklearn.datasets import load_breast_cancer
 
@@ -213,3 +214,18 @@ def test_an_unfeedable_input_is_named_with_escapes():
         Engine().inspect("sha", model.SerializeToString())
 
     assert str(err.value).startswith(f"input {name!r} has type ") and "\n" not in str(err.value)
+
+
+def test_a_kernel_s_threads_spin_as_onnx_runtime_s_default_a_server_s_never(mf_embedded_settings):
+    # Given the product's defaults, built as a kernel and as a server, and a kernel with spinning turned off
+    defaults = {k: v for k, v in mf_embedded_settings.items() if k != "intra_op_num_threads"}
+    spin = "session.intra_op.allow_spinning"
+    with ModelForge(**defaults) as kernel, ModelForge(**defaults, serving=True) as server, \
+            ModelForge(**defaults, intra_op_spinning=False) as quiet:
+        # Then the kernel's sessions spin as a plain InferenceSession's (ORT's default: unset means spinning), the
+        # others do not
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            ort.SessionOptions().get_session_config_entry(spin)
+        assert kernel.engine.session_options().get_session_config_entry(spin) == "1"
+        assert server.engine.session_options().get_session_config_entry(spin) == "0"
+        assert quiet.engine.session_options().get_session_config_entry(spin) == "0"

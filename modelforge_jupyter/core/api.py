@@ -64,6 +64,7 @@ class ModelForge(BatchScoring, Operations):
         self.cache = open_cache(s)
         self.engine = Engine(  # threads per use: a server's requests share the cores, a kernel's batch takes them all
             s.max_sessions, s.server_intra_op_num_threads if serving else s.intra_op_num_threads, s.providers,
+            spinning=s.intra_op_spinning and not serving,
             max_session_bytes=s.max_session_bytes, max_constant_bytes=s.max_constant_bytes, max_arena_bytes=s.max_arena_bytes,
             max_output_bytes=s.max_output_bytes, max_request_memory_bytes=s.max_request_memory_bytes,
         )

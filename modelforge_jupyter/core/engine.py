@@ -2,7 +2,8 @@
 (``sessions``). Every session gets the same ``SessionOptions``: graph optimizations at ``ORT_ENABLE_ALL``,
 ``intra_op_num_threads`` per use (a server's sessions 1, so that N loaded models never mean N thread pools and
 concurrent requests share the cores; a kernel's one per physical core, so that a big batch uses them all: settings
-``server_intra_op_num_threads`` and ``intra_op_num_threads``), spinning off.
+``server_intra_op_num_threads`` and ``intra_op_num_threads``); a kernel's threads spin while they wait for work as
+ONNX Runtime's default does (``intra_op_spinning``), a server's never.
 
 Memory bounds (README, "Memory: what is bounded and how"; the checks themselves are in ``limits``):
 - before a session is built, the constants it would compute are sized from the graph (``footprint``): over
@@ -95,11 +96,12 @@ class Engine(SessionLRU):
     place that talks to ONNX Runtime. Byte limits (0: none) are the settings of the same names (module docstring)."""
 
     def __init__(self, max_sessions: int = 32, intra_op_num_threads: int = 1, providers: list[str] | None = None, *,
-                 max_session_bytes: int = 512 * MiB, max_constant_bytes: int = 64 * MiB,
+                 spinning: bool = False, max_session_bytes: int = 512 * MiB, max_constant_bytes: int = 64 * MiB,
                  max_arena_bytes: int = 1024 * MiB, max_output_bytes: int = 8 * MiB,
                  max_request_memory_bytes: int = 1024 * MiB) -> None:
         super().__init__(max_sessions, max_session_bytes)
         self.intra_op_num_threads = intra_op_num_threads
+        self.spinning = spinning  # intra-op threads spin while waiting for work (ONNX Runtime's default)
         self.providers = providers or ["CPUExecutionProvider"]
         self.max_constant_bytes = max_constant_bytes
         self.max_output_bytes = max_output_bytes
@@ -127,7 +129,7 @@ class Engine(SessionLRU):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = self.intra_op_num_threads
         so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         if self.arena_bytes:
             so.add_session_config_entry("session.use_env_allocators", "1")
         if fold_limit:
