@@ -128,6 +128,24 @@ def test_bad_rows_named_on_the_workers(forge):
     assert job.table().num_rows == 598
 
 
+def test_a_dataframe_that_cannot_travel_is_refused_and_leaves_no_key(forge):
+    import redis
+
+    # Given a DataFrame whose column mixes numbers and text (Arrow cannot carry it to the workers)
+    forge.register("iris", IRIS)
+    bad = pd.DataFrame(IRIS_X.astype(object))
+    bad.iloc[42, 3] = "n/a"
+    client = redis.Redis.from_url(forge.settings.redis_url)
+    try:
+        before = set(client.scan_iter(f"{forge.settings.cache_key_prefix}:score:*"))
+        # When it is scored on Celery, Then it is refused at submit, naming why, and no key of the job stays
+        with pytest.raises(ModelForgeError, match="cannot travel to the workers as Arrow"):
+            forge.score("iris", bad, chunk_rows=50)
+        assert set(client.scan_iter(f"{forge.settings.cache_key_prefix}:score:*")) == before
+    finally:
+        client.close()
+
+
 def test_version_pinned_across_an_update(forge):
     forge.register("iris", IRIS)
     job = forge.score("iris", IRIS_X, chunk_rows=10)  # 60 tasks

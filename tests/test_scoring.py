@@ -130,6 +130,12 @@ def test_parquet_directory_in_parquet_parts_and_manifest_out(mf_embedded_setting
         # An output directory holding a job's files is refused, before anything runs
         with pytest.raises(ModelForgeError, match="already holds a job's files"):
             mf.score("rf", source, output=tmp_path / "out")
+        # and so is one holding other files (the parts would mix with them), which stays as it was
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "keep.txt").write_text("mine")
+        with pytest.raises(ModelForgeError, match="output directory 'mine' is not empty; give a new or empty one"):
+            mf.score("rf", source, output=tmp_path / "mine")
+        assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
 
 
 def test_bad_rows_reported_by_index_the_others_scored(mf_forge):

@@ -13,6 +13,7 @@ attaches to a job by its id (``ModelForge.score_job``).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -23,6 +24,8 @@ from .score_chunks import ChunkError, ChunkOutcome, JobSpec, manifest_of, score_
 from .score_sources import Chunk, Source, decode, encode, read_parquet_rows
 from .score_state import SCORE_TTL, DirState, RedisState, open_state, redis_client
 from .urls import mask_url
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "modelforge_jupyter.tasks.score_chunk"
 SEND_BATCH = 8  # chunks stored, then their tasks sent, at a time: the first ones run while the rest upload
@@ -59,6 +62,7 @@ class CeleryRun:
         except Exception as err:  # redis-py's errors, or an output directory not writable
             raise ServiceUnavailableError(f"the job's state could not be stored ({mask_url(first_line(err))})") from None
         app = forge.invalidator.celery
+        sent = 0
         try:
             with app.producer_or_acquire() as producer:
                 for at in range(0, len(source.chunks), SEND_BATCH):
@@ -67,11 +71,12 @@ class CeleryRun:
                     for chunk in batch:
                         app.send_task(TASK_NAME, args=[spec.to_json(), chunk.to_json(), state.where],
                                       queue=s.celery_queue, producer=producer, retry=False)
+                        sent += 1
         except ModelForgeError:  # rows that cannot travel (score_sources.encode), or Redis gone (503)
-            state.cancel()  # the tasks sent skip their chunks
+            _abandon(state, spec, sent)
             raise
         except Exception as err:  # kombu OperationalError / OSError: the broker is unreachable or silent
-            state.cancel()
+            _abandon(state, spec, sent)
             raise ServiceUnavailableError(
                 f"the Celery broker did not take the job's tasks ({mask_url(first_line(err))})") from None
         return cls(spec, state)
@@ -127,6 +132,18 @@ def run_chunk(forge: Any, spec_json: dict, chunk_json: dict, where: dict | str) 
     if state.record(spec, chunk, outcome) and spec.output is not None:
         write_manifest(spec.output, CeleryRun(spec, state).manifest())
     return 0 if outcome is None else len(outcome.row)
+
+
+def _abandon(state: RedisState | DirState, spec: JobSpec, sent: int) -> None:
+    """A submit that failed after ``sent`` tasks: with none sent, nothing of the job stays (its state deleted); else
+    it is cancelled, so the tasks sent skip their chunks, and its state expires with the job's TTL."""
+    try:
+        if sent:
+            state.cancel()
+        else:
+            state.delete(spec.chunks)
+    except Exception:  # noqa: BLE001 - Redis gone too: the keys expire by their TTL; the submit's own error stands
+        log.warning("score job %s: its state could not be cleared after a failed submit", spec.id)
 
 
 def _put_chunks(state: RedisState | DirState, source: Source, chunks: tuple[Chunk, ...]) -> None:

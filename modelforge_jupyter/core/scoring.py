@@ -257,7 +257,7 @@ def attach(forge: Any, job_id: str) -> ScoreJob:
 
 def output_dir(output: str | os.PathLike | None) -> str | None:
     """``output`` as an absolute directory path (``make_output`` creates it). Raises ``ModelForgeError`` (400) when
-    it is a file or already holds a job's files (a manifest or part files)."""
+    it is a file or a directory that is not empty (a job's parts would mix with files that are not its own)."""
     if output is None:
         return None
     path = Path(output).resolve()
@@ -265,6 +265,9 @@ def output_dir(output: str | os.PathLike | None) -> str | None:
         raise ModelForgeError(f"output {Path(output).name!r} is a file; give a directory for the Parquet parts")
     if path.is_dir() and (any(path.glob("part-*.parquet")) or (path / "manifest.json").exists()):
         raise ModelForgeError(f"output directory {Path(output).name!r} already holds a job's files; give a new one")
+    if path.is_dir() and any(path.iterdir()):
+        raise ModelForgeError(f"output directory {Path(output).name!r} is not empty; give a new or empty one for the "
+                              f"job's parts and manifest")
     return str(path)
 
 
