@@ -5,7 +5,9 @@ one intra-op thread, no cache; then with its Redis cache for the hit column) wit
 ``modelforge serve`` with 1 and 2 workers on each backend (embedded: SQLite + disk cache; services: PostgreSQL +
 Redis), ``MODELFORGE_INTRA_OP_NUM_THREADS=1``. The model is bc_rf (a 100-tree scikit-learn forest, 30 features),
 registered with ``PUT``. ``loadgen.py`` (wrk, closed loop, keep-alive, loopback) measures every cell: misses are
-distinct bodies (``--unique``), hits identical ones (``--cache-hit``). The table is ``summarize.py``'s; read the
+distinct bodies (``--unique``), hits identical ones (``--cache-hit``). A miss cell is never rerun: loadgen's nonces
+restart with each attempt, so a rerun on the same server would be answered from the cache the first attempt filled
+(a noisy miss cell is kept and flagged instead). The table is ``summarize.py``'s; read the
 ratios within one run (the box is shared and noisy).
 
     bash ../shared/bench/compare.sh                 # once: builds /tmp/mfbench (its venv and the models)
@@ -169,7 +171,9 @@ def loadgen(args: argparse.Namespace, pid: int, peer: str, flag: str) -> None:
     cmd = [args.bench_python, str(args.bench_dir / "loadgen.py"), "--base", f"http://127.0.0.1:{args.port}/",
            "--model-id", "bc_rf", "--input", str(args.models / "bc_rf.input.json"), "--batches", args.batches,
            "--concurrency", args.concurrency, "--duration", args.duration, "--out", str(args.out / "loadgen.jsonl"),
-           "--wait-quiet", "20", "--retries", "1", "--token", TOKEN, "--server-pid", str(pid), "--peer", peer, flag]
+           "--wait-quiet", "20", "--token", TOKEN, "--server-pid", str(pid), "--peer", peer, flag,
+           # a rerun sends the same bodies again (loadgen's nonces restart): a miss cell's rerun would time cache hits
+           "--retries", "0" if flag == "--unique" else "1"]
     with (args.out / "loadgen.txt").open("a") as log:
         if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
             print(f"  loadgen failed for {peer}: see {args.out / 'loadgen.txt'}")

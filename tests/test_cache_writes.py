@@ -1,13 +1,17 @@
-"""The disk cache's writes behind the answer (``core.cache_writes``): a miss is written after its predict returns, by
-one thread, many entries a transaction; the next identical predict is a hit at once in this process, and in another
-once the writer committed; a failed predict files nothing; flush, close, clear and invalidate write what is filed."""
+"""The prediction cache's writes behind the answer (``core.cache_writes``), on the disk cache and on Redis: a miss is
+written after its predict returns, by one thread, many entries a transaction (disk) or a pipelined round trip (Redis);
+a quiet process, one request at a time, commits before answering; the next identical predict is a hit at once in this
+process, and in another once the writer committed; a failed predict files nothing; flush, close, clear and invalidate
+write what is filed."""
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import diskcache
 import numpy as np
+import redis
 
 from modelforge_jupyter import ModelForge
 from modelforge_jupyter.core.cache_writes import WriteBehind
@@ -20,26 +24,33 @@ ROW = [[5.1, 3.5, 1.4, 0.2]]
 
 
 def stored(settings: dict, key: str) -> bytes | None:
-    """``key``'s bytes in the disk cache's SQLite file as another process reads it (its own diskcache handle)."""
+    """``key``'s bytes in the cache as another process reads it: its own Redis client, or its own diskcache handle
+    on the SQLite file."""
+    if settings.get("redis_url"):
+        client = redis.Redis.from_url(settings["redis_url"])
+        try:
+            return client.get(key)
+        finally:
+            client.close()
     with diskcache.Cache(settings["cache_dir"]) as other:
         return other.get(key)
 
 
-def test_a_quiet_process_commits_a_miss_before_answering(mf_embedded_settings):
-    with ModelForge(**mf_embedded_settings) as mf, ModelForge(**mf_embedded_settings) as other:
+def test_a_quiet_process_commits_a_miss_before_answering(mf_settings):
+    with ModelForge(**mf_settings) as mf, ModelForge(**mf_settings) as other:
         mf.register("iris", IRIS)
         want = mf_zipmap(mf_raw_run(IRIS, {"float_input": np.array(ROW, np.float32)})[1])
         first = mf.predict("iris", ROW)
         assert (first.cached, first.output_data["output_probability"]) == (False, want)
         # No other write in progress: the entry is in the SQLite file when predict returns, and another process's
         # ModelForge (its own cache handle) answers the same input as a hit at once
-        assert stored(mf_embedded_settings, mf.cache_key("iris", ROW)) is not None
+        assert stored(mf_settings, mf.cache_key("iris", ROW)) is not None
         hit = other.predict("iris", ROW)
         assert (hit.cached, hit.output_data) == (True, first.output_data)
 
 
-def test_a_miss_behind_a_write_in_progress_is_filed_a_hit_here_and_written_after(mf_embedded_settings):
-    with ModelForge(**mf_embedded_settings) as mf:
+def test_a_miss_behind_a_write_in_progress_is_filed_a_hit_here_and_written_after(mf_settings):
+    with ModelForge(**mf_settings) as mf:
         mf.register("iris", IRIS)
         writes = mf.cache.writes
         writes.window = 60.0  # the writer thread holds its batch: nothing reaches SQLite unless flushed
@@ -48,30 +59,30 @@ def test_a_miss_behind_a_write_in_progress_is_filed_a_hit_here_and_written_after
         with writes._flushing:
             first = mf.predict("iris", ROW)
             # Then the miss is answered, its entry filed, not yet in the SQLite file another process reads
-            assert first.cached is False and stored(mf_embedded_settings, key) is None
+            assert first.cached is False and stored(mf_settings, key) is None
             # When the same input comes again in this process: a hit at once, with the same outputs
             second = mf.predict("iris", ROW)
             assert (second.cached, second.output_data) == (True, first.output_data)
         # When the filed entries are written: another process reads the very bytes this one answers from
         assert writes.flush() == 1
-        assert stored(mf_embedded_settings, key) == mf.cache.get(key) is not None
+        assert stored(mf_settings, key) == mf.cache.get(key) is not None
         assert writes.flush() == 0
 
 
-def test_the_writer_thread_commits_a_filed_miss_without_a_flush(mf_embedded_settings):
-    with ModelForge(**mf_embedded_settings) as mf, ModelForge(**mf_embedded_settings) as other:
+def test_the_writer_thread_commits_a_filed_miss_without_a_flush(mf_settings):
+    with ModelForge(**mf_settings) as mf, ModelForge(**mf_settings) as other:
         mf.register("iris", IRIS)
         with mf.cache.writes._flushing:  # a write in progress: the miss is filed for the writer thread
             assert mf.predict("iris", ROW).cached is False
         # Another process answers it as a hit once the writer committed it: within its window, milliseconds
         key = mf.cache_key("iris", ROW)
-        assert mf_wait_until(lambda: stored(mf_embedded_settings, key) is not None, 10.0)
+        assert mf_wait_until(lambda: stored(mf_settings, key) is not None, 10.0)
         hit = other.predict("iris", ROW)
         assert hit.cached is True and hit.output_data == mf.predict("iris", ROW).output_data
 
 
-def test_a_failed_predict_files_nothing(mf_embedded_settings):
-    with ModelForge(**mf_embedded_settings) as mf:
+def test_a_failed_predict_files_nothing(mf_settings):
+    with ModelForge(**mf_settings) as mf:
         mf.register("iris", IRIS)
         mf.cache.writes.window = 60.0
         try:
@@ -83,8 +94,8 @@ def test_a_failed_predict_files_nothing(mf_embedded_settings):
         assert mf.cache.flush() == 0 and mf_cached_keys(mf) == []
 
 
-def test_close_clear_and_invalidate_write_what_is_filed_first(mf_embedded_settings):
-    with ModelForge(**mf_embedded_settings) as mf:
+def test_close_clear_and_invalidate_write_what_is_filed_first(mf_settings):
+    with ModelForge(**mf_settings) as mf:
         mf.register("iris", IRIS)
         mf.cache.writes.window = 60.0
         with mf.cache.writes._flushing:
@@ -100,7 +111,7 @@ def test_close_clear_and_invalidate_write_what_is_filed_first(mf_embedded_settin
             mf.predict("iris", [[6.0, 3.0, 4.8, 1.8]])
         key = mf.cache_key("iris", [[6.0, 3.0, 4.8, 1.8]])
     # close() wrote the last filed entry
-    assert stored(mf_embedded_settings, key) is not None
+    assert stored(mf_settings, key) is not None
 
 
 def test_filed_entries_are_bounded_and_batched():
@@ -127,6 +138,14 @@ def test_filed_entries_are_bounded_and_batched():
     quiet.put("now", b"v", 60, "m")
     assert batches[-1] == {"now": (b"v", batches[-1]["now"][1], "m")} and quiet.get("now") is None
     quiet.close()
+    # a busy put (the caller has other requests in flight) is filed even with no write in progress, and the writer
+    # thread writes it within its window
+    busy = WriteBehind(lambda batch: batches.append(dict(batch)), window=0.05)
+    count = len(batches)
+    busy.put("b", b"v", 60, "m", busy=True)
+    assert len(batches) == count and busy.get("b") == b"v"
+    assert mf_wait_until(lambda: len(batches) == count + 1, 10.0) and sorted(batches[-1]) == ["b"]
+    busy.close()
 
 
 def test_a_get_during_the_write_still_sees_the_entry():
@@ -149,3 +168,38 @@ def test_a_get_during_the_write_still_sees_the_entry():
     assert mf_wait_until(lambda: writes.get("k") is None and writes.get("k2") is None, 10.0)
     writes.close()
     assert mf_wait_until(lambda: writes._thread is None, 5.0)  # the writer thread ends once closed
+
+
+def test_a_busy_process_answers_misses_before_their_write_and_writes_them_together(mf_settings):
+    # Given eight requests of one model in the engine together (a server under load), the writer thread holding
+    # what is filed (its window 60 s)
+    rows = [[[5.0 + i / 100, 3.0, 1.5, 0.2]] for i in range(8)]
+    with ModelForge(**mf_settings) as mf, ModelForge(**mf_settings) as other:
+        mf.register("iris", IRIS)
+        mf.cache.writes.window = 60.0
+        batches: list[int] = []
+        write = mf.cache.writes._write
+        mf.cache.writes._write = lambda batch: (batches.append(len(batch)), write(batch))
+        record = mf.get("iris")
+        real, gate = mf._runner(record), threading.Barrier(len(rows))
+
+        def run_together(*args):
+            gate.wait(10)  # every run waits for the others: each request sees the others pending
+            return real(*args)
+
+        mf._runners[(record.name, record.sha256)] = run_together
+        with ThreadPoolExecutor(len(rows)) as pool:
+            answers = list(pool.map(lambda row: mf.predict("iris", row), rows))
+        # Then every miss was answered with no write made (a quiet process writes its first miss before answering)
+        keys = [mf.cache_key("iris", row) for row in rows]
+        assert [a.cached for a in answers] == [False] * len(rows)
+        assert batches == [] and [stored(mf_settings, key) for key in keys] == [None] * len(rows)
+        assert all(mf.predict("iris", row).cached for row in rows)  # filed: hits in this process at once
+        # When the writer writes: all eight in one batch (a transaction, or one pipelined round trip), and another
+        # process answers each from the cache with the outputs ONNX Runtime gives
+        assert mf.cache.flush() == len(rows) and batches == [len(rows)]
+        for row, answer in zip(rows, answers):
+            hit = other.predict("iris", row)
+            want = mf_zipmap(mf_raw_run(IRIS, {"float_input": np.array(row, np.float32)})[1])
+            assert hit.cached is True
+            assert hit.output_data["output_probability"] == answer.output_data["output_probability"] == want

@@ -253,8 +253,9 @@ class ModelForge(BatchScoring, Operations):
         run = self._runner(record)
         with stats:  # pending meanwhile
             outputs = run(record.sha256, lambda: self.registry.blob(record.sha256), feed, record.name, timeout, cancel)
+            busy = stats.pending > 1  # others of this version in flight: the cache may write behind the answer
         if key is not None:
-            self.cache.set(key, pack(outputs), self._prediction_ttl, record.id)
+            self.cache.set(key, pack(outputs), self._prediction_ttl, record.id, busy)
         stats.executed(start, fed, looked, key is not None)
         return self._result(record, feed, outputs, start, cached=False)
 

@@ -24,6 +24,7 @@ from .forksafe import at_fork_in_child
 from .urls import mask_url
 
 log = logging.getLogger(__name__)
+REDIS_WRITE_WINDOW_S = 0.001  # s the Redis writer lets a batch fill: a round trip's worth (the disk's is 5 ms)
 
 
 class PredictionCache(Protocol):
@@ -38,8 +39,16 @@ class PredictionCache(Protocol):
     def get(self, key: str) -> bytes | None:
         """The value at ``key``; None on a miss, an expired entry or an outage."""
 
-    def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
-        """Store ``value`` at ``key`` for ``ttl`` seconds, tagged with ``model_id`` (for ``invalidate``)."""
+    def set(self, key: str, value: bytes, ttl: int, model_id: str, busy: bool = False) -> None:
+        """Store ``value`` at ``key`` for ``ttl`` seconds, tagged with ``model_id`` (for ``invalidate``): committed
+        when this returns unless ``busy`` (other requests in flight) or a write is in progress, then written behind
+        the answer by the cache's writer thread within milliseconds (``cache_writes``)."""
+
+    def filed(self, key: str) -> bytes | None:
+        """The value this process filed at ``key`` and has not written yet (None: none)."""
+
+    def flush(self) -> int:
+        """Write the entries this process filed now; returns how many."""
 
     def invalidate(self, prefix: str, model_id: str) -> int:
         """Delete every cached prediction of ``model_id``; returns how many. May raise on an outage (retried)."""
@@ -113,6 +122,10 @@ class Breaker:
 class RedisCache:
     """Prediction cache in Redis (redis-py with hiredis); one client and connection pool per process.
 
+    Writes under load are made behind the answer (``cache_writes.WriteBehind``), many SETs a pipelined round trip;
+    ``get`` answers a filed entry in this process at once, other processes see it once written (about a
+    millisecond), ``flush()`` writes them now.
+
     Fork-safe by redis-py itself: its ``ConnectionPool`` compares ``os.getpid()`` on every checkout and starts an
     empty pool in a forked child, without shutting down the parent's sockets.
     """
@@ -125,11 +138,14 @@ class RedisCache:
         self._errors = redis_errors()
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.breaker = Breaker("redis cache", retry_after)
+        self.writes = WriteBehind(self._write, window=REDIS_WRITE_WINDOW_S, name="modelforge-redis-writer")
 
     def get(self, key: str) -> bytes | None:
-        """``PredictionCache.get``: a Redis GET (``redis_timeout`` s at most)."""
-        if self.breaker.open():
-            return None
+        """``PredictionCache.get``: an entry filed by this process and not yet written, else a Redis GET
+        (``redis_timeout`` s at most)."""
+        filed = self.writes.get(key)
+        if filed is not None or self.breaker.open():
+            return filed
         try:
             value = self.client.get(key)
         except self._errors as err:
@@ -139,8 +155,9 @@ class RedisCache:
         return value
 
     def get_many(self, keys: list[str]) -> list[bytes | None] | None:
-        """The values at ``keys`` in one round trip (``MGET``; None for a missing key), or None when Redis does not
-        answer (an outage opens the breaker, as ``get``). The registry stamp (``freshness``) rides on this."""
+        """The values at ``keys`` in one round trip (``MGET``; None for a missing key; an entry this process filed
+        and has not written yet in its place), or None when Redis does not answer (an outage opens the breaker, as
+        ``get``). The registry stamp (``freshness``) rides on this."""
         if self.breaker.open():
             return None
         try:
@@ -149,22 +166,43 @@ class RedisCache:
             self.breaker.failed(err)
             return None
         self.breaker.succeeded()
-        return values
+        return [self.writes.get(k) if v is None else v for k, v in zip(keys, values)]
 
-    def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
-        """``PredictionCache.set``: a Redis SET with EX ``ttl``."""
+    def set(self, key: str, value: bytes, ttl: int, model_id: str, busy: bool = False) -> None:
+        """``PredictionCache.set``: a Redis SET with an expiry of ``ttl`` s, made now or behind the answer
+        (``WriteBehind.put``)."""
         if self.breaker.open():
             return
+        self.writes.put(key, value, ttl, model_id, busy)
+
+    def filed(self, key: str) -> bytes | None:
+        """``PredictionCache.filed``."""
+        return self.writes.get(key)
+
+    def _write(self, batch: dict[str, tuple[bytes, float, str]]) -> None:
+        """SET every entry of ``batch`` (``{key: (value, expiry, model id)}``) with its remaining time in ms, in one
+        pipelined round trip (no MULTI); a failure drops the batch (breaker)."""
+        now = time.time()
         try:
-            self.client.set(key, value, ex=ttl)
+            with self.client.pipeline(transaction=False) as pipe:
+                for key, (value, expiry, _model_id) in batch.items():
+                    ms = int((expiry - now) * 1000)
+                    if ms > 0:
+                        pipe.set(key, value, px=ms)
+                pipe.execute()
         except self._errors as err:
             self.breaker.failed(err)
+
+    def flush(self) -> int:
+        """Write the entries filed by this process now (``WriteBehind.flush``). Returns how many."""
+        return self.writes.flush()
 
     def invalidate(self, prefix: str, model_id: str, batch: int = 500) -> int:
         """Delete every cached prediction of ``model_id``: SCAN its key pattern, UNLINK in batches (never KEYS).
 
         Returns the number of keys removed. Raises ``redis.RedisError`` (the Celery task retries on it).
         """
+        self.writes.flush()  # filed entries first: none is written after the keys are gone
         removed = 0
         keys: list[bytes] = []
         for key in self.client.scan_iter(match=f"{glob_escape(prediction_key(prefix, model_id, ''))}*", count=batch):
@@ -180,6 +218,7 @@ class RedisCache:
         """Delete every key under ``{prefix}:`` (SCAN + UNLINK in batches, never KEYS). Returns how many.
 
         Raises ``redis.RedisError`` when Redis does not answer."""
+        self.writes.flush()
         removed = 0
         keys = list(self.client.scan_iter(match=f"{glob_escape(prefix)}:*", count=batch))
         for start in range(0, len(keys), batch):
@@ -194,7 +233,8 @@ class RedisCache:
             return False
 
     def close(self) -> None:
-        """Close the client's connection pool."""
+        """Write the filed entries, stop the writer thread and close the client's connection pool."""
+        self.writes.close()
         self.client.close()
 
 
@@ -237,12 +277,16 @@ class DiskCache:
             self.breaker.failed(err)
             return None
 
-    def set(self, key: str, value: bytes, ttl: int, model_id: str) -> None:
-        """``PredictionCache.set``: filed for the writer thread (``WriteBehind.put``), which writes it with
-        ``expire=ttl`` and ``tag=model_id``."""
+    def set(self, key: str, value: bytes, ttl: int, model_id: str, busy: bool = False) -> None:
+        """``PredictionCache.set``: written with ``expire=ttl`` and ``tag=model_id``, now or behind the answer
+        (``WriteBehind.put``)."""
         if self.breaker.open():
             return
-        self.writes.put(key, value, ttl, model_id)
+        self.writes.put(key, value, ttl, model_id, busy)
+
+    def filed(self, key: str) -> bytes | None:
+        """``PredictionCache.filed``."""
+        return self.writes.get(key)
 
     def _write(self, batch: dict[str, tuple[bytes, float, str]]) -> None:
         """Write ``batch`` (``{key: (value, expiry, model id)}``) in one transaction; a failure drops it (breaker)."""

@@ -6,8 +6,14 @@ asleep in SQLite's busy handler (``usleep``: eight threads of two processes queu
 polling it at 1, 2, 5, 10... ms) and 9% in the WAL checkpoint's ``fdatasync``, while the inference took 3%. The
 miss served a third of the FastAPI reference's requests per second.
 
+Redis likewise (profiled the same way, every body distinct, PostgreSQL + Redis): the SET each miss made on its
+request's thread, one round trip and redis-py's call, was the miss's largest cost; without it the same server
+answered 1.7-1.9x the misses per second (2,225 -> 3,778-4,222 on a 2-core box, 2026-12-01).
+
 Here a ``put`` only files the entry in the process's memory and wakes the writer thread, which writes what was filed
-meanwhile in one transaction (one lock, one commit for the lot: a group commit, as large as the load makes it).
+meanwhile in one transaction or pipeline (one lock, one commit or round trip for the lot: a group commit, as large as
+the load makes it). A quiet process, one request at a time, still writes on the request's thread, so a sequential
+client finds the entry committed when its answer arrives; the caller says whether others are in flight (``busy``).
 What a reader sees:
 - this process: ``get`` answers a filed entry from memory until it is written, so the next identical predict here
   is a hit at once;
@@ -64,15 +70,17 @@ class WriteBehind:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def put(self, key: str, value: bytes, ttl: float, model_id: str) -> None:
+    def put(self, key: str, value: bytes, ttl: float, model_id: str, busy: bool = False) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (tagged ``model_id``): written now on this thread when
-        no write is in progress (a quiet process: the entry is committed when this returns), else filed for the
-        writer thread, woken for it; past ``max_pending`` filed entries (or once closed), written now."""
+        the process is quiet (no write in progress, nothing filed, and not ``busy``: the caller knows of no other
+        request in flight), so the entry is committed when this returns; else filed for the writer thread, woken
+        for it; past ``max_pending`` filed entries (or once closed), written now."""
         with self._lock:
             self._pending[key] = (value, time.time() + ttl, model_id)
             filed = len(self._pending)
-            # nothing being written nor filed before it (a quiet process): written now, on this thread
-            now = self._closed or filed >= self.max_pending or (filed == 1 and not self._flushing.locked())
+            # nothing being written nor filed before it, no other request in flight (a quiet process): written now
+            quiet = filed == 1 and not busy and not self._flushing.locked()
+            now = self._closed or filed >= self.max_pending or quiet
             if not now and filed == 1:  # the first behind a write in progress: wake the writer
                 now = not self._started()
                 self._wake.notify()

@@ -80,6 +80,8 @@ class LoopHits:
         if stamp is None or int(stamp) != resolved.pending:
             return self._pass()
         if value is None:
+            value = forge.cache.filed(key)  # computed here, its write still behind the answer (``cache_writes``)
+        if value is None:
             self.missed += 1
             return ProvenMiss(record, feed, key, start, fed, time.perf_counter_ns())
         outputs = unpack(value, [o.name for o in record.outputs])

@@ -117,11 +117,12 @@ def mf_embedded(data_dir: Path) -> dict[str, str]:
 
 # -- the test's own view of the prediction cache (Redis keys, or the disk cache's entries) --------------------------
 def mf_cached_keys(forge) -> list[str]:
-    """The cache keys of ``forge``'s cached predictions, sorted, read from Redis or the disk cache directly."""
+    """The cache keys of ``forge``'s cached predictions, sorted, read from Redis or the disk cache directly (what
+    ``forge`` filed and has not written yet first written: ``cache_writes``)."""
+    forge.cache.flush()
     if forge.cache.backend == "redis":
         pattern = f"{forge.settings.cache_key_prefix}:prediction:*"
         return sorted(k.decode() for k in forge.cache.client.scan_iter(match=pattern))
-    forge.cache.flush()  # the entries this process filed and its writer thread has not written yet (``cache_writes``)
     return sorted(forge.cache.cache.iterkeys())
 
 
@@ -134,9 +135,9 @@ def mf_cache_ttl(forge, key: str) -> float | None:
 
 def mf_cache_value(forge, key: str) -> bytes | None:
     """The bytes cached under ``key`` in ``forge``'s cache, read directly (no hit is counted)."""
+    forge.cache.flush()
     if forge.cache.backend == "redis":
         return forge.cache.client.get(key)
-    forge.cache.flush()
     return forge.cache.cache.get(key)
 
 
