@@ -214,7 +214,8 @@ class ModelForge(BatchScoring, Operations):
 
     def predict_miss(self, miss: ProvenMiss, *, cancel: Cancellation | None = None) -> PredictionResult:
         """Finish a ``predict`` whose lookup an event loop made (``loop_hits``: record proven current, feed
-        validated, cache read a miss): run the model, cache the outputs, count it as ``predict`` does. The default
+        validated, cache read a miss, or not used: no key): run the model, cache the outputs (under the miss's key,
+        if any), count it as ``predict`` does. The default
         ``inference_timeout`` applies. Raises as ``predict`` does from the run on: ``InferenceError`` (422),
         ``InferenceTimeoutError`` (504), ``RequestCancelledError`` (499)."""
         try:

@@ -168,13 +168,14 @@ def _array(value: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class ProvenMiss:
     """A predict looked up on an event loop (``loop_hits``) that found no cached answer: the record proven current by
-    the registry stamp in that same round trip, the feed validated (``{input name: ndarray}``), the cache key.
+    the registry stamp in that same round trip, the feed validated (``{input name: ndarray}``), the cache key (None:
+    the request does not use the cache, which was not read and is not written).
     ``ModelForge.predict_miss`` finishes it on an executor thread without a second lookup. ``start``, ``fed``,
     ``looked``: ``time.perf_counter_ns()`` when the lookup began, the feed was ready and the cache answered."""
 
     record: ModelRecord
     feed: dict[str, Any]
-    key: str
+    key: str | None
     start: int
     fed: int
     looked: int
