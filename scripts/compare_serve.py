@@ -13,6 +13,7 @@ ratios within one run (the box is shared and noisy).
     bash ../shared/bench/compare.sh                 # once: builds /tmp/mfbench (its venv and the models)
     .venv/bin/python scripts/compare_serve.py       # ~5 min; --duration 10 for steadier figures
     .venv/bin/python scripts/compare_serve.py --backends embedded --serve-workers 2 --fastapi-workers 2 --batches 1
+    .venv/bin/python scripts/compare_serve.py --cache-off   # also ModelForge with its prediction cache off
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def main() -> None:
     p.add_argument("--batches", default="1,1000")
     p.add_argument("--concurrency", default="1,16")
     p.add_argument("--duration", default="5")
+    p.add_argument("--cache-off", action="store_true",
+                   help="also each backend with CACHE_PREDICTION_ENABLED=false (every request runs the model: the "
+                        "FastAPI reference's own setting), column serve_<backend>_w<N>_nocache")
     p.add_argument("--port", type=int, default=8731)
     p.add_argument("--out", type=Path, default=Path("/tmp/mfbench") / f"serve-{datetime.now():%Y%m%d-%H%M%S}")
     args = p.parse_args()
@@ -61,6 +65,9 @@ def main() -> None:
             with serve(args, workers, backend) as pid:
                 for kind, flag in (("miss", "--unique"), ("hit", "--cache-hit")):
                     loadgen(args, pid, f"serve_{backend}_w{workers}_{kind}", flag)
+            if args.cache_off:
+                with serve(args, workers, backend, {"CACHE_PREDICTION_ENABLED": "false"}) as pid:
+                    loadgen(args, pid, f"serve_{backend}_w{workers}_nocache", "--unique")
     summary = subprocess.run([args.bench_python, str(args.bench_dir / "summarize.py"), str(args.out)],
                              capture_output=True, text=True, check=True).stdout
     (args.out / "summary.md").write_text(summary)
@@ -123,16 +130,16 @@ def fastapi(args: argparse.Namespace, workers: int, cache: bool) -> Server:
     return Server(cmd, env, log, f"http://127.0.0.1:{args.port}/", "modelforge/health")  # it has no health/ready
 
 
-def serve(args: argparse.Namespace, workers: int, backend: str) -> Server:
-    data = args.out / f"serve-{backend}-w{workers}"
+def serve(args: argparse.Namespace, workers: int, backend: str, extra: dict[str, str] | None = None) -> Server:
+    data = args.out / f"serve-{backend}-w{workers}{'-nocache' if extra else ''}"
     env = base_env() | {"MODELFORGE_DATA_DIR": str(data), "MODELFORGE_INTRA_OP_NUM_THREADS": "1",
-                        "MODELFORGE_TOKEN": TOKEN, "CELERY_BROKER_URL": ""}
+                        "MODELFORGE_TOKEN": TOKEN, "CELERY_BROKER_URL": "", **(extra or {})}
     if backend == "services":
         env |= {"DATABASE_URL": fresh_database(f"mfserve_w{workers}"), "REDIS_URL": REDIS,
                 "CACHE_KEY_PREFIX": f"mfserve-{uuid.uuid4().hex[:8]}"}
     cmd = [sys.executable, "-m", "modelforge_jupyter.cli.main", "serve", "--port", str(args.port), "--workers",
            str(workers), "--log-level", "warning"]
-    server = Server(cmd, env, args.out / f"serve-{backend}-w{workers}.log", f"http://127.0.0.1:{args.port}/",
+    server = Server(cmd, env, data.with_suffix(".log"), f"http://127.0.0.1:{args.port}/",
                     "modelforge/health/ready")
     return Registering(server, args.models / "bc_rf.onnx")
 
