@@ -1,7 +1,8 @@
 """``modelforge serve`` beside the FastAPI reference of ``../shared/bench``, in one run, with its load generator.
 
 Each server runs alone while it is measured: the FastAPI reference (``fastapi_ref.py`` on uvicorn, onnxruntime with
-one intra-op thread, no cache; then with its Redis cache for the hit column) with 1 and 2 uvicorn workers, and
+one intra-op thread, no cache; then with its Redis cache, for a miss that reads and writes it as ModelForge's does and
+for the hit column) with 1 and 2 uvicorn workers, and
 ``modelforge serve`` with 1 and 2 workers on each backend (embedded: SQLite + disk cache; services: PostgreSQL +
 Redis), ``MODELFORGE_INTRA_OP_NUM_THREADS=1``. The model is bc_rf (a 100-tree scikit-learn forest, 30 features),
 registered with ``PUT``. ``loadgen.py`` (wrk, closed loop, keep-alive, loopback) measures every cell: misses are
@@ -56,10 +57,11 @@ def main() -> None:
     if not (args.models / "bc_rf.onnx").exists():
         subprocess.run([args.bench_python, str(args.bench_dir / "make_models.py"), str(args.models)], check=True)
     for workers in csv(args.fastapi_workers):
-        for cache in (False, True):
-            with fastapi(args, workers, cache) as pid:
-                label = f"fastapi_cache_hit_w{workers}" if cache else f"fastapi_w{workers}"
-                loadgen(args, pid, label, "--cache-hit" if cache else "--unique")
+        with fastapi(args, workers, cache=False) as pid:
+            loadgen(args, pid, f"fastapi_w{workers}", "--unique")
+        with fastapi(args, workers, cache=True) as pid:  # with its Redis cache: a miss reads and writes it too
+            loadgen(args, pid, f"fastapi_cache_miss_w{workers}", "--unique")
+            loadgen(args, pid, f"fastapi_cache_hit_w{workers}", "--cache-hit")
     for backend in csv(args.backends):
         for workers in csv(args.serve_workers):
             with serve(args, workers, backend) as pid:
