@@ -203,3 +203,60 @@ def test_a_busy_process_answers_misses_before_their_write_and_writes_them_togeth
             want = mf_zipmap(mf_raw_run(IRIS, {"float_input": np.array(row, np.float32)})[1])
             assert hit.cached is True
             assert hit.output_data["output_probability"] == answer.output_data["output_probability"] == want
+
+
+def test_an_entry_the_writer_commits_while_redis_answers_is_still_a_hit_here(mf_services_settings):
+    # Found by a tester: the lookup's MGET finds no value (not written yet), then the writer commits the filed entry
+    # before the lookup looks at the filed entries: neither had it, and the repeat ran the model again
+    import asyncio
+
+    import orjson
+
+    from modelforge_jupyter.core.loop_hits import LoopHits
+
+    with ModelForge(**mf_services_settings) as mf:
+        mf.register("iris", IRIS)
+        mf.predict("iris", [[6.0, 3.0, 4.8, 1.8]])  # the record remembered: its lookups ride on the stamp's MGET
+        mf.cache.writes.window = 60.0
+        with mf.cache.writes._flushing:  # a write in progress: the miss is filed, the writer thread holds it
+            first = mf.predict("iris", ROW)
+        assert first.cached is False and stored(mf_services_settings, mf.cache_key("iris", ROW)) is None
+
+        def commit_after(read):  # Redis answers the lookup, then the writer commits, before the lookup goes on
+            def mget(keys, *args, **kwargs):
+                values = read(keys, *args, **kwargs)
+                mf.cache.flush()
+                return values
+            return mget
+
+        # When the executor's lookup (``get_many``) races the writer: still a hit, with the same outputs
+        real = mf.cache.client.mget
+        mf.cache.client.mget = commit_after(real)
+        second = mf.predict("iris", ROW)
+        mf.cache.client.mget = real
+        assert (second.cached, second.output_data) == (True, first.output_data)
+
+        # And the event loop's lookup (``loop_hits``) racing it the same way
+        row = [[6.3, 2.9, 5.6, 1.8]]
+        with mf.cache.writes._flushing:
+            third = mf.predict("iris", row)
+        hits = LoopHits(mf)
+
+        async def scenario():
+            client = hits._redis()
+            read = client.mget
+
+            async def mget(keys, *args, **kwargs):
+                values = await read(keys, *args, **kwargs)
+                mf.cache.flush()
+                return values
+
+            client.mget = mget
+            answer = await hits.answer_json(orjson.dumps({"model_id": "iris", "input_data": row}))
+            await hits.close()
+            return answer
+
+        answer = asyncio.run(scenario())
+        assert isinstance(answer, bytes), answer
+        got = orjson.loads(answer)
+        assert got["cached"] is True and got["output_data"] == orjson.loads(orjson.dumps(third.output_data))

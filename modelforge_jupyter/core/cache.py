@@ -160,13 +160,17 @@ class RedisCache:
         ``get``). The registry stamp (``freshness``) rides on this."""
         if self.breaker.open():
             return None
+        # filed entries looked at before the round trip too: the writer may commit one while Redis answers, and then
+        # neither the MGET nor the filed entries would have it
+        filed = [self.writes.get(k) for k in keys]
         try:
             values = self.client.mget(keys)
         except self._errors as err:
             self.breaker.failed(err)
             return None
         self.breaker.succeeded()
-        return [self.writes.get(k) if v is None else v for k, v in zip(keys, values)]
+        return [v if v is not None else f if f is not None else self.writes.get(k)
+                for k, v, f in zip(keys, values, filed)]
 
     def set(self, key: str, value: bytes, ttl: int, model_id: str, busy: bool = False) -> None:
         """``PredictionCache.set``: a Redis SET with an expiry of ``ttl`` s, made now or behind the answer

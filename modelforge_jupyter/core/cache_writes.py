@@ -12,8 +12,9 @@ answered 1.7-1.9x the misses per second (2,225 -> 3,778-4,222 on a 2-core box, 2
 
 Here a ``put`` only files the entry in the process's memory and wakes the writer thread, which writes what was filed
 meanwhile in one transaction or pipeline (one lock, one commit or round trip for the lot: a group commit, as large as
-the load makes it). A quiet process, one request at a time, still writes on the request's thread, so a sequential
-client finds the entry committed when its answer arrives; the caller says whether others are in flight (``busy``).
+the load makes it). A quiet process (no other request of the version in flight, which the caller says: ``busy``,
+and no write in progress, of any model's entry) still writes on the request's thread, so a sequential client of a
+process serving nothing else finds the entry committed when its answer arrives.
 What a reader sees:
 - this process: ``get`` answers a filed entry from memory until it is written, so the next identical predict here
   is a hit at once;

@@ -76,6 +76,9 @@ class LoopHits:
             return self._pass()
         fed = time.perf_counter_ns()
         key = forge.cache_key_of(record, feed) if use_cache and forge.settings.cache_prediction_enabled else None
+        # an entry this process filed and has not written yet (``cache_writes``), looked at before the round trip
+        # too: the writer may commit it while Redis answers, and then neither the read nor the filed entries have it
+        filed = forge.cache.filed(key) if key is not None else None
         try:
             stamp, value = await self._read(forge.resolver.stamp, key)
         except Exception as err:  # Redis slow or down: the executor's client and breaker deal with it
@@ -84,7 +87,7 @@ class LoopHits:
         if stamp is None or int(stamp) != resolved.pending:
             return self._pass()
         if value is None and key is not None:
-            value = forge.cache.filed(key)  # computed here, its write still behind the answer (``cache_writes``)
+            value = filed or forge.cache.filed(key)
         if value is None:
             self.missed += 1
             return ProvenMiss(record, feed, key, start, fed, time.perf_counter_ns())
