@@ -240,7 +240,7 @@ class ModelForge(BatchScoring, Operations):
                 raise ModelForgeError(str(err)) from None
         if cancel is not None:
             cancel.check(model)
-        caching = use_cache and self._caching
+        caching = self.caching(use_cache)
         record, feed, key, hit, fed = self._lookup(model, version, input_data, caching, prepare or default_feed)
         return self._execute(record, feed, key, hit, start, fed, time.perf_counter_ns(), timeout, cancel)
 
@@ -286,6 +286,11 @@ class ModelForge(BatchScoring, Operations):
         fed = time.perf_counter_ns()
         key = self.cache_key_of(record, feed) if caching else None
         return record, feed, key, unpack(self.resolver.read(resolved, key), [o.name for o in record.outputs]), fed
+
+    def caching(self, use_cache: bool = True) -> bool:
+        """Whether a predict asked with ``use_cache`` reads and writes the prediction cache: ``use_cache`` and the
+        ``cache_prediction_enabled`` setting (``CACHE_PREDICTION_ENABLED``)."""
+        return use_cache and self._caching
 
     def cache_key(self, model: str, input_data: Any, version: int | None = None) -> str:
         """The cache key a ``predict`` of ``input_data`` reads and writes:

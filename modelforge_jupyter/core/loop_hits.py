@@ -75,7 +75,7 @@ class LoopHits:
         except Exception:  # the executor answers the refusal, judged on a proven record
             return self._pass()
         fed = time.perf_counter_ns()
-        key = forge.cache_key_of(record, feed) if use_cache and forge.settings.cache_prediction_enabled else None
+        key = forge.cache_key_of(record, feed) if forge.caching(use_cache) else None
         # an entry this process filed and has not written yet (``cache_writes``), looked at before the round trip
         # too: the writer may commit it while Redis answers, and then neither the read nor the filed entries have it
         filed = forge.cache.filed(key) if key is not None else None
@@ -129,7 +129,7 @@ class LoopHits:
             number, request = url_version(version), parse_infer(body, header_length)
         except Exception:
             return self._pass()
-        if not (request.use_cache and self.forge.settings.cache_prediction_enabled):
+        if not self.forge.caching(request.use_cache):
             return self._pass()
         result = await self.predict(model, request, number, prepare=feed)
         if not isinstance(result, PredictionResult):  # a V2 miss is answered whole by the executor
