@@ -133,6 +133,7 @@ def main() -> None:
     finally:
         with app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
+            conn.default_channel.exchange_delete(queue)  # declared with the queue: it would stay on the broker
         app.close()
         client.close()
 

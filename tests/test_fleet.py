@@ -33,7 +33,8 @@ from .mf_plugin import (
     mf_start_server,
     mf_wait_until,
 )
-from .mf_plugin.services import BROKERS, REDIS_URL, mf_celery_services, mf_delete_keys, mf_drop_database
+from .mf_plugin.services import (BROKERS, REDIS_URL, mf_celery_services, mf_delete_keys, mf_delete_queue,
+                                 mf_drop_database)
 
 X = mf_spin_input(3)  # [1, 256] float32: three MatMul + Tanh trips, well under 1 ms
 
@@ -86,8 +87,7 @@ def fleet(tmp_path_factory):
 
         with ThreadPoolExecutor(4) as pool:  # at once: each takes its own shutdown time
             list(pool.map(lambda p: p.stop(30), processes))
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
+        mf_delete_queue(app, queue)
         app.close()
         mf_drop_database(name)
         mf_delete_keys(client, prefix)

@@ -27,6 +27,7 @@ from .mf_plugin import (
     mf_cache_value,
     mf_cached_keys,
     mf_clear_registry,
+    mf_delete_queue,
     mf_fresh_services,
     mf_isolated_env,
     mf_launch,
@@ -185,8 +186,7 @@ def mf_module_stack(mf_module_broker, tmp_path_factory):
                 server.close()
             worker.stop()
             app = make_app(mf_module_broker)
-            with app.connection_for_write() as conn:
-                conn.default_channel.queue_delete(queue)
+            mf_delete_queue(app, queue)
             app.close()
 
 

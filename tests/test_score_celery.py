@@ -25,7 +25,8 @@ from modelforge_jupyter.core.errors import ModelForgeError
 from modelforge_jupyter.core.scoring import ScoringError
 
 from .mf_plugin import SAMPLES, mf_launch, mf_raw_run, mf_spin_input, mf_spin_model
-from .mf_plugin.services import BROKERS, REDIS_URL, mf_celery_services, mf_delete_keys, mf_drop_database
+from .mf_plugin.services import (BROKERS, REDIS_URL, mf_celery_services, mf_delete_keys, mf_delete_queue,
+                                 mf_drop_database)
 
 RF = SAMPLES / "breast_cancer_rf.onnx"
 IRIS, IRIS_V2 = SAMPLES / "iris.onnx", SAMPLES / "iris_v2.onnx"
@@ -53,6 +54,7 @@ def celery_scoring(request, tmp_path_factory):
         yield settings, worker
     finally:
         worker.stop(30)
+        mf_delete_queue(app, queue)
         app.close()
         mf_drop_database(name)
         mf_delete_keys(client, prefix)

@@ -75,6 +75,21 @@ def mf_delete_keys(client, prefix: str) -> None:
         client.unlink(*keys)
 
 
+def mf_delete_queue(app, queue: str) -> None:
+    """Delete a test's Celery ``queue`` from ``app``'s broker with what was declared for it: the queue and its
+    exchange (RabbitMQ), the list and kombu's binding keys (Redis), so that a run leaves nothing behind."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        channel.queue_delete(queue)
+        channel.exchange_delete(queue)
+        if conn.transport_cls == "redis" or str(app.conf.broker_url).startswith("redis"):
+            # kombu's Redis transport deletes only the lists its own channel declared: the queue's lists (one per
+            # priority, named after it) and its binding keys are deleted by name
+            with channel.conn_or_acquire() as client:
+                client.delete(f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}",
+                              *client.scan_iter(match=f"{queue}*"))
+
+
 @contextmanager
 def mf_fresh_services(redis_url: str = REDIS_URL):
     """``ModelForge(**...)`` keyword arguments for PostgreSQL + Redis, no broker: a new database (dropped after) and a
