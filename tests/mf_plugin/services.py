@@ -82,7 +82,7 @@ def mf_delete_queue(app, queue: str) -> None:
         channel = conn.default_channel
         channel.queue_delete(queue)
         channel.exchange_delete(queue)
-        if conn.transport_cls == "redis" or str(app.conf.broker_url).startswith("redis"):
+        if conn.transport.driver_type == "redis":
             # kombu's Redis transport deletes only the lists its own channel declared: the queue's lists (one per
             # priority, named after it) and its binding keys are deleted by name
             with channel.conn_or_acquire() as client:
